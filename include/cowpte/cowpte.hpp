@@ -1,0 +1,6 @@
+// The umbrella header of cowpte: the facade of shared/design/facade.md and its extensions.
+#pragma once
+
+#include "cowpte/machine.hpp"
+#include "cowpte/result.hpp"
+#include "cowpte/types.hpp"

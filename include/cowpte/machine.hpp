@@ -1,0 +1,108 @@
+// The facade: a simulated machine and the processes on it (see shared/design/facade.md).
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cowpte/result.hpp"
+#include "cowpte/types.hpp"
+
+namespace cowpte {
+
+struct MmStruct;
+class Kernel;
+class Process;
+
+struct MachineConfig {
+  std::uint64_t memory_bytes = 4ull << 30;  // simulated physical memory
+  unsigned cpus = 1;
+  bool trace = false;  // spdlog trace at the kernel's tracepoints (fork, faults, zap)
+};
+
+class Machine {
+ public:
+  explicit Machine(const MachineConfig& = {});
+  ~Machine();
+  Machine(const Machine&) = delete;
+  Machine& operator=(const Machine&) = delete;
+
+  Process& spawn();                    // a new process with an empty address space
+  Process* find(int pid);              // nullptr once the process has exited
+  void check_invariants() const;       // throws InvariantViolation naming the first broken one
+  std::uint64_t total_pages() const;   // frames of simulated memory
+  std::uint64_t free_pages() const;    // frames on the free lists now
+  PageInfo page_info(pfn_t) const;     // the struct page of one frame, read-only
+  PtWalk walk(const Process&, vaddr_t) const;  // the page-table path of one address
+
+  // --- extensions ---
+  const MachineConfig& config() const;
+  std::vector<Process*> processes();   // the live processes, in pid order
+  pfn_t zero_pfn() const;              // the shared zero page
+  // Fault injection: the nth frame, VMA or anon_vma allocation from now on fails (1 = the next
+  // one); 0 switches it off. Fires once.
+  void fail_nth_allocation(std::uint64_t n);
+  std::uint64_t allocations() const;   // allocations made so far (frames, VMAs, anon_vmas)
+  std::string ptdump(const Process&) const;  // ptdump-style listing of a process's tables
+
+  Kernel& kernel() { return *kernel_; }
+  const Kernel& kernel() const { return *kernel_; }
+
+ private:
+  std::unique_ptr<Kernel> kernel_;
+};
+
+class Process {
+ public:
+  int pid() const { return pid_; }
+  bool alive() const;
+
+  Result<vaddr_t> mmap(vaddr_t addr, std::uint64_t length, Prot, MapFlags);
+  Result<void> munmap(vaddr_t addr, std::uint64_t length);
+  Result<void> mprotect(vaddr_t addr, std::uint64_t length, Prot);
+  Result<void> madvise(vaddr_t addr, std::uint64_t length, Advice);
+
+  Result<std::uint64_t> load(vaddr_t addr);               // 8-byte aligned user load
+  Result<void> store(vaddr_t addr, std::uint64_t value);  // 8-byte aligned user store
+
+  Result<Process*> fork();     // the child; the Machine owns it
+  Result<void> set_cow_pte();  // prctl(PR_SET_COW_PTE, ...)
+  Result<void> pin(vaddr_t addr, std::uint64_t length, PinFlags);  // pin_user_pages
+  Result<void> unpin(vaddr_t addr, std::uint64_t length);          // unpin_user_pages
+  void exit();  // exit_mmap; the pid is reaped
+
+  PagemapEntry pagemap(vaddr_t addr) const;  // /proc/PID/pagemap for one page
+  std::vector<SmapsEntry> smaps() const;     // /proc/PID/smaps, one per VMA
+  RssStat rss() const;                       // pages
+  std::uint64_t pgtables_bytes() const;      // VmPTE, in bytes
+
+  // --- extensions ---
+  // get_user_pages(FOLL_GET), as vmsplice() takes it in v6.2: +1 reference per page, no pin, no
+  // unshare, MMF_HAS_PINNED untouched. gup_put() drops the references gup_get() took there.
+  Result<void> gup_get(vaddr_t addr, std::uint64_t length);
+  Result<void> gup_put(vaddr_t addr, std::uint64_t length);
+  // Read 8 bytes through the newest pin or GUP reference held on addr's page: what a device
+  // (READ_VIA_PIN) or a pipe filled by vmsplice sees, whatever the page tables map now.
+  Result<std::uint64_t> read_gup(vaddr_t addr) const;
+  // echo 4 > /proc/PID/clear_refs: clear soft-dirty and write-protect every present PTE.
+  Result<void> clear_soft_dirty();
+
+  Machine& machine() { return *machine_; }
+  MmStruct* mm() { return mm_.get(); }  // nullptr after exit
+  const MmStruct* mm() const { return mm_.get(); }
+
+  Process(Machine& m, int pid, std::unique_ptr<MmStruct> mm);
+  ~Process();
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+ private:
+  friend class Kernel;
+  Machine* machine_;
+  int pid_;
+  std::unique_ptr<MmStruct> mm_;
+};
+
+}  // namespace cowpte

@@ -1,0 +1,127 @@
+// The facade's value types: addresses, flags and error codes with Linux's numeric values, and
+// the read-only views (/proc/PID/pagemap, smaps, rss, struct page, a page walk).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <stdexcept>
+#include <string_view>
+#include <type_traits>
+
+namespace cowpte {
+
+using vaddr_t = std::uint64_t;  // user virtual address
+using pfn_t = std::uint64_t;    // simulated physical frame number
+
+// Strong frame number and physical address for the model's insides: a pfn can't be mixed up
+// with a count or an address by accident. The facade keeps the plain pfn_t of the contract.
+enum class Pfn : std::uint64_t {};
+enum class PhysAddr : std::uint64_t {};
+constexpr std::uint64_t raw(Pfn p) noexcept { return static_cast<std::uint64_t>(p); }
+constexpr std::uint64_t raw(PhysAddr p) noexcept { return static_cast<std::uint64_t>(p); }
+constexpr PhysAddr pfn_to_phys(Pfn p) noexcept { return PhysAddr{raw(p) << 12}; }
+constexpr Pfn phys_to_pfn(PhysAddr a) noexcept { return Pfn{raw(a) >> 12}; }
+
+enum class Prot : std::uint32_t { none = 0, read = 1, write = 2, exec = 4 };
+enum class MapFlags : std::uint32_t {
+  shared = 0x01,
+  private_ = 0x02,
+  fixed = 0x10,
+  anonymous = 0x20,
+  noreserve = 0x4000,  // accepted and ignored: the model has no overcommit accounting
+  populate = 0x8000,
+  fixed_noreplace = 0x100000,
+};
+enum class Advice : int {
+  dontneed = 4,
+  dontfork = 10,
+  dofork = 11,
+  pageout = 21,
+  populate_read = 22,
+  populate_write = 23
+};
+enum class PinFlags : std::uint32_t { none = 0, write = 0x1, longterm = 0x10000 };  // FOLL_*
+enum class Errno : int {
+  perm = 1,
+  noent = 2,
+  srch = 3,
+  io = 5,
+  badf = 9,
+  again = 11,
+  nomem = 12,
+  fault = 14,
+  busy = 16,
+  exist = 17,
+  inval = 22,
+  nospc = 28
+};
+std::string_view to_string(Errno) noexcept;
+
+// | and & for the flag enums; `any(x)` tests for a non-empty set.
+template <class E>
+concept FlagEnum =
+    std::is_same_v<E, Prot> || std::is_same_v<E, MapFlags> || std::is_same_v<E, PinFlags>;
+template <FlagEnum E>
+constexpr E operator|(E a, E b) noexcept {
+  using U = std::underlying_type_t<E>;
+  return E(U(a) | U(b));
+}
+template <FlagEnum E>
+constexpr E operator&(E a, E b) noexcept {
+  using U = std::underlying_type_t<E>;
+  return E(U(a) & U(b));
+}
+template <FlagEnum E>
+constexpr E operator~(E a) noexcept {
+  using U = std::underlying_type_t<E>;
+  return E(~U(a));
+}
+template <FlagEnum E>
+constexpr E& operator|=(E& a, E b) noexcept {
+  return a = a | b;
+}
+template <FlagEnum E>
+constexpr bool any(E a) noexcept {
+  return std::underlying_type_t<E>(a) != 0;
+}
+
+// Thrown by Machine::check_invariants(); what() names the first broken invariant.
+class InvariantViolation : public std::logic_error {
+ public:
+  using std::logic_error::logic_error;
+};
+
+struct PagemapEntry {        // the Linux pagemap bits, and the raw 64-bit word
+  bool present;              // bit 63
+  bool swapped;              // bit 62
+  bool file_or_shared_anon;  // bit 61
+  bool exclusive;            // bit 56: mapped by exactly one page-table entry
+  bool soft_dirty;           // bit 55
+  pfn_t pfn;                 // bits 0-54 when present
+  std::uint64_t raw;
+};
+
+struct SmapsEntry {  // bytes, as Linux reports them (its kB times 1024)
+  vaddr_t start, end;
+  std::uint64_t rss, pss, shared_clean, shared_dirty, private_clean, private_dirty, anonymous,
+      swap;
+};
+
+struct RssStat {
+  std::int64_t file, anon, swapents, shmem;
+  friend bool operator==(const RssStat&, const RssStat&) = default;
+};
+
+struct PageInfo {         // one frame's struct page
+  std::int64_t refcount;  // page_count()
+  std::int64_t mapcount;  // page_mapcount(): _mapcount + 1
+  bool free, anon, anon_exclusive, page_table, zero_page, swapcache, dirty;
+};
+
+struct PtWalk {  // the path of one address from the top table down
+  int levels;    // entries read: 4 to reach a PTE; fewer where a level is absent or huge
+  std::array<std::uint64_t, 4> entry;  // raw pgd (PML4E), pud (PDPTE), pmd (PDE), pte
+  std::array<pfn_t, 4> table;          // the frame that holds each of those entries
+};
+
+}  // namespace cowpte
