@@ -1,0 +1,256 @@
+// The modelled kernel: physical memory, the zero page, the processes, and every kernel path of
+// the model as a member named after the Linux function it models. Each group below names the
+// source file that implements it and the kernel file it models.
+#pragma once
+
+#include <memory>
+#include <spdlog/logger.h>
+#include <unordered_map>
+#include <vector>
+
+#include "cowpte/machine.hpp"
+#include "cowpte/mm_types.hpp"
+#include "cowpte/page.hpp"
+#include "cowpte/pgtable.hpp"
+#include "cowpte/tlb.hpp"
+
+namespace cowpte {
+
+// Fault flags (include/linux/mm_types.h) and fault results (vm_fault_t).
+enum FaultFlags : unsigned {
+  FAULT_FLAG_WRITE = 1u << 0,
+  FAULT_FLAG_USER = 1u << 6,
+  FAULT_FLAG_UNSHARE = 1u << 10,
+};
+using vm_fault_t = unsigned;
+enum : vm_fault_t {
+  VM_FAULT_OOM = 0x1,
+  VM_FAULT_SIGBUS = 0x2,
+  VM_FAULT_WRITE = 0x8,
+  VM_FAULT_SIGSEGV = 0x40,
+  VM_FAULT_NOPAGE = 0x100,
+  VM_FAULT_ERROR = VM_FAULT_OOM | VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV,
+};
+
+// Page-fault error code bits (arch/x86/include/asm/trap_pf.h).
+enum X86PfError : unsigned { X86_PF_PROT = 1, X86_PF_WRITE = 2, X86_PF_USER = 4 };
+
+// GUP flags (include/linux/mm.h).
+enum FollFlags : unsigned {
+  FOLL_WRITE = 0x01,
+  FOLL_TOUCH = 0x02,
+  FOLL_GET = 0x04,
+  FOLL_FORCE = 0x10,
+  FOLL_PIN = 0x40000,
+  FOLL_LONGTERM = 0x10000,
+};
+
+// struct vm_fault.
+struct VmFault {
+  Vma* vma = nullptr;
+  vaddr_t address = 0;
+  unsigned flags = 0;
+  EntryRef pmd;             // the PMD entry that maps address
+  EntryRef pte;             // the PTE, once the table exists
+  pteval_t orig_pte = 0;    // the PTE value the fault saw
+  Page* page = nullptr;     // the page found or made by the fault
+  Page* prealloc_pte = nullptr;  // a PTE table allocated ahead (do_fault_around)
+};
+
+// fault_around_bytes (mm/memory.c): read faults on file/shmem VMAs map up to 16 cached pages.
+inline constexpr std::uint64_t kFaultAroundBytes = 65536;
+
+// One reference that GUP handed to the process's "driver": a pin (FOLL_PIN) or a FOLL_GET.
+struct GupRef {
+  vaddr_t addr;  // page address
+  Page* page;
+  bool pin;
+};
+
+class Kernel {
+ public:
+  Kernel(Machine& machine, const MachineConfig& cfg);
+  ~Kernel();
+
+  Machine& machine;
+  MachineConfig cfg;
+  PhysMem mem;
+  Page* zero_page = nullptr;
+  std::vector<std::unique_ptr<Process>> procs;  // index = pid - 1
+  std::unordered_map<int, std::vector<GupRef>> gup_refs;  // by pid
+  TlbStats tlb;
+  std::shared_ptr<spdlog::logger> tracer;  // null when tracing is off
+
+  // ---- src/mmu/pgtable.cpp: table frames and the walk to an entry (mm/memory.c,
+  //      include/linux/pgtable.h, arch/x86/mm/pgtable.c) ----
+  Page* pte_alloc_one(MmStruct& mm);  // with pgtable_pte_page_ctor
+  Page* pmd_alloc_one(MmStruct& mm);  // with pgtable_pmd_page_ctor
+  Page* pud_alloc_one(MmStruct& mm);
+  void pgtable_free(Page& table);  // pte_free / pmd_free / pud_free: destructor + free
+  bool pgd_alloc(MmStruct& mm);
+  void pgd_free(MmStruct& mm);
+  Page& table_of(pteval_t entry) noexcept { return mem.page(pmd_pfn(entry)); }
+  EntryRef pgd_offset(MmStruct& mm, vaddr_t a) noexcept {
+    return {mm.pgd, table_base(*mm.pgd) + pgd_index(a)};
+  }
+  EntryRef pud_offset(EntryRef pgd, vaddr_t a) noexcept {
+    Page& t = table_of(pgd.get());
+    return {&t, table_base(t) + pud_index(a)};
+  }
+  EntryRef pmd_offset(EntryRef pud, vaddr_t a) noexcept {
+    Page& t = table_of(pud.get());
+    return {&t, table_base(t) + pmd_index(a)};
+  }
+  EntryRef pte_offset_map(EntryRef pmd, vaddr_t a) noexcept {
+    Page& t = table_of(pmd.get());
+    return {&t, table_base(t) + pte_index(a)};
+  }
+  // pud_alloc / pmd_alloc / pte_alloc: allocate a missing level; an empty EntryRef on -ENOMEM.
+  EntryRef pud_alloc(MmStruct& mm, EntryRef pgd, vaddr_t a);
+  EntryRef pmd_alloc(MmStruct& mm, EntryRef pud, vaddr_t a);
+  bool pte_alloc(MmStruct& mm, EntryRef pmd);  // false on -ENOMEM
+  void pmd_install(MmStruct& mm, EntryRef pmd, Page*& pte_table);
+  // Read-only lookup of the PMD entry for a, or an empty ref if a level is missing.
+  EntryRef walk_to_pmd(MmStruct& mm, vaddr_t a) noexcept;
+
+  // ---- src/mmu/rmap.cpp (mm/rmap.c, include/linux/rmap.h) ----
+  void page_add_new_anon_rmap(Page& page, Vma& vma);
+  void page_add_file_rmap(Page& page);
+  void page_remove_rmap(Page& page);
+  void page_move_anon_rmap(Page& page);
+  int page_try_dup_anon_rmap(Page& page, Vma& src_vma);
+  bool anon_vma_prepare(Vma& vma);
+  bool anon_vma_fork(Vma& dst, const Vma& src);
+  Page* vm_normal_page(const Vma& vma, pteval_t pte) noexcept;
+  static unsigned mm_counter(const Page& page) noexcept;
+
+  // ---- src/mmu/mmap.cpp (mm/mmap.c, mm/util.c, mm/shmem.c shmem_zero_setup) ----
+  Result<vaddr_t> do_mmap(MmStruct& mm, vaddr_t addr, std::uint64_t len, Prot prot,
+                          MapFlags flags);
+  Result<vaddr_t> get_unmapped_area(MmStruct& mm, vaddr_t addr, std::uint64_t len,
+                                    MapFlags flags);
+  Result<vaddr_t> mmap_region(MmStruct& mm, vaddr_t addr, std::uint64_t len, std::uint64_t flags,
+                              std::uint64_t prot);
+  Result<void> do_munmap(MmStruct& mm, vaddr_t start, std::uint64_t len);
+  Result<void> do_vmi_munmap(MmStruct& mm, vaddr_t start, vaddr_t end);
+  Vma* vm_area_alloc(MmStruct& mm);
+  Vma* vm_area_dup(const Vma& orig);
+  void vm_area_free(Vma* vma);
+  bool split_vma(MmStruct& mm, Vma& vma, vaddr_t addr, bool new_below);
+  Vma* vma_merge(MmStruct& mm, Vma& vma);  // merge vma with its neighbours if they allow it
+  void vma_set_page_prot(Vma& vma);
+  static pteval_t vm_get_page_prot(std::uint64_t vm_flags) noexcept;
+  void unmap_region(MmStruct& mm, std::vector<Vma*>& vmas, vaddr_t start, vaddr_t end,
+                    vaddr_t floor, vaddr_t ceiling);
+  void remove_vma(Vma* vma);
+
+  // ---- src/mmu/mprotect.cpp (mm/mprotect.c) ----
+  Result<void> do_mprotect_pkey(MmStruct& mm, vaddr_t start, std::uint64_t len, Prot prot);
+  bool mprotect_fixup(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end,
+                      std::uint64_t newflags);
+  long change_protection(MmGather& tlb, Vma& vma, vaddr_t start, vaddr_t end, bool try_writable);
+  long change_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, vaddr_t end,
+                        pteval_t newprot, bool try_writable);
+  bool can_change_pte_writable(Vma& vma, pteval_t pte);
+
+  // ---- src/mmu/madvise.cpp (mm/madvise.c) ----
+  Result<void> do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len, Advice advice);
+  Result<void> madvise_populate(MmStruct& mm, vaddr_t start, vaddr_t end, bool write);
+  bool madvise_update_vma(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end,
+                          std::uint64_t newflags);
+
+  // ---- src/mmu/gup.cpp (mm/gup.c) ----
+  long get_user_pages(MmStruct& mm, vaddr_t start, std::uint64_t nr_pages, unsigned gup_flags,
+                      std::vector<Page*>* pages);  // pages grabbed, or -errno
+  Page* follow_page_pte(Vma& vma, vaddr_t addr, unsigned flags, bool& unshare);
+  int faultin_page(Vma& vma, vaddr_t addr, unsigned flags, bool unshare);
+  static int check_vma_flags(const Vma& vma, unsigned gup_flags) noexcept;
+  static bool gup_must_unshare(const Vma& vma, unsigned flags, const Page& page) noexcept;
+  void unpin_user_page(Page& page);
+  long populate_vma_page_range(Vma& vma, vaddr_t start, vaddr_t end);
+  void mm_populate(MmStruct& mm, vaddr_t start, std::uint64_t len);
+
+  // ---- src/mmu/zap.cpp (mm/memory.c zap paths, mm/mmap.c free_pgtables and exit_mmap) ----
+  void zap_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, vaddr_t end);
+  void zap_pmd_range(MmGather& tlb, Vma& vma, EntryRef pud, vaddr_t addr, vaddr_t end);
+  void zap_pud_range(MmGather& tlb, Vma& vma, EntryRef pgd, vaddr_t addr, vaddr_t end);
+  void unmap_page_range(MmGather& tlb, Vma& vma, vaddr_t addr, vaddr_t end);
+  void unmap_vmas(MmGather& tlb, const std::vector<Vma*>& vmas, vaddr_t start, vaddr_t end);
+  void zap_page_range_single(Vma& vma, vaddr_t address, std::uint64_t size);
+  void free_pgtables(MmGather& tlb, const std::vector<Vma*>& vmas, vaddr_t floor,
+                     vaddr_t ceiling);
+  void free_pgd_range(MmGather& tlb, vaddr_t addr, vaddr_t end, vaddr_t floor, vaddr_t ceiling);
+  void free_pud_range(MmGather& tlb, EntryRef pgd, vaddr_t addr, vaddr_t end, vaddr_t floor,
+                      vaddr_t ceiling);
+  void free_pmd_range(MmGather& tlb, EntryRef pud, vaddr_t addr, vaddr_t end, vaddr_t floor,
+                      vaddr_t ceiling);
+  void free_pte_range(MmGather& tlb, EntryRef pmd);
+  void exit_mmap(MmStruct& mm);
+  void tlb_finish_mmu(MmGather& tlb);
+
+  // ---- src/fork/fork.cpp (kernel/fork.c) ----
+  Result<Process*> kernel_clone(Process& parent);
+  int dup_mmap(MmStruct& mm, MmStruct& oldmm);
+
+  // ---- src/fork/copy_page_range.cpp (mm/memory.c) ----
+  int copy_page_range(Vma& dst_vma, Vma& src_vma);
+  int copy_pud_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pgd, EntryRef src_pgd,
+                     vaddr_t addr, vaddr_t end);
+  int copy_pmd_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pud, EntryRef src_pud,
+                     vaddr_t addr, vaddr_t end);
+  int copy_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, EntryRef src_pmd,
+                     vaddr_t addr, vaddr_t end);
+  int copy_present_pte(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte, EntryRef src_pte,
+                       RssVec& rss, Page*& prealloc);
+  int copy_present_page(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte, EntryRef src_pte,
+                        RssVec& rss, Page*& prealloc, Page& page);
+  Page* page_copy_prealloc(MmStruct& src_mm);
+  static bool vma_needs_copy(const Vma& dst_vma, const Vma& src_vma) noexcept;
+
+  // ---- src/fault/memory.cpp (mm/memory.c) ----
+  vm_fault_t handle_mm_fault(Vma& vma, vaddr_t address, unsigned flags);
+  vm_fault_t __handle_mm_fault(Vma& vma, vaddr_t address, unsigned flags);
+  vm_fault_t handle_pte_fault(VmFault& vmf);
+  vm_fault_t do_anonymous_page(VmFault& vmf);
+  // ---- src/fault/wp.cpp (mm/memory.c) ----
+  vm_fault_t do_wp_page(VmFault& vmf);
+  vm_fault_t wp_page_copy(VmFault& vmf);
+  vm_fault_t wp_page_shared(VmFault& vmf);
+  void wp_page_reuse(VmFault& vmf);
+  // ---- src/fault/file.cpp (mm/memory.c do_fault and mm/shmem.c shmem_fault) ----
+  vm_fault_t do_fault(VmFault& vmf);
+  vm_fault_t do_read_fault(VmFault& vmf);
+  vm_fault_t do_shared_fault(VmFault& vmf);
+  vm_fault_t do_fault_around(VmFault& vmf);
+  vm_fault_t finish_fault(VmFault& vmf);
+  void do_set_pte(VmFault& vmf, Page& page, vaddr_t addr, EntryRef pte);
+  vm_fault_t shmem_fault(VmFault& vmf);
+  void shmem_truncate(ShmemFile& file);
+  // ---- src/fault/user_fault.cpp (arch/x86/mm/fault.c) ----
+  vm_fault_t do_user_addr_fault(MmStruct& mm, vaddr_t address, unsigned error_code);
+  static bool access_error(unsigned error_code, const Vma& vma) noexcept;
+
+  // ---- src/mmu/mmu.cpp: the hardware page walk and user accesses ----
+  Result<std::uint64_t> user_access(MmStruct& mm, vaddr_t addr, bool write, std::uint64_t val);
+
+  // ---- src/mmu/task_mmu.cpp (fs/proc/task_mmu.c) ----
+  PagemapEntry pagemap(MmStruct& mm, vaddr_t addr);
+  std::vector<SmapsEntry> smaps(MmStruct& mm);
+  void clear_refs_soft_dirty(MmStruct& mm);
+
+  // ---- src/mmu/invariants.cpp ----
+  void check_invariants() const;
+
+  // ---- src/mmu/process.cpp: process lifetime ----
+  Process& spawn();
+  void release_gup_refs(int pid);
+  void do_exit(Process& p);
+};
+
+// Trace at a kernel tracepoint; costs one branch when tracing is off.
+#define COWPTE_TRACE(k, ...)                              \
+  do {                                                    \
+    if ((k).tracer) [[unlikely]] (k).tracer->trace(__VA_ARGS__); \
+  } while (0)
+
+}  // namespace cowpte

@@ -1,0 +1,166 @@
+// struct page and simulated physical memory: one 48-byte record per frame in one contiguous
+// array (like vmemmap), free frames on a Boost.Intrusive free list, and frame contents that
+// exist in host memory only after a non-zero store. Models include/linux/mm_types.h,
+// include/linux/page_ref.h, include/linux/page-flags.h and mm/page_alloc.c (order 0 only).
+#pragma once
+
+#include <boost/intrusive/slist.hpp>
+#include <boost/pool/pool.hpp>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+
+#include "cowpte/pgtable_types.hpp"
+#include "cowpte/spinlock.hpp"
+#include "cowpte/types.hpp"
+
+namespace cowpte {
+
+struct ShmemFile;
+
+// Page flags (page-flags.h); only those the model uses.
+enum PageFlags : std::uint32_t {
+  PG_free = 1u << 0,            // on the free list (the buddy allocator's PageBuddy)
+  PG_anon = 1u << 1,            // PageAnon: page->mapping is an anon_vma
+  PG_anon_exclusive = 1u << 2,  // PageAnonExclusive (aliases PG_mappedtodisk)
+  PG_table = 1u << 3,           // PageTable: a page-table frame
+  PG_zero = 1u << 4,            // the shared zero page (is_zero_pfn)
+  PG_swapcache = 1u << 5,       // PageSwapCache
+  PG_dirty = 1u << 6,           // PageDirty
+  PG_swapbacked = 1u << 7,      // PageSwapBacked: anon and shmem pages
+  PG_reserved = 1u << 8,        // never freed (the zero page)
+};
+
+// GUP_PIN_COUNTING_BIAS (include/linux/mm.h): a FOLL_PIN on a small folio adds 1024 references.
+inline constexpr std::int32_t GUP_PIN_COUNTING_BIAS = 1024;
+
+using FreeListHook =
+    boost::intrusive::slist_member_hook<boost::intrusive::link_mode<boost::intrusive::normal_link>>;
+
+// struct page. A table frame uses ptl (its split lock); a page-cache page uses mapping/index.
+struct Page {
+  FreeListHook lru;                // free-list link (the buddy list_head)
+  std::uint64_t* data = nullptr;   // 4 KiB of contents; null means all zeros
+  ShmemFile* mapping = nullptr;    // page->mapping of a shmem page-cache page
+  std::uint64_t index = 0;         // page->index in that mapping
+  std::int32_t _refcount = 0;      // page_count()
+  std::int32_t _mapcount = -1;     // page_mapcount() - 1
+  std::uint32_t flags = 0;
+  SpinLock ptl;                    // split PTE/PMD lock of a table frame
+
+  bool test(PageFlags f) const noexcept { return flags & f; }
+  void set(PageFlags f) noexcept { flags |= f; }
+  void clear(PageFlags f) noexcept { flags &= ~f; }
+};
+static_assert(sizeof(Page) <= 64, "struct page must stay within 64 bytes, like Linux's");
+
+// page_ref.h / mm.h / rmap.h helpers on one page.
+inline int page_count(const Page& p) noexcept { return p._refcount; }
+inline int page_mapcount(const Page& p) noexcept { return p._mapcount + 1; }
+inline void get_page(Page& p) noexcept { ++p._refcount; }
+inline bool PageAnon(const Page& p) noexcept { return p.test(PG_anon); }
+inline bool PageAnonExclusive(const Page& p) noexcept { return p.test(PG_anon_exclusive); }
+inline bool PageSwapCache(const Page& p) noexcept { return p.test(PG_swapcache); }
+inline bool page_maybe_dma_pinned(const Page& p) noexcept {
+  return page_count(p) >= GUP_PIN_COUNTING_BIAS;  // small folio: may give false positives
+}
+
+using FreeList = boost::intrusive::slist<
+    Page, boost::intrusive::member_hook<Page, FreeListHook, &Page::lru>,
+    boost::intrusive::constant_time_size<true>, boost::intrusive::cache_last<false>>;
+
+// Simulated physical memory: the mem_map array, the free list and frame contents.
+class PhysMem {
+ public:
+  explicit PhysMem(std::uint64_t memory_bytes);
+  ~PhysMem();
+  PhysMem(const PhysMem&) = delete;
+  PhysMem& operator=(const PhysMem&) = delete;
+
+  std::uint64_t total_pages() const noexcept { return nr_frames_; }
+  std::uint64_t free_pages() const noexcept {
+    return free_list_.size() + (nr_frames_ - watermark_);
+  }
+  // Frames at or above the watermark were never handed out; their records are still zero.
+  std::uint64_t watermark() const noexcept { return watermark_; }
+
+  // pfn_to_page / page_to_pfn: pointer arithmetic on mem_map, as with vmemmap.
+  Page& page(Pfn pfn) noexcept { return mem_map_[raw(pfn)]; }
+  const Page& page(Pfn pfn) const noexcept { return mem_map_[raw(pfn)]; }
+  Pfn pfn(const Page& p) const noexcept { return Pfn{static_cast<std::uint64_t>(&p - mem_map_)}; }
+  bool valid(Pfn pfn) const noexcept { return raw(pfn) < nr_frames_; }
+  bool ever_allocated(Pfn pfn) const noexcept { return raw(pfn) < watermark_; }
+
+  // alloc_page(GFP_KERNEL): refcount 1, or nullptr when memory is exhausted or a failure is
+  // injected. Contents read as zeros (a fresh frame owns no host memory).
+  Page* alloc_page();
+  // __free_page: the frame's references are gone; back to the free list.
+  void free_page(Page& p);
+  // put_page: drop one reference, free on the last.
+  void put_page(Page& p) {
+    if (--p._refcount == 0) free_page(p);
+  }
+
+  // Fault injection shared by every allocator of the model (pages, VMAs, anon_vmas): the nth
+  // allocation from now fails once (should_fail_alloc_page / should_failslab).
+  bool should_fail_alloc() noexcept {
+    ++allocations_;
+    if (fail_countdown_ && --fail_countdown_ == 0) return true;
+    return false;
+  }
+  void fail_nth_allocation(std::uint64_t n) noexcept { fail_countdown_ = n; }
+  std::uint64_t allocations() const noexcept { return allocations_; }
+
+  // Contents: 8-byte words.
+  std::uint64_t load_word(const Page& p, unsigned off) const noexcept {
+    return p.data ? p.data[off >> 3] : 0;
+  }
+  void store_word(Page& p, unsigned off, std::uint64_t v) {
+    if (!p.data) {
+      if (v == 0) return;  // still all zeros: no host memory needed
+      p.data = alloc_block();
+    }
+    p.data[off >> 3] = v;
+  }
+  void copy_page(Page& dst, const Page& src) {  // copy_user_highpage
+    release_contents(dst);
+    if (src.data) {
+      dst.data = alloc_block_uninit();
+      std::memcpy(dst.data, src.data, PAGE_SIZE);
+    }
+  }
+  void release_contents(Page& p) noexcept {
+    if (p.data) {
+      blocks_.free(p.data);
+      p.data = nullptr;
+      --host_blocks_;
+    }
+  }
+  // A table frame always has its 512 entries in host memory.
+  std::uint64_t* alloc_table_block() { return alloc_block(); }
+  std::uint64_t host_blocks() const noexcept { return host_blocks_; }
+
+ private:
+  std::uint64_t* alloc_block_uninit() {
+    void* b = blocks_.malloc();
+    if (!b) throw std::bad_alloc();
+    ++host_blocks_;
+    return static_cast<std::uint64_t*>(b);
+  }
+  std::uint64_t* alloc_block() {
+    std::uint64_t* b = alloc_block_uninit();
+    std::memset(b, 0, PAGE_SIZE);
+    return b;
+  }
+
+  Page* mem_map_ = nullptr;
+  std::uint64_t nr_frames_ = 0;
+  std::uint64_t watermark_ = 0;
+  FreeList free_list_;
+  boost::pool<> blocks_{PAGE_SIZE};
+  std::uint64_t host_blocks_ = 0;
+  std::uint64_t allocations_ = 0;
+  std::uint64_t fail_countdown_ = 0;
+};
+
+}  // namespace cowpte

@@ -1,0 +1,104 @@
+// Page-table entry access in table frames, and the lock checker: every entry write goes through
+// one of the setters below, which (with COWPTE_LOCK_CHECKS) assert that the writer holds the
+// lock Linux uses to guard that entry. Models include/linux/pgtable.h, arch/x86/include/asm/
+// pgtable.h and the lock helpers of include/linux/mm.h (pte_lockptr, pmd_lockptr, pud_lockptr).
+#pragma once
+
+#include "cowpte/mm_types.hpp"
+#include "cowpte/page.hpp"
+#include "cowpte/pgtable_types.hpp"
+#include "cowpte/spinlock.hpp"
+
+namespace cowpte {
+
+// A pointer to one entry inside a table frame, with the frame it lives in (for its lock).
+struct EntryRef {
+  Page* table = nullptr;
+  pteval_t* p = nullptr;
+
+  pteval_t get() const noexcept { return *p; }
+  explicit operator bool() const noexcept { return p != nullptr; }
+};
+
+inline pteval_t* table_base(Page& t) noexcept { return t.data; }
+
+// --- lock lookup ---
+// pte_lockptr: the split lock in the struct page of the PTE table.
+inline SpinLock& pte_lockptr(Page& pte_table) noexcept { return pte_table.ptl; }
+// pmd_lockptr: the split lock of the PMD table frame (USE_SPLIT_PMD_PTLOCKS on x86-64).
+inline SpinLock& pmd_lockptr(Page& pmd_table) noexcept { return pmd_table.ptl; }
+// pud_lockptr: mm->page_table_lock.
+inline SpinLock& pud_lockptr(MmStruct& mm) noexcept { return mm.page_table_lock; }
+
+// --- the checker ---
+// free_pgtables() clears upper-level entries holding no spinlock: Linux relies on the VMAs
+// being detached (and mmap_lock held), so no other path can reach those tables.
+inline void check_pte_write(const Page& pte_table) {
+  if constexpr (kLockChecks) {
+    if (!pte_table.ptl.is_locked()) lock_violation("PTE write without the PTE table's lock");
+  }
+}
+inline void check_pmd_write(const MmStruct& mm, const Page& pmd_table, bool freeing) {
+  if constexpr (kLockChecks) {
+    if (freeing) {
+      if (!mm.mmap_lock.is_locked()) lock_violation("free_pgtables without mmap_lock");
+    } else if (!pmd_table.ptl.is_locked()) {
+      lock_violation("PMD write without the PMD table's lock");
+    }
+  }
+}
+inline void check_pud_write(const MmStruct& mm, bool freeing) {
+  if constexpr (kLockChecks) {
+    if (freeing) {
+      if (!mm.mmap_lock.is_locked()) lock_violation("free_pgtables without mmap_lock");
+    } else if (!mm.page_table_lock.is_locked()) {
+      lock_violation("PUD/PGD write without mm->page_table_lock");
+    }
+  }
+}
+
+// --- PTE writes (caller holds the PTE table's lock) ---
+inline void set_pte_at(EntryRef pte, pteval_t v) {
+  check_pte_write(*pte.table);
+  *pte.p = v;
+}
+inline pteval_t ptep_get_and_clear(EntryRef pte) {
+  check_pte_write(*pte.table);
+  pteval_t old = *pte.p;
+  *pte.p = 0;
+  return old;
+}
+inline void ptep_set_wrprotect(EntryRef pte) {
+  check_pte_write(*pte.table);
+  *pte.p &= ~_PAGE_RW;
+}
+inline void pte_clear(EntryRef pte) {
+  check_pte_write(*pte.table);
+  *pte.p = 0;
+}
+
+// --- PMD writes (caller holds the PMD table's lock, or is free_pgtables) ---
+inline void set_pmd_at(const MmStruct& mm, EntryRef pmd, pteval_t v) {
+  check_pmd_write(mm, *pmd.table, false);
+  *pmd.p = v;
+}
+inline void pmdp_set_wrprotect(const MmStruct& mm, EntryRef pmd) {
+  check_pmd_write(mm, *pmd.table, false);
+  *pmd.p &= ~_PAGE_RW;
+}
+inline void pmd_clear_for_free(const MmStruct& mm, EntryRef pmd) {
+  check_pmd_write(mm, *pmd.table, true);
+  *pmd.p = 0;
+}
+
+// --- PUD and PGD writes (caller holds mm->page_table_lock, or is free_pgtables) ---
+inline void set_pud(const MmStruct& mm, EntryRef pud, pteval_t v) {
+  check_pud_write(mm, false);
+  *pud.p = v;
+}
+inline void pud_clear_for_free(const MmStruct& mm, EntryRef pud) {
+  check_pud_write(mm, true);
+  *pud.p = 0;
+}
+
+}  // namespace cowpte

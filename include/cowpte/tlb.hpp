@@ -1,0 +1,40 @@
+// TLB maintenance as the kernel issues it: struct mmu_gather (include/asm-generic/tlb.h,
+// mm/mmu_gather.c) batches the pages and table frames that may be freed only after the TLB
+// flush, and the flush calls are counted. The hardware TLBs themselves belong to the timing
+// model; the functional model walks the tables on every access, so it never holds a stale entry.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "cowpte/types.hpp"
+
+namespace cowpte {
+
+struct Page;
+struct MmStruct;
+
+struct TlbStats {
+  std::uint64_t flush_range = 0;  // flush_tlb_range / tlb_flush of a gather
+  std::uint64_t flush_mm = 0;     // flush_tlb_mm
+  std::uint64_t flush_page = 0;   // flush_tlb_page (ptep_clear_flush)
+};
+
+// struct mmu_gather.
+struct MmGather {
+  MmStruct* mm = nullptr;
+  bool fullmm = false;            // exit_mmap: the whole address space goes
+  vaddr_t start = ~0ull, end = 0;  // the range whose translations must be flushed
+  std::vector<Page*> pages;       // references to drop after the flush (__tlb_remove_page)
+  std::vector<Page*> tables;      // table frames to free after the flush (tlb_remove_table)
+
+  MmGather(MmStruct& m, bool full) : mm(&m), fullmm(full) {}
+  void tlb_remove_tlb_entry(vaddr_t addr, std::uint64_t size) {  // tlb_flush_pte_range
+    start = std::min(start, addr);
+    end = std::max(end, addr + size);
+  }
+  bool need_flush() const { return end > start; }
+};
+
+}  // namespace cowpte

@@ -1,0 +1,94 @@
+// The generic fault path: handle_mm_fault, __handle_mm_fault, handle_pte_fault and
+// do_anonymous_page (mm/memory.c).
+#include "cowpte/kernel.hpp"
+
+namespace cowpte {
+
+// do_anonymous_page: a read maps the shared zero page read-only; a write maps a new zeroed
+// page, exclusive to this process.
+vm_fault_t Kernel::do_anonymous_page(VmFault& vmf) {
+  Vma& vma = *vmf.vma;
+  MmStruct& mm = *vma.vm_mm;
+  if (vma.vm_flags & VM_SHARED) return VM_FAULT_SIGBUS;
+  if (!pte_alloc(mm, vmf.pmd)) return VM_FAULT_OOM;
+
+  if (!(vmf.flags & FAULT_FLAG_WRITE)) {
+    const pteval_t entry = pte_mkspecial(pfn_pte(mem.pfn(*zero_page), vma.vm_page_prot));
+    vmf.pte = pte_offset_map(vmf.pmd, vmf.address);
+    SpinGuard ptl(pte_lockptr(*vmf.pte.table));  // pte_offset_map_lock
+    if (!pte_none(vmf.pte.get())) return 0;      // someone else mapped it
+    set_pte_at(vmf.pte, entry);
+    return 0;
+  }
+
+  if (!anon_vma_prepare(vma)) return VM_FAULT_OOM;
+  Page* page = mem.alloc_page();  // alloc_zeroed_user_highpage_movable
+  if (!page) return VM_FAULT_OOM;
+  pteval_t entry = pfn_pte(mem.pfn(*page), vma.vm_page_prot);
+  if (vma.vm_flags & VM_WRITE) entry = pte_mkwrite(pte_mkdirty(entry));
+  vmf.pte = pte_offset_map(vmf.pmd, vmf.address);
+  SpinGuard ptl(pte_lockptr(*vmf.pte.table));
+  if (!pte_none(vmf.pte.get())) {
+    mem.put_page(*page);
+    return 0;
+  }
+  ++mm.rss_stat[MM_ANONPAGES];  // inc_mm_counter_fast
+  page_add_new_anon_rmap(*page, vma);
+  set_pte_at(vmf.pte, entry);
+  return 0;
+}
+
+// handle_pte_fault: dispatch on the state of the PTE.
+vm_fault_t Kernel::handle_pte_fault(VmFault& vmf) {
+  if (pmd_none(vmf.pmd.get())) {
+    vmf.pte = {};
+  } else {
+    vmf.pte = pte_offset_map(vmf.pmd, vmf.address);
+    vmf.orig_pte = vmf.pte.get();
+    if (pte_none(vmf.orig_pte)) vmf.pte = {};
+  }
+  if (!vmf.pte) return vma_is_anonymous(*vmf.vma) ? do_anonymous_page(vmf) : do_fault(vmf);
+  if (!pte_present(vmf.orig_pte))
+    throw InvariantViolation("handle_pte_fault: swap entry, but the model has no swap device");
+  if (pte_protnone(vmf.orig_pte)) return VM_FAULT_SIGSEGV;  // no NUMA balancing in the model
+
+  SpinLock& ptl = pte_lockptr(*vmf.pte.table);
+  ptl.lock();
+  pteval_t entry = vmf.pte.get();
+  if (entry != vmf.orig_pte) {  // !pte_same: raced, retry the access
+    ptl.unlock();
+    return 0;
+  }
+  if (vmf.flags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE)) {
+    if (!pte_write(entry)) return do_wp_page(vmf);  // drops the lock
+    if (vmf.flags & FAULT_FLAG_WRITE) entry = pte_mkdirty(entry);
+  }
+  entry = pte_mkyoung(entry);
+  if (entry != vmf.orig_pte) set_pte_at(vmf.pte, entry);  // ptep_set_access_flags
+  ptl.unlock();
+  return 0;
+}
+
+// __handle_mm_fault: allocate the missing upper levels, then the PTE level decides.
+vm_fault_t Kernel::__handle_mm_fault(Vma& vma, vaddr_t address, unsigned flags) {
+  MmStruct& mm = *vma.vm_mm;
+  VmFault vmf;
+  vmf.vma = &vma;
+  vmf.address = address & PAGE_MASK;
+  vmf.flags = flags;
+  EntryRef pgd = pgd_offset(mm, address);
+  EntryRef pud = pud_alloc(mm, pgd, address);  // p4d_alloc is folded
+  if (!pud) return VM_FAULT_OOM;
+  vmf.pmd = pmd_alloc(mm, pud, address);
+  if (!vmf.pmd) return VM_FAULT_OOM;
+  return handle_pte_fault(vmf);
+}
+
+vm_fault_t Kernel::handle_mm_fault(Vma& vma, vaddr_t address, unsigned flags) {
+  const vm_fault_t ret = __handle_mm_fault(vma, address, flags);
+  COWPTE_TRACE(*this, "fault: pid {} addr {:#x} flags {:#x} -> {:#x}", vma.vm_mm->pid, address,
+               flags, ret);
+  return ret;
+}
+
+}  // namespace cowpte

@@ -1,0 +1,160 @@
+// fork's page-table copy: copy_page_range and the levels below it (mm/memory.c).
+#include "cowpte/kernel.hpp"
+
+namespace cowpte {
+
+namespace {
+constexpr int EAGAIN_ = 11, ENOMEM_ = 12, EBUSY_ = 16;
+}
+
+// vma_needs_copy: only VMAs whose PTEs cannot be refaulted are copied at fork: those with an
+// anon_vma (COWed pages live only in the tables). uffd-wp and PFNMAP are not modelled.
+bool Kernel::vma_needs_copy(const Vma&, const Vma& src_vma) noexcept {
+  return static_cast<bool>(src_vma.anon_vma);
+}
+
+// page_copy_prealloc: a page for a child whose parent page may be pinned.
+Page* Kernel::page_copy_prealloc(MmStruct&) { return mem.alloc_page(); }
+
+// copy_present_page: the parent's page may be pinned, so the child gets a copy now; the parent
+// keeps its exclusive page and its PTE unchanged.
+int Kernel::copy_present_page(Vma& dst_vma, Vma&, EntryRef dst_pte, EntryRef, RssVec& rss,
+                              Page*& prealloc, Page& page) {
+  Page* new_page = prealloc;
+  if (!new_page) return -EAGAIN_;
+  prealloc = nullptr;
+  mem.copy_page(*new_page, page);
+  page_add_new_anon_rmap(*new_page, dst_vma);
+  ++rss[MM_ANONPAGES];
+  pteval_t pte = pfn_pte(mem.pfn(*new_page), dst_vma.vm_page_prot);
+  pte = pte_mkdirty(pte);
+  if (dst_vma.vm_flags & VM_WRITE) pte = pte_mkwrite(pte);  // maybe_mkwrite
+  set_pte_at(dst_pte, pte);
+  return 0;
+}
+
+// copy_present_pte: share one present page with the child.
+int Kernel::copy_present_pte(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte, EntryRef src_pte,
+                             RssVec& rss, Page*& prealloc) {
+  const std::uint64_t vm_flags = src_vma.vm_flags;
+  pteval_t pte = src_pte.get();
+  Page* page = vm_normal_page(src_vma, pte);
+  if (page && PageAnon(*page)) {
+    get_page(*page);
+    if (page_try_dup_anon_rmap(*page, src_vma)) [[unlikely]] {
+      mem.put_page(*page);  // maybe pinned: the child must get a copy
+      return copy_present_page(dst_vma, src_vma, dst_pte, src_pte, rss, prealloc, *page);
+    }
+    ++rss[MM_ANONPAGES];
+  } else if (page) {
+    get_page(*page);
+    page_add_file_rmap(*page);  // page_dup_file_rmap
+    ++rss[mm_counter(*page)];
+  }
+  // A COW mapping is write-protected in both parent and child.
+  if (is_cow_mapping(vm_flags) && pte_write(pte)) {
+    ptep_set_wrprotect(src_pte);
+    pte = pte_wrprotect(pte);
+  }
+  if (vm_flags & VM_SHARED) pte = pte_mkclean(pte);
+  pte = pte_mkold(pte);
+  pte = pte_clear_uffd_wp(pte);  // the child VMA is never uffd-wp in the model
+  set_pte_at(dst_pte, pte);
+  return 0;
+}
+
+// copy_pte_range: one PTE table, child's lock first, then the parent's nested. A page that
+// must be copied needs a preallocated page: drop the locks, allocate, and resume there.
+int Kernel::copy_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, EntryRef src_pmd,
+                           vaddr_t addr, vaddr_t end) {
+  MmStruct& dst_mm = *dst_vma.vm_mm;
+  Page* prealloc = nullptr;
+  int ret = 0;
+again:
+  RssVec rss{};
+  if (!pte_alloc(dst_mm, dst_pmd)) return -ENOMEM_;  // pte_alloc_map_lock
+  EntryRef dst_pte = pte_offset_map(dst_pmd, addr);
+  EntryRef src_pte = pte_offset_map(src_pmd, addr);
+  SpinLock& dst_ptl = pte_lockptr(*dst_pte.table);
+  SpinLock& src_ptl = pte_lockptr(*src_pte.table);
+  dst_ptl.lock();
+  src_ptl.lock();  // spin_lock_nested(src_ptl, SINGLE_DEPTH_NESTING)
+  do {
+    const pteval_t v = src_pte.get();
+    if (pte_none(v)) continue;
+    if (!pte_present(v)) [[unlikely]]
+      throw InvariantViolation("copy_pte_range: swap entry, but the model has no swap device");
+    ret = copy_present_pte(dst_vma, src_vma, dst_pte, src_pte, rss, prealloc);
+    if (ret == -EAGAIN_) [[unlikely]]
+      break;
+    if (prealloc) [[unlikely]] {
+      mem.put_page(*prealloc);  // not used for this address: never reuse it at another one
+      prealloc = nullptr;
+    }
+  } while (++dst_pte.p, ++src_pte.p, addr += PAGE_SIZE, addr != end);
+  src_ptl.unlock();
+  add_mm_rss_vec(dst_mm, rss);
+  dst_ptl.unlock();
+
+  if (ret == -EAGAIN_) {
+    prealloc = page_copy_prealloc(*src_vma.vm_mm);
+    if (!prealloc) return -ENOMEM_;
+    ret = 0;
+  }
+  if (addr != end) goto again;
+  if (prealloc) mem.put_page(*prealloc);
+  return 0;
+}
+
+int Kernel::copy_pmd_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pud, EntryRef src_pud,
+                           vaddr_t addr, vaddr_t end) {
+  EntryRef dst_pmd = pmd_alloc(*dst_vma.vm_mm, dst_pud, addr);
+  if (!dst_pmd) return -ENOMEM_;
+  EntryRef src_pmd = pmd_offset(src_pud, addr);
+  do {
+    const vaddr_t next = pmd_addr_end(addr, end);
+    if (pmd_none(src_pmd.get())) continue;  // pmd_none_or_clear_bad
+    if (copy_pte_range(dst_vma, src_vma, dst_pmd, src_pmd, addr, next)) return -ENOMEM_;
+  } while (++dst_pmd.p, ++src_pmd.p, addr = pmd_addr_end(addr, end), addr != end);
+  return 0;
+}
+
+int Kernel::copy_pud_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pgd, EntryRef src_pgd,
+                           vaddr_t addr, vaddr_t end) {
+  EntryRef dst_pud = pud_alloc(*dst_vma.vm_mm, dst_pgd, addr);
+  if (!dst_pud) return -ENOMEM_;
+  EntryRef src_pud = pud_offset(src_pgd, addr);
+  do {
+    const vaddr_t next = pud_addr_end(addr, end);
+    if (pmd_none(src_pud.get())) continue;  // pud_none_or_clear_bad
+    if (copy_pmd_range(dst_vma, src_vma, dst_pud, src_pud, addr, next)) return -ENOMEM_;
+  } while (++dst_pud.p, ++src_pud.p, addr = pud_addr_end(addr, end), addr != end);
+  return 0;
+}
+
+// copy_page_range: for a COW mapping, write_protect_seq is odd while the copy runs, which is
+// what makes page_needs_cow_for_dma() valid (GUP-fast backs off meanwhile).
+int Kernel::copy_page_range(Vma& dst_vma, Vma& src_vma) {
+  if (!vma_needs_copy(dst_vma, src_vma)) return 0;
+  MmStruct& src_mm = *src_vma.vm_mm;
+  const bool is_cow = is_cow_mapping(src_vma.vm_flags);
+  if (is_cow) ++src_mm.write_protect_seq;  // raw_write_seqcount_begin
+  vaddr_t addr = src_vma.vm_start;
+  const vaddr_t end = src_vma.vm_end;
+  EntryRef dst_pgd = pgd_offset(*dst_vma.vm_mm, addr);
+  EntryRef src_pgd = pgd_offset(src_mm, addr);
+  int ret = 0;
+  do {
+    const vaddr_t next = pgd_addr_end(addr, end);
+    if (pmd_none(src_pgd.get())) continue;  // pgd_none_or_clear_bad
+    if (copy_pud_range(dst_vma, src_vma, dst_pgd, src_pgd, addr, next)) {
+      ret = -ENOMEM_;
+      break;
+    }
+  } while (++dst_pgd.p, ++src_pgd.p, addr = pgd_addr_end(addr, end), addr != end);
+  if (is_cow) ++src_mm.write_protect_seq;  // raw_write_seqcount_end
+  (void)EBUSY_;
+  return ret;
+}
+
+}  // namespace cowpte

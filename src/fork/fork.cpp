@@ -1,0 +1,67 @@
+// fork(): kernel_clone -> copy_process -> copy_mm -> dup_mm -> dup_mmap (kernel/fork.c).
+#include "cowpte/kernel.hpp"
+
+namespace cowpte {
+
+// dup_mmap: copy every VMA but VM_DONTCOPY ones; VM_WIPEONFORK ones come empty. Both mms are
+// write-locked (the child's nested) for the whole copy; the parent's TLB is flushed at the end
+// because copy_present_pte write-protected its PTEs.
+int Kernel::dup_mmap(MmStruct& mm, MmStruct& oldmm) {
+  MmapWriteGuard old_lock(oldmm.mmap_lock);
+  MmapWriteGuard new_lock(mm.mmap_lock);  // mmap_write_lock_nested(SINGLE_DEPTH_NESTING)
+  int retval = 0;
+  for (Vma& mpnt : oldmm.mm_mt) {
+    if (mpnt.vm_flags & VM_DONTCOPY) continue;
+    Vma* tmp = vm_area_dup(mpnt);
+    if (!tmp) {
+      retval = -12;
+      break;
+    }
+    tmp->vm_mm = &mm;
+    if (tmp->vm_flags & VM_WIPEONFORK) {
+      tmp->anon_vma = nullptr;  // the child starts with an empty anon_vma-less VMA
+      tmp->anon_vma_chain = 0;
+    } else {
+      tmp->anon_vma = nullptr;
+      if (!anon_vma_fork(*tmp, mpnt)) {
+        vm_area_free(tmp);
+        retval = -12;
+        break;
+      }
+    }
+    tmp->vm_flags &= ~VM_LOCKED;
+    mm.mm_mt.insert(*tmp);
+    if (!(tmp->vm_flags & VM_WIPEONFORK)) retval = copy_page_range(*tmp, mpnt);
+    if (retval) break;
+  }
+  ++tlb.flush_mm;  // flush_tlb_mm(oldmm)
+  return retval;
+}
+
+// kernel_clone: the COW PTE series turns MMF_COW_PTE_READY into MMF_COW_PTE before copying.
+// A failed copy tears the half-built mm down with exit_mmap; no pid is used up.
+Result<Process*> Kernel::kernel_clone(Process& parent) {
+  MmStruct& oldmm = *parent.mm();
+  COWPTE_TRACE(*this, "fork: pid {} start", oldmm.pid);
+  if (oldmm.test_flag(MMF_COW_PTE_READY)) {
+    oldmm.clear_flag(MMF_COW_PTE_READY);
+    oldmm.set_flag(MMF_COW_PTE);
+  }
+  auto mm = std::make_unique<MmStruct>();
+  if (!pgd_alloc(*mm)) return Errno::nomem;  // mm_alloc -> mm_init -> pgd_alloc
+  mm->flags = oldmm.flags & MMF_INIT_MASK;
+  const int err = dup_mmap(*mm, oldmm);
+  if (err) {
+    exit_mmap(*mm);  // mmput
+    pgd_free(*mm);
+    COWPTE_TRACE(*this, "fork: pid {} failed {}", oldmm.pid, err);
+    return Errno::nomem;
+  }
+  const int pid = static_cast<int>(procs.size()) + 1;  // alloc_pid, after copy_mm
+  mm->pid = pid;
+  procs.push_back(std::make_unique<Process>(machine, pid, std::move(mm)));
+  COWPTE_TRACE(*this, "fork: pid {} -> child {}", oldmm.pid, pid);
+  return procs.back().get();
+}
+
+}  // namespace cowpte

@@ -1,0 +1,129 @@
+// get_user_pages and pinning (mm/gup.c): follow the tables, fault pages in where they are
+// missing or must be unshared, and take a reference (FOLL_GET) or a pin (FOLL_PIN).
+#include "cowpte/kernel.hpp"
+
+namespace cowpte {
+
+namespace {
+constexpr int EFAULT_ = 14, ENOMEM_ = 12;
+}
+
+// check_vma_flags: may GUP access this VMA this way?
+int Kernel::check_vma_flags(const Vma& vma, unsigned gup_flags) noexcept {
+  const std::uint64_t vm_flags = vma.vm_flags;
+  if (gup_flags & FOLL_WRITE) {
+    if (!(vm_flags & VM_WRITE)) {
+      if (!(gup_flags & FOLL_FORCE) || !is_cow_mapping(vm_flags)) return -EFAULT_;
+    }
+  } else if (!(vm_flags & VM_READ)) {
+    if (!(gup_flags & FOLL_FORCE) || !(vm_flags & VM_MAYREAD)) return -EFAULT_;
+  }
+  return 0;
+}
+
+// gup_must_unshare: a read-only pin must not land on a page a COW could replace later.
+bool Kernel::gup_must_unshare(const Vma& vma, unsigned flags, const Page& page) noexcept {
+  if ((flags & (FOLL_WRITE | FOLL_PIN)) != FOLL_PIN) return false;
+  if (!PageAnon(page)) {
+    // The zero page or a page-cache page in a COW mapping (v6.2: reliable R/O long-term pins).
+    return (flags & FOLL_LONGTERM) && is_cow_mapping(vma.vm_flags);
+  }
+  return !PageAnonExclusive(page);
+}
+
+// follow_page_pte: the page behind a present PTE that allows this access, with a reference or
+// pin taken under the PTE lock; nullptr when a fault is needed (unshare says which kind).
+Page* Kernel::follow_page_pte(Vma& vma, vaddr_t addr, unsigned flags, bool& unshare) {
+  unshare = false;
+  EntryRef pmd = walk_to_pmd(*vma.vm_mm, addr);
+  if (!pmd || pmd_none(pmd.get())) return nullptr;
+  EntryRef pte = pte_offset_map(pmd, addr);
+  SpinGuard ptl(pte_lockptr(*pte.table));  // pte_offset_map_lock
+  const pteval_t v = pte.get();
+  if (!pte_present(v) || pte_protnone(v)) return nullptr;
+  if ((flags & FOLL_WRITE) && !pte_write(v)) return nullptr;  // can_follow_write_pte
+  Page* page = &mem.page(pte_pfn(v));  // vm_normal_page, or the zero page
+  if (!pte_write(v) && gup_must_unshare(vma, flags, *page)) {
+    unshare = true;
+    return nullptr;
+  }
+  page->_refcount += (flags & FOLL_PIN) ? GUP_PIN_COUNTING_BIAS : 1;  // try_grab_page
+  if (flags & FOLL_TOUCH) {  // mark_page_accessed / set_page_dirty on a write
+    if ((flags & FOLL_WRITE) && !PageAnon(*page)) page->set(PG_dirty);
+  }
+  return page;
+}
+
+// faultin_page: a write, read or unshare fault on behalf of GUP.
+int Kernel::faultin_page(Vma& vma, vaddr_t addr, unsigned flags, bool unshare) {
+  unsigned fault_flags = 0;
+  if (flags & FOLL_WRITE) fault_flags |= FAULT_FLAG_WRITE;
+  if (unshare) fault_flags |= FAULT_FLAG_UNSHARE;
+  const vm_fault_t ret = handle_mm_fault(vma, addr, fault_flags);
+  if (ret & VM_FAULT_OOM) return -ENOMEM_;
+  if (ret & (VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV)) return -EFAULT_;
+  return 0;
+}
+
+// __get_user_pages under mmap_lock: returns the number of pages grabbed, or -errno if none.
+long Kernel::get_user_pages(MmStruct& mm, vaddr_t start, std::uint64_t nr_pages,
+                            unsigned gup_flags, std::vector<Page*>* pages) {
+  if (gup_flags & FOLL_PIN) mm.set_flag(MMF_HAS_PINNED);  // mm_set_has_pinned_flag
+  long done = 0;
+  Vma* vma = nullptr;
+  while (nr_pages) {
+    if (!vma || start >= vma->vm_end) {
+      vma = mm.vma_lookup(start);
+      if (!vma) return done ? done : -EFAULT_;
+      if (int e = check_vma_flags(*vma, gup_flags)) return done ? done : e;
+    }
+    bool unshare = false;
+    Page* page = follow_page_pte(*vma, start, gup_flags, unshare);
+    if (!page) {
+      if (int e = faultin_page(*vma, start, gup_flags, unshare)) return done ? done : e;
+      continue;  // retry the lookup
+    }
+    if (pages) {
+      pages->push_back(page);
+    } else if (gup_flags & FOLL_PIN) {
+      unpin_user_page(*page);
+    } else {
+      mem.put_page(*page);
+    }
+    ++done;
+    start += PAGE_SIZE;
+    --nr_pages;
+  }
+  return done;
+}
+
+// unpin_user_page: drop a FOLL_PIN.
+void Kernel::unpin_user_page(Page& page) {
+  page._refcount -= GUP_PIN_COUNTING_BIAS - 1;
+  mem.put_page(page);
+}
+
+// populate_vma_page_range: fault a VMA's range in as mm_populate does (MAP_POPULATE): a write
+// fault per page of a private writable mapping, read faults otherwise.
+long Kernel::populate_vma_page_range(Vma& vma, vaddr_t start, vaddr_t end) {
+  unsigned gup_flags = FOLL_TOUCH;
+  if ((vma.vm_flags & (VM_WRITE | VM_SHARED)) == VM_WRITE) gup_flags |= FOLL_WRITE;
+  if (vma_is_accessible(vma)) gup_flags |= FOLL_FORCE;
+  return get_user_pages(*vma.vm_mm, start, (end - start) >> PAGE_SHIFT, gup_flags, nullptr);
+}
+
+// __mm_populate: VMA by VMA; errors are the caller's to ignore.
+void Kernel::mm_populate(MmStruct& mm, vaddr_t start, std::uint64_t len) {
+  MmapReadGuard lock(mm.mmap_lock);
+  const vaddr_t end = start + len;
+  for (vaddr_t nstart = start; nstart < end;) {
+    Vma* vma = mm.find_vma(nstart);
+    if (!vma || vma->vm_start >= end) break;
+    nstart = std::max(nstart, vma->vm_start);
+    const vaddr_t nend = std::min(end, vma->vm_end);
+    if (populate_vma_page_range(*vma, nstart, nend) < 0) break;
+    nstart = nend;
+  }
+}
+
+}  // namespace cowpte

@@ -1,0 +1,208 @@
+// check_invariants(): recount everything from the page tables and compare with what the model
+// keeps: each frame's refcount and mapcount, each mm's RSS and pgtables_bytes, the free list,
+// table ownership, the anon-exclusive rules, and that no lock is left held.
+#include <fmt/format.h>
+
+#include <set>
+
+#include "cowpte/kernel.hpp"
+
+namespace cowpte {
+
+namespace {
+
+class Checker {
+ public:
+  explicit Checker(const Kernel& k)
+      : k_(const_cast<Kernel&>(k)),
+        n_(k.mem.watermark()),
+        ref_(n_, 0),
+        map_(n_, 0),
+        table_refs_(n_, 0) {}
+
+  void run() {
+    const Pfn zero = k_.mem.pfn(*k_.zero_page);
+    ref_[raw(zero)] += 1;  // the zero page's own reference (never freed)
+    for (const auto& p : k_.procs)
+      if (p->mm()) check_mm(*p->mm(), p->pid());
+    for (ShmemFile* f : files_) count_file(*f);
+    for (const auto& [pid, refs] : k_.gup_refs)
+      for (const GupRef& r : refs) ref_[raw(k_.mem.pfn(*r.page))] += r.pin ? GUP_PIN_COUNTING_BIAS : 1;
+    check_frames();
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& what) { throw InvariantViolation(what); }
+
+  void check_vmas(MmStruct& mm, int pid) {
+    vaddr_t prev_end = 0;
+    for (const Vma& v : mm.mm_mt) {
+      if (v.vm_start >= v.vm_end || (v.vm_start & ~PAGE_MASK) || (v.vm_end & ~PAGE_MASK) ||
+          v.vm_end > TASK_SIZE || v.vm_start < prev_end)
+        fail(fmt::format("pid {}: bad VMA {:#x}-{:#x}", pid, v.vm_start, v.vm_end));
+      if (v.vm_mm != &mm) fail(fmt::format("pid {}: VMA {:#x} has a foreign vm_mm", pid, v.vm_start));
+      if (v.vm_file) {
+        if (v.vm_pgoff + v.pages() > v.vm_file->cache.size())
+          fail(fmt::format("pid {}: VMA {:#x} beyond its shmem file", pid, v.vm_start));
+        files_.insert(v.vm_file.get());
+      }
+      prev_end = v.vm_end;
+    }
+  }
+
+  void claim_table(Page& t, const char* level, int pid) {
+    const std::uint64_t pfn = raw(k_.mem.pfn(t));
+    if (pfn >= n_ || !t.test(PG_table))
+      fail(fmt::format("pid {}: {} entry points at frame {:#x}, not a page table", pid, level, pfn));
+    if (++table_refs_[pfn] != 1)
+      fail(fmt::format("pid {}: table frame {:#x} referenced by more than one entry", pid, pfn));
+    ref_[pfn] += 1;
+    if (t.ptl.is_locked()) fail(fmt::format("pid {}: lock of table {:#x} left held", pid, pfn));
+  }
+
+  void check_mm(MmStruct& mm, int pid) {
+    if (mm.mmap_lock.is_locked() || mm.page_table_lock.is_locked())
+      fail(fmt::format("pid {}: mmap_lock or page_table_lock left held", pid));
+    check_vmas(mm, pid);
+    RssVec rss{};
+    std::int64_t tables = 0;
+    claim_table(*mm.pgd, "mm->pgd", pid);
+    pteval_t* pgd = table_base(*mm.pgd);
+    for (unsigned i = 0; i < 256; ++i) {  // the user half
+      if (pmd_none(pgd[i])) continue;
+      check_table_entry(pgd[i], "pgd", pid);
+      Page& pudt = k_.table_of(pgd[i]);
+      claim_table(pudt, "pgd", pid);
+      ++tables;
+      for (unsigned j = 0; j < 512; ++j) {
+        const pteval_t pud = table_base(pudt)[j];
+        if (pmd_none(pud)) continue;
+        check_table_entry(pud, "pud", pid);
+        Page& pmdt = k_.table_of(pud);
+        claim_table(pmdt, "pud", pid);
+        ++tables;
+        for (unsigned l = 0; l < 512; ++l) {
+          const pteval_t pmd = table_base(pmdt)[l];
+          if (pmd_none(pmd)) continue;
+          check_table_entry(pmd, "pmd", pid);
+          Page& ptet = k_.table_of(pmd);
+          claim_table(ptet, "pmd", pid);
+          ++tables;
+          const vaddr_t base = (vaddr_t(i) << PGDIR_SHIFT) | (vaddr_t(j) << PUD_SHIFT) |
+                               (vaddr_t(l) << PMD_SHIFT);
+          check_pte_table(mm, ptet, base, rss, pid);
+        }
+      }
+    }
+    for (unsigned i = 256; i < 512; ++i)
+      if (pgd[i]) fail(fmt::format("pid {}: kernel-half pgd entry {} set", pid, i));
+    for (unsigned c = 0; c < NR_MM_COUNTERS; ++c)
+      if (rss[c] != mm.rss_stat[c])
+        fail(fmt::format("pid {}: rss counter {} is {}, the tables map {}", pid, c,
+                         mm.rss_stat[c], rss[c]));
+    if (tables * std::int64_t(PAGE_SIZE) != mm.pgtables_bytes)
+      fail(fmt::format("pid {}: pgtables_bytes {} but {} tables", pid, mm.pgtables_bytes, tables));
+  }
+
+  void check_table_entry(pteval_t e, const char* level, int pid) {
+    if ((e & ~PTE_PFN_MASK) != _PAGE_TABLE)
+      fail(fmt::format("pid {}: {} entry {:#x} has flags other than _PAGE_TABLE", pid, level, e));
+    if (!k_.mem.valid(pmd_pfn(e)))
+      fail(fmt::format("pid {}: {} entry {:#x} beyond memory", pid, level, e));
+  }
+
+  void check_pte_table(MmStruct& mm, Page& t, vaddr_t base, RssVec& rss, int pid) {
+    const pteval_t* pte = table_base(t);
+    for (unsigned i = 0; i < 512; ++i) {
+      const pteval_t v = pte[i];
+      if (pte_none(v)) continue;
+      const vaddr_t addr = base | (vaddr_t(i) << PAGE_SHIFT);
+      if (!pte_present(v)) fail(fmt::format("pid {}: non-present entry {:#x} at {:#x}", pid, v, addr));
+      const Vma* vma = mm.vma_lookup(addr);
+      if (!vma) fail(fmt::format("pid {}: PTE {:#x} at {:#x} outside every VMA", pid, v, addr));
+      const Pfn pfn = pte_pfn(v);
+      if (!k_.mem.valid(pfn) || raw(pfn) >= n_)
+        fail(fmt::format("pid {}: PTE at {:#x} maps frame {:#x} beyond memory", pid, addr, raw(pfn)));
+      Page& page = k_.mem.page(pfn);
+      if (pte_special(v)) {
+        if (&page != k_.zero_page) fail(fmt::format("pid {}: special PTE at {:#x} not the zero page", pid, addr));
+        if (pte_write(v)) fail(fmt::format("pid {}: writable zero page at {:#x}", pid, addr));
+        continue;
+      }
+      if (page.test(PG_table) || page.test(PG_free) || &page == k_.zero_page)
+        fail(fmt::format("pid {}: PTE at {:#x} maps frame {:#x} of the wrong kind", pid, addr, raw(pfn)));
+      ref_[raw(pfn)] += 1;
+      map_[raw(pfn)] += 1;
+      rss[Kernel::mm_counter(page)] += 1;
+      check_page_kind(*vma, page, addr, pid);
+      if (PageAnon(page) && pte_write(v) && !PageAnonExclusive(page))
+        fail(fmt::format("pid {}: writable PTE at {:#x} maps non-exclusive anon frame {:#x}", pid,
+                         addr, raw(pfn)));
+    }
+  }
+
+  void check_page_kind(const Vma& vma, const Page& page, vaddr_t addr, int pid) {
+    if (vma.vm_file) {
+      const std::uint64_t index = vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT);
+      if (PageAnon(page) || page.mapping != vma.vm_file.get() || page.index != index ||
+          vma.vm_file->cache[index] != &page)
+        fail(fmt::format("pid {}: shmem PTE at {:#x} maps a page not cached at index {}", pid,
+                         addr, index));
+    } else {
+      if (!PageAnon(page))
+        fail(fmt::format("pid {}: private anonymous PTE at {:#x} maps a non-anon page", pid, addr));
+      if (!vma.anon_vma)
+        fail(fmt::format("pid {}: anon page at {:#x} in a VMA without anon_vma", pid, addr));
+    }
+  }
+
+  void count_file(ShmemFile& f) {
+    for (std::uint64_t i = 0; i < f.cache.size(); ++i) {
+      Page* p = f.cache[i];
+      if (!p) continue;
+      if (p->mapping != &f || p->index != i || PageAnon(*p))
+        fail(fmt::format("shmem page cache index {} holds a page that is not its own", i));
+      ref_[raw(k_.mem.pfn(*p))] += 1;
+    }
+  }
+
+  void check_frames() {
+    std::uint64_t free_seen = 0;
+    for (std::uint64_t pfn = 0; pfn < n_; ++pfn) {
+      const Page& p = k_.mem.page(Pfn{pfn});
+      if (p.test(PG_free)) {
+        ++free_seen;
+        if (p.flags != PG_free || p._refcount || p._mapcount != -1 || p.data)
+          fail(fmt::format("frame {:#x}: free but not clean", pfn));
+        if (ref_[pfn] || map_[pfn])
+          fail(fmt::format("frame {:#x}: free but still mapped or referenced", pfn));
+        continue;
+      }
+      if (p._refcount != ref_[pfn])
+        fail(fmt::format("frame {:#x}: refcount {} but {} holders found{}", pfn, p._refcount,
+                         ref_[pfn], ref_[pfn] == 0 ? " (leaked)" : ""));
+      if (page_mapcount(p) != map_[pfn])
+        fail(fmt::format("frame {:#x}: mapcount {} but {} mappings found", pfn, page_mapcount(p),
+                         map_[pfn]));
+      if (PageAnonExclusive(p) && page_mapcount(p) > 1)
+        fail(fmt::format("frame {:#x}: anon-exclusive but mapped {} times", pfn, page_mapcount(p)));
+      if (p.ptl.is_locked() && !p.test(PG_table))
+        fail(fmt::format("frame {:#x}: lock held on a non-table frame", pfn));
+    }
+    if (free_seen + (k_.mem.total_pages() - n_) != k_.mem.free_pages())
+      fail(fmt::format("free list holds {} frames but {} are marked free",
+                       k_.mem.free_pages() - (k_.mem.total_pages() - n_), free_seen));
+  }
+
+  Kernel& k_;
+  std::uint64_t n_;
+  std::vector<std::int64_t> ref_, map_;
+  std::vector<std::uint32_t> table_refs_;
+  std::set<ShmemFile*> files_;
+};
+
+}  // namespace
+
+void Kernel::check_invariants() const { Checker(*this).run(); }
+
+}  // namespace cowpte

@@ -1,0 +1,104 @@
+// madvise(2): DONTNEED, DONTFORK, DOFORK, PAGEOUT and POPULATE_(READ|WRITE) (mm/madvise.c).
+#include "cowpte/kernel.hpp"
+
+namespace cowpte {
+
+// madvise_update_vma: split or merge so that [start, end) carries newflags.
+bool Kernel::madvise_update_vma(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end,
+                                std::uint64_t newflags) {
+  if (newflags == vma.vm_flags) return true;
+  Vma* v = &vma;
+  if (start > v->vm_start) {
+    if (!split_vma(mm, *v, start, false)) return false;
+    v = mm.vma_lookup(start);
+  }
+  if (end < v->vm_end) {
+    if (!split_vma(mm, *v, end, false)) return false;
+    v = mm.vma_lookup(start);
+  }
+  v->vm_flags = newflags;
+  vma_merge(mm, *v);
+  return true;
+}
+
+// madvise_populate: fault the range in through GUP, as MADV_POPULATE_(READ|WRITE) do.
+Result<void> Kernel::madvise_populate(MmStruct& mm, vaddr_t start, vaddr_t end, bool write) {
+  const unsigned gup_flags = FOLL_TOUCH | (write ? FOLL_WRITE : 0u);
+  MmapReadGuard lock(mm.mmap_lock);
+  for (vaddr_t a = start; a < end;) {  // faultin_vma_page_range's checks first: EINVAL
+    Vma* v = mm.vma_lookup(a);
+    if (check_vma_flags(*v, gup_flags)) return Errno::inval;
+    a = v->vm_end;
+  }
+  const long r = get_user_pages(mm, start, (end - start) >> PAGE_SHIFT, gup_flags, nullptr);
+  if (r == -12 || (r >= 0 && static_cast<std::uint64_t>(r) < ((end - start) >> PAGE_SHIFT)))
+    return Errno::nomem;
+  if (r < 0) return Errno::fault;
+  return {};
+}
+
+// do_madvise. The whole range is checked before anything changes: a hole gives ENOMEM with
+// nothing changed (Linux applies the advice to the mapped parts first).
+Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_in,
+                                Advice advice) {
+  switch (advice) {
+    case Advice::dontneed:
+    case Advice::dontfork:
+    case Advice::dofork:
+    case Advice::pageout:
+    case Advice::populate_read:
+    case Advice::populate_write:
+      break;
+    default:
+      return Errno::inval;  // madvise_behavior_valid
+  }
+  if (start & ~PAGE_MASK) return Errno::inval;
+  const std::uint64_t len = (len_in + PAGE_SIZE - 1) & PAGE_MASK;
+  if (len_in && !len) return Errno::inval;
+  const vaddr_t end = start + len;
+  if (end < start) return Errno::inval;
+  if (end == start) return {};
+  {
+    MmapReadGuard lock(mm.mmap_lock);
+    for (vaddr_t a = start; a < end;) {  // madvise_walk_vmas: unmapped_error
+      Vma* v = mm.vma_lookup(a);
+      if (!v) return Errno::nomem;
+      a = v->vm_end;
+    }
+  }
+  COWPTE_TRACE(*this, "madvise: pid {} {:#x}-{:#x} advice {}", mm.pid, start, end,
+               static_cast<int>(advice));
+  switch (advice) {
+    case Advice::dontneed: {
+      MmapReadGuard lock(mm.mmap_lock);
+      for (vaddr_t a = start; a < end;) {
+        Vma* v = mm.vma_lookup(a);
+        const vaddr_t e = std::min(end, v->vm_end);
+        zap_page_range_single(*v, a, e - a);
+        a = e;
+      }
+      return {};
+    }
+    case Advice::dontfork:
+    case Advice::dofork: {
+      MmapWriteGuard lock(mm.mmap_lock);
+      for (vaddr_t a = start; a < end;) {
+        Vma* v = mm.vma_lookup(a);
+        const vaddr_t e = std::min(end, v->vm_end);
+        const std::uint64_t nf = advice == Advice::dontfork ? (v->vm_flags | VM_DONTCOPY)
+                                                            : (v->vm_flags & ~VM_DONTCOPY);
+        if (!madvise_update_vma(mm, *v, a, e, nf)) return Errno::nomem;
+        a = e;
+      }
+      return {};
+    }
+    case Advice::pageout:
+      return {};  // no swap device: reclaim finds nothing it could page out
+    case Advice::populate_read:
+    case Advice::populate_write:
+      return madvise_populate(mm, start, end, advice == Advice::populate_write);
+  }
+  return Errno::inval;
+}
+
+}  // namespace cowpte

@@ -1,0 +1,109 @@
+// mprotect(2): do_mprotect_pkey, mprotect_fixup, change_protection, change_pte_range and
+// can_change_pte_writable (mm/mprotect.c).
+#include "cowpte/kernel.hpp"
+
+namespace cowpte {
+
+// can_change_pte_writable: mprotect may map writable at once only what a write fault would
+// reuse: an exclusive anon page (private), or a dirty page (shared), and only when neither
+// soft-dirty nor uffd-wp tracking needs the write fault.
+bool Kernel::can_change_pte_writable(Vma& vma, pteval_t pte) {
+  if (!(vma.vm_flags & VM_WRITE)) return false;
+  if (pte_protnone(pte)) return false;
+  if (vma_soft_dirty_enabled(vma) && !pte_soft_dirty(pte)) return false;
+  if (!(vma.vm_flags & VM_SHARED)) {
+    Page* page = vm_normal_page(vma, pte);
+    return page && PageAnon(*page) && PageAnonExclusive(*page);
+  }
+  return pte_dirty(pte);
+}
+
+long Kernel::change_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, vaddr_t end,
+                              pteval_t newprot, bool try_writable) {
+  long pages = 0;
+  EntryRef pte = pte_offset_map(pmd, addr);
+  SpinGuard ptl(pte_lockptr(*pte.table));  // pte_offset_map_lock
+  do {
+    const pteval_t oldpte = pte.get();
+    if (!pte_present(oldpte)) continue;  // no swap or migration entries in the model
+    ptep_get_and_clear(pte);             // ptep_modify_prot_start
+    pteval_t ptent = pte_modify(oldpte, newprot);
+    if (try_writable && !pte_write(ptent) && can_change_pte_writable(vma, ptent))
+      ptent = pte_mkwrite(ptent);
+    set_pte_at(pte, ptent);  // ptep_modify_prot_commit
+    if (ptent != oldpte) tlb.tlb_remove_tlb_entry(addr, PAGE_SIZE);  // tlb_flush_pte_range
+    ++pages;
+  } while (++pte.p, addr += PAGE_SIZE, addr != end);
+  return pages;
+}
+
+// change_protection: walk the range; PTE tables only (the model has no huge pages).
+long Kernel::change_protection(MmGather& tlb, Vma& vma, vaddr_t start, vaddr_t end,
+                               bool try_writable) {
+  long pages = 0;
+  for (vaddr_t addr = start; addr < end;) {
+    const vaddr_t next = pmd_addr_end(addr, end);
+    EntryRef pmd = walk_to_pmd(*vma.vm_mm, addr);
+    if (pmd && !pmd_none(pmd.get()))
+      pages += change_pte_range(tlb, vma, pmd, addr, next, vma.vm_page_prot, try_writable);
+    addr = next;
+  }
+  return pages;
+}
+
+// mprotect_fixup: split or merge so that [start, end) is one VMA, then change its PTEs.
+bool Kernel::mprotect_fixup(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end,
+                            std::uint64_t newflags) {
+  if (newflags == vma.vm_flags) return true;
+  Vma* v = &vma;
+  if (start > v->vm_start) {
+    if (!split_vma(mm, *v, start, false)) return false;
+    v = mm.vma_lookup(start);
+  }
+  if (end < v->vm_end) {
+    if (!split_vma(mm, *v, end, false)) return false;
+    v = mm.vma_lookup(start);
+  }
+  v->vm_flags = newflags;
+  vma_set_page_prot(*v);
+  // vma_wants_manual_pte_write_upgrade: private writable, or shared writable under write-notify
+  // (its vm_page_prot lacks RW, so dirty PTEs are upgraded one by one).
+  const bool writable = v->vm_flags & VM_WRITE;
+  const bool try_writable =
+      (v->vm_flags & VM_SHARED) ? writable && !(v->vm_page_prot & _PAGE_RW) : writable;
+  MmGather tlb(mm, false);
+  change_protection(tlb, *v, start, end, try_writable);
+  tlb_finish_mmu(tlb);
+  vma_merge(mm, *v);
+  return true;
+}
+
+// do_mprotect_pkey. The whole range is checked before anything changes: a hole gives ENOMEM
+// with nothing changed (Linux would have changed the VMAs before the hole).
+Result<void> Kernel::do_mprotect_pkey(MmStruct& mm, vaddr_t start, std::uint64_t len,
+                                      Prot prot) {
+  if (start & ~PAGE_MASK) return Errno::inval;
+  if (!len) return {};
+  len = (len + PAGE_SIZE - 1) & PAGE_MASK;
+  const vaddr_t end = start + len;
+  if (end <= start) return Errno::nomem;
+  if (static_cast<std::uint32_t>(prot) & ~7u) return Errno::inval;
+  MmapWriteGuard lock(mm.mmap_lock);
+  for (vaddr_t a = start; a < end;) {  // every page must be mapped
+    Vma* v = mm.vma_lookup(a);
+    if (!v) return Errno::nomem;
+    a = v->vm_end;
+  }
+  const std::uint64_t newbits = static_cast<std::uint32_t>(prot);
+  for (vaddr_t a = start; a < end;) {
+    Vma* v = mm.vma_lookup(a);
+    const vaddr_t vend = std::min(end, v->vm_end);
+    const std::uint64_t newflags = (v->vm_flags & ~VM_ACCESS_FLAGS) | newbits;
+    if (!mprotect_fixup(mm, *v, a, vend, newflags)) return Errno::nomem;
+    a = vend;
+  }
+  COWPTE_TRACE(*this, "mprotect: pid {} {:#x}-{:#x} prot {}", mm.pid, start, end, newbits);
+  return {};
+}
+
+}  // namespace cowpte

@@ -1,0 +1,331 @@
+// The facade: Machine and Process. Each call checks its arguments as the Linux syscall does,
+// then enters the modelled kernel path.
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "cowpte/kernel.hpp"
+
+namespace cowpte {
+
+void lock_violation(const char* what) { throw LockViolation(what); }
+
+std::string_view to_string(Errno e) noexcept {
+  switch (e) {
+    case Errno::perm: return "EPERM";
+    case Errno::noent: return "ENOENT";
+    case Errno::srch: return "ESRCH";
+    case Errno::io: return "EIO";
+    case Errno::badf: return "EBADF";
+    case Errno::again: return "EAGAIN";
+    case Errno::nomem: return "ENOMEM";
+    case Errno::fault: return "EFAULT";
+    case Errno::busy: return "EBUSY";
+    case Errno::exist: return "EEXIST";
+    case Errno::inval: return "EINVAL";
+    case Errno::nospc: return "ENOSPC";
+  }
+  return "E?";
+}
+
+// ---------------- Kernel: boot, processes ----------------
+
+Kernel::Kernel(Machine& m, const MachineConfig& c) : machine(m), cfg(c), mem(c.memory_bytes) {
+  if (mem.total_pages() < 16) throw std::invalid_argument("cowpte: memory_bytes below 64 KiB");
+  zero_page = mem.alloc_page();  // empty_zero_page: reserved, never freed
+  zero_page->set(PG_zero);
+  zero_page->set(PG_reserved);
+  if (cfg.trace) {
+    tracer = spdlog::get("cowpte");
+    if (!tracer) tracer = spdlog::stderr_color_mt("cowpte");
+    tracer->set_level(spdlog::level::trace);
+  }
+}
+
+Kernel::~Kernel() { procs.clear(); }
+
+Process& Kernel::spawn() {
+  auto mm = std::make_unique<MmStruct>();
+  if (!pgd_alloc(*mm)) throw std::runtime_error("cowpte: out of memory for a new pgd");
+  const int pid = static_cast<int>(procs.size()) + 1;
+  mm->pid = pid;
+  procs.push_back(std::make_unique<Process>(machine, pid, std::move(mm)));
+  return *procs.back();
+}
+
+void Kernel::release_gup_refs(int pid) {
+  auto it = gup_refs.find(pid);
+  if (it == gup_refs.end()) return;
+  for (GupRef& r : it->second) {
+    if (r.pin) {
+      unpin_user_page(*r.page);
+    } else {
+      mem.put_page(*r.page);
+    }
+  }
+  gup_refs.erase(it);
+}
+
+// do_exit -> exit_mm -> mmput -> exit_mmap; the pins the process's "driver" held (io_uring
+// buffers, vmsplice pipes) are released with it.
+void Kernel::do_exit(Process& p) {
+  exit_mmap(*p.mm_);
+  release_gup_refs(p.pid());
+  pgd_free(*p.mm_);
+  p.mm_.reset();
+  COWPTE_TRACE(*this, "exit: pid {}", p.pid());
+}
+
+// ---------------- Machine ----------------
+
+Machine::Machine(const MachineConfig& cfg) : kernel_(std::make_unique<Kernel>(*this, cfg)) {}
+Machine::~Machine() = default;
+
+Process& Machine::spawn() { return kernel_->spawn(); }
+
+Process* Machine::find(int pid) {
+  if (pid < 1 || pid > static_cast<int>(kernel_->procs.size())) return nullptr;
+  Process* p = kernel_->procs[pid - 1].get();
+  return p->alive() ? p : nullptr;
+}
+
+std::vector<Process*> Machine::processes() {
+  std::vector<Process*> out;
+  for (auto& p : kernel_->procs)
+    if (p->alive()) out.push_back(p.get());
+  return out;
+}
+
+void Machine::check_invariants() const { kernel_->check_invariants(); }
+std::uint64_t Machine::total_pages() const { return kernel_->mem.total_pages(); }
+std::uint64_t Machine::free_pages() const { return kernel_->mem.free_pages(); }
+const MachineConfig& Machine::config() const { return kernel_->cfg; }
+pfn_t Machine::zero_pfn() const { return raw(kernel_->mem.pfn(*kernel_->zero_page)); }
+void Machine::fail_nth_allocation(std::uint64_t n) { kernel_->mem.fail_nth_allocation(n); }
+std::uint64_t Machine::allocations() const { return kernel_->mem.allocations(); }
+
+PageInfo Machine::page_info(pfn_t pfn) const {
+  const PhysMem& mem = kernel_->mem;
+  if (pfn >= mem.total_pages()) throw std::out_of_range("cowpte: pfn beyond memory");
+  if (!mem.ever_allocated(Pfn{pfn})) return PageInfo{0, 0, true, false, false, false, false, false, false};
+  const Page& p = mem.page(Pfn{pfn});
+  return PageInfo{page_count(p),         page_mapcount(p),        p.test(PG_free),
+                  p.test(PG_anon),       p.test(PG_anon_exclusive), p.test(PG_table),
+                  p.test(PG_zero),       p.test(PG_swapcache),    p.test(PG_dirty)};
+}
+
+PtWalk Machine::walk(const Process& proc, vaddr_t va) const {
+  PtWalk w{0, {}, {}};
+  const MmStruct* mm = proc.mm();
+  if (!mm || !is_canonical(va) || va >= TASK_SIZE) return w;
+  Kernel& k = *kernel_;
+  const Page* table = mm->pgd;
+  const unsigned idx[4] = {pgd_index(va), pud_index(va), pmd_index(va), pte_index(va)};
+  for (int level = 0; level < 4; ++level) {
+    const pteval_t e = table->data[idx[level]];
+    w.entry[level] = e;
+    w.table[level] = raw(k.mem.pfn(*table));
+    w.levels = level + 1;
+    if (level == 3 || !pmd_present(e) || pmd_trans_huge(e)) break;
+    table = &k.table_of(e);
+  }
+  return w;
+}
+
+// ---------------- Process ----------------
+
+Process::Process(Machine& m, int pid, std::unique_ptr<MmStruct> mm)
+    : machine_(&m), pid_(pid), mm_(std::move(mm)) {}
+Process::~Process() = default;
+
+bool Process::alive() const { return mm_ != nullptr; }
+
+Result<vaddr_t> Process::mmap(vaddr_t addr, std::uint64_t length, Prot prot, MapFlags flags) {
+  if (!alive()) return Errno::srch;
+  return machine_->kernel().do_mmap(*mm_, addr, length, prot, flags);
+}
+
+Result<void> Process::munmap(vaddr_t addr, std::uint64_t length) {
+  if (!alive()) return Errno::srch;
+  return machine_->kernel().do_munmap(*mm_, addr, length);
+}
+
+Result<void> Process::mprotect(vaddr_t addr, std::uint64_t length, Prot prot) {
+  if (!alive()) return Errno::srch;
+  return machine_->kernel().do_mprotect_pkey(*mm_, addr, length, prot);
+}
+
+Result<void> Process::madvise(vaddr_t addr, std::uint64_t length, Advice advice) {
+  if (!alive()) return Errno::srch;
+  return machine_->kernel().do_madvise(*mm_, addr, length, advice);
+}
+
+Result<std::uint64_t> Process::load(vaddr_t addr) {
+  if (!alive()) return Errno::srch;
+  return machine_->kernel().user_access(*mm_, addr, false, 0);
+}
+
+Result<void> Process::store(vaddr_t addr, std::uint64_t value) {
+  if (!alive()) return Errno::srch;
+  auto r = machine_->kernel().user_access(*mm_, addr, true, value);
+  if (!r) return r.error();
+  return {};
+}
+
+Result<Process*> Process::fork() {
+  if (!alive()) return Errno::srch;
+  return machine_->kernel().kernel_clone(*this);
+}
+
+// prctl(PR_SET_COW_PTE): the next fork shares PTE tables. Once MMF_COW_PTE is set it stays.
+Result<void> Process::set_cow_pte() {
+  if (!alive()) return Errno::srch;
+  if (mm_->test_flag(MMF_COW_PTE)) return Errno::inval;
+  mm_->set_flag(MMF_COW_PTE_READY);
+  return {};
+}
+
+namespace {
+// The range [addr, addr+len) of a GUP call: page aligned, inside user space.
+Result<std::uint64_t> gup_range(vaddr_t addr, std::uint64_t length) {
+  if (addr & ~PAGE_MASK) return Errno::inval;
+  const std::uint64_t len = (length + PAGE_SIZE - 1) & PAGE_MASK;
+  if (length && !len) return Errno::fault;
+  if (!is_canonical(addr) || addr >= TASK_SIZE || len > TASK_SIZE - addr) return Errno::fault;
+  return len >> PAGE_SHIFT;
+}
+
+// Every page mapped by a VMA that check_vma_flags accepts: GUP would fail otherwise.
+bool gup_vmas_ok(MmStruct& mm, vaddr_t addr, std::uint64_t nr, unsigned gup_flags) {
+  const vaddr_t end = addr + (nr << PAGE_SHIFT);
+  for (vaddr_t a = addr; a < end;) {
+    const Vma* v = mm.vma_lookup(a);
+    if (!v || Kernel::check_vma_flags(*v, gup_flags)) return false;
+    a = v->vm_end;
+  }
+  return true;
+}
+}  // namespace
+
+// GUP for the facade: all pages or none. The range is checked first, so a refused call changes
+// nothing; an allocation failure while faulting pages in releases what was taken.
+static Result<void> facade_gup(Kernel& k, MmStruct& mm, int pid, vaddr_t addr,
+                               std::uint64_t length, unsigned gup_flags) {
+  auto nr = gup_range(addr, length);
+  if (!nr) return nr.error();
+  if (*nr == 0) return {};
+  {
+    MmapReadGuard lock(mm.mmap_lock);
+    if (!gup_vmas_ok(mm, addr, *nr, gup_flags)) return Errno::fault;
+  }
+  std::vector<Page*> pages;
+  long got;
+  {
+    MmapReadGuard lock(mm.mmap_lock);
+    got = k.get_user_pages(mm, addr, *nr, gup_flags, &pages);
+  }
+  const bool pin = gup_flags & FOLL_PIN;
+  if (got < 0 || static_cast<std::uint64_t>(got) != *nr) {
+    for (Page* p : pages) pin ? k.unpin_user_page(*p) : k.mem.put_page(*p);
+    return got == -14 ? Errno::fault : Errno::nomem;
+  }
+  auto& refs = k.gup_refs[pid];
+  for (std::uint64_t i = 0; i < pages.size(); ++i)
+    refs.push_back(GupRef{addr + (i << PAGE_SHIFT), pages[i], pin});
+  return {};
+}
+
+// Drop the newest reference of the given kind on every page of the range, or nothing at all
+// if some page has none.
+static Result<void> facade_gup_release(Kernel& k, int pid, vaddr_t addr, std::uint64_t length,
+                                       bool pin) {
+  auto nr = gup_range(addr, length);
+  if (!nr) return nr.error() == Errno::fault ? Errno::inval : nr.error();
+  if (*nr == 0) return {};
+  auto it = k.gup_refs.find(pid);
+  if (it == k.gup_refs.end()) return Errno::inval;
+  auto& refs = it->second;
+  std::vector<std::size_t> victims;
+  for (std::uint64_t i = 0; i < *nr; ++i) {
+    const vaddr_t a = addr + (i << PAGE_SHIFT);
+    auto r = std::find_if(refs.rbegin(), refs.rend(),
+                          [&](const GupRef& g) { return g.addr == a && g.pin == pin; });
+    if (r == refs.rend()) return Errno::inval;
+    victims.push_back(static_cast<std::size_t>(refs.rend() - r - 1));
+  }
+  std::sort(victims.rbegin(), victims.rend());
+  for (std::size_t v : victims) {
+    Page& page = *refs[v].page;
+    refs.erase(refs.begin() + static_cast<std::ptrdiff_t>(v));
+    pin ? k.unpin_user_page(page) : k.mem.put_page(page);
+  }
+  if (refs.empty()) k.gup_refs.erase(it);
+  return {};
+}
+
+Result<void> Process::pin(vaddr_t addr, std::uint64_t length, PinFlags flags) {
+  if (!alive()) return Errno::srch;
+  const auto f = static_cast<std::uint32_t>(flags);
+  if (f & ~static_cast<std::uint32_t>(PinFlags::write | PinFlags::longterm)) return Errno::inval;
+  return facade_gup(machine_->kernel(), *mm_, pid_, addr, length, FOLL_PIN | FOLL_TOUCH | f);
+}
+
+Result<void> Process::unpin(vaddr_t addr, std::uint64_t length) {
+  if (!alive()) return Errno::srch;
+  return facade_gup_release(machine_->kernel(), pid_, addr, length, true);
+}
+
+Result<void> Process::gup_get(vaddr_t addr, std::uint64_t length) {
+  if (!alive()) return Errno::srch;
+  return facade_gup(machine_->kernel(), *mm_, pid_, addr, length, FOLL_GET | FOLL_TOUCH);
+}
+
+Result<void> Process::gup_put(vaddr_t addr, std::uint64_t length) {
+  if (!alive()) return Errno::srch;
+  return facade_gup_release(machine_->kernel(), pid_, addr, length, false);
+}
+
+Result<std::uint64_t> Process::read_gup(vaddr_t addr) const {
+  if (!alive()) return Errno::srch;
+  if (addr & 7) return Errno::inval;
+  const Kernel& k = machine_->kernel();
+  auto it = k.gup_refs.find(pid_);
+  if (it == k.gup_refs.end()) return Errno::inval;
+  for (auto r = it->second.rbegin(); r != it->second.rend(); ++r)
+    if (r->addr == (addr & PAGE_MASK)) return k.mem.load_word(*r->page, addr & (PAGE_SIZE - 1));
+  return Errno::inval;
+}
+
+Result<void> Process::clear_soft_dirty() {
+  if (!alive()) return Errno::srch;
+  machine_->kernel().clear_refs_soft_dirty(*mm_);
+  return {};
+}
+
+void Process::exit() {
+  if (alive()) machine_->kernel().do_exit(*this);
+}
+
+PagemapEntry Process::pagemap(vaddr_t addr) const {
+  if (!alive() || !is_canonical(addr) || addr >= TASK_SIZE) return PagemapEntry{};
+  return machine_->kernel().pagemap(*mm_, addr & PAGE_MASK);
+}
+
+std::vector<SmapsEntry> Process::smaps() const {
+  if (!alive()) return {};
+  return machine_->kernel().smaps(*mm_);
+}
+
+RssStat Process::rss() const {
+  if (!alive()) return RssStat{0, 0, 0, 0};
+  const RssVec& r = mm_->rss_stat;
+  return RssStat{r[MM_FILEPAGES], r[MM_ANONPAGES], r[MM_SWAPENTS], r[MM_SHMEMPAGES]};
+}
+
+std::uint64_t Process::pgtables_bytes() const {
+  return alive() ? static_cast<std::uint64_t>(mm_->pgtables_bytes) : 0;
+}
+
+}  // namespace cowpte

@@ -1,0 +1,112 @@
+// The /proc windows: pagemap, smaps and clear_refs (fs/proc/task_mmu.c).
+#include "cowpte/kernel.hpp"
+
+namespace cowpte {
+
+namespace {
+constexpr std::uint64_t PM_PRESENT = 1ull << 63, PM_SWAP = 1ull << 62, PM_FILE = 1ull << 61,
+                        PM_MMAP_EXCLUSIVE = 1ull << 56, PM_SOFT_DIRTY = 1ull << 55,
+                        PM_PFRAME_MASK = (1ull << 55) - 1;
+constexpr unsigned PSS_SHIFT = 12;
+
+PagemapEntry decode_pagemap(std::uint64_t raw) {
+  return PagemapEntry{(raw & PM_PRESENT) != 0, (raw & PM_SWAP) != 0, (raw & PM_FILE) != 0,
+                      (raw & PM_MMAP_EXCLUSIVE) != 0, (raw & PM_SOFT_DIRTY) != 0,
+                      (raw & PM_PRESENT) ? (raw & PM_PFRAME_MASK) : 0, raw};
+}
+}  // namespace
+
+// pagemap_pte_range / pte_to_pagemap_entry; a hole in a VMA reports the VMA's soft-dirty bit.
+PagemapEntry Kernel::pagemap(MmStruct& mm, vaddr_t addr) {
+  MmapReadGuard lock(mm.mmap_lock);
+  const Vma* vma = mm.vma_lookup(addr);
+  std::uint64_t word = 0;
+  if (vma && (vma->vm_flags & VM_SOFTDIRTY)) word |= PM_SOFT_DIRTY;
+  EntryRef pmd = walk_to_pmd(mm, addr);
+  if (vma && pmd && !pmd_none(pmd.get())) {
+    const pteval_t pte = pte_offset_map(pmd, addr).get();
+    if (pte_present(pte)) {
+      word |= PM_PRESENT | raw(pte_pfn(pte));
+      if (pte_soft_dirty(pte)) word |= PM_SOFT_DIRTY;
+      const Page* page = vm_normal_page(*vma, pte);
+      if (page && !PageAnon(*page)) word |= PM_FILE;
+      if (page && page_mapcount(*page) == 1) word |= PM_MMAP_EXCLUSIVE;
+    }
+  }
+  return decode_pagemap(word);
+}
+
+// show_smap: smaps_pte_entry + smaps_account per VMA, with PSS in 1/4096 fixed point and every
+// figure rounded down to kB as seq_put_decimal_ull_width prints it.
+std::vector<SmapsEntry> Kernel::smaps(MmStruct& mm) {
+  MmapReadGuard lock(mm.mmap_lock);
+  std::vector<SmapsEntry> out;
+  for (Vma& vma : mm.mm_mt) {
+    SmapsEntry e{vma.vm_start, vma.vm_end, 0, 0, 0, 0, 0, 0, 0, 0};
+    std::uint64_t pss = 0;
+    for (vaddr_t a = vma.vm_start; a < vma.vm_end;) {
+      EntryRef pmd = walk_to_pmd(mm, a);
+      const vaddr_t next = pmd_addr_end(a, vma.vm_end);
+      if (!pmd || pmd_none(pmd.get())) {
+        a = next;
+        continue;
+      }
+      for (EntryRef pte = pte_offset_map(pmd, a); a < next; a += PAGE_SIZE, ++pte.p) {
+        const pteval_t v = pte.get();
+        if (!pte_present(v)) continue;
+        const Page* page = vm_normal_page(vma, v);
+        if (!page) continue;  // the zero page is not counted
+        if (PageAnon(*page)) e.anonymous += PAGE_SIZE;
+        e.rss += PAGE_SIZE;
+        const bool dirty = pte_dirty(v) || page->test(PG_dirty);
+        const int mapcount = page_mapcount(*page);
+        const bool priv = page_count(*page) == 1 || mapcount < 2;
+        pss += (page_count(*page) == 1 || mapcount < 2) ? (PAGE_SIZE << PSS_SHIFT)
+                                                        : (PAGE_SIZE << PSS_SHIFT) / mapcount;
+        std::uint64_t& bucket = dirty ? (priv ? e.private_dirty : e.shared_dirty)
+                                      : (priv ? e.private_clean : e.shared_clean);
+        bucket += PAGE_SIZE;
+      }
+    }
+    e.pss = ((pss >> PSS_SHIFT) >> 10) << 10;
+    out.push_back(e);
+  }
+  return out;
+}
+
+// clear_refs_write(CLEAR_REFS_SOFT_DIRTY): restart soft-dirty tracking. Each VMA loses
+// VM_SOFTDIRTY; each present PTE is write-protected and loses soft-dirty, except a writable
+// PTE of a page that may be pinned (pte_is_pinned).
+void Kernel::clear_refs_soft_dirty(MmStruct& mm) {
+  MmapWriteGuard lock(mm.mmap_lock);
+  for (Vma& vma : mm.mm_mt) {
+    if (!(vma.vm_flags & VM_SOFTDIRTY)) continue;
+    vma.vm_flags &= ~VM_SOFTDIRTY;
+    vma_set_page_prot(vma);
+  }
+  for (Vma& vma : mm.mm_mt) {
+    for (vaddr_t a = vma.vm_start; a < vma.vm_end;) {
+      const vaddr_t next = pmd_addr_end(a, vma.vm_end);
+      EntryRef pmd = walk_to_pmd(mm, a);
+      if (!pmd || pmd_none(pmd.get())) {
+        a = next;
+        continue;
+      }
+      EntryRef pte = pte_offset_map(pmd, a);
+      SpinGuard ptl(pte_lockptr(*pte.table));
+      for (; a < next; a += PAGE_SIZE, ++pte.p) {
+        const pteval_t v = pte.get();
+        if (!pte_present(v)) continue;
+        if (pte_write(v) && is_cow_mapping(vma.vm_flags) && mm.test_flag(MMF_HAS_PINNED)) {
+          const Page* page = vm_normal_page(vma, v);
+          if (page && page_maybe_dma_pinned(*page)) continue;  // pte_is_pinned
+        }
+        ptep_get_and_clear(pte);  // ptep_modify_prot_start
+        set_pte_at(pte, pte_clear_soft_dirty(pte_wrprotect(v)));
+      }
+    }
+  }
+  ++tlb.flush_mm;  // flush_tlb_mm
+}
+
+}  // namespace cowpte

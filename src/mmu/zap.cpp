@@ -1,0 +1,200 @@
+// Tearing mappings down: zap_pte_range and the levels above it, zap_page_range_single
+// (mm/memory.c), free_pgtables and exit_mmap (mm/mmap.c), tlb_finish_mmu (mm/mmu_gather.c).
+#include "cowpte/kernel.hpp"
+
+namespace cowpte {
+
+// zap_pte_range: clear each entry, de-account it, and queue the page reference to be dropped
+// after the TLB flush (a page is freed when its last reference goes).
+void Kernel::zap_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, vaddr_t end) {
+  MmStruct& mm = *tlb.mm;
+  RssVec rss{};
+  EntryRef pte = pte_offset_map(pmd, addr);
+  SpinGuard ptl(pte_lockptr(*pte.table));  // pte_offset_map_lock
+  do {
+    const pteval_t v = pte.get();
+    if (pte_none(v)) continue;
+    if (!pte_present(v)) [[unlikely]]
+      throw InvariantViolation("zap_pte_range: swap entry, but the model has no swap device");
+    Page* page = vm_normal_page(vma, v);
+    ptep_get_and_clear(pte);  // ptep_get_and_clear_full
+    tlb.tlb_remove_tlb_entry(addr, PAGE_SIZE);
+    if (!page) continue;  // the zero page
+    if (!PageAnon(*page) && pte_dirty(v)) page->set(PG_dirty);  // set_page_dirty
+    --rss[mm_counter(*page)];
+    page_remove_rmap(*page);
+    tlb.pages.push_back(page);  // __tlb_remove_page
+  } while (++pte.p, addr += PAGE_SIZE, addr != end);
+  add_mm_rss_vec(mm, rss);
+}
+
+void Kernel::zap_pmd_range(MmGather& tlb, Vma& vma, EntryRef pud, vaddr_t addr, vaddr_t end) {
+  EntryRef pmd = pmd_offset(pud, addr);
+  do {
+    const vaddr_t next = pmd_addr_end(addr, end);
+    if (pmd_none(pmd.get())) continue;  // pmd_none_or_trans_huge_or_clear_bad
+    zap_pte_range(tlb, vma, pmd, addr, next);
+  } while (++pmd.p, addr = pmd_addr_end(addr, end), addr != end);
+}
+
+void Kernel::zap_pud_range(MmGather& tlb, Vma& vma, EntryRef pgd, vaddr_t addr, vaddr_t end) {
+  EntryRef pud = pud_offset(pgd, addr);
+  do {
+    const vaddr_t next = pud_addr_end(addr, end);
+    if (pmd_none(pud.get())) continue;
+    zap_pmd_range(tlb, vma, pud, addr, next);
+  } while (++pud.p, addr = pud_addr_end(addr, end), addr != end);
+}
+
+void Kernel::unmap_page_range(MmGather& tlb, Vma& vma, vaddr_t addr, vaddr_t end) {
+  EntryRef pgd = pgd_offset(*tlb.mm, addr);
+  do {
+    const vaddr_t next = pgd_addr_end(addr, end);
+    if (pmd_none(pgd.get())) continue;
+    zap_pud_range(tlb, vma, pgd, addr, next);
+  } while (++pgd.p, addr = pgd_addr_end(addr, end), addr != end);
+}
+
+// unmap_vmas: zap [start, end) of each VMA in turn.
+void Kernel::unmap_vmas(MmGather& tlb, const std::vector<Vma*>& vmas, vaddr_t start,
+                        vaddr_t end) {
+  for (Vma* vma : vmas) {
+    const vaddr_t s = std::max(start, vma->vm_start);
+    const vaddr_t e = std::min(end, vma->vm_end);
+    if (s < e) unmap_page_range(tlb, *vma, s, e);
+  }
+}
+
+// zap_page_range_single: MADV_DONTNEED's zap of one VMA's range; the tables stay.
+void Kernel::zap_page_range_single(Vma& vma, vaddr_t address, std::uint64_t size) {
+  MmGather tlb(*vma.vm_mm, false);
+  unmap_page_range(tlb, vma, address, address + size);
+  tlb_finish_mmu(tlb);
+}
+
+// tlb_finish_mmu: flush, then drop the queued page references and free the queued tables.
+void Kernel::tlb_finish_mmu(MmGather& tlb) {
+  if (tlb.need_flush() || tlb.fullmm || !tlb.tables.empty()) {
+    if (tlb.fullmm) {
+      ++this->tlb.flush_mm;
+    } else {
+      ++this->tlb.flush_range;
+    }
+  }
+  for (Page* p : tlb.pages) mem.put_page(*p);
+  for (Page* t : tlb.tables) pgtable_free(*t);
+  tlb.pages.clear();
+  tlb.tables.clear();
+  tlb.start = ~0ull;
+  tlb.end = 0;
+}
+
+// free_pte_range: the PMD entry goes and the PTE table with it (after the flush).
+void Kernel::free_pte_range(MmGather& tlb, EntryRef pmd) {
+  Page& table = table_of(pmd.get());
+  pmd_clear_for_free(*tlb.mm, pmd);
+  tlb.tables.push_back(&table);  // pte_free_tlb
+  tlb.mm->pgtables_bytes -= PAGE_SIZE;  // mm_dec_nr_ptes
+}
+
+// free_pmd_range: free the PTE tables, then the PMD table itself if [floor, ceiling) leaves
+// no other user of its 1 GiB.
+void Kernel::free_pmd_range(MmGather& tlb, EntryRef pud, vaddr_t addr, vaddr_t end,
+                            vaddr_t floor, vaddr_t ceiling) {
+  vaddr_t start = addr;
+  EntryRef pmd = pmd_offset(pud, addr);
+  do {
+    if (pmd_none(pmd.get())) continue;  // pmd_none_or_clear_bad
+    free_pte_range(tlb, pmd);
+  } while (++pmd.p, addr = pmd_addr_end(addr, end), addr != end);
+
+  start &= PUD_MASK;
+  if (start < floor) return;
+  if (ceiling) {
+    ceiling &= PUD_MASK;
+    if (!ceiling) return;
+  }
+  if (end - 1 > ceiling - 1) return;
+  Page& table = table_of(pud.get());
+  pud_clear_for_free(*tlb.mm, pud);
+  tlb.tables.push_back(&table);  // pmd_free_tlb
+  tlb.mm->pgtables_bytes -= PAGE_SIZE;  // mm_dec_nr_pmds
+}
+
+// free_pud_range (free_p4d_range folded in): the same for the PUD table of a 512 GiB slot.
+void Kernel::free_pud_range(MmGather& tlb, EntryRef pgd, vaddr_t addr, vaddr_t end,
+                            vaddr_t floor, vaddr_t ceiling) {
+  vaddr_t start = addr;
+  EntryRef pud = pud_offset(pgd, addr);
+  do {
+    const vaddr_t next = pud_addr_end(addr, end);
+    if (pmd_none(pud.get())) continue;
+    free_pmd_range(tlb, pud, addr, next, floor, ceiling);
+  } while (++pud.p, addr = pud_addr_end(addr, end), addr != end);
+
+  start &= PGDIR_MASK;
+  if (start < floor) return;
+  if (ceiling) {
+    ceiling &= PGDIR_MASK;
+    if (!ceiling) return;
+  }
+  if (end - 1 > ceiling - 1) return;
+  Page& table = table_of(pgd.get());
+  pud_clear_for_free(*tlb.mm, pgd);  // p4d_clear on a folded p4d clears the pgd entry
+  tlb.tables.push_back(&table);       // pud_free_tlb
+  tlb.mm->pgtables_bytes -= PAGE_SIZE;  // mm_dec_nr_puds
+}
+
+// free_pgd_range: free the tables of [addr, end), but none that [floor, ceiling) still needs.
+void Kernel::free_pgd_range(MmGather& tlb, vaddr_t addr, vaddr_t end, vaddr_t floor,
+                            vaddr_t ceiling) {
+  addr &= PMD_MASK;
+  if (addr < floor) {
+    addr += PMD_SIZE;
+    if (!addr) return;
+  }
+  if (ceiling) {
+    ceiling &= PMD_MASK;
+    if (!ceiling) return;
+  }
+  if (end - 1 > ceiling - 1) end -= PMD_SIZE;
+  if (addr > end - 1) return;
+  EntryRef pgd = pgd_offset(*tlb.mm, addr);
+  do {
+    const vaddr_t next = pgd_addr_end(addr, end);
+    if (pmd_none(pgd.get())) continue;
+    free_pud_range(tlb, pgd, addr, next, floor, ceiling);
+  } while (++pgd.p, addr = pgd_addr_end(addr, end), addr != end);
+}
+
+// free_pgtables: group VMAs less than a PMD apart and free each group's tables.
+void Kernel::free_pgtables(MmGather& tlb, const std::vector<Vma*>& vmas, vaddr_t floor,
+                           vaddr_t ceiling) {
+  for (std::size_t i = 0; i < vmas.size();) {
+    const vaddr_t addr = vmas[i]->vm_start;
+    std::size_t j = i;
+    while (j + 1 < vmas.size() && vmas[j + 1]->vm_start <= vmas[j]->vm_end + PMD_SIZE) ++j;
+    const vaddr_t next_start = j + 1 < vmas.size() ? vmas[j + 1]->vm_start : ceiling;
+    free_pgd_range(tlb, addr, vmas[j]->vm_end, floor, next_start);
+    i = j + 1;
+  }
+}
+
+// exit_mmap: zap everything, free every table, drop the VMAs. At the end every RSS counter and
+// pgtables_bytes must be zero ("BUG: Bad rss-counter state" otherwise).
+void Kernel::exit_mmap(MmStruct& mm) {
+  MmapWriteGuard lock(mm.mmap_lock);
+  std::vector<Vma*> vmas;
+  for (Vma& v : mm.mm_mt) vmas.push_back(&v);
+  MmGather tlb(mm, true);
+  unmap_vmas(tlb, vmas, 0, ~0ull);
+  free_pgtables(tlb, vmas, 0, 0);
+  tlb_finish_mmu(tlb);
+  mm.mm_mt.clear_and_dispose([this](Vma* v) { remove_vma(v); });
+  COWPTE_TRACE(*this, "exit_mmap: pid {}", mm.pid);
+  for (unsigned i = 0; i < NR_MM_COUNTERS; ++i)
+    if (mm.rss_stat[i]) throw InvariantViolation("exit_mmap: Bad rss-counter state");
+  if (mm.pgtables_bytes) throw InvariantViolation("exit_mmap: non-zero pgtables_bytes");
+}
+
+}  // namespace cowpte
