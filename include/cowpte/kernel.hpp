@@ -247,6 +247,46 @@ class Kernel {
   void do_exit(Process& p);
 };
 
+// ---- hot per-PTE helpers, inline (include/linux/rmap.h, mm/memory.c, include/linux/mm.h) ----
+
+// vm_normal_page: the struct page behind a present PTE, or nullptr for special mappings (the
+// zero page).
+inline Page* Kernel::vm_normal_page(const Vma&, pteval_t pte) noexcept {
+  if (pte_special(pte)) return nullptr;
+  return &mem.page(pte_pfn(pte));
+}
+
+// mm_counter: anon pages, shmem (swap-backed non-anon) pages and file pages.
+inline unsigned Kernel::mm_counter(const Page& page) noexcept {
+  if (PageAnon(page)) return MM_ANONPAGES;
+  return page.test(PG_swapbacked) ? MM_SHMEMPAGES : MM_FILEPAGES;
+}
+
+// page_dup_file_rmap / page_add_file_rmap.
+inline void Kernel::page_add_file_rmap(Page& page) { ++page._mapcount; }
+
+inline void Kernel::page_remove_rmap(Page& page) {
+  if (--page._mapcount < -1) [[unlikely]]
+    throw InvariantViolation("page_remove_rmap: negative mapcount");
+}
+
+// page_try_dup_anon_rmap: share an anon page with a child, unless it may be pinned (then the
+// child must get its own copy: -EBUSY). page_needs_cow_for_dma is only valid while fork holds
+// write_protect_seq.
+inline int Kernel::page_try_dup_anon_rmap(Page& page, Vma& src_vma) {
+  if (PageAnonExclusive(page)) {
+    const MmStruct& mm = *src_vma.vm_mm;
+    if (!(mm.write_protect_seq & 1)) [[unlikely]]
+      throw InvariantViolation("page_try_dup_anon_rmap outside fork");
+    if (is_cow_mapping(src_vma.vm_flags) && mm.test_flag(MMF_HAS_PINNED) &&
+        page_maybe_dma_pinned(page))
+      return -16;  // -EBUSY
+    page.clear(PG_anon_exclusive);
+  }
+  ++page._mapcount;  // __page_dup_rmap
+  return 0;
+}
+
 // Trace at a kernel tracepoint; costs one branch when tracing is off.
 #define COWPTE_TRACE(k, ...)                              \
   do {                                                    \

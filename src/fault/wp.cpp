@@ -68,7 +68,7 @@ vm_fault_t Kernel::wp_page_copy(VmFault& vmf) {
   }
   ptl.unlock();
   release_old();  // do_wp_page's reference
-  return unshare ? 0 : VM_FAULT_WRITE;
+  return unshare ? vm_fault_t{0} : vm_fault_t{VM_FAULT_WRITE};
 }
 
 // wp_page_shared: a write to a read-only PTE of a shared mapping (soft-dirty tracking);

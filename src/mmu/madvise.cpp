@@ -21,15 +21,25 @@ bool Kernel::madvise_update_vma(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t e
   return true;
 }
 
-// madvise_populate: fault the range in through GUP, as MADV_POPULATE_(READ|WRITE) do.
+// madvise_populate: fault the range in through GUP, as MADV_POPULATE_(READ|WRITE) do. In v6.1
+// madvise_walk_vmas visits the VMAs in address order: the first incompatible VMA fails the
+// call with EINVAL; holes give ENOMEM once every VMA was visited. The model finds the outcome
+// before faulting anything, so a refused call changes nothing.
 Result<void> Kernel::madvise_populate(MmStruct& mm, vaddr_t start, vaddr_t end, bool write) {
   const unsigned gup_flags = FOLL_TOUCH | (write ? FOLL_WRITE : 0u);
   MmapReadGuard lock(mm.mmap_lock);
-  for (vaddr_t a = start; a < end;) {  // faultin_vma_page_range's checks first: EINVAL
-    Vma* v = mm.vma_lookup(a);
-    if (check_vma_flags(*v, gup_flags)) return Errno::inval;
+  bool hole = false;
+  for (vaddr_t a = start; a < end;) {
+    Vma* v = mm.find_vma(a);
+    if (!v || v->vm_start >= end) {
+      hole = true;
+      break;
+    }
+    if (v->vm_start > a) hole = true;
+    if (check_vma_flags(*v, gup_flags)) return Errno::inval;  // faultin_vma_page_range
     a = v->vm_end;
   }
+  if (hole) return Errno::nomem;
   const long r = get_user_pages(mm, start, (end - start) >> PAGE_SHIFT, gup_flags, nullptr);
   if (r == -12 || (r >= 0 && static_cast<std::uint64_t>(r) < ((end - start) >> PAGE_SHIFT)))
     return Errno::nomem;
@@ -58,6 +68,8 @@ Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_i
   const vaddr_t end = start + len;
   if (end < start) return Errno::inval;
   if (end == start) return {};
+  if (advice == Advice::populate_read || advice == Advice::populate_write)
+    return madvise_populate(mm, start, end, advice == Advice::populate_write);
   {
     MmapReadGuard lock(mm.mmap_lock);
     for (vaddr_t a = start; a < end;) {  // madvise_walk_vmas: unmapped_error
@@ -94,9 +106,8 @@ Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_i
     }
     case Advice::pageout:
       return {};  // no swap device: reclaim finds nothing it could page out
-    case Advice::populate_read:
-    case Advice::populate_write:
-      return madvise_populate(mm, start, end, advice == Advice::populate_write);
+    default:
+      break;
   }
   return Errno::inval;
 }

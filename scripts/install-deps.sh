@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs everything cowpte needs to build, test and benchmark, from Debian 12's packages.
+# Idempotent: when every package is already installed it does not touch apt at all.
+# Runs as root, or as a user with sudo (apt-get is then run through sudo).
+set -euo pipefail
+
+PACKAGES=(
+  cmake ninja-build g++ clang-format python3
+  libboost-dev libfmt-dev libspdlog-dev libgtest-dev libbenchmark-dev
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+  [[ $status == installed ]] || missing+=("$pkg")
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#PACKAGES[@]} packages already installed"
+  exit 0
+fi
+
+if ((EUID == 0)); then
+  as_root=()
+elif command -v sudo >/dev/null 2>&1; then
+  as_root=(sudo)
+else
+  echo "install-deps: missing packages: ${missing[*]}" >&2
+  echo "install-deps: run this script as root, or install sudo" >&2
+  exit 1
+fi
+
+echo "install-deps: installing ${missing[*]}"
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+  apt-get install -y -q --no-install-recommends "${missing[@]}"

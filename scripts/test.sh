@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# cowpte's test command (README, .ci/run):
+#   1. build/       RelWithDebInfo with the benchmarks, ctest
+#   2. build-asan/  Debug with AddressSanitizer + UndefinedBehaviorSanitizer, ctest
+#                   (COWPTE_SKIP_ASAN=1 skips this pass)
+#   3. the CMake package: install build/ into a temporary prefix and build and run
+#      tests/consumer/find_package against it, then tests/consumer/add_subdirectory.
+# Exits non-zero on the first failure.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+bash scripts/install-deps.sh
+
+jobs=$(nproc)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0
+
+step() { printf '\n=== %s ===\n' "$*"; }
+
+# A build tree made earlier by another generator can't be reused with Ninja: start it afresh.
+configure() {
+  local dir=$1
+  shift
+  if [[ -f $dir/CMakeCache.txt ]] && ! grep -qx 'CMAKE_GENERATOR:INTERNAL=Ninja' "$dir/CMakeCache.txt"; then
+    rm -rf "$dir"
+  fi
+  cmake -S "$root" -B "$dir" -G Ninja "$@"
+}
+
+# ctest, failing on an empty suite too; adds the number of tests run to $passed.
+run_ctest() {
+  local dir=$1 log
+  log="$tmp/ctest-$(basename "$dir").log"
+  ctest --test-dir "$dir" --output-on-failure --no-tests=error -j2 | tee "$log"
+  local n
+  n=$(sed -n 's/.*tests passed, 0 tests failed out of \([0-9][0-9]*\).*/\1/p' "$log" | tail -n 1)
+  passed=$((passed + ${n:-0}))
+}
+
+step "build/ (RelWithDebInfo, tests and benchmarks)"
+configure build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOWPTE_BUILD_TESTS=ON -DCOWPTE_BUILD_BENCH=ON \
+  -DCOWPTE_SANITIZE=OFF
+cmake --build build -j "$jobs"
+step "ctest build/"
+run_ctest build
+
+if [[ ${COWPTE_SKIP_ASAN:-0} == 1 ]]; then
+  step "build-asan/ skipped (COWPTE_SKIP_ASAN=1)"
+else
+  step "build-asan/ (Debug, AddressSanitizer + UndefinedBehaviorSanitizer)"
+  configure build-asan -DCMAKE_BUILD_TYPE=Debug -DCOWPTE_BUILD_TESTS=ON -DCOWPTE_BUILD_BENCH=OFF \
+    -DCOWPTE_SANITIZE=ON
+  cmake --build build-asan -j "$jobs"
+  step "ctest build-asan/"
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
+  export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+  run_ctest build-asan
+fi
+
+step "CMake package: install build/ and find_package(cowpte CONFIG REQUIRED)"
+cmake --install build --prefix "$tmp/prefix"
+cmake -S tests/consumer/find_package -B "$tmp/find_package" -G Ninja \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_PREFIX_PATH="$tmp/prefix"
+cmake --build "$tmp/find_package" -j "$jobs"
+"$tmp/find_package/consumer"
+passed=$((passed + 1))
+
+step "CMake package: add_subdirectory() of the checkout"
+cmake -S tests/consumer/add_subdirectory -B "$tmp/add_subdirectory" -G Ninja \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOWPTE_SOURCE_DIR="$root"
+cmake --build "$tmp/add_subdirectory" -j "$jobs"
+"$tmp/add_subdirectory/consumer"
+passed=$((passed + 1))
+
+step "summary"
+echo "test.sh: $passed passed, 0 failed"

@@ -1,0 +1,420 @@
+// A flat reference model of a process's memory for the differential test (test_differential.cpp).
+//
+// No page tables, no struct page, no COW: each process is a list of VMAs and a map from virtual
+// page to its 512 words. Private pages belong to the process and fork deep-copies them;
+// MAP_SHARED|MAP_ANONYMOUS regions are backed by a shared object (shmem) that fork shares. The
+// model answers every facade call with the result Linux (v6.1/v6.2) gives, which the test then
+// compares against the simulator. Where the facade contract is stricter than Linux (a range
+// with a hole makes mprotect/madvise fail with ENOMEM and change nothing), the model follows
+// the facade.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <iterator>
+#include <map>
+#include <optional>
+#include <set>
+#include <unordered_map>
+#include <vector>
+
+#include "cowpte/cowpte.hpp"
+
+namespace cowpte::flat {
+
+inline constexpr std::uint64_t kPageSize = 4096;
+inline constexpr std::uint64_t kWordsPerPage = kPageSize / 8;
+inline constexpr vaddr_t kTaskSize = (1ull << 47) - kPageSize;
+inline constexpr vaddr_t kMmapMinAddr = 0x10000;
+using PageWords = std::array<std::uint64_t, kWordsPerPage>;
+
+inline constexpr Errno kOk = Errno{0};
+
+inline bool has(Prot p, Prot bit) { return any(p & bit); }
+inline bool has(MapFlags f, MapFlags bit) { return any(f & bit); }
+inline bool has(PinFlags f, PinFlags bit) { return any(f & bit); }
+// x86 has no write-only or exec-only pages: any access right lets a user load.
+inline bool user_readable(Prot p) { return any(p & (Prot::read | Prot::write | Prot::exec)); }
+inline std::uint64_t page_align(std::uint64_t len) {
+  return (len + kPageSize - 1) & ~(kPageSize - 1);
+}
+inline std::uint64_t vpn(vaddr_t a) { return a / kPageSize; }
+
+// What the model predicts for one call: an errno (kOk on success) and, for loads, the value.
+struct Outcome {
+  Errno err = kOk;
+  std::uint64_t value = 0;
+  bool ok() const { return err == kOk; }
+};
+
+struct FlatVma {
+  vaddr_t start = 0, end = 0;
+  Prot prot = Prot::none;
+  bool shared = false;      // MAP_SHARED|MAP_ANONYMOUS: backed by shm object `obj`
+  std::uint64_t obj = 0;    // shm object id (shared only)
+  std::uint64_t pgoff = 0;  // page offset of `start` in the object (shared only)
+  bool dontfork = false;    // VM_DONTCOPY
+};
+
+// One page's reference from one pin call. unpin(addr, len) drops the newest pin of every page
+// in the range (or, if a page has none, nothing: EINVAL); read_gup(addr) reads through the
+// newest pin of addr's page.
+struct FlatPin {
+  std::uint64_t vpn = 0;
+  PinFlags flags = PinFlags::none;
+  std::uint64_t stamp = 0;  // operation stamp at which it was taken
+};
+
+enum class CowPte { off, ready, on };  // prctl(PR_SET_COW_PTE): MMF_COW_PTE_READY, MMF_COW_PTE
+
+struct FlatProc {
+  bool alive = true;
+  std::map<vaddr_t, FlatVma> vmas;                           // by start address
+  std::unordered_map<std::uint64_t, PageWords> priv;         // vpn -> words (private pages)
+  std::vector<FlatPin> pins;                                 // oldest first
+  std::vector<std::pair<vaddr_t, std::uint64_t>> pin_calls;  // ranges pinned (for the test)
+  std::unordered_map<std::uint64_t, std::uint64_t> changed;  // vpn -> stamp of last remap
+  CowPte cow_pte = CowPte::off;
+};
+
+struct FlatShm {
+  std::uint64_t pages = 0;
+  std::unordered_map<std::uint64_t, PageWords> data;  // page index -> words
+};
+
+class FlatModel {
+ public:
+  // The stamp of the operation being modelled; mapping changes and pins record it.
+  void set_stamp(std::uint64_t s) { stamp_ = s; }
+
+  int spawn() {
+    procs_.emplace_back();
+    return static_cast<int>(procs_.size()) - 1;
+  }
+  const FlatProc& proc(int p) const { return procs_.at(p); }
+  const FlatShm& shm(std::uint64_t id) const { return shms_.at(id); }
+
+  const FlatVma* vma_at(int p, vaddr_t a) const {
+    const auto& vmas = procs_.at(p).vmas;
+    auto it = vmas.upper_bound(a);
+    if (it == vmas.begin()) return nullptr;
+    --it;
+    return a < it->second.end ? &it->second : nullptr;
+  }
+
+  bool range_free(int p, vaddr_t a, std::uint64_t len) const {
+    const auto& vmas = procs_.at(p).vmas;
+    auto it = vmas.lower_bound(a);
+    if (it != vmas.end() && it->first < a + len) return false;
+    if (it != vmas.begin() && std::prev(it)->second.end > a) return false;
+    return true;
+  }
+
+  // The VMAs intersecting [a, a+len), in address order, and whether the range has a hole.
+  std::vector<const FlatVma*> vmas_in(int p, vaddr_t a, std::uint64_t len, bool* hole) const {
+    std::vector<const FlatVma*> out;
+    const auto& vmas = procs_.at(p).vmas;
+    auto it = vmas.upper_bound(a);
+    if (it != vmas.begin() && std::prev(it)->second.end > a) --it;
+    vaddr_t cur = a, end = a + len;
+    bool h = false;
+    for (; it != vmas.end() && it->first < end; ++it) {
+      if (it->first > cur) h = true;
+      out.push_back(&it->second);
+      cur = it->second.end;
+    }
+    if (cur < end) h = true;
+    if (hole) *hole = h;
+    return out;
+  }
+
+  // Pages of memory the model's state can hold at most: every mapped private page, every shm
+  // object still mapped somewhere, and every pinned range. The test keeps this below capacity.
+  std::uint64_t footprint_pages() const {
+    std::uint64_t n = 0;
+    std::set<std::uint64_t> objs;
+    for (const auto& pr : procs_) {
+      if (!pr.alive) continue;
+      for (const auto& [s, v] : pr.vmas) {
+        if (v.shared)
+          objs.insert(v.obj);
+        else
+          n += (v.end - v.start) / kPageSize;
+      }
+      n += pr.pins.size();
+    }
+    for (auto o : objs) n += shms_.at(o).pages;
+    return n;
+  }
+
+  // ---- mmap: plan, then apply at the address the simulator chose ----
+  struct MmapPlan {
+    Errno err = kOk;
+    bool exact = false;  // the result must be `addr`; otherwise any free range will do
+    vaddr_t addr = 0;
+  };
+
+  MmapPlan plan_mmap(int p, vaddr_t addr, std::uint64_t len, Prot /*prot*/, MapFlags flags) const {
+    MmapPlan plan;
+    if (len == 0) return {Errno::inval};
+    const bool fixed = has(flags, MapFlags::fixed) || has(flags, MapFlags::fixed_noreplace);
+    if (!fixed && addr != 0) addr = std::max(page_align(addr), kMmapMinAddr);
+    len = page_align(len);
+    if (fixed) {
+      if (addr % kPageSize) return {Errno::inval};
+      if (addr > kTaskSize || len > kTaskSize - addr) return {Errno::nomem};
+      if (has(flags, MapFlags::fixed_noreplace) && !range_free(p, addr, len)) return {Errno::exist};
+    }
+    const auto type = flags & (MapFlags::shared | MapFlags::private_);
+    if (type != MapFlags::shared && type != MapFlags::private_) return {Errno::inval};
+    if (fixed || (addr != 0 && len <= kTaskSize - addr && range_free(p, addr, len))) {
+      plan.exact = true;
+      plan.addr = addr;
+    }
+    return plan;
+  }
+
+  void apply_mmap(int p, vaddr_t addr, std::uint64_t len, Prot prot, MapFlags flags) {
+    len = page_align(len);
+    remove_range(p, addr, len);
+    FlatVma v;
+    v.start = addr;
+    v.end = addr + len;
+    v.prot = prot;
+    if (has(flags, MapFlags::shared)) {
+      v.shared = true;
+      v.obj = next_obj_++;
+      shms_[v.obj].pages = len / kPageSize;
+    }
+    procs_.at(p).vmas[addr] = v;
+  }
+
+  // ---- the other calls: each predicts the outcome and applies it on success ----
+  Outcome munmap(int p, vaddr_t a, std::uint64_t len) {
+    if (a % kPageSize || a > kTaskSize || len > kTaskSize - a) return {Errno::inval};
+    len = page_align(len);
+    if (len == 0) return {Errno::inval};
+    remove_range(p, a, len);
+    return {};
+  }
+
+  Outcome mprotect(int p, vaddr_t a, std::uint64_t len, Prot prot) {
+    if (a % kPageSize) return {Errno::inval};
+    if (len == 0) return {};
+    len = page_align(len);
+    if (a + len <= a) return {Errno::nomem};
+    bool hole = false;
+    vmas_in(p, a, len, &hole);
+    if (hole) return {Errno::nomem};
+    for_range(p, a, len, [&](FlatVma& v) { v.prot = prot; });
+    mark_changed(p, a, len);
+    return {};
+  }
+
+  Outcome madvise(int p, vaddr_t a, std::uint64_t len, Advice advice) {
+    switch (advice) {
+      case Advice::dontneed:
+      case Advice::dontfork:
+      case Advice::dofork:
+      case Advice::populate_read:
+      case Advice::populate_write:
+        break;
+      default:
+        return {Errno::inval};  // the test sends nothing else
+    }
+    if (a % kPageSize) return {Errno::inval};
+    const std::uint64_t alen = page_align(len);
+    if (len && !alen) return {Errno::inval};
+    if (a + alen < a) return {Errno::inval};
+    if (alen == 0) return {};
+    len = alen;
+    bool hole = false;
+    auto vs = vmas_in(p, a, len, &hole);
+    if (advice == Advice::populate_read || advice == Advice::populate_write) {
+      // v6.1/v6.2 run madvise_populate per VMA inside madvise_walk_vmas: the first VMA that
+      // forbids the access fails the call with EINVAL at once; holes give ENOMEM at the end.
+      const Prot need = advice == Advice::populate_read ? Prot::read : Prot::write;
+      for (const FlatVma* v : vs)
+        if (!has(v->prot, need)) return {Errno::inval};
+      if (hole) return {Errno::nomem};
+      return {};  // contents do not change
+    }
+    if (hole) return {Errno::nomem};
+    auto& pr = procs_.at(p);
+    if (advice == Advice::dontneed) {
+      // Private pages are dropped and read back as zeros; shmem keeps its pages.
+      for (vaddr_t va = a; va < a + len; va += kPageSize) {
+        const FlatVma* v = vma_at(p, va);
+        if (v && !v->shared) pr.priv.erase(vpn(va));
+      }
+      mark_changed(p, a, len);
+    } else {
+      const bool dontfork = advice == Advice::dontfork;
+      for_range(p, a, len, [&](FlatVma& v) { v.dontfork = dontfork; });
+    }
+    return {};
+  }
+
+  Outcome load(int p, vaddr_t a) const {
+    const FlatVma* v = vma_at(p, a);
+    if (!v || !user_readable(v->prot)) return {Errno::fault};
+    const std::uint64_t w = (a % kPageSize) / 8;
+    if (v->shared) {
+      const auto& d = shms_.at(v->obj).data;
+      auto it = d.find(v->pgoff + (a - v->start) / kPageSize);
+      return {kOk, it == d.end() ? 0 : it->second[w]};
+    }
+    const auto& d = procs_.at(p).priv;
+    auto it = d.find(vpn(a));
+    return {kOk, it == d.end() ? 0 : it->second[w]};
+  }
+
+  Outcome store(int p, vaddr_t a, std::uint64_t value) {
+    const FlatVma* v = vma_at(p, a);
+    if (!v || !has(v->prot, Prot::write)) return {Errno::fault};
+    const std::uint64_t w = (a % kPageSize) / 8;
+    PageWords* page;
+    if (v->shared) {
+      page = &page_of(shms_.at(v->obj).data, v->pgoff + (a - v->start) / kPageSize);
+    } else {
+      page = &page_of(procs_.at(p).priv, vpn(a));
+    }
+    (*page)[w] = value;
+    return {};
+  }
+
+  // prctl(PR_SET_COW_PTE): EINVAL once MMF_COW_PTE is set, else MMF_COW_PTE_READY.
+  Outcome set_cow_pte(int p) {
+    FlatProc& pr = procs_.at(p);
+    if (pr.cow_pte == CowPte::on) return {Errno::inval};
+    pr.cow_pte = CowPte::ready;
+    return {};
+  }
+
+  int fork(int p) {
+    const int c = spawn();
+    FlatProc& parent = procs_.at(p);
+    FlatProc& child = procs_.at(c);
+    // kernel_clone turns READY into MMF_COW_PTE, which is in MMF_INIT_MASK: the child inherits.
+    if (parent.cow_pte == CowPte::ready) parent.cow_pte = CowPte::on;
+    if (parent.cow_pte == CowPte::on) child.cow_pte = CowPte::on;
+    for (const auto& [s, v] : parent.vmas) {
+      if (v.dontfork) continue;
+      child.vmas[s] = v;
+      if (v.shared) continue;
+      for (auto it = parent.priv.begin(); it != parent.priv.end(); ++it)
+        if (it->first >= vpn(v.start) && it->first < vpn(v.end)) child.priv.insert(*it);
+    }
+    return c;
+  }
+
+  void exit(int p) {
+    FlatProc& pr = procs_.at(p);
+    pr = FlatProc{};
+    pr.alive = false;
+  }
+
+  // pin_user_pages(FOLL_PIN | flags): every page must sit in a VMA that allows the access
+  // (check_vma_flags: FOLL_WRITE needs VM_WRITE, otherwise VM_READ), or the call fails EFAULT.
+  Outcome pin(int p, vaddr_t a, std::uint64_t len, PinFlags flags) {
+    bool hole = false;
+    auto vs = vmas_in(p, a, len, &hole);
+    if (hole) return {Errno::fault};
+    const Prot need = has(flags, PinFlags::write) ? Prot::write : Prot::read;
+    for (const FlatVma* v : vs)
+      if (!has(v->prot, need)) return {Errno::fault};
+    auto& pr = procs_.at(p);
+    for (vaddr_t va = a; va < a + len; va += kPageSize) pr.pins.push_back({vpn(va), flags, stamp_});
+    pr.pin_calls.emplace_back(a, len);
+    return {};
+  }
+
+  // unpin(a, len): the newest pin of every page in the range goes; EINVAL (and nothing goes)
+  // when some page has no pin.
+  Outcome unpin(int p, vaddr_t a, std::uint64_t len) {
+    auto& pins = procs_.at(p).pins;
+    std::vector<std::size_t> victims;
+    for (vaddr_t va = a; va < a + len; va += kPageSize) {
+      std::size_t i = pins.size();
+      while (i > 0 && pins[i - 1].vpn != vpn(va)) --i;
+      if (i == 0) return {Errno::inval};
+      victims.push_back(i - 1);
+    }
+    std::sort(victims.rbegin(), victims.rend());
+    for (std::size_t v : victims) pins.erase(pins.begin() + static_cast<std::ptrdiff_t>(v));
+    return {};
+  }
+
+  // The COW-vs-pin property applies at `a`: a FOLL_LONGTERM pin covers it that was taken after
+  // the process last changed the mapping of that page, so read_gup(a) must equal load(a).
+  bool pin_coherent(int p, vaddr_t a) const {
+    const FlatProc& pr = procs_.at(p);
+    std::uint64_t last = 0;
+    if (auto it = pr.changed.find(vpn(a)); it != pr.changed.end()) last = it->second;
+    // Every pin taken after a FOLL_LONGTERM one (with no remap in between) holds the page the
+    // process maps, so it does not matter which of them is the newest.
+    for (const auto& pin : pr.pins)
+      if (pin.vpn == vpn(a) && has(pin.flags, PinFlags::longterm) && pin.stamp > last) return true;
+    return false;
+  }
+
+ private:
+  template <class Map>
+  static PageWords& page_of(Map& m, std::uint64_t key) {
+    auto it = m.find(key);
+    if (it == m.end()) it = m.emplace(key, PageWords{}).first;
+    return it->second;
+  }
+
+  void mark_changed(int p, vaddr_t a, std::uint64_t len) {
+    auto& ch = procs_.at(p).changed;
+    for (vaddr_t va = a; va < a + len; va += kPageSize) ch[vpn(va)] = stamp_;
+  }
+
+  // Split the VMA containing `a` (if any) so that a VMA starts at `a`.
+  void split_at(int p, vaddr_t a) {
+    auto& vmas = procs_.at(p).vmas;
+    auto it = vmas.upper_bound(a);
+    if (it == vmas.begin()) return;
+    --it;
+    FlatVma& v = it->second;
+    if (v.start >= a || v.end <= a) return;
+    FlatVma right = v;
+    right.start = a;
+    if (right.shared) right.pgoff += (a - v.start) / kPageSize;
+    v.end = a;
+    vmas[a] = right;
+  }
+
+  template <class F>
+  void for_range(int p, vaddr_t a, std::uint64_t len, F f) {
+    split_at(p, a);
+    split_at(p, a + len);
+    auto& vmas = procs_.at(p).vmas;
+    for (auto it = vmas.lower_bound(a); it != vmas.end() && it->first < a + len; ++it)
+      f(it->second);
+  }
+
+  void remove_range(int p, vaddr_t a, std::uint64_t len) {
+    split_at(p, a);
+    split_at(p, a + len);
+    auto& pr = procs_.at(p);
+    auto it = pr.vmas.lower_bound(a);
+    while (it != pr.vmas.end() && it->first < a + len) it = pr.vmas.erase(it);
+    for (auto pit = pr.priv.begin(); pit != pr.priv.end();) {
+      if (pit->first >= vpn(a) && pit->first < vpn(a + len))
+        pit = pr.priv.erase(pit);
+      else
+        ++pit;
+    }
+    mark_changed(p, a, len);
+  }
+
+  std::vector<FlatProc> procs_;
+  std::map<std::uint64_t, FlatShm> shms_;
+  std::uint64_t next_obj_ = 1;
+  std::uint64_t stamp_ = 0;
+};
+
+}  // namespace cowpte::flat
