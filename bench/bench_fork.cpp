@@ -27,12 +27,15 @@ static void BM_ClassicFork(benchmark::State& state) {
   }
   const double ptes = static_cast<double>(len >> 12);
   state.counters["ptes"] = ptes;
-  state.counters["ns_per_pte"] =
-      benchmark::Counter(ptes * state.iterations(), benchmark::Counter::kIsRate |
-                                                        benchmark::Counter::kInvert);
+  state.counters["ns_per_pte"] = benchmark::Counter(
+      ptes * state.iterations(), benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
   state.counters["child_VmPTE_kB"] = static_cast<double>(child_pte >> 10);
 }
-BENCHMARK(BM_ClassicFork)->Arg(64)->Arg(256)->Arg(1024)->Unit(benchmark::kMillisecond)
+BENCHMARK(BM_ClassicFork)
+    ->Arg(64)
+    ->Arg(256)
+    ->Arg(1024)
+    ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
 // Host memory per simulated populated page: map and populate N GiB, fork, and read the

@@ -32,7 +32,8 @@ int main(int argc, char** argv) {
               static_cast<unsigned long long>(parent.pgtables_bytes() >> 10),
               static_cast<unsigned long long>((*child)->pgtables_bytes() >> 10));
   std::printf("  RSS anon parent/child  %lld / %lld pages\n",
-              static_cast<long long>(parent.rss().anon), static_cast<long long>((*child)->rss().anon));
+              static_cast<long long>(parent.rss().anon),
+              static_cast<long long>((*child)->rss().anon));
   const PagemapEntry pm = parent.pagemap(*addr);
   const PageInfo pi = m.page_info(pm.pfn);
   std::printf("  first page: pfn %#llx refcount %lld mapcount %lld exclusive %d\n",

@@ -21,5 +21,5 @@ if [[ -z $demo ]]; then
   echo "demo.sh: cowpte_demo was built but not found under $dir" >&2
   exit 1
 fi
-echo "demo.sh: running $demo $*"
+echo "demo.sh: running $demo${*:+ $*}"
 "$demo" "$@"

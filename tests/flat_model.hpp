@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <iterator>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <unordered_map>
@@ -60,10 +61,20 @@ struct FlatVma {
 // One page's reference from one pin call. unpin(addr, len) drops the newest pin of every page
 // in the range (or, if a page has none, nothing: EINVAL); read_gup(addr) reads through the
 // newest pin of addr's page.
+//
+// What a pin reads is known once a FOLL_LONGTERM pin holds the page (the COW-vs-pin property):
+// while the process keeps the page mapped, the pinned page is the one it maps (`live`); after
+// munmap, MADV_DONTNEED or MAP_FIXED take it away, a private page is held only by the pin and
+// nobody can write it any more (`frozen`), and a shmem page stays in its object (`shm`).
+enum class PinView { live, frozen, shm };
+
 struct FlatPin {
   std::uint64_t vpn = 0;
   PinFlags flags = PinFlags::none;
   std::uint64_t stamp = 0;  // operation stamp at which it was taken
+  PinView view = PinView::live;
+  std::shared_ptr<const PageWords> frozen;  // view == frozen: the page's last contents
+  std::uint64_t obj = 0, obj_page = 0;      // view == shm: where the page lives
 };
 
 enum class CowPte { off, ready, on };  // prctl(PR_SET_COW_PTE): MMF_COW_PTE_READY, MMF_COW_PTE
@@ -74,7 +85,7 @@ struct FlatProc {
   std::unordered_map<std::uint64_t, PageWords> priv;         // vpn -> words (private pages)
   std::vector<FlatPin> pins;                                 // oldest first
   std::vector<std::pair<vaddr_t, std::uint64_t>> pin_calls;  // ranges pinned (for the test)
-  std::unordered_map<std::uint64_t, std::uint64_t> changed;  // vpn -> stamp of last remap
+  std::unordered_map<std::uint64_t, std::uint64_t> changed;  // vpn -> stamp of last unmap
   CowPte cow_pte = CowPte::off;
 };
 
@@ -207,8 +218,10 @@ class FlatModel {
     bool hole = false;
     vmas_in(p, a, len, &hole);
     if (hole) return {Errno::nomem};
+    // mprotect never replaces a page, so pins stay coherent (the facade brief counted it as a
+    // change to be safe; Linux's can_change_pte_writable/do_wp_page keep a pinned exclusive
+    // page in place, which is exactly what the test checks).
     for_range(p, a, len, [&](FlatVma& v) { v.prot = prot; });
-    mark_changed(p, a, len);
     return {};
   }
 
@@ -244,6 +257,7 @@ class FlatModel {
     auto& pr = procs_.at(p);
     if (advice == Advice::dontneed) {
       // Private pages are dropped and read back as zeros; shmem keeps its pages.
+      detach_pins(p, a, len);
       for (vaddr_t va = a; va < a + len; va += kPageSize) {
         const FlatVma* v = vma_at(p, va);
         if (v && !v->shared) pr.priv.erase(vpn(va));
@@ -346,17 +360,30 @@ class FlatModel {
     return {};
   }
 
-  // The COW-vs-pin property applies at `a`: a FOLL_LONGTERM pin covers it that was taken after
-  // the process last changed the mapping of that page, so read_gup(a) must equal load(a).
-  bool pin_coherent(int p, vaddr_t a) const {
+  // What read_gup(a) must return, when the model knows it (see PinView).
+  std::optional<std::uint64_t> expected_gup(int p, vaddr_t a) const {
     const FlatProc& pr = procs_.at(p);
-    std::uint64_t last = 0;
-    if (auto it = pr.changed.find(vpn(a)); it != pr.changed.end()) last = it->second;
-    // Every pin taken after a FOLL_LONGTERM one (with no remap in between) holds the page the
-    // process maps, so it does not matter which of them is the newest.
+    const std::uint64_t w = (a % kPageSize) / 8;
+    const FlatPin* newest = nullptr;
     for (const auto& pin : pr.pins)
-      if (pin.vpn == vpn(a) && has(pin.flags, PinFlags::longterm) && pin.stamp > last) return true;
-    return false;
+      if (pin.vpn == vpn(a)) newest = &pin;
+    if (!newest) return std::nullopt;
+    switch (newest->view) {
+      case PinView::frozen:
+        return (*newest->frozen)[w];
+      case PinView::shm:
+        return shm_word(newest->obj, newest->obj_page, w);
+      case PinView::live:
+        if (!pin_coherent(p, a)) return std::nullopt;
+        return content(p, a);
+    }
+    return std::nullopt;
+  }
+
+  // The COW-vs-pin property applies at `a`: a FOLL_LONGTERM pin covers it that was taken after
+  // the process last unmapped that page, so read_gup(a) must equal load(a).
+  bool pin_coherent(int p, vaddr_t a) const {
+    return coherent_since(procs_.at(p), vpn(a)).has_value();
   }
 
  private:
@@ -365,6 +392,63 @@ class FlatModel {
     auto it = m.find(key);
     if (it == m.end()) it = m.emplace(key, PageWords{}).first;
     return it->second;
+  }
+
+  // The stamp of the oldest FOLL_LONGTERM pin of `page` taken since the page was last
+  // unmapped: every pin from then on holds the page the process maps. (A pin before it may hold
+  // the zero page, which a later write replaces.)
+  static std::optional<std::uint64_t> coherent_since(const FlatProc& pr, std::uint64_t page) {
+    std::uint64_t last = 0;
+    if (auto it = pr.changed.find(page); it != pr.changed.end()) last = it->second;
+    for (const auto& pin : pr.pins)
+      if (pin.vpn == page && pin.view == PinView::live && has(pin.flags, PinFlags::longterm) &&
+          pin.stamp > last)
+        return pin.stamp;
+    return std::nullopt;
+  }
+
+  std::uint64_t shm_word(std::uint64_t obj, std::uint64_t page, std::uint64_t w) const {
+    const auto& d = shms_.at(obj).data;
+    auto it = d.find(page);
+    return it == d.end() ? 0 : it->second[w];
+  }
+
+  // The word at `a` whatever the protection (`a` must be mapped).
+  std::uint64_t content(int p, vaddr_t a) const {
+    const FlatVma* v = vma_at(p, a);
+    const std::uint64_t w = (a % kPageSize) / 8;
+    if (v->shared) return shm_word(v->obj, v->pgoff + (a - v->start) / kPageSize, w);
+    const auto& d = procs_.at(p).priv;
+    auto it = d.find(vpn(a));
+    return it == d.end() ? 0 : it->second[w];
+  }
+
+  // [a, a+len) is about to be unmapped or zapped: the pins that hold the mapped pages keep
+  // them, and from now on read what the pages hold now.
+  void detach_pins(int p, vaddr_t a, std::uint64_t len) {
+    FlatProc& pr = procs_.at(p);
+    for (vaddr_t va = a; va < a + len; va += kPageSize) {
+      auto since = coherent_since(pr, vpn(va));
+      if (!since) continue;
+      const FlatVma* v = vma_at(p, va);
+      std::shared_ptr<const PageWords> snap;
+      for (auto& pin : pr.pins) {
+        if (pin.vpn != vpn(va) || pin.view != PinView::live || pin.stamp < *since) continue;
+        if (v->shared) {
+          pin.view = PinView::shm;
+          pin.obj = v->obj;
+          pin.obj_page = v->pgoff + (va - v->start) / kPageSize;
+        } else {
+          if (!snap) {
+            auto it = pr.priv.find(vpn(va));
+            snap =
+                std::make_shared<const PageWords>(it == pr.priv.end() ? PageWords{} : it->second);
+          }
+          pin.view = PinView::frozen;
+          pin.frozen = snap;
+        }
+      }
+    }
   }
 
   void mark_changed(int p, vaddr_t a, std::uint64_t len) {
@@ -397,6 +481,7 @@ class FlatModel {
   }
 
   void remove_range(int p, vaddr_t a, std::uint64_t len) {
+    detach_pins(p, a, len);
     split_at(p, a);
     split_at(p, a + len);
     auto& pr = procs_.at(p);

@@ -535,7 +535,7 @@ class DifferentialRun {
     note(d, r.error(), errname(r.error()));
     Outcome want = model_.store(l.mid, a, v);
     expect_err(d, r.error(), want.err);
-    if (!failed_ && model_.pin_coherent(l.mid, a)) check_pin(l, a);
+    if (!failed_ && model_.expected_gup(l.mid, a)) check_pin(l, a);
   }
 
   // Returns the value loaded (valid only when the load succeeded and matched).
@@ -709,7 +709,7 @@ class DifferentialRun {
     if (!failed_ && r) {
       // A fresh long-term pin must read what the process reads.
       vaddr_t probe = a + rng_.below(len / kPageSize) * kPageSize + rng_.below(4) * 8;
-      if (model_.pin_coherent(l.mid, probe)) check_pin(l, probe);
+      if (model_.expected_gup(l.mid, probe)) check_pin(l, probe);
     }
   }
 
@@ -736,19 +736,33 @@ class DifferentialRun {
     expect_err(d, r.error(), model_.unpin(l.mid, a, len).err);
   }
 
-  // read_gup(a) against load(a) where a long-term pin must keep them together.
+  // read_gup(a) where the model knows what the pin holds: while the process maps the pinned
+  // page, what load(a) reads (COW must never split a FOLL_LONGTERM pin from its process); after
+  // munmap/DONTNEED/MAP_FIXED, the page as it was then (the pin keeps it alive and nobody
+  // writes it), or the shmem page.
   void check_pin(Live& l, vaddr_t a) {
+    const auto want = model_.expected_gup(l.mid, a);
+    if (!want) return;
+    const bool live = model_.pin_coherent(l.mid, a);
     std::string d = pname(l) + ".read_gup(" + hex(a) + ")";
     auto g = l.proc->read_gup(a);
     note(d, g.error(), g ? hex(*g) : errname(g.error()));
     if (!g) return fail(d + ": " + errname(g.error()) + " on a page held by a FOLL_LONGTERM pin");
-    Outcome want = model_.load(l.mid, a);
-    std::uint64_t loaded = do_load(l, a);
-    if (failed_) return;
-    if (!want.ok()) return;  // not readable by the process: nothing to compare
-    if (*g != loaded)
-      fail(d + " = " + hex(*g) + " but load = " + hex(loaded) +
-           ": the FOLL_LONGTERM pin and the process see different pages (COW broke the pin)");
+    if (live && model_.load(l.mid, a).ok()) {
+      const std::uint64_t loaded = do_load(l, a);
+      if (failed_) return;
+      if (*g != loaded) {
+        return fail(d + " = " + hex(*g) + " but load = " + hex(loaded) +
+                    ": the FOLL_LONGTERM pin and the process see different pages (COW broke "
+                    "the pin)");
+      }
+    }
+    if (*g != *want) {
+      fail(d + " = " + hex(*g) + ", model expects " + hex(*want) +
+           (live ? " (the page the process maps)"
+                 : " (the pinned page after the process unmapped it: it must stay alive and "
+                   "unchanged, or follow its shmem object)"));
+    }
   }
 
   void check_random_pin() {
@@ -757,7 +771,7 @@ class DifferentialRun {
       for (const auto& pin : model_.proc(live_[i].mid).pins) {
         static constexpr std::uint64_t kHot[] = {0, 1, 7, 256, 511};
         const vaddr_t a = pin.vpn * kPageSize + kHot[rng_.below(5)] * 8;
-        if (model_.pin_coherent(live_[i].mid, a)) sites.push_back({i, a});
+        if (model_.expected_gup(live_[i].mid, a)) sites.push_back({i, a});
       }
     }
     if (sites.empty()) return;

@@ -42,11 +42,10 @@ struct fmt::formatter<cowpte::Page> : fmt::formatter<std::string_view> {
   template <class Ctx>
   auto format(const cowpte::Page& p, Ctx& ctx) const {
     using namespace cowpte;
-    return fmt::format_to(ctx.out(), "page refcount {} mapcount {}{}{}{}{}{}{}", p._refcount,
-                          page_mapcount(p), p.test(PG_free) ? " free" : "",
-                          p.test(PG_anon) ? " anon" : "",
-                          p.test(PG_anon_exclusive) ? " exclusive" : "",
-                          p.test(PG_table) ? " table" : "", p.test(PG_zero) ? " zero" : "",
-                          p.test(PG_dirty) ? " dirty" : "");
+    return fmt::format_to(
+        ctx.out(), "page refcount {} mapcount {}{}{}{}{}{}{}", p._refcount, page_mapcount(p),
+        p.test(PG_free) ? " free" : "", p.test(PG_anon) ? " anon" : "",
+        p.test(PG_anon_exclusive) ? " exclusive" : "", p.test(PG_table) ? " table" : "",
+        p.test(PG_zero) ? " zero" : "", p.test(PG_dirty) ? " dirty" : "");
   }
 };

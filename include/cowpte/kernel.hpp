@@ -3,8 +3,8 @@
 // source file that implements it and the kernel file it models.
 #pragma once
 
-#include <memory>
 #include <spdlog/logger.h>
+#include <memory>
 #include <unordered_map>
 #include <vector>
 
@@ -50,10 +50,10 @@ struct VmFault {
   Vma* vma = nullptr;
   vaddr_t address = 0;
   unsigned flags = 0;
-  EntryRef pmd;             // the PMD entry that maps address
-  EntryRef pte;             // the PTE, once the table exists
-  pteval_t orig_pte = 0;    // the PTE value the fault saw
-  Page* page = nullptr;     // the page found or made by the fault
+  EntryRef pmd;                  // the PMD entry that maps address
+  EntryRef pte;                  // the PTE, once the table exists
+  pteval_t orig_pte = 0;         // the PTE value the fault saw
+  Page* page = nullptr;          // the page found or made by the fault
   Page* prealloc_pte = nullptr;  // a PTE table allocated ahead (do_fault_around)
 };
 
@@ -76,7 +76,7 @@ class Kernel {
   MachineConfig cfg;
   PhysMem mem;
   Page* zero_page = nullptr;
-  std::vector<std::unique_ptr<Process>> procs;  // index = pid - 1
+  std::vector<std::unique_ptr<Process>> procs;            // index = pid - 1
   std::unordered_map<int, std::vector<GupRef>> gup_refs;  // by pid
   TlbStats tlb;
   std::shared_ptr<spdlog::logger> tracer;  // null when tracing is off
@@ -125,10 +125,8 @@ class Kernel {
   static unsigned mm_counter(const Page& page) noexcept;
 
   // ---- src/mmu/mmap.cpp (mm/mmap.c, mm/util.c, mm/shmem.c shmem_zero_setup) ----
-  Result<vaddr_t> do_mmap(MmStruct& mm, vaddr_t addr, std::uint64_t len, Prot prot,
-                          MapFlags flags);
-  Result<vaddr_t> get_unmapped_area(MmStruct& mm, vaddr_t addr, std::uint64_t len,
-                                    MapFlags flags);
+  Result<vaddr_t> do_mmap(MmStruct& mm, vaddr_t addr, std::uint64_t len, Prot prot, MapFlags flags);
+  Result<vaddr_t> get_unmapped_area(MmStruct& mm, vaddr_t addr, std::uint64_t len, MapFlags flags);
   Result<vaddr_t> mmap_region(MmStruct& mm, vaddr_t addr, std::uint64_t len, std::uint64_t flags,
                               std::uint64_t prot);
   Result<void> do_munmap(MmStruct& mm, vaddr_t start, std::uint64_t len);
@@ -146,8 +144,7 @@ class Kernel {
 
   // ---- src/mmu/mprotect.cpp (mm/mprotect.c) ----
   Result<void> do_mprotect_pkey(MmStruct& mm, vaddr_t start, std::uint64_t len, Prot prot);
-  bool mprotect_fixup(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end,
-                      std::uint64_t newflags);
+  bool mprotect_fixup(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end, std::uint64_t newflags);
   long change_protection(MmGather& tlb, Vma& vma, vaddr_t start, vaddr_t end, bool try_writable);
   long change_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, vaddr_t end,
                         pteval_t newprot, bool try_writable);
@@ -177,8 +174,7 @@ class Kernel {
   void unmap_page_range(MmGather& tlb, Vma& vma, vaddr_t addr, vaddr_t end);
   void unmap_vmas(MmGather& tlb, const std::vector<Vma*>& vmas, vaddr_t start, vaddr_t end);
   void zap_page_range_single(Vma& vma, vaddr_t address, std::uint64_t size);
-  void free_pgtables(MmGather& tlb, const std::vector<Vma*>& vmas, vaddr_t floor,
-                     vaddr_t ceiling);
+  void free_pgtables(MmGather& tlb, const std::vector<Vma*>& vmas, vaddr_t floor, vaddr_t ceiling);
   void free_pgd_range(MmGather& tlb, vaddr_t addr, vaddr_t end, vaddr_t floor, vaddr_t ceiling);
   void free_pud_range(MmGather& tlb, EntryRef pgd, vaddr_t addr, vaddr_t end, vaddr_t floor,
                       vaddr_t ceiling);
@@ -194,16 +190,16 @@ class Kernel {
 
   // ---- src/fork/copy_page_range.cpp (mm/memory.c) ----
   int copy_page_range(Vma& dst_vma, Vma& src_vma);
-  int copy_pud_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pgd, EntryRef src_pgd,
-                     vaddr_t addr, vaddr_t end);
-  int copy_pmd_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pud, EntryRef src_pud,
-                     vaddr_t addr, vaddr_t end);
-  int copy_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, EntryRef src_pmd,
-                     vaddr_t addr, vaddr_t end);
-  int copy_present_pte(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte, EntryRef src_pte,
-                       RssVec& rss, Page*& prealloc);
-  int copy_present_page(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte, EntryRef src_pte,
-                        RssVec& rss, Page*& prealloc, Page& page);
+  int copy_pud_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pgd, EntryRef src_pgd, vaddr_t addr,
+                     vaddr_t end);
+  int copy_pmd_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pud, EntryRef src_pud, vaddr_t addr,
+                     vaddr_t end);
+  int copy_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, EntryRef src_pmd, vaddr_t addr,
+                     vaddr_t end);
+  int copy_present_pte(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte, EntryRef src_pte, RssVec& rss,
+                       Page*& prealloc);
+  int copy_present_page(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte, EntryRef src_pte, RssVec& rss,
+                        Page*& prealloc, Page& page);
   Page* page_copy_prealloc(MmStruct& src_mm);
   static bool vma_needs_copy(const Vma& dst_vma, const Vma& src_vma) noexcept;
 
@@ -288,9 +284,10 @@ inline int Kernel::page_try_dup_anon_rmap(Page& page, Vma& src_vma) {
 }
 
 // Trace at a kernel tracepoint; costs one branch when tracing is off.
-#define COWPTE_TRACE(k, ...)                              \
-  do {                                                    \
-    if ((k).tracer) [[unlikely]] (k).tracer->trace(__VA_ARGS__); \
+#define COWPTE_TRACE(k, ...)          \
+  do {                                \
+    if ((k).tracer) [[unlikely]]      \
+      (k).tracer->trace(__VA_ARGS__); \
   } while (0)
 
 }  // namespace cowpte

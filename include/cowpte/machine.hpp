@@ -29,22 +29,22 @@ class Machine {
   Machine(const Machine&) = delete;
   Machine& operator=(const Machine&) = delete;
 
-  Process& spawn();                    // a new process with an empty address space
-  Process* find(int pid);              // nullptr once the process has exited
-  void check_invariants() const;       // throws InvariantViolation naming the first broken one
-  std::uint64_t total_pages() const;   // frames of simulated memory
-  std::uint64_t free_pages() const;    // frames on the free lists now
-  PageInfo page_info(pfn_t) const;     // the struct page of one frame, read-only
+  Process& spawn();                   // a new process with an empty address space
+  Process* find(int pid);             // nullptr once the process has exited
+  void check_invariants() const;      // throws InvariantViolation naming the first broken one
+  std::uint64_t total_pages() const;  // frames of simulated memory
+  std::uint64_t free_pages() const;   // frames on the free lists now
+  PageInfo page_info(pfn_t) const;    // the struct page of one frame, read-only
   PtWalk walk(const Process&, vaddr_t) const;  // the page-table path of one address
 
   // --- extensions ---
   const MachineConfig& config() const;
-  std::vector<Process*> processes();   // the live processes, in pid order
-  pfn_t zero_pfn() const;              // the shared zero page
+  std::vector<Process*> processes();  // the live processes, in pid order
+  pfn_t zero_pfn() const;             // the shared zero page
   // Fault injection: the nth frame, VMA or anon_vma allocation from now on fails (1 = the next
   // one); 0 switches it off. Fires once.
   void fail_nth_allocation(std::uint64_t n);
-  std::uint64_t allocations() const;   // allocations made so far (frames, VMAs, anon_vmas)
+  std::uint64_t allocations() const;         // allocations made so far (frames, VMAs, anon_vmas)
   std::string ptdump(const Process&) const;  // ptdump-style listing of a process's tables
 
   Kernel& kernel() { return *kernel_; }
@@ -67,11 +67,11 @@ class Process {
   Result<std::uint64_t> load(vaddr_t addr);               // 8-byte aligned user load
   Result<void> store(vaddr_t addr, std::uint64_t value);  // 8-byte aligned user store
 
-  Result<Process*> fork();     // the child; the Machine owns it
-  Result<void> set_cow_pte();  // prctl(PR_SET_COW_PTE, ...)
+  Result<Process*> fork();                                         // the child; the Machine owns it
+  Result<void> set_cow_pte();                                      // prctl(PR_SET_COW_PTE, ...)
   Result<void> pin(vaddr_t addr, std::uint64_t length, PinFlags);  // pin_user_pages
   Result<void> unpin(vaddr_t addr, std::uint64_t length);          // unpin_user_pages
-  void exit();  // exit_mmap; the pid is reaped
+  void exit();                                                     // exit_mmap; the pid is reaped
 
   PagemapEntry pagemap(vaddr_t addr) const;  // /proc/PID/pagemap for one page
   std::vector<SmapsEntry> smaps() const;     // /proc/PID/smaps, one per VMA

@@ -45,7 +45,13 @@ inline constexpr std::uint64_t MMF_INIT_MASK =
     0x3ull | (0x7full << 2) | (1ull << 24) | (1ull << MMF_COW_PTE);
 
 // RSS counters (mm_types_task.h).
-enum MmCounter : unsigned { MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES, NR_MM_COUNTERS };
+enum MmCounter : unsigned {
+  MM_FILEPAGES,
+  MM_ANONPAGES,
+  MM_SWAPENTS,
+  MM_SHMEMPAGES,
+  NR_MM_COUNTERS
+};
 using RssVec = std::array<std::int64_t, NR_MM_COUNTERS>;
 
 // struct anon_vma, reduced to its identity and lifetime: what decides vma_needs_copy() and
@@ -89,9 +95,9 @@ struct VmaEndKey {
   using type = vaddr_t;
   vaddr_t operator()(const Vma& v) const noexcept { return v.vm_end; }
 };
-using VmaTree = boost::intrusive::set<
-    Vma, boost::intrusive::member_hook<Vma, VmaHook, &Vma::mm_mt>,
-    boost::intrusive::key_of_value<VmaEndKey>, boost::intrusive::constant_time_size<true>>;
+using VmaTree = boost::intrusive::set<Vma, boost::intrusive::member_hook<Vma, VmaHook, &Vma::mm_mt>,
+                                      boost::intrusive::key_of_value<VmaEndKey>,
+                                      boost::intrusive::constant_time_size<true>>;
 
 // vma_is_anonymous: no vm_ops. Shared anonymous memory has shmem's vm_ops.
 inline bool vma_is_anonymous(const Vma& v) noexcept { return !v.vm_file; }
@@ -110,7 +116,7 @@ struct MmStruct {
   std::uint64_t flags = 0;
   RssVec rss_stat{};
   std::int64_t pgtables_bytes = 0;  // PUD, PMD and PTE tables; the pgd is not counted
-  SpinLock page_table_lock;          // guards pgd and pud entries (and pmd_install's recheck)
+  SpinLock page_table_lock;         // guards pgd and pud entries (and pmd_install's recheck)
   RwSem mmap_lock;
   int pid = 0;
   // Odd while fork copies (write_protect_seq): page_needs_cow_for_dma is only valid then.
@@ -144,7 +150,7 @@ struct MmStruct {
   }
   // for_each_vma_range: every VMA that overlaps [start, end).
   template <class F>
-  void for_each_vma_range(vaddr_t start, vaddr_t end, F&& f) {
+  void for_each_vma_range (vaddr_t start, vaddr_t end, F && f) {
     for (auto it = mm_mt.upper_bound(start); it != mm_mt.end() && it->vm_start < end;) {
       Vma& v = *it++;  // f may split or remove v
       f(v);

@@ -39,14 +39,14 @@ using FreeListHook =
 
 // struct page. A table frame uses ptl (its split lock); a page-cache page uses mapping/index.
 struct Page {
-  FreeListHook lru;                // free-list link (the buddy list_head)
-  std::uint64_t* data = nullptr;   // 4 KiB of contents; null means all zeros
-  ShmemFile* mapping = nullptr;    // page->mapping of a shmem page-cache page
-  std::uint64_t index = 0;         // page->index in that mapping
-  std::int32_t _refcount = 0;      // page_count()
-  std::int32_t _mapcount = -1;     // page_mapcount() - 1
+  FreeListHook lru;               // free-list link (the buddy list_head)
+  std::uint64_t* data = nullptr;  // 4 KiB of contents; null means all zeros
+  ShmemFile* mapping = nullptr;   // page->mapping of a shmem page-cache page
+  std::uint64_t index = 0;        // page->index in that mapping
+  std::int32_t _refcount = 0;     // page_count()
+  std::int32_t _mapcount = -1;    // page_mapcount() - 1
   std::uint32_t flags = 0;
-  SpinLock ptl;                    // split PTE/PMD lock of a table frame
+  SpinLock ptl;  // split PTE/PMD lock of a table frame
 
   bool test(PageFlags f) const noexcept { return flags & f; }
   void set(PageFlags f) noexcept { flags |= f; }
@@ -65,9 +65,10 @@ inline bool page_maybe_dma_pinned(const Page& p) noexcept {
   return page_count(p) >= GUP_PIN_COUNTING_BIAS;  // small folio: may give false positives
 }
 
-using FreeList = boost::intrusive::slist<
-    Page, boost::intrusive::member_hook<Page, FreeListHook, &Page::lru>,
-    boost::intrusive::constant_time_size<true>, boost::intrusive::cache_last<false>>;
+using FreeList =
+    boost::intrusive::slist<Page, boost::intrusive::member_hook<Page, FreeListHook, &Page::lru>,
+                            boost::intrusive::constant_time_size<true>,
+                            boost::intrusive::cache_last<false>>;
 
 // Simulated physical memory: the mem_map array, the free list and frame contents.
 class PhysMem {

@@ -178,9 +178,7 @@ constexpr SwpEntry pte_to_swp_entry(pteval_t v) noexcept {
 constexpr bool is_swap_pte(pteval_t v) noexcept { return !pte_none(v) && !pte_present(v); }
 constexpr bool pte_swp_exclusive(pteval_t v) noexcept { return v & _PAGE_SWP_EXCLUSIVE; }
 constexpr pteval_t pte_swp_mkexclusive(pteval_t v) noexcept { return v | _PAGE_SWP_EXCLUSIVE; }
-constexpr pteval_t pte_swp_clear_exclusive(pteval_t v) noexcept {
-  return v & ~_PAGE_SWP_EXCLUSIVE;
-}
+constexpr pteval_t pte_swp_clear_exclusive(pteval_t v) noexcept { return v & ~_PAGE_SWP_EXCLUSIVE; }
 constexpr bool non_swap_entry(SwpEntry e) noexcept { return e.type >= MAX_SWAPFILES; }
 
 }  // namespace cowpte

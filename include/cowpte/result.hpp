@@ -34,7 +34,7 @@ constexpr Unexpected unexpected(Errno e) noexcept { return Unexpected{e}; }
 template <class T>
 class [[nodiscard]] Result {
  public:
-  Result(T v) : v_(std::in_place_index<0>, std::move(v)) {}  // NOLINT: implicit like expected
+  Result(T v) : v_(std::in_place_index<0>, std::move(v)) {}    // NOLINT: implicit like expected
   Result(Unexpected u) : v_(std::in_place_index<1>, u.err) {}  // NOLINT
   Result(Errno e) : v_(std::in_place_index<1>, e) {}           // NOLINT
 

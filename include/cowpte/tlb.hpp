@@ -24,10 +24,10 @@ struct TlbStats {
 // struct mmu_gather.
 struct MmGather {
   MmStruct* mm = nullptr;
-  bool fullmm = false;            // exit_mmap: the whole address space goes
+  bool fullmm = false;             // exit_mmap: the whole address space goes
   vaddr_t start = ~0ull, end = 0;  // the range whose translations must be flushed
-  std::vector<Page*> pages;       // references to drop after the flush (__tlb_remove_page)
-  std::vector<Page*> tables;      // table frames to free after the flush (tlb_remove_table)
+  std::vector<Page*> pages;        // references to drop after the flush (__tlb_remove_page)
+  std::vector<Page*> tables;       // table frames to free after the flush (tlb_remove_table)
 
   MmGather(MmStruct& m, bool full) : mm(&m), fullmm(full) {}
   void tlb_remove_tlb_entry(vaddr_t addr, std::uint64_t size) {  // tlb_flush_pte_range

@@ -103,8 +103,7 @@ struct PagemapEntry {        // the Linux pagemap bits, and the raw 64-bit word
 
 struct SmapsEntry {  // bytes, as Linux reports them (its kB times 1024)
   vaddr_t start, end;
-  std::uint64_t rss, pss, shared_clean, shared_dirty, private_clean, private_dirty, anonymous,
-      swap;
+  std::uint64_t rss, pss, shared_clean, shared_dirty, private_clean, private_dirty, anonymous, swap;
 };
 
 struct RssStat {

@@ -99,8 +99,7 @@ vm_fault_t Kernel::do_fault_around(VmFault& vmf) {
   EntryRef pte = pte_offset_map(vmf.pmd, address);
   SpinGuard ptl(pte_lockptr(*pte.table));
   vaddr_t addr = address;
-  for (std::uint64_t pgoff = start_pgoff; pgoff <= end_pgoff;
-       ++pgoff, ++pte.p, addr += PAGE_SIZE) {
+  for (std::uint64_t pgoff = start_pgoff; pgoff <= end_pgoff; ++pgoff, ++pte.p, addr += PAGE_SIZE) {
     Page* page = file.cache[pgoff];
     if (!page || !pte_none(pte.get())) continue;
     if (addr == vmf.address) ret = VM_FAULT_NOPAGE;

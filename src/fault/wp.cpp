@@ -9,7 +9,7 @@ void Kernel::wp_page_reuse(VmFault& vmf) {
   pteval_t entry = pte_mkyoung(vmf.orig_pte);
   entry = pte_mkdirty(entry);
   if (vmf.vma->vm_flags & VM_WRITE) entry = pte_mkwrite(entry);  // maybe_mkwrite
-  set_pte_at(vmf.pte, entry);  // ptep_set_access_flags
+  set_pte_at(vmf.pte, entry);                                    // ptep_set_access_flags
   pte_lockptr(*vmf.pte.table).unlock();
 }
 

@@ -42,7 +42,7 @@ Page* Kernel::follow_page_pte(Vma& vma, vaddr_t addr, unsigned flags, bool& unsh
   const pteval_t v = pte.get();
   if (!pte_present(v) || pte_protnone(v)) return nullptr;
   if ((flags & FOLL_WRITE) && !pte_write(v)) return nullptr;  // can_follow_write_pte
-  Page* page = &mem.page(pte_pfn(v));  // vm_normal_page, or the zero page
+  Page* page = &mem.page(pte_pfn(v));                         // vm_normal_page, or the zero page
   if (!pte_write(v) && gup_must_unshare(vma, flags, *page)) {
     unshare = true;
     return nullptr;
@@ -66,8 +66,8 @@ int Kernel::faultin_page(Vma& vma, vaddr_t addr, unsigned flags, bool unshare) {
 }
 
 // __get_user_pages under mmap_lock: returns the number of pages grabbed, or -errno if none.
-long Kernel::get_user_pages(MmStruct& mm, vaddr_t start, std::uint64_t nr_pages,
-                            unsigned gup_flags, std::vector<Page*>* pages) {
+long Kernel::get_user_pages(MmStruct& mm, vaddr_t start, std::uint64_t nr_pages, unsigned gup_flags,
+                            std::vector<Page*>* pages) {
   if (gup_flags & FOLL_PIN) mm.set_flag(MMF_HAS_PINNED);  // mm_set_has_pinned_flag
   long done = 0;
   Vma* vma = nullptr;

@@ -27,7 +27,8 @@ class Checker {
       if (p->mm()) check_mm(*p->mm(), p->pid());
     for (ShmemFile* f : files_) count_file(*f);
     for (const auto& [pid, refs] : k_.gup_refs)
-      for (const GupRef& r : refs) ref_[raw(k_.mem.pfn(*r.page))] += r.pin ? GUP_PIN_COUNTING_BIAS : 1;
+      for (const GupRef& r : refs)
+        ref_[raw(k_.mem.pfn(*r.page))] += r.pin ? GUP_PIN_COUNTING_BIAS : 1;
     check_frames();
   }
 
@@ -40,7 +41,8 @@ class Checker {
       if (v.vm_start >= v.vm_end || (v.vm_start & ~PAGE_MASK) || (v.vm_end & ~PAGE_MASK) ||
           v.vm_end > TASK_SIZE || v.vm_start < prev_end)
         fail(fmt::format("pid {}: bad VMA {:#x}-{:#x}", pid, v.vm_start, v.vm_end));
-      if (v.vm_mm != &mm) fail(fmt::format("pid {}: VMA {:#x} has a foreign vm_mm", pid, v.vm_start));
+      if (v.vm_mm != &mm)
+        fail(fmt::format("pid {}: VMA {:#x} has a foreign vm_mm", pid, v.vm_start));
       if (v.vm_file) {
         if (v.vm_pgoff + v.pages() > v.vm_file->cache.size())
           fail(fmt::format("pid {}: VMA {:#x} beyond its shmem file", pid, v.vm_start));
@@ -53,7 +55,8 @@ class Checker {
   void claim_table(Page& t, const char* level, int pid) {
     const std::uint64_t pfn = raw(k_.mem.pfn(t));
     if (pfn >= n_ || !t.test(PG_table))
-      fail(fmt::format("pid {}: {} entry points at frame {:#x}, not a page table", pid, level, pfn));
+      fail(
+          fmt::format("pid {}: {} entry points at frame {:#x}, not a page table", pid, level, pfn));
     if (++table_refs_[pfn] != 1)
       fail(fmt::format("pid {}: table frame {:#x} referenced by more than one entry", pid, pfn));
     ref_[pfn] += 1;
@@ -88,8 +91,8 @@ class Checker {
           Page& ptet = k_.table_of(pmd);
           claim_table(ptet, "pmd", pid);
           ++tables;
-          const vaddr_t base = (vaddr_t(i) << PGDIR_SHIFT) | (vaddr_t(j) << PUD_SHIFT) |
-                               (vaddr_t(l) << PMD_SHIFT);
+          const vaddr_t base =
+              (vaddr_t(i) << PGDIR_SHIFT) | (vaddr_t(j) << PUD_SHIFT) | (vaddr_t(l) << PMD_SHIFT);
           check_pte_table(mm, ptet, base, rss, pid);
         }
       }
@@ -98,8 +101,8 @@ class Checker {
       if (pgd[i]) fail(fmt::format("pid {}: kernel-half pgd entry {} set", pid, i));
     for (unsigned c = 0; c < NR_MM_COUNTERS; ++c)
       if (rss[c] != mm.rss_stat[c])
-        fail(fmt::format("pid {}: rss counter {} is {}, the tables map {}", pid, c,
-                         mm.rss_stat[c], rss[c]));
+        fail(fmt::format("pid {}: rss counter {} is {}, the tables map {}", pid, c, mm.rss_stat[c],
+                         rss[c]));
     if (tables * std::int64_t(PAGE_SIZE) != mm.pgtables_bytes)
       fail(fmt::format("pid {}: pgtables_bytes {} but {} tables", pid, mm.pgtables_bytes, tables));
   }
@@ -117,20 +120,24 @@ class Checker {
       const pteval_t v = pte[i];
       if (pte_none(v)) continue;
       const vaddr_t addr = base | (vaddr_t(i) << PAGE_SHIFT);
-      if (!pte_present(v)) fail(fmt::format("pid {}: non-present entry {:#x} at {:#x}", pid, v, addr));
+      if (!pte_present(v))
+        fail(fmt::format("pid {}: non-present entry {:#x} at {:#x}", pid, v, addr));
       const Vma* vma = mm.vma_lookup(addr);
       if (!vma) fail(fmt::format("pid {}: PTE {:#x} at {:#x} outside every VMA", pid, v, addr));
       const Pfn pfn = pte_pfn(v);
       if (!k_.mem.valid(pfn) || raw(pfn) >= n_)
-        fail(fmt::format("pid {}: PTE at {:#x} maps frame {:#x} beyond memory", pid, addr, raw(pfn)));
+        fail(fmt::format("pid {}: PTE at {:#x} maps frame {:#x} beyond memory", pid, addr,
+                         raw(pfn)));
       Page& page = k_.mem.page(pfn);
       if (pte_special(v)) {
-        if (&page != k_.zero_page) fail(fmt::format("pid {}: special PTE at {:#x} not the zero page", pid, addr));
+        if (&page != k_.zero_page)
+          fail(fmt::format("pid {}: special PTE at {:#x} not the zero page", pid, addr));
         if (pte_write(v)) fail(fmt::format("pid {}: writable zero page at {:#x}", pid, addr));
         continue;
       }
       if (page.test(PG_table) || page.test(PG_free) || &page == k_.zero_page)
-        fail(fmt::format("pid {}: PTE at {:#x} maps frame {:#x} of the wrong kind", pid, addr, raw(pfn)));
+        fail(fmt::format("pid {}: PTE at {:#x} maps frame {:#x} of the wrong kind", pid, addr,
+                         raw(pfn)));
       ref_[raw(pfn)] += 1;
       map_[raw(pfn)] += 1;
       rss[Kernel::mm_counter(page)] += 1;
@@ -146,8 +153,8 @@ class Checker {
       const std::uint64_t index = vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT);
       if (PageAnon(page) || page.mapping != vma.vm_file.get() || page.index != index ||
           vma.vm_file->cache[index] != &page)
-        fail(fmt::format("pid {}: shmem PTE at {:#x} maps a page not cached at index {}", pid,
-                         addr, index));
+        fail(fmt::format("pid {}: shmem PTE at {:#x} maps a page not cached at index {}", pid, addr,
+                         index));
     } else {
       if (!PageAnon(page))
         fail(fmt::format("pid {}: private anonymous PTE at {:#x} maps a non-anon page", pid, addr));

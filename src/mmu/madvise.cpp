@@ -49,8 +49,7 @@ Result<void> Kernel::madvise_populate(MmStruct& mm, vaddr_t start, vaddr_t end, 
 
 // do_madvise. The whole range is checked before anything changes: a hole gives ENOMEM with
 // nothing changed (Linux applies the advice to the mapped parts first).
-Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_in,
-                                Advice advice) {
+Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_in, Advice advice) {
   switch (advice) {
     case Advice::dontneed:
     case Advice::dontfork:
@@ -97,8 +96,8 @@ Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_i
       for (vaddr_t a = start; a < end;) {
         Vma* v = mm.vma_lookup(a);
         const vaddr_t e = std::min(end, v->vm_end);
-        const std::uint64_t nf = advice == Advice::dontfork ? (v->vm_flags | VM_DONTCOPY)
-                                                            : (v->vm_flags & ~VM_DONTCOPY);
+        const std::uint64_t nf =
+            advice == Advice::dontfork ? (v->vm_flags | VM_DONTCOPY) : (v->vm_flags & ~VM_DONTCOPY);
         if (!madvise_update_vma(mm, *v, a, e, nf)) return Errno::nomem;
         a = e;
       }

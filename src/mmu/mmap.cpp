@@ -25,8 +25,8 @@ pteval_t Kernel::vm_get_page_prot(std::uint64_t vm_flags) noexcept {
                      RW = _PAGE_RW;
   const bool r = vm_flags & VM_READ, w = vm_flags & VM_WRITE, x = vm_flags & VM_EXEC;
   if (!r && !w && !x) return PAGE_NONE;
-  pteval_t prot = P | U | A | (x ? 0 : NX);             // PAGE_READONLY(_EXEC), PAGE_COPY(_EXEC)
-  if (w && (vm_flags & VM_SHARED)) prot |= RW;          // PAGE_SHARED(_EXEC)
+  pteval_t prot = P | U | A | (x ? 0 : NX);     // PAGE_READONLY(_EXEC), PAGE_COPY(_EXEC)
+  if (w && (vm_flags & VM_SHARED)) prot |= RW;  // PAGE_SHARED(_EXEC)
   return prot;
 }
 
@@ -34,8 +34,8 @@ pteval_t Kernel::vm_get_page_prot(std::uint64_t vm_flags) noexcept {
 // (vma_wants_writenotify); shmem has no page_mkwrite and no dirty accounting otherwise.
 void Kernel::vma_set_page_prot(Vma& vma) {
   std::uint64_t flags = vma.vm_flags;
-  const bool writenotify = (flags & (VM_SHARED | VM_WRITE)) == (VM_SHARED | VM_WRITE) &&
-                           vma_soft_dirty_enabled(vma);
+  const bool writenotify =
+      (flags & (VM_SHARED | VM_WRITE)) == (VM_SHARED | VM_WRITE) && vma_soft_dirty_enabled(vma);
   if (writenotify) flags &= ~VM_SHARED;  // vm_pgprot_modify(vm_page_prot, vm_flags & ~VM_SHARED)
   vma.vm_page_prot = vm_get_page_prot(flags);
 }
@@ -139,7 +139,8 @@ Result<vaddr_t> Kernel::get_unmapped_area(MmStruct& mm, vaddr_t addr, std::uint6
   if (!(static_cast<std::uint64_t>(flags) & MAP_FIXED)) {
     if (addr) {
       addr &= PAGE_MASK;
-      if (addr >= MMAP_MIN_ADDR && addr <= TASK_SIZE - len && !range_intersects(mm, addr, addr + len))
+      if (addr >= MMAP_MIN_ADDR && addr <= TASK_SIZE - len &&
+          !range_intersects(mm, addr, addr + len))
         return addr;
     }
     vaddr_t high = MMAP_BASE;
@@ -189,8 +190,7 @@ Result<vaddr_t> Kernel::mmap_region(MmStruct& mm, vaddr_t addr, std::uint64_t le
   auto area = get_unmapped_area(mm, addr, len, MapFlags(flags));
   if (!area) return area.error();
   addr = *area;
-  if ((flags & MAP_FIXED_NOREPLACE) && range_intersects(mm, addr, addr + len))
-    return Errno::exist;
+  if ((flags & MAP_FIXED_NOREPLACE) && range_intersects(mm, addr, addr + len)) return Errno::exist;
   const bool shared = (flags & MAP_TYPE) != 0x02;
   std::uint64_t vm_flags = prot | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC;
   if (shared) vm_flags |= VM_SHARED | VM_MAYSHARE;

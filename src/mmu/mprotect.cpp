@@ -30,7 +30,7 @@ long Kernel::change_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t add
     pteval_t ptent = pte_modify(oldpte, newprot);
     if (try_writable && !pte_write(ptent) && can_change_pte_writable(vma, ptent))
       ptent = pte_mkwrite(ptent);
-    set_pte_at(pte, ptent);  // ptep_modify_prot_commit
+    set_pte_at(pte, ptent);                                          // ptep_modify_prot_commit
     if (ptent != oldpte) tlb.tlb_remove_tlb_entry(addr, PAGE_SIZE);  // tlb_flush_pte_range
     ++pages;
   } while (++pte.p, addr += PAGE_SIZE, addr != end);
@@ -80,8 +80,7 @@ bool Kernel::mprotect_fixup(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end,
 
 // do_mprotect_pkey. The whole range is checked before anything changes: a hole gives ENOMEM
 // with nothing changed (Linux would have changed the VMAs before the hole).
-Result<void> Kernel::do_mprotect_pkey(MmStruct& mm, vaddr_t start, std::uint64_t len,
-                                      Prot prot) {
+Result<void> Kernel::do_mprotect_pkey(MmStruct& mm, vaddr_t start, std::uint64_t len, Prot prot) {
   if (start & ~PAGE_MASK) return Errno::inval;
   if (!len) return {};
   len = (len + PAGE_SIZE - 1) & PAGE_MASK;

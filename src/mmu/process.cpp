@@ -14,18 +14,30 @@ void lock_violation(const char* what) { throw LockViolation(what); }
 
 std::string_view to_string(Errno e) noexcept {
   switch (e) {
-    case Errno::perm: return "EPERM";
-    case Errno::noent: return "ENOENT";
-    case Errno::srch: return "ESRCH";
-    case Errno::io: return "EIO";
-    case Errno::badf: return "EBADF";
-    case Errno::again: return "EAGAIN";
-    case Errno::nomem: return "ENOMEM";
-    case Errno::fault: return "EFAULT";
-    case Errno::busy: return "EBUSY";
-    case Errno::exist: return "EEXIST";
-    case Errno::inval: return "EINVAL";
-    case Errno::nospc: return "ENOSPC";
+    case Errno::perm:
+      return "EPERM";
+    case Errno::noent:
+      return "ENOENT";
+    case Errno::srch:
+      return "ESRCH";
+    case Errno::io:
+      return "EIO";
+    case Errno::badf:
+      return "EBADF";
+    case Errno::again:
+      return "EAGAIN";
+    case Errno::nomem:
+      return "ENOMEM";
+    case Errno::fault:
+      return "EFAULT";
+    case Errno::busy:
+      return "EBUSY";
+    case Errno::exist:
+      return "EEXIST";
+    case Errno::inval:
+      return "EINVAL";
+    case Errno::nospc:
+      return "ENOSPC";
   }
   return "E?";
 }
@@ -109,11 +121,12 @@ std::uint64_t Machine::allocations() const { return kernel_->mem.allocations(); 
 PageInfo Machine::page_info(pfn_t pfn) const {
   const PhysMem& mem = kernel_->mem;
   if (pfn >= mem.total_pages()) throw std::out_of_range("cowpte: pfn beyond memory");
-  if (!mem.ever_allocated(Pfn{pfn})) return PageInfo{0, 0, true, false, false, false, false, false, false};
+  if (!mem.ever_allocated(Pfn{pfn}))
+    return PageInfo{0, 0, true, false, false, false, false, false, false};
   const Page& p = mem.page(Pfn{pfn});
-  return PageInfo{page_count(p),         page_mapcount(p),        p.test(PG_free),
-                  p.test(PG_anon),       p.test(PG_anon_exclusive), p.test(PG_table),
-                  p.test(PG_zero),       p.test(PG_swapcache),    p.test(PG_dirty)};
+  return PageInfo{page_count(p),   page_mapcount(p),          p.test(PG_free),
+                  p.test(PG_anon), p.test(PG_anon_exclusive), p.test(PG_table),
+                  p.test(PG_zero), p.test(PG_swapcache),      p.test(PG_dirty)};
 }
 
 PtWalk Machine::walk(const Process& proc, vaddr_t va) const {
@@ -211,8 +224,8 @@ bool gup_vmas_ok(MmStruct& mm, vaddr_t addr, std::uint64_t nr, unsigned gup_flag
 
 // GUP for the facade: all pages or none. The range is checked first, so a refused call changes
 // nothing; an allocation failure while faulting pages in releases what was taken.
-static Result<void> facade_gup(Kernel& k, MmStruct& mm, int pid, vaddr_t addr,
-                               std::uint64_t length, unsigned gup_flags) {
+static Result<void> facade_gup(Kernel& k, MmStruct& mm, int pid, vaddr_t addr, std::uint64_t length,
+                               unsigned gup_flags) {
   auto nr = gup_range(addr, length);
   if (!nr) return nr.error();
   if (*nr == 0) return {};

@@ -12,10 +12,8 @@ void Kernel::page_add_new_anon_rmap(Page& page, Vma&) {
   page.set(PG_anon_exclusive);
 }
 
-
 // page_move_anon_rmap: the reusing process owns the page alone from now on.
 void Kernel::page_move_anon_rmap(Page& page) { page.set(PG_anon_exclusive); }
-
 
 // anon_vma_prepare: the first COW write in a VMA gives it an anon_vma.
 bool Kernel::anon_vma_prepare(Vma& vma) {
@@ -34,7 +32,5 @@ bool Kernel::anon_vma_fork(Vma& dst, const Vma& src) {
   dst.anon_vma_chain = src.anon_vma_chain + 1;
   return true;
 }
-
-
 
 }  // namespace cowpte

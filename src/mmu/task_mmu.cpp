@@ -10,9 +10,13 @@ constexpr std::uint64_t PM_PRESENT = 1ull << 63, PM_SWAP = 1ull << 62, PM_FILE =
 constexpr unsigned PSS_SHIFT = 12;
 
 PagemapEntry decode_pagemap(std::uint64_t raw) {
-  return PagemapEntry{(raw & PM_PRESENT) != 0, (raw & PM_SWAP) != 0, (raw & PM_FILE) != 0,
-                      (raw & PM_MMAP_EXCLUSIVE) != 0, (raw & PM_SOFT_DIRTY) != 0,
-                      (raw & PM_PRESENT) ? (raw & PM_PFRAME_MASK) : 0, raw};
+  return PagemapEntry{(raw & PM_PRESENT) != 0,
+                      (raw & PM_SWAP) != 0,
+                      (raw & PM_FILE) != 0,
+                      (raw & PM_MMAP_EXCLUSIVE) != 0,
+                      (raw & PM_SOFT_DIRTY) != 0,
+                      (raw & PM_PRESENT) ? (raw & PM_PFRAME_MASK) : 0,
+                      raw};
 }
 }  // namespace
 

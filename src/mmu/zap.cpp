@@ -19,7 +19,7 @@ void Kernel::zap_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, 
     Page* page = vm_normal_page(vma, v);
     ptep_get_and_clear(pte);  // ptep_get_and_clear_full
     tlb.tlb_remove_tlb_entry(addr, PAGE_SIZE);
-    if (!page) continue;  // the zero page
+    if (!page) continue;                                        // the zero page
     if (!PageAnon(*page) && pte_dirty(v)) page->set(PG_dirty);  // set_page_dirty
     --rss[mm_counter(*page)];
     page_remove_rmap(*page);
@@ -56,8 +56,7 @@ void Kernel::unmap_page_range(MmGather& tlb, Vma& vma, vaddr_t addr, vaddr_t end
 }
 
 // unmap_vmas: zap [start, end) of each VMA in turn.
-void Kernel::unmap_vmas(MmGather& tlb, const std::vector<Vma*>& vmas, vaddr_t start,
-                        vaddr_t end) {
+void Kernel::unmap_vmas(MmGather& tlb, const std::vector<Vma*>& vmas, vaddr_t start, vaddr_t end) {
   for (Vma* vma : vmas) {
     const vaddr_t s = std::max(start, vma->vm_start);
     const vaddr_t e = std::min(end, vma->vm_end);
@@ -93,14 +92,14 @@ void Kernel::tlb_finish_mmu(MmGather& tlb) {
 void Kernel::free_pte_range(MmGather& tlb, EntryRef pmd) {
   Page& table = table_of(pmd.get());
   pmd_clear_for_free(*tlb.mm, pmd);
-  tlb.tables.push_back(&table);  // pte_free_tlb
+  tlb.tables.push_back(&table);         // pte_free_tlb
   tlb.mm->pgtables_bytes -= PAGE_SIZE;  // mm_dec_nr_ptes
 }
 
 // free_pmd_range: free the PTE tables, then the PMD table itself if [floor, ceiling) leaves
 // no other user of its 1 GiB.
-void Kernel::free_pmd_range(MmGather& tlb, EntryRef pud, vaddr_t addr, vaddr_t end,
-                            vaddr_t floor, vaddr_t ceiling) {
+void Kernel::free_pmd_range(MmGather& tlb, EntryRef pud, vaddr_t addr, vaddr_t end, vaddr_t floor,
+                            vaddr_t ceiling) {
   vaddr_t start = addr;
   EntryRef pmd = pmd_offset(pud, addr);
   do {
@@ -117,13 +116,13 @@ void Kernel::free_pmd_range(MmGather& tlb, EntryRef pud, vaddr_t addr, vaddr_t e
   if (end - 1 > ceiling - 1) return;
   Page& table = table_of(pud.get());
   pud_clear_for_free(*tlb.mm, pud);
-  tlb.tables.push_back(&table);  // pmd_free_tlb
+  tlb.tables.push_back(&table);         // pmd_free_tlb
   tlb.mm->pgtables_bytes -= PAGE_SIZE;  // mm_dec_nr_pmds
 }
 
 // free_pud_range (free_p4d_range folded in): the same for the PUD table of a 512 GiB slot.
-void Kernel::free_pud_range(MmGather& tlb, EntryRef pgd, vaddr_t addr, vaddr_t end,
-                            vaddr_t floor, vaddr_t ceiling) {
+void Kernel::free_pud_range(MmGather& tlb, EntryRef pgd, vaddr_t addr, vaddr_t end, vaddr_t floor,
+                            vaddr_t ceiling) {
   vaddr_t start = addr;
   EntryRef pud = pud_offset(pgd, addr);
   do {
@@ -140,8 +139,8 @@ void Kernel::free_pud_range(MmGather& tlb, EntryRef pgd, vaddr_t addr, vaddr_t e
   }
   if (end - 1 > ceiling - 1) return;
   Page& table = table_of(pgd.get());
-  pud_clear_for_free(*tlb.mm, pgd);  // p4d_clear on a folded p4d clears the pgd entry
-  tlb.tables.push_back(&table);       // pud_free_tlb
+  pud_clear_for_free(*tlb.mm, pgd);     // p4d_clear on a folded p4d clears the pgd entry
+  tlb.tables.push_back(&table);         // pud_free_tlb
   tlb.mm->pgtables_bytes -= PAGE_SIZE;  // mm_dec_nr_puds
 }
 
