@@ -37,22 +37,35 @@ inline constexpr std::int32_t GUP_PIN_COUNTING_BIAS = 1024;
 using FreeListHook =
     boost::intrusive::slist_member_hook<boost::intrusive::link_mode<boost::intrusive::normal_link>>;
 
-// struct page. A table frame uses ptl (its split lock); a page-cache page uses mapping/index.
+// struct page, 32 bytes. As in Linux, fields that no frame needs at the same time share
+// storage: the free-list link only exists while the frame is free, the page-cache mapping only
+// while it is a shmem page; the split lock only in a table frame, the page-cache index only in
+// a shmem page. A smaller mem_map is also what keeps fork's walk over it fast.
 struct Page {
-  FreeListHook lru;               // free-list link (the buddy list_head)
-  std::uint64_t* data = nullptr;  // 4 KiB of contents; null means all zeros
-  ShmemFile* mapping = nullptr;   // page->mapping of a shmem page-cache page
-  std::uint64_t index = 0;        // page->index in that mapping
-  std::int32_t _refcount = 0;     // page_count()
-  std::int32_t _mapcount = -1;    // page_mapcount() - 1
+  union {
+    FreeListHook lru;     // on the free list (the buddy list_head)
+    ShmemFile* mapping;   // page->mapping of a shmem page-cache page
+  };
+  std::uint64_t* data = nullptr;   // 4 KiB of contents; null means all zeros
+  std::int32_t _refcount = 0;      // page_count()
+  std::int32_t _mapcount = -1;     // page_mapcount() - 1
   std::uint32_t flags = 0;
-  SpinLock ptl;  // split PTE/PMD lock of a table frame
+  union {
+    SpinLock ptl;                  // split PTE/PMD lock of a table frame
+    std::uint32_t index = 0;       // page->index in its shmem mapping
+  };
+
+  Page() : mapping(nullptr) {}
+  ~Page() {}
+  Page(const Page&) = delete;
+  Page& operator=(const Page&) = delete;
 
   bool test(PageFlags f) const noexcept { return flags & f; }
   void set(PageFlags f) noexcept { flags |= f; }
   void clear(PageFlags f) noexcept { flags &= ~f; }
 };
 static_assert(sizeof(Page) <= 64, "struct page must stay within 64 bytes, like Linux's");
+static_assert(sizeof(Page) == 32, "two struct pages per cache line");
 
 // page_ref.h / mm.h / rmap.h helpers on one page.
 inline int page_count(const Page& p) noexcept { return p._refcount; }

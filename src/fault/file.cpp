@@ -33,7 +33,7 @@ vm_fault_t Kernel::shmem_fault(VmFault& vmf) {
     if (!page) return VM_FAULT_OOM;
     page->set(PG_swapbacked);
     page->mapping = &file;
-    page->index = index;
+    page->index = static_cast<std::uint32_t>(index);
     file.cache[index] = page;
   }
   get_page(*page);

@@ -193,8 +193,6 @@ class Checker {
                          map_[pfn]));
       if (PageAnonExclusive(p) && page_mapcount(p) > 1)
         fail(fmt::format("frame {:#x}: anon-exclusive but mapped {} times", pfn, page_mapcount(p)));
-      if (p.ptl.is_locked() && !p.test(PG_table))
-        fail(fmt::format("frame {:#x}: lock held on a non-table frame", pfn));
     }
     if (free_seen + (k_.mem.total_pages() - n_) != k_.mem.free_pages())
       fail(fmt::format("free list holds {} frames but {} are marked free",

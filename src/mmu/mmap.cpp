@@ -196,6 +196,7 @@ Result<vaddr_t> Kernel::mmap_region(MmStruct& mm, vaddr_t addr, std::uint64_t le
   if (shared) vm_flags |= VM_SHARED | VM_MAYSHARE;
   if (flags & MAP_NORESERVE) vm_flags |= VM_NORESERVE;
 
+  if (shared && (len >> PAGE_SHIFT) > 0xffffffffull) return Errno::nomem;  // page->index is 32-bit
   // Allocate first, so that a failure leaves the old mappings in place.
   Vma* vma = vm_area_alloc(mm);
   if (!vma) return Errno::nomem;

@@ -13,7 +13,7 @@ Page* alloc_table(PhysMem& mem) {
   if (!p) return nullptr;
   p->data = mem.alloc_table_block();  // __GFP_ZERO: 512 empty entries
   p->set(PG_table);
-  p->ptl = SpinLock{};
+  new (&p->ptl) SpinLock();  // ptlock_init: the lock takes the place of page->index
   return p;
 }
 }  // namespace

@@ -25,6 +25,8 @@ Page* PhysMem::alloc_page() {
   if (!free_list_.empty()) {
     p = &free_list_.front();
     free_list_.pop_front();
+    p->lru.~FreeListHook();  // the link's storage becomes page->mapping again
+    p->mapping = nullptr;
   } else if (watermark_ < nr_frames_) {
     // A frame handed out for the first time: construct its struct page (memmap_init).
     p = new (&mem_map_[watermark_++]) Page();
@@ -32,6 +34,7 @@ Page* PhysMem::alloc_page() {
     return nullptr;  // out of memory
   }
   p->flags = 0;
+  p->index = 0;
   p->_refcount = 1;
   p->_mapcount = -1;
   return p;
@@ -41,10 +44,10 @@ void PhysMem::free_page(Page& p) {
   // free_pages_prepare: the flags, mapping and contents go with the frame.
   release_contents(p);
   p.flags = PG_free;
-  p.mapping = nullptr;
   p.index = 0;
   p._refcount = 0;
   p._mapcount = -1;
+  new (&p.lru) FreeListHook();  // page->mapping's storage becomes the free-list link
   free_list_.push_front(p);
 }
 
