@@ -164,7 +164,8 @@ Result<vaddr_t> Kernel::do_mmap(MmStruct& mm, vaddr_t addr, std::uint64_t len, P
   std::uint64_t flags = static_cast<std::uint64_t>(mflags);
   if (!(flags & 0x20)) return Errno::badf;  // not MAP_ANONYMOUS: fd -1 is no file
   const std::uint64_t type = flags & MAP_TYPE;
-  if (type != 0x01 && type != 0x02 && type != 0x03) return Errno::inval;
+  // Anonymous memory takes MAP_SHARED or MAP_PRIVATE only (MAP_SHARED_VALIDATE is for files).
+  if (type != 0x01 && type != 0x02) return Errno::inval;
   if (flags & ~kMapSupported) return Errno::inval;  // flags the model cannot honour
   if (static_cast<std::uint32_t>(prot) & ~7u) return Errno::inval;
   if (!len) return Errno::inval;
