@@ -1,18 +1,22 @@
 // Randomized differential test: the simulator against the flat reference model (flat_model.hpp).
 //
 // Each run drives a small Machine with a weighted random mix of facade calls over up to six
-// processes (mmap/munmap/mprotect/madvise/load/store/fork/exit/pin/unpin) and asks the flat
-// model what Linux would answer. Every Result (success or errno) and every loaded value must
-// agree, check_invariants() must hold after every operation, and while a FOLL_LONGTERM pin
-// covers a page whose mapping its process has not changed since, read_gup() must read what
-// load() reads (COW must never split a pinned page away from its process). At the end every
-// process exits and all frames must be free again.
+// processes (mmap/munmap/mprotect/madvise/load/store/fork/exit/pin/unpin, and set_cow_pte in
+// the COW-PTE runs) and asks the flat model what Linux would answer. Every Result (success or
+// errno) and every loaded value must agree, and check_invariants() must hold after every
+// operation. Pins are checked through read_gup(): while a FOLL_LONGTERM pin holds a page its
+// process still maps, read_gup() must read what load() reads (COW must never split a pinned
+// page away from its process); once the process unmapped or zapped the page, the pin must
+// still read the page as it was (or its shmem object). At the end every process exits and all
+// frames must be free again.
 //
 // Reproduce a failure with the command line it prints:
 //   COWPTE_DIFF_SEED=<seed> COWPTE_DIFF_OPS=<n> ./cowpte_tests --gtest_filter='<test>'
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cinttypes>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -24,7 +28,6 @@
 #include <vector>
 
 #include <unistd.h>
-#include <csignal>
 
 #include "cowpte/cowpte.hpp"
 #include "flat_model.hpp"
@@ -196,11 +199,17 @@ class DifferentialRun {
     try {
       free_at_start_ = m_.free_pages();
       spawn();
-      for (op_ = 0; op_ < cfg_.ops && !failed_; ++op_) {
+      for (op_ = 0; op_ < cfg_.ops; ++op_) {
         model_.set_stamp(op_ + 1);
         step();
         if (!failed_) check_invariants();
-        if (!failed_ && rng_.chance(30)) check_random_pin();
+        min_free_ = std::min(min_free_, m_.free_pages());
+        if (!failed_ && !tolerated_ && rng_.chance(30)) check_random_pin();
+        if (failed_) break;
+        if (tolerated_) {  // the model no longer knows the state: stop, but still tear down
+          ++op_;
+          break;
+        }
       }
       if (!failed_) teardown();
     } catch (const std::exception& e) {
@@ -232,7 +241,12 @@ class DifferentialRun {
 
   // "kind ok/errors" for every kind of call made.
   std::string summary() const {
-    std::string out;
+    std::string out = std::string(tolerated_ ? "STOPPED EARLY on ENOMEM; " : "") +
+                      "min free pages " + std::to_string(min_free_) + "/" +
+                      std::to_string(m_.total_pages()) + "; stores to shared private pages " +
+                      std::to_string(cow_stores_) + "; read_gup checks live " +
+                      std::to_string(gup_live_) + ", detached " + std::to_string(gup_detached_) +
+                      "; ";
     for (const auto& [k, v] : tally_)
       out += k + " " + std::to_string(v.first) + "/" + std::to_string(v.second) + "  ";
     return out;
@@ -321,7 +335,8 @@ class DifferentialRun {
     if (got == want) return true;
     // ENOMEM from a fault-driven call is tolerated only when memory is really gone.
     if (got == Errno::nomem && want == kOk && m_.free_pages() < 64) {
-      log("  (tolerated ENOMEM: " + std::to_string(m_.free_pages()) + " free pages)");
+      log("  (tolerated ENOMEM: " + std::to_string(m_.free_pages()) +
+          " free pages; the run stops here)");
       tolerated_ = true;
       return false;
     }
@@ -531,6 +546,11 @@ class DifferentialRun {
 
   void do_store(Live& l, vaddr_t a, std::uint64_t v) {
     std::string d = pname(l) + ".store(" + hex(a) + ", " + hex(v) + ")";
+    // Coverage only: a store to a private page mapped by more than one PTE must COW.
+    if (const FlatVma* vma = model_.vma_at(l.mid, a); vma && !vma->shared) {
+      const PagemapEntry pm = l.proc->pagemap(a);
+      if (pm.present && !pm.exclusive) ++cow_stores_;
+    }
     auto r = l.proc->store(a, v);
     note(d, r.error(), errname(r.error()));
     Outcome want = model_.store(l.mid, a, v);
@@ -744,6 +764,7 @@ class DifferentialRun {
     const auto want = model_.expected_gup(l.mid, a);
     if (!want) return;
     const bool live = model_.pin_coherent(l.mid, a);
+    ++(live ? gup_live_ : gup_detached_);
     std::string d = pname(l) + ".read_gup(" + hex(a) + ")";
     auto g = l.proc->read_gup(a);
     note(d, g.error(), g ? hex(*g) : errname(g.error()));
@@ -846,6 +867,8 @@ class DifferentialRun {
   std::vector<std::string> log_;
   std::uint64_t op_ = 0;
   std::uint64_t free_at_start_ = 0;
+  std::uint64_t min_free_ = ~0ull;
+  std::uint64_t cow_stores_ = 0, gup_live_ = 0, gup_detached_ = 0;
   bool failed_ = false;
   bool tolerated_ = false;
   std::string failure_;
