@@ -135,6 +135,7 @@ class Kernel {
   Vma* vm_area_dup(const Vma& orig);
   void vm_area_free(Vma* vma);
   bool split_vma(MmStruct& mm, Vma& vma, vaddr_t addr, bool new_below);
+  Vma* split_vma_range(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end);
   Vma* vma_merge(MmStruct& mm, Vma& vma);  // merge vma with its neighbours if they allow it
   void vma_set_page_prot(Vma& vma);
   static pteval_t vm_get_page_prot(std::uint64_t vm_flags) noexcept;

@@ -43,16 +43,16 @@ using FreeListHook =
 // a shmem page. A smaller mem_map is also what keeps fork's walk over it fast.
 struct Page {
   union {
-    FreeListHook lru;     // on the free list (the buddy list_head)
-    ShmemFile* mapping;   // page->mapping of a shmem page-cache page
+    FreeListHook lru;    // on the free list (the buddy list_head)
+    ShmemFile* mapping;  // page->mapping of a shmem page-cache page
   };
-  std::uint64_t* data = nullptr;   // 4 KiB of contents; null means all zeros
-  std::int32_t _refcount = 0;      // page_count()
-  std::int32_t _mapcount = -1;     // page_mapcount() - 1
+  std::uint64_t* data = nullptr;  // 4 KiB of contents; null means all zeros
+  std::int32_t _refcount = 0;     // page_count()
+  std::int32_t _mapcount = -1;    // page_mapcount() - 1
   std::uint32_t flags = 0;
   union {
-    SpinLock ptl;                  // split PTE/PMD lock of a table frame
-    std::uint32_t index = 0;       // page->index in its shmem mapping
+    SpinLock ptl;             // split PTE/PMD lock of a table frame
+    std::uint32_t index = 0;  // page->index in its shmem mapping
   };
 
   Page() : mapping(nullptr) {}

@@ -87,6 +87,20 @@ bool Kernel::split_vma(MmStruct& mm, Vma& vma, vaddr_t addr, bool new_below) {
   return true;
 }
 
+// The split half of vma_modify (mm/mmap.c): make [start, end) a VMA of its own.
+Vma* Kernel::split_vma_range(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end) {
+  Vma* v = &vma;
+  if (start > v->vm_start) {
+    if (!split_vma(mm, *v, start, false)) return nullptr;
+    v = mm.vma_lookup(start);
+  }
+  if (end < v->vm_end) {
+    if (!split_vma(mm, *v, end, false)) return nullptr;
+    v = mm.vma_lookup(start);
+  }
+  return v;
+}
+
 namespace {
 // is_mergeable_anon_vma: equal anon_vmas, or the neighbour links to exactly one anon_vma and
 // the other side has none yet.

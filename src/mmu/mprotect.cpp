@@ -55,15 +55,8 @@ long Kernel::change_protection(MmGather& tlb, Vma& vma, vaddr_t start, vaddr_t e
 bool Kernel::mprotect_fixup(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end,
                             std::uint64_t newflags) {
   if (newflags == vma.vm_flags) return true;
-  Vma* v = &vma;
-  if (start > v->vm_start) {
-    if (!split_vma(mm, *v, start, false)) return false;
-    v = mm.vma_lookup(start);
-  }
-  if (end < v->vm_end) {
-    if (!split_vma(mm, *v, end, false)) return false;
-    v = mm.vma_lookup(start);
-  }
+  Vma* v = split_vma_range(mm, vma, start, end);
+  if (!v) return false;
   v->vm_flags = newflags;
   vma_set_page_prot(*v);
   // vma_wants_manual_pte_write_upgrade: private writable, or shared writable under write-notify
