@@ -169,6 +169,56 @@ TEST_F(KernelCow, K02ForkWithoutAnonVmaCopiesNoPageTables) {
 // K04: fork of a writable exclusive anon page. Exact PTE values (reference section 7): the
 // parent keeps everything but RW; the child's copy is also old; D and soft-dirty are kept as
 // they were (here: page 0 soft-dirty, page 1 not, after CLEAR_SOFTDIRTY).
+// K03: fork of a shared mapping (here shmem-backed MAP_SHARED|MAP_ANONYMOUS) copies nothing:
+// vma_needs_copy() is false (no anon_vma). The child refaults from the page cache and maps the
+// very same page; writes through either mapping are seen by both, and no COW ever happens.
+TEST_F(KernelCow, K03ForkOfSharedMappingCopiesNothing) {
+  constexpr std::uint64_t n = 2;
+  Process& p = spawn();
+  auto r = p.mmap(0, n * kPage, kRWProt, MapFlags::shared | MapFlags::anonymous);
+  ASSERT_TRUE(r.has_value());
+  const vaddr_t a = *r;
+  inv();
+  store(p, a, 0x1111);
+  const pfn_t f = pfn_of(p, a);
+  const std::uint64_t pe = pte(p, a);
+  // A shared writable mapping is mapped writable and dirty at once (do_shared_fault).
+  EXPECT_TRUE(PteBits(pe, kP | kRW | kUser | kD, kSpecial));
+  EXPECT_FALSE(page(f).anon);
+  EXPECT_EQ(page(f).refcount, 2) << "page cache + the parent's PTE";
+  EXPECT_EQ(page(f).mapcount, 1);
+  EXPECT_EQ(p.rss().shmem, 1);
+  EXPECT_EQ(p.rss().anon, 0);
+  EXPECT_TRUE(p.pagemap(a).file_or_shared_anon);
+
+  Process& c = fork(p);
+  EXPECT_TRUE(pte_none(c, a)) << "shared mappings are not copied at fork";
+  EXPECT_EQ(c.pgtables_bytes(), 0u);
+  EXPECT_EQ(c.rss(), RssStat{});
+  EXPECT_EQ(pte(p, a), pe) << "the parent's PTE stays writable: no COW for shared memory";
+  EXPECT_EQ(page(f).refcount, 2);
+
+  // The child's read fault maps the same page-cache page.
+  EXPECT_EQ(load(c, a), 0x1111u);
+  EXPECT_EQ(pfn_of(c, a), f);
+  EXPECT_EQ(page(f).refcount, 3);
+  EXPECT_EQ(page(f).mapcount, 2);
+  EXPECT_EQ(c.rss().shmem, 1);
+  EXPECT_FALSE(c.pagemap(a).exclusive) << "mapped by two PTEs";
+  // Writes go to the one page, whoever makes them.
+  store(c, a, 0x2222);
+  EXPECT_EQ(pfn_of(c, a), f);
+  EXPECT_EQ(load(p, a), 0x2222u);
+  store(p, a + 8, 0x3333);
+  EXPECT_EQ(load(c, a + 8), 0x3333u);
+  EXPECT_EQ(pfn_of(p, a), f);
+  c.exit();
+  inv();
+  EXPECT_EQ(page(f).refcount, 2);
+  EXPECT_EQ(page(f).mapcount, 1);
+  finish();
+}
+
 TEST_F(KernelCow, K04ForkWriteProtectsBothAndClearsExclusive) {
   Process& p = spawn();
   const vaddr_t a = populated(p, 2, 4);
