@@ -90,33 +90,7 @@ std::string hex(std::uint64_t v) {
 
 std::string errname(Errno e) {
   if (e == Errno{0}) return "ok";
-  switch (e) {
-    case Errno::perm:
-      return "EPERM";
-    case Errno::noent:
-      return "ENOENT";
-    case Errno::srch:
-      return "ESRCH";
-    case Errno::io:
-      return "EIO";
-    case Errno::badf:
-      return "EBADF";
-    case Errno::again:
-      return "EAGAIN";
-    case Errno::nomem:
-      return "ENOMEM";
-    case Errno::fault:
-      return "EFAULT";
-    case Errno::busy:
-      return "EBUSY";
-    case Errno::exist:
-      return "EEXIST";
-    case Errno::inval:
-      return "EINVAL";
-    case Errno::nospc:
-      return "ENOSPC";
-  }
-  return "errno " + std::to_string(static_cast<int>(e));
+  return std::string(cowpte::to_string(e));
 }
 
 std::string prot_name(Prot p) {
