@@ -339,7 +339,13 @@ class FlatModel {
     for (const FlatVma* v : vs)
       if (!has(v->prot, need)) return {Errno::fault};
     auto& pr = procs_.at(p);
-    for (vaddr_t va = a; va < a + len; va += kPageSize) pr.pins.push_back(FlatPin{.vpn = vpn(va), .flags = flags, .stamp = stamp_});
+    for (vaddr_t va = a; va < a + len; va += kPageSize) {
+      FlatPin pin;
+      pin.vpn = vpn(va);
+      pin.flags = flags;
+      pin.stamp = stamp_;
+      pr.pins.push_back(std::move(pin));
+    }
     pr.pin_calls.emplace_back(a, len);
     return {};
   }
