@@ -4,7 +4,7 @@
 namespace cowpte {
 
 namespace {
-constexpr int EAGAIN_ = 11, ENOMEM_ = 12, EBUSY_ = 16;
+constexpr int EAGAIN_ = 11, ENOMEM_ = 12;
 }
 
 // vma_needs_copy: only VMAs whose PTEs cannot be refaulted are copied at fork: those with an
@@ -153,7 +153,6 @@ int Kernel::copy_page_range(Vma& dst_vma, Vma& src_vma) {
     }
   } while (++dst_pgd.p, ++src_pgd.p, addr = pgd_addr_end(addr, end), addr != end);
   if (is_cow) ++src_mm.write_protect_seq;  // raw_write_seqcount_end
-  (void)EBUSY_;
   return ret;
 }
 
