@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cinttypes>
 #include <csignal>
 #include <cstdio>
@@ -390,6 +391,13 @@ class DifferentialRun {
   // A range for munmap/mprotect/madvise/pin: inside a VMA, a whole VMA, from a VMA across its
   // neighbours (possibly holes), or anywhere in the arena.
   std::pair<vaddr_t, std::uint64_t> pick_range(int mid, std::uint64_t max_pages = 64) {
+    if (hot_count_ && rng_.chance(20)) {  // a few pages around a recently used address
+      const std::uint64_t before = rng_.below(4),
+                          pages = rng_.range(1, std::min<std::uint64_t>(8, max_pages));
+      const vaddr_t page = hot_addr() & ~(kPageSize - 1);
+      const vaddr_t start = page >= before * kPageSize ? page - before * kPageSize : page;
+      return {start, pages * kPageSize};
+    }
     auto vs = vmas_of(mid);
     if (vs.empty() || rng_.chance(15)) {
       std::uint64_t pages = random_pages(max_pages);
@@ -413,9 +421,22 @@ class DifferentialRun {
     }
   }
 
+  // Remember an address an operation used: later operations (in any process, since forked
+  // processes share layouts) come back to it, so that multi-step sequences such as "write,
+  // fork, mprotect RO/RW, write, read in the child" happen often.
+  void touch(vaddr_t a) {
+    hot_[hot_next_++ % hot_.size()] = a;
+    hot_count_ = std::min(hot_count_ + 1, hot_.size());
+  }
+  vaddr_t hot_addr() { return hot_[rng_.below(hot_count_)]; }
+
   // An 8-byte aligned address for a load or store, mostly inside a VMA, mostly on a few hot
   // words so that stores and loads meet.
   vaddr_t pick_word_addr(int mid) {
+    if (hot_count_ && rng_.chance(35)) {
+      static constexpr std::uint64_t kNear[] = {0, 8, 56, 2048, 4088};
+      return (hot_addr() & ~(kPageSize - 1)) + kNear[rng_.below(5)];
+    }
     auto vs = vmas_of(mid);
     vaddr_t page;
     if (vs.empty() || rng_.chance(12)) {
@@ -529,6 +550,7 @@ class DifferentialRun {
     note(d, r.error(), errname(r.error()));
     Outcome want = model_.store(l.mid, a, v);
     expect_err(d, r.error(), want.err);
+    if (r) touch(a);
     if (!failed_ && model_.expected_gup(l.mid, a)) check_pin(l, a);
   }
 
@@ -594,6 +616,7 @@ class DifferentialRun {
                   ", which is not a free range of the address space");
     }
     model_.apply_mmap(l.mid, got, len, prot, flags);
+    touch(got + rng_.below(flat::page_align(len) / kPageSize) * kPageSize);
   }
 
   void do_munmap(Live& l) {
@@ -626,14 +649,23 @@ class DifferentialRun {
       default:
         len = maybe_ragged(len);
     }
-    // Mostly RO <-> RW flips, the mprotect write-upgrade path of A02 and K20.
-    Prot prot =
-        rng_.chance(65) ? (rng_.chance(35) ? Prot::read : Prot::read | Prot::write) : random_prot();
+    // Mostly RO <-> RW flips, the mprotect write-upgrade path of A02 and K20; a third of the
+    // time both at once, RO then RW on the same range.
+    const bool flip = rng_.chance(30);
+    Prot prot = flip || rng_.chance(50)
+                    ? Prot::read
+                    : (rng_.chance(50) ? Prot::read | Prot::write : random_prot());
+    mprotect_once(l, a, len, prot);
+    if (flip && !failed_) mprotect_once(l, a, len, Prot::read | Prot::write);
+  }
+
+  void mprotect_once(Live& l, vaddr_t a, std::uint64_t len, Prot prot) {
     std::string d =
         pname(l) + ".mprotect(" + hex(a) + ", " + hex(len) + ", " + prot_name(prot) + ")";
     auto r = l.proc->mprotect(a, len, prot);
     note(d, r.error(), errname(r.error()));
     expect_err(d, r.error(), model_.mprotect(l.mid, a, len, prot).err);
+    if (len) touch(a);
   }
 
   void do_madvise(Live& l) {
@@ -656,6 +688,7 @@ class DifferentialRun {
     auto r = l.proc->madvise(a, len, adv);
     note(d, r.error(), errname(r.error()));
     expect_err(d, r.error(), model_.madvise(l.mid, a, len, adv).err);
+    if (len && a % kPageSize == 0) touch(a);
   }
 
   void do_fork(Live& l) {
@@ -700,6 +733,7 @@ class DifferentialRun {
     auto r = l.proc->pin(a, len, flags);
     note(d, r.error(), errname(r.error()));
     expect_err(d, r.error(), model_.pin(l.mid, a, len, flags).err);
+    if (r) touch(a);
     if (!failed_ && r) {
       // A fresh long-term pin must read what the process reads.
       vaddr_t probe = a + rng_.below(len / kPageSize) * kPageSize + rng_.below(4) * 8;
@@ -843,6 +877,8 @@ class DifferentialRun {
   std::uint64_t free_at_start_ = 0;
   std::uint64_t min_free_ = ~0ull;
   std::uint64_t cow_stores_ = 0, gup_live_ = 0, gup_detached_ = 0;
+  std::array<vaddr_t, 24> hot_{};
+  std::size_t hot_next_ = 0, hot_count_ = 0;
   bool failed_ = false;
   bool tolerated_ = false;
   std::string failure_;
