@@ -619,8 +619,8 @@ class DifferentialRun {
     touch(got + rng_.below(flat::page_align(len) / kPageSize) * kPageSize);
   }
 
-  void do_munmap(Live& l) {
-    auto [a, len] = pick_range(l.mid);
+  // Mostly a well-formed range; sometimes a zero length or an unaligned start.
+  void spoil_range(vaddr_t& a, std::uint64_t& len) {
     switch (rng_.weighted({94, 3, 3})) {
       case 1:
         len = 0;
@@ -631,6 +631,11 @@ class DifferentialRun {
       default:
         len = maybe_ragged(len);
     }
+  }
+
+  void do_munmap(Live& l) {
+    auto [a, len] = pick_range(l.mid);
+    spoil_range(a, len);
     std::string d = pname(l) + ".munmap(" + hex(a) + ", " + hex(len) + ")";
     auto r = l.proc->munmap(a, len);
     note(d, r.error(), errname(r.error()));
@@ -639,16 +644,7 @@ class DifferentialRun {
 
   void do_mprotect(Live& l) {
     auto [a, len] = pick_range(l.mid);
-    switch (rng_.weighted({94, 3, 3})) {
-      case 1:
-        len = 0;
-        break;
-      case 2:
-        a += rng_.range(1, kPageSize - 1);
-        break;
-      default:
-        len = maybe_ragged(len);
-    }
+    spoil_range(a, len);
     // Mostly RO <-> RW flips, the mprotect write-upgrade path of A02 and K20; a third of the
     // time both at once, RO then RW on the same range.
     const bool flip = rng_.chance(30);
@@ -673,16 +669,7 @@ class DifferentialRun {
                                          Advice::populate_read, Advice::populate_write};
     Advice adv = kAdvice[rng_.weighted({35, 14, 14, 17, 20})];
     auto [a, len] = pick_range(l.mid);
-    switch (rng_.weighted({94, 3, 3})) {
-      case 1:
-        len = 0;
-        break;
-      case 2:
-        a += rng_.range(1, kPageSize - 1);
-        break;
-      default:
-        len = maybe_ragged(len);
-    }
+    spoil_range(a, len);
     std::string d =
         pname(l) + ".madvise(" + hex(a) + ", " + hex(len) + ", " + advice_name(adv) + ")";
     auto r = l.proc->madvise(a, len, adv);

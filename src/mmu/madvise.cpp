@@ -75,12 +75,10 @@ Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_i
   switch (advice) {
     case Advice::dontneed: {
       MmapReadGuard lock(mm.mmap_lock);
-      for (vaddr_t a = start; a < end;) {
-        Vma* v = mm.vma_lookup(a);
-        const vaddr_t e = std::min(end, v->vm_end);
-        zap_page_range_single(*v, a, e - a);
-        a = e;
-      }
+      mm.for_each_vma_range (start, end, [&](Vma& v) {
+        const vaddr_t s = std::max(start, v.vm_start), e = std::min(end, v.vm_end);
+        zap_page_range_single(v, s, e - s);
+      });
       return {};
     }
     case Advice::dontfork:

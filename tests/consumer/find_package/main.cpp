@@ -1,4 +1,5 @@
-// A consumer of the installed CMake package: find_package(cowpte CONFIG REQUIRED).
+// A consumer of cowpte, built against the installed package (find_package) and from a checkout
+// (add_subdirectory, ../add_subdirectory/CMakeLists.txt).
 // Exits non-zero when the simulated machine returns a wrong value. scripts/test.sh builds it.
 #include <cowpte/cowpte.hpp>
 
