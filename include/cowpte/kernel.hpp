@@ -182,6 +182,9 @@ class Kernel {
   void free_pmd_range(MmGather& tlb, EntryRef pud, vaddr_t addr, vaddr_t end, vaddr_t floor,
                       vaddr_t ceiling);
   void free_pte_range(MmGather& tlb, EntryRef pmd);
+  bool zap_cow_pte(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, vaddr_t end);
+  void zap_cow_pte_range(MmGather& tlb, EntryRef pmd, vaddr_t addr, vaddr_t end);
+  void zap_page_range(MmStruct& mm, vaddr_t start, vaddr_t end);
   void exit_mmap(MmStruct& mm);
   void tlb_finish_mmu(MmGather& tlb);
 
@@ -204,6 +207,25 @@ class Kernel {
   Page* page_copy_prealloc(MmStruct& src_mm);
   static bool vma_needs_copy(const Vma& dst_vma, const Vma& src_vma) noexcept;
 
+  // ---- src/fork/copy_cow_pte_range.cpp: fork sharing PTE tables (mm/memory.c of the seed,
+  //      [PATCH v3 02/14] mm: Add Copy-On-Write PTE to fork(), with v4's fixes) ----
+  int copy_cow_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, EntryRef src_pmd,
+                         vaddr_t addr, vaddr_t end, vaddr_t& recover_end);
+  int recover_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, EntryRef src_pmd,
+                        vaddr_t end);
+  void uncharge_cow_pte_range(Vma& src_vma, MmStruct& dst_mm, EntryRef dst_pmd, EntryRef src_pmd,
+                              vaddr_t end);
+  // ---- src/fork/copy_pmd_range_tfork.cpp: On-demand-fork's fork (the ODF code's mm/memory.c) ----
+  bool copy_pmd_range_tfork(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, EntryRef src_pmd,
+                            vaddr_t addr);
+  static bool is_vma_odf_compatible(const Vma& vma) noexcept;
+  // The span the current fork fell back to copying, and where the recovered entries end: the
+  // VMAs after the one that hit the fallback copy only from there (see copy_pmd_range).
+  struct CowPteRecover {
+    vaddr_t span = ~0ull;
+    vaddr_t end = 0;
+  } cow_pte_recover;
+
   // ---- src/fault/memory.cpp (mm/memory.c) ----
   vm_fault_t handle_mm_fault(Vma& vma, vaddr_t address, unsigned flags);
   vm_fault_t __handle_mm_fault(Vma& vma, vaddr_t address, unsigned flags);
@@ -214,6 +236,15 @@ class Kernel {
   vm_fault_t wp_page_copy(VmFault& vmf);
   vm_fault_t wp_page_shared(VmFault& vmf);
   void wp_page_reuse(VmFault& vmf);
+  // ---- src/fault/cow_pte.cpp: breaking a shared table (mm/memory.c of [PATCH v3 03/14] mm: Add
+  //      break COW PTE fault and helper functions; On-demand-fork's tfork_one_pte_table) ----
+  int break_cow_pte(MmStruct& mm, EntryRef pmd, vaddr_t addr);  // 0 or -ENOMEM
+  int break_cow_pte_range(MmStruct& mm, vaddr_t start, vaddr_t end);
+  vm_fault_t handle_cow_pte_fault(VmFault& vmf);
+  int tfork_one_pte_table(MmStruct& mm, EntryRef pmd, vaddr_t addr);
+  void dereference_pte_table(MmStruct& mm, Page& table, vaddr_t span, MmGather* tlb);
+  void odf_transfer_owner(Page& table, MmStruct& from, vaddr_t span);
+  RssVec pte_table_rss(Page& table);
   // ---- src/fault/file.cpp (mm/memory.c do_fault and mm/shmem.c shmem_fault) ----
   vm_fault_t do_fault(VmFault& vmf);
   vm_fault_t do_read_fault(VmFault& vmf);
@@ -233,7 +264,7 @@ class Kernel {
   // ---- src/mmu/task_mmu.cpp (fs/proc/task_mmu.c) ----
   PagemapEntry pagemap(MmStruct& mm, vaddr_t addr);
   std::vector<SmapsEntry> smaps(MmStruct& mm);
-  void clear_refs_soft_dirty(MmStruct& mm);
+  Result<void> clear_refs_soft_dirty(MmStruct& mm);
 
   // ---- src/mmu/invariants.cpp ----
   void check_invariants() const;
@@ -282,6 +313,28 @@ inline int Kernel::page_try_dup_anon_rmap(Page& page, Vma& src_vma) {
   }
   ++page._mapcount;  // __page_dup_rmap
   return 0;
+}
+
+// ---- COW PTE state (include/linux/mm.h of the series) ----
+
+// The table's share count lives on the table frame's _refcount: the pte-page constructor sets
+// it to 1, each fork that shares the table adds one, and a holder leaving drops one.
+inline int pmd_get_pte(Page& pte_table) noexcept { return ++pte_table._refcount; }
+// page_ref_add_unless(page, -1, 1): drop a holder unless it is the last; false for the last.
+inline bool pmd_put_pte(Page& pte_table) noexcept {
+  if (pte_table._refcount == 1) return false;
+  --pte_table._refcount;
+  return true;
+}
+inline int cow_pte_count(const Page& pte_table) noexcept { return pte_table._refcount; }
+inline bool mm_cow_pte(const MmStruct& mm) noexcept { return mm.test_flag(MMF_COW_PTE); }
+inline bool mm_cow_pte_odf(const MmStruct& mm) noexcept {
+  return mm.test_flag(MMF_COW_PTE) && mm.test_flag(MMF_COW_PTE_ODF);
+}
+// A COW-ed PTE table: a present, write-protected PMD in an mm with MMF_COW_PTE (the series'
+// is_cow_pte_available / !pmd_write test).
+inline bool pmd_cow_pte(const MmStruct& mm, pteval_t pmd) noexcept {
+  return !pmd_none(pmd) && !pmd_write(pmd) && mm_cow_pte(mm);
 }
 
 // Trace at a kernel tracepoint; costs one branch when tracing is off.

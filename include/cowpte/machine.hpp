@@ -20,6 +20,9 @@ struct MachineConfig {
   std::uint64_t memory_bytes = 4ull << 30;  // simulated physical memory
   unsigned cpus = 1;
   bool trace = false;  // spdlog trace at the kernel's tracepoints (fork, faults, zap)
+  // What Process::set_cow_pte() arms when called without a policy: the seed's COW PTE or
+  // On-demand-fork. A process can also choose for itself with set_cow_pte(policy).
+  CowPtePolicy cow_pte_policy = CowPtePolicy::seed;
 };
 
 class Machine {
@@ -68,7 +71,9 @@ class Process {
   Result<void> store(vaddr_t addr, std::uint64_t value);  // 8-byte aligned user store
 
   Result<Process*> fork();                                         // the child; the Machine owns it
-  Result<void> set_cow_pte();                                      // prctl(PR_SET_COW_PTE, ...)
+  // prctl(PR_SET_COW_PTE): the next fork shares PTE tables, under the machine's
+  // cow_pte_policy; the child inherits it. EINVAL once a fork has turned it on (it stays on).
+  Result<void> set_cow_pte();
   Result<void> pin(vaddr_t addr, std::uint64_t length, PinFlags);  // pin_user_pages
   Result<void> unpin(vaddr_t addr, std::uint64_t length);          // unpin_user_pages
   void exit();                                                     // exit_mmap; the pid is reaped
@@ -86,6 +91,9 @@ class Process {
   // Read 8 bytes through the newest pin or GUP reference held on addr's page: what a device
   // (READ_VIA_PIN) or a pipe filled by vmsplice sees, whatever the page tables map now.
   Result<std::uint64_t> read_gup(vaddr_t addr) const;
+  // set_cow_pte() with an explicit policy for this process and its descendants
+  // (on_demand_fork is the ODF code's /proc/PID/use_odf). EINVAL once either is on.
+  Result<void> set_cow_pte(CowPtePolicy policy);
   // echo 4 > /proc/PID/clear_refs: clear soft-dirty and write-protect every present PTE.
   Result<void> clear_soft_dirty();
 

@@ -39,10 +39,14 @@ inline constexpr std::uint64_t VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC;
 inline constexpr unsigned MMF_HAS_PINNED = 27;
 inline constexpr unsigned MMF_COW_PTE_READY = 29;
 inline constexpr unsigned MMF_COW_PTE = 30;
+// Not Linux's: the model's mark that this mm's COW PTE follows On-demand-fork (the ODF code's
+// per-process use_odf), beside MMF_COW_PTE_READY / MMF_COW_PTE. Inherited like MMF_COW_PTE.
+inline constexpr unsigned MMF_COW_PTE_ODF = 31;
 // MMF_INIT_MASK: the flags a child inherits (dumpable, dump filter, disable-THP; the series adds
 // MMF_COW_PTE). MMF_HAS_PINNED is deliberately not inherited.
 inline constexpr std::uint64_t MMF_INIT_MASK =
-    0x3ull | (0x7full << 2) | (1ull << 24) | (1ull << MMF_COW_PTE);
+    0x3ull | (0x7full << 2) | (1ull << 24) | (1ull << MMF_COW_PTE) |
+    (1ull << MMF_COW_PTE_ODF);
 
 // RSS counters (mm_types_task.h).
 enum MmCounter : unsigned {
@@ -139,6 +143,11 @@ struct MmStruct {
   Vma* vma_lookup(vaddr_t addr) noexcept {
     Vma* v = find_vma(addr);
     return (v && v->vm_start <= addr) ? v : nullptr;
+  }
+  // find_vma_intersection: the first VMA that overlaps [start, end), or nullptr.
+  Vma* find_vma_intersection(vaddr_t start, vaddr_t end) noexcept {
+    Vma* v = find_vma(start);
+    return (v && v->vm_start < end) ? v : nullptr;
   }
   Vma* vma_prev(Vma& v) noexcept {
     auto it = mm_mt.iterator_to(v);

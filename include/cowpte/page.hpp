@@ -17,6 +17,7 @@
 namespace cowpte {
 
 struct ShmemFile;
+struct MmStruct;
 
 // Page flags (page-flags.h); only those the model uses.
 enum PageFlags : std::uint32_t {
@@ -45,6 +46,7 @@ struct Page {
   union {
     FreeListHook lru;    // on the free list (the buddy list_head)
     ShmemFile* mapping;  // page->mapping of a shmem page-cache page
+    MmStruct* pt_owner;  // On-demand-fork: the mm charged for a shared PTE table (RFC v2's owner)
   };
   std::uint64_t* data = nullptr;  // 4 KiB of contents; null means all zeros
   std::int32_t _refcount = 0;     // page_count()

@@ -31,11 +31,27 @@ inline SpinLock& pmd_lockptr(Page& pmd_table) noexcept { return pmd_table.ptl; }
 inline SpinLock& pud_lockptr(MmStruct& mm) noexcept { return mm.page_table_lock; }
 
 // --- the checker ---
+// A PTE table whose frame has _refcount above 1 is shared by several mms (COW PTE). Nothing
+// may write its entries but the paths that own that sharing: fork preparing the table, the
+// zero-page install of an anonymous read fault (the series does not break for it), and
+// On-demand-fork write-protecting the entries it copies. They open a SharedPteWrites scope;
+// any other write is a path that forgot to break COW first (David Hildenbrand's first
+// objection to v4; v5's page_table_check does the same).
+inline thread_local int shared_pte_writes_allowed = 0;
+struct SharedPteWrites {
+  SharedPteWrites() noexcept { ++shared_pte_writes_allowed; }
+  ~SharedPteWrites() { --shared_pte_writes_allowed; }
+  SharedPteWrites(const SharedPteWrites&) = delete;
+  SharedPteWrites& operator=(const SharedPteWrites&) = delete;
+};
+
 // free_pgtables() clears upper-level entries holding no spinlock: Linux relies on the VMAs
 // being detached (and mmap_lock held), so no other path can reach those tables.
 inline void check_pte_write(const Page& pte_table) {
   if constexpr (kLockChecks) {
     if (!pte_table.ptl.is_locked()) lock_violation("PTE write without the PTE table's lock");
+    if (pte_table._refcount > 1 && !shared_pte_writes_allowed)
+      lock_violation("PTE write into a shared (COW) PTE table without breaking it first");
   }
 }
 inline void check_pmd_write(const MmStruct& mm, const Page& pmd_table, bool freeing) {

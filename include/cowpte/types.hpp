@@ -40,6 +40,14 @@ enum class Advice : int {
   populate_read = 22,
   populate_write = 23
 };
+// How a process shares PTE tables at fork once set_cow_pte() armed it (see machine.hpp):
+//  seed            the COW PTE series v3/v4 (the seed patch): fork still does every page's
+//                  accounting and shares only the prepared table; break copies entries only.
+//  on_demand_fork  On-demand-fork (EuroSys'21, paper version): fork shares every table one
+//                  private anonymous VMA fully covers and does no per-page work; any fault in a
+//                  shared table copies it and only then does the per-page work.
+enum class CowPtePolicy : std::uint8_t { seed = 0, on_demand_fork = 1 };
+
 enum class PinFlags : std::uint32_t { none = 0, write = 0x1, longterm = 0x10000 };  // FOLL_*
 enum class Errno : int {
   perm = 1,

@@ -81,6 +81,14 @@ vm_fault_t Kernel::__handle_mm_fault(Vma& vma, vaddr_t address, unsigned flags) 
   if (!pud) return VM_FAULT_OOM;
   vmf.pmd = pmd_alloc(mm, pud, address);
   if (!vmf.pmd) return VM_FAULT_OOM;
+  // A fault in a COW-ed table breaks it first. The series breaks for write and unshare faults
+  // and for any fault in a VMA with vm_ops (here shmem); On-demand-fork for any fault.
+  // The model also breaks for an anonymous read fault, which the series lets do_anonymous_page
+  // serve in the shared table: that puts the zero page into every holder's view, also where a
+  // holder has no VMA (its load then succeeds instead of SIGSEGV) or another mapping (a shmem
+  // VMA mapped there after fork then reads zeros). The randomized differential test found it.
+  if (pmd_cow_pte(mm, vmf.pmd.get()))
+    if (const vm_fault_t ret = handle_cow_pte_fault(vmf)) return ret;
   return handle_pte_fault(vmf);
 }
 

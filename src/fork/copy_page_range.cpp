@@ -1,4 +1,6 @@
 // fork's page-table copy: copy_page_range and the levels below it (mm/memory.c).
+#include <algorithm>
+
 #include "cowpte/kernel.hpp"
 
 namespace cowpte {
@@ -56,8 +58,16 @@ int Kernel::copy_present_pte(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte, Entry
     ptep_set_wrprotect(src_pte);
     pte = pte_wrprotect(pte);
   }
-  if (vm_flags & VM_SHARED) pte = pte_mkclean(pte);
+  if (vm_flags & VM_SHARED) {
+    // With COW PTE (dst == src) the parent's entry is the one made clean; the seed loses the
+    // dirty state, the model hands it to the page as page_mkclean would.
+    if (dst_pte.p == src_pte.p && page && pte_dirty(pte)) page->set(PG_dirty);
+    pte = pte_mkclean(pte);
+  }
   pte = pte_mkold(pte);
+  // A shared table can't keep one process's soft-dirty state (the seed's comment above
+  // copy_cow_pte_range): the parent's entries lose it.
+  if (dst_pte.p == src_pte.p) pte = pte_clear_soft_dirty(pte);
   pte = pte_clear_uffd_wp(pte);  // the child VMA is never uffd-wp in the model
   set_pte_at(dst_pte, pte);
   return 0;
@@ -106,15 +116,43 @@ again:
   return 0;
 }
 
+// copy_pmd_range: with MMF_COW_PTE each PMD goes to copy_cow_pte_range first (the seed), or,
+// under On-demand-fork, to copy_pmd_range_tfork; what they do not share is copied.
 int Kernel::copy_pmd_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pud, EntryRef src_pud,
                            vaddr_t addr, vaddr_t end) {
   EntryRef dst_pmd = pmd_alloc(*dst_vma.vm_mm, dst_pud, addr);
   if (!dst_pmd) return -ENOMEM_;
   EntryRef src_pmd = pmd_offset(src_pud, addr);
+  const MmStruct& src_mm = *src_vma.vm_mm;
+  const bool cow_pte = mm_cow_pte(src_mm), odf = mm_cow_pte_odf(src_mm);
   do {
     const vaddr_t next = pmd_addr_end(addr, end);
     if (pmd_none(src_pmd.get())) continue;  // pmd_none_or_clear_bad
-    if (copy_pte_range(dst_vma, src_vma, dst_pmd, src_pmd, addr, next)) return -ENOMEM_;
+    vaddr_t from = addr;
+    if (odf) {
+      if (copy_pmd_range_tfork(dst_vma, src_vma, dst_pmd, src_pmd, addr)) continue;
+    } else if (cow_pte) {
+      const pteval_t dst = dst_pmd.get();
+      if (!pmd_none(dst) && !pmd_write(dst)) continue;  // shared through an earlier VMA already
+      if (pmd_none(dst)) {
+        vaddr_t recover_end = 0;
+        const int ret =
+            copy_cow_pte_range(dst_vma, src_vma, dst_pmd, src_pmd, addr, next, recover_end);
+        if (!ret) continue;  // COW PTE succeeded
+        if (ret != -EAGAIN_) return -ENOMEM_;
+        if (recover_pte_range(dst_vma, src_vma, dst_pmd, src_pmd, recover_end)) return -ENOMEM_;
+        cow_pte_recover = {addr & PMD_MASK, recover_end};
+      }
+      // The child's table is private: this span fell back (here, or for an earlier VMA of this
+      // fork). The entries below recover_end are in it already; copy_pte_range does the rest.
+      // (The seed resumes at recover_end only in the VMA that fell back; a later VMA of the same
+      // span would be shared a second time. v4 fixed the address; the model keeps the span.)
+      if (cow_pte_recover.span != (addr & PMD_MASK))
+        throw InvariantViolation("copy_pmd_range: a private child table no fallback made");
+      from = std::max(addr, cow_pte_recover.end);
+      if (from >= next) continue;
+    }
+    if (copy_pte_range(dst_vma, src_vma, dst_pmd, src_pmd, from, next)) return -ENOMEM_;
   } while (++dst_pmd.p, ++src_pmd.p, addr = pmd_addr_end(addr, end), addr != end);
   return 0;
 }

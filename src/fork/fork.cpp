@@ -10,6 +10,7 @@ int Kernel::dup_mmap(MmStruct& mm, MmStruct& oldmm) {
   MmapWriteGuard old_lock(oldmm.mmap_lock);
   MmapWriteGuard new_lock(mm.mmap_lock);  // mmap_write_lock_nested(SINGLE_DEPTH_NESTING)
   int retval = 0;
+  cow_pte_recover = {};
   for (Vma& mpnt : oldmm.mm_mt) {
     if (mpnt.vm_flags & VM_DONTCOPY) continue;
     Vma* tmp = vm_area_dup(mpnt);

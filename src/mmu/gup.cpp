@@ -37,6 +37,12 @@ Page* Kernel::follow_page_pte(Vma& vma, vaddr_t addr, unsigned flags, bool& unsh
   unshare = false;
   EntryRef pmd = walk_to_pmd(*vma.vm_mm, addr);
   if (!pmd || pmd_none(pmd.get())) return nullptr;
+  // v4's -EMLINK: a pin or a write must not land in a shared table; fault, which breaks it
+  // (an unshare fault in an anonymous VMA, where a read fault would not).
+  if ((flags & (FOLL_PIN | FOLL_WRITE)) && pmd_cow_pte(*vma.vm_mm, pmd.get())) {
+    unshare = !(flags & FOLL_WRITE) && vma_is_anonymous(vma);
+    return nullptr;
+  }
   EntryRef pte = pte_offset_map(pmd, addr);
   SpinGuard ptl(pte_lockptr(*pte.table));  // pte_offset_map_lock
   const pteval_t v = pte.get();

@@ -3,6 +3,8 @@
 // table ownership, the anon-exclusive rules, and that no lock is left held.
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <map>
 #include <set>
 
 #include "cowpte/kernel.hpp"
@@ -25,6 +27,9 @@ class Checker {
     ref_[raw(zero)] += 1;  // the zero page's own reference (never freed)
     for (const auto& p : k_.procs)
       if (p->mm()) check_mm(*p->mm(), p->pid());
+    check_shared_tables();
+    for (const auto& p : k_.procs)
+      if (p->mm()) check_counters(*p->mm(), p->pid());
     for (ShmemFile* f : files_) count_file(*f);
     for (const auto& [pid, refs] : k_.gup_refs)
       for (const GupRef& r : refs)
@@ -52,12 +57,14 @@ class Checker {
     }
   }
 
-  void claim_table(Page& t, const char* level, int pid) {
+  // Every table frame is referenced by exactly one entry, but a PTE table shared by COW PTE:
+  // one PMD per holder, and its _refcount counts them (checked with every frame's refcount).
+  void claim_table(Page& t, const char* level, int pid, bool shareable = false) {
     const std::uint64_t pfn = raw(k_.mem.pfn(t));
     if (pfn >= n_ || !t.test(PG_table))
       fail(
           fmt::format("pid {}: {} entry points at frame {:#x}, not a page table", pid, level, pfn));
-    if (++table_refs_[pfn] != 1)
+    if (++table_refs_[pfn] != 1 && !shareable)
       fail(fmt::format("pid {}: table frame {:#x} referenced by more than one entry", pid, pfn));
     ref_[pfn] += 1;
     if (t.ptl.is_locked()) fail(fmt::format("pid {}: lock of table {:#x} left held", pid, pfn));
@@ -67,8 +74,7 @@ class Checker {
     if (mm.mmap_lock.is_locked() || mm.page_table_lock.is_locked())
       fail(fmt::format("pid {}: mmap_lock or page_table_lock left held", pid));
     check_vmas(mm, pid);
-    RssVec rss{};
-    std::int64_t tables = 0;
+    std::int64_t& tables = expect_[&mm].tables;
     claim_table(*mm.pgd, "mm->pgd", pid);
     pteval_t* pgd = table_base(*mm.pgd);
     for (unsigned i = 0; i < 256; ++i) {  // the user half
@@ -87,18 +93,63 @@ class Checker {
         for (unsigned l = 0; l < 512; ++l) {
           const pteval_t pmd = table_base(pmdt)[l];
           if (pmd_none(pmd)) continue;
-          check_table_entry(pmd, "pmd", pid);
-          Page& ptet = k_.table_of(pmd);
-          claim_table(ptet, "pmd", pid);
-          ++tables;
           const vaddr_t base =
               (vaddr_t(i) << PGDIR_SHIFT) | (vaddr_t(j) << PUD_SHIFT) | (vaddr_t(l) << PMD_SHIFT);
-          check_pte_table(mm, ptet, base, rss, pid);
+          check_pmd_entry(mm, pmd, base, pid);
         }
       }
     }
     for (unsigned i = 256; i < 512; ++i)
       if (pgd[i]) fail(fmt::format("pid {}: kernel-half pgd entry {} set", pid, i));
+  }
+
+  // A PMD entry and its PTE table. A write-protected PMD (a COW-ed table) exists only in a COW
+  // PTE mm. The seed's policy counts a shared table's pages once per holder, as if each had
+  // its own table; On-demand-fork counts them once per table and charges the table's RSS and
+  // 4 KiB to its owner (check_shared_tables).
+  void check_pmd_entry(MmStruct& mm, pteval_t pmd, vaddr_t base, int pid) {
+    const bool cow = !pmd_write(pmd);
+    check_table_entry(pmd | (cow ? _PAGE_RW : 0), "pmd", pid);
+    if (cow && !mm_cow_pte(mm))
+      fail(fmt::format("pid {}: write-protected PMD at {:#x} in an mm without MMF_COW_PTE", pid,
+                       base));
+    Page& ptet = k_.table_of(pmd);
+    const std::uint64_t pfn = raw(k_.mem.pfn(ptet));
+    claim_table(ptet, "pmd", pid, true);
+    SharedTable& st = shared_[pfn];
+    st.table = &ptet;
+    st.holders.push_back(&mm);
+    st.writable |= !cow;
+    const bool odf = cow && mm_cow_pte_odf(mm);
+    (odf ? st.odf : st.seed) = true;
+    if (!odf) {
+      ++expect_[&mm].tables;
+      check_pte_table(mm, ptet, base, expect_[&mm].rss, pid);
+    } else if (st.holders.size() == 1) {
+      check_pte_table(mm, ptet, base, st.rss, pid);  // once per table
+    }
+  }
+
+  void check_shared_tables() {
+    for (auto& [pfn, st] : shared_) {
+      if (st.odf && st.seed)
+        fail(fmt::format("table {:#x}: shared under both COW PTE policies", pfn));
+      if (st.writable && st.holders.size() > 1)
+        fail(fmt::format("table {:#x}: a writable PMD points at a table {} mms share", pfn,
+                         st.holders.size()));
+      if (!st.odf) continue;
+      MmStruct* owner = st.table->pt_owner;
+      if (std::find(st.holders.begin(), st.holders.end(), owner) == st.holders.end())
+        fail(fmt::format("table {:#x}: shared by On-demand-fork, owner is not a holder", pfn));
+      Expect& ex = expect_[owner];
+      ++ex.tables;
+      for (unsigned c = 0; c < NR_MM_COUNTERS; ++c) ex.rss[c] += st.rss[c];
+    }
+  }
+
+  void check_counters(MmStruct& mm, int pid) {
+    const RssVec& rss = expect_[&mm].rss;
+    const std::int64_t tables = expect_[&mm].tables;
     for (unsigned c = 0; c < NR_MM_COUNTERS; ++c)
       if (rss[c] != mm.rss_stat[c])
         fail(fmt::format("pid {}: rss counter {} is {}, the tables map {}", pid, c, mm.rss_stat[c],
@@ -199,7 +250,20 @@ class Checker {
                        k_.mem.free_pages() - (k_.mem.total_pages() - n_), free_seen));
   }
 
+  struct Expect {  // what an mm's counters must say
+    RssVec rss{};
+    std::int64_t tables = 0;
+  };
+  struct SharedTable {  // the PMDs that point at one PTE table
+    Page* table = nullptr;
+    std::vector<MmStruct*> holders;
+    bool writable = false, seed = false, odf = false;
+    RssVec rss{};  // On-demand-fork: the table's pages, counted once
+  };
+
   Kernel& k_;
+  std::map<const MmStruct*, Expect> expect_;
+  std::map<std::uint64_t, SharedTable> shared_;
   std::uint64_t n_;
   std::vector<std::int64_t> ref_, map_;
   std::vector<std::uint32_t> table_refs_;

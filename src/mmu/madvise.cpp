@@ -75,10 +75,14 @@ Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_i
   switch (advice) {
     case Advice::dontneed: {
       MmapReadGuard lock(mm.mmap_lock);
-      mm.for_each_vma_range (start, end, [&](Vma& v) {
-        const vaddr_t s = std::max(start, v.vm_start), e = std::min(end, v.vm_end);
-        zap_page_range_single(v, s, e - s);
-      });
+      // A shared table only partly in the range must be broken before the zap changes
+      // entries others map (the series relies on zap_pte_range breaking it; see zap_cow_pte).
+      auto break_partial = [&](vaddr_t a) {
+        const vaddr_t span = a & PMD_MASK;
+        return (span < start || span + PMD_SIZE > end) && break_cow_pte_range(mm, span, span + 1);
+      };
+      if (break_partial(start) || break_partial(end - 1)) return Errno::nomem;
+      zap_page_range(mm, start, end);
       return {};
     }
     case Advice::dontfork:

@@ -70,6 +70,9 @@ void Kernel::remove_vma(Vma* vma) { vm_area_free(vma); }
 // __split_vma: one VMA becomes two at addr; the new one shares anon_vma and file.
 bool Kernel::split_vma(MmStruct& mm, Vma& vma, vaddr_t addr, bool new_below) {
   if (mm.mm_mt.size() >= kMaxMapCount) return false;
+  // [PATCH 03/14]: a table shared across the split address is broken first (the error
+  // propagates). Tables never straddle a 2 MiB-aligned address.
+  if ((addr & ~PMD_MASK) && break_cow_pte_range(mm, addr, addr + 1)) return false;
   Vma* nw = vm_area_dup(vma);
   if (!nw) return false;
   mm.mm_mt.erase(mm.mm_mt.iterator_to(vma));
@@ -255,6 +258,16 @@ Result<void> Kernel::do_munmap(MmStruct& mm, vaddr_t start, std::uint64_t len) {
 Result<void> Kernel::do_vmi_munmap(MmStruct& mm, vaddr_t start, vaddr_t end) {
   Vma* vma = mm.find_vma(start);
   if (!vma || vma->vm_start >= end) return {};
+  // A shared table whose span keeps a VMA outside [start, end) must be broken before the zap
+  // (v4's zap_pte_range breaks when the VMA does not cover the span; here the break comes
+  // before anything changes, so that its failure is a clean ENOMEM). Spans holding only
+  // unmapped VMAs keep their sharing: the zap de-accounts, free_pgtables drops the reference.
+  for (const vaddr_t a : {start, end - 1}) {
+    const vaddr_t span = a & PMD_MASK;
+    const bool keeps_vma = (span < start && mm.find_vma_intersection(span, start)) ||
+                           (span + PMD_SIZE > end && mm.find_vma_intersection(end, span + PMD_SIZE));
+    if (keeps_vma && break_cow_pte_range(mm, span, span + 1)) return Errno::nomem;
+  }
   if (start > vma->vm_start) {
     if (!split_vma(mm, *vma, start, false)) return Errno::nomem;
     vma = mm.find_vma(start);
@@ -284,6 +297,7 @@ Result<void> Kernel::do_vmi_munmap(MmStruct& mm, vaddr_t start, vaddr_t end) {
 void Kernel::unmap_region(MmStruct& mm, std::vector<Vma*>& vmas, vaddr_t start, vaddr_t end,
                           vaddr_t floor, vaddr_t ceiling) {
   MmGather tlb(mm, false);
+  tlb.free_tables = true;
   unmap_vmas(tlb, vmas, start, end);
   free_pgtables(tlb, vmas, floor, ceiling);
   tlb_finish_mmu(tlb);

@@ -87,6 +87,17 @@ Result<void> Kernel::do_mprotect_pkey(MmStruct& mm, vaddr_t start, std::uint64_t
     a = v->vm_end;
   }
   const std::uint64_t newbits = static_cast<std::uint32_t>(prot);
+  // [PATCH 09/14]: change_pte_range breaks COW PTE first and silently skips the PMD when that
+  // fails, leaving the old protection in place (David suspected it wrong). The model breaks
+  // every shared table the change will touch before changing anything, and fails with ENOMEM.
+  for (vaddr_t a = start; a < end;) {
+    Vma* v = mm.vma_lookup(a);
+    const vaddr_t vend = std::min(end, v->vm_end);
+    if (((v->vm_flags & ~VM_ACCESS_FLAGS) | newbits) != v->vm_flags &&
+        break_cow_pte_range(mm, a, vend))
+      return Errno::nomem;
+    a = vend;
+  }
   for (vaddr_t a = start; a < end;) {
     Vma* v = mm.vma_lookup(a);
     const vaddr_t vend = std::min(end, v->vm_end);

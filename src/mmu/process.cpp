@@ -194,9 +194,20 @@ Result<Process*> Process::fork() {
 
 // prctl(PR_SET_COW_PTE): the next fork shares PTE tables. Once MMF_COW_PTE is set it stays.
 Result<void> Process::set_cow_pte() {
+  return set_cow_pte(machine_->config().cow_pte_policy);
+}
+
+Result<void> Process::set_cow_pte(CowPtePolicy policy) {
   if (!alive()) return Errno::srch;
-  if (mm_->test_flag(MMF_COW_PTE)) return Errno::inval;
+  if (policy != CowPtePolicy::seed && policy != CowPtePolicy::on_demand_fork)
+    return Errno::inval;
+  if (mm_->test_flag(MMF_COW_PTE)) return Errno::inval;  // prctl_set_cow_pte
   mm_->set_flag(MMF_COW_PTE_READY);
+  if (policy == CowPtePolicy::on_demand_fork) {
+    mm_->set_flag(MMF_COW_PTE_ODF);
+  } else {
+    mm_->clear_flag(MMF_COW_PTE_ODF);
+  }
   return {};
 }
 
@@ -313,8 +324,7 @@ Result<std::uint64_t> Process::read_gup(vaddr_t addr) const {
 
 Result<void> Process::clear_soft_dirty() {
   if (!alive()) return Errno::srch;
-  machine_->kernel().clear_refs_soft_dirty(*mm_);
-  return {};
+  return machine_->kernel().clear_refs_soft_dirty(*mm_);
 }
 
 void Process::exit() {

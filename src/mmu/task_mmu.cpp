@@ -81,8 +81,12 @@ std::vector<SmapsEntry> Kernel::smaps(MmStruct& mm) {
 // clear_refs_write(CLEAR_REFS_SOFT_DIRTY): restart soft-dirty tracking. Each VMA loses
 // VM_SOFTDIRTY; each present PTE is write-protected and loses soft-dirty, except a writable
 // PTE of a page that may be pinned (pte_is_pinned).
-void Kernel::clear_refs_soft_dirty(MmStruct& mm) {
+Result<void> Kernel::clear_refs_soft_dirty(MmStruct& mm) {
   MmapWriteGuard lock(mm.mmap_lock);
+  // [PATCH 12/14] (v4: CLEAR_REFS_SOFT_DIRTY only): break COW PTE before write-protecting. The
+  // model breaks every shared table first, so that ENOMEM leaves everything as it was.
+  for (Vma& vma : mm.mm_mt)
+    if (break_cow_pte_range(mm, vma.vm_start, vma.vm_end)) return Errno::nomem;
   for (Vma& vma : mm.mm_mt) {
     if (!(vma.vm_flags & VM_SOFTDIRTY)) continue;
     vma.vm_flags &= ~VM_SOFTDIRTY;
@@ -111,6 +115,7 @@ void Kernel::clear_refs_soft_dirty(MmStruct& mm) {
     }
   }
   ++tlb.flush_mm;  // flush_tlb_mm
+  return {};
 }
 
 }  // namespace cowpte

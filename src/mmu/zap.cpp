@@ -1,5 +1,9 @@
 // Tearing mappings down: zap_pte_range and the levels above it, zap_page_range_single
 // (mm/memory.c), free_pgtables and exit_mmap (mm/mmap.c), tlb_finish_mmu (mm/mmu_gather.c).
+#include <fmt/format.h>
+
+#include <algorithm>
+
 #include "cowpte/kernel.hpp"
 
 namespace cowpte {
@@ -28,11 +32,79 @@ void Kernel::zap_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, 
   add_mm_rss_vec(mm, rss);
 }
 
+// zap_cow_pte_range: v4's zap of a table others still share: undo this mm's accounting of the
+// entries in [addr, end) (rmap, RSS, the page reference after the flush) but leave the entries
+// for the other holders; free_pte_range then drops this mm's reference.
+void Kernel::zap_cow_pte_range(MmGather& tlb, EntryRef pmd, vaddr_t addr, vaddr_t end) {
+  RssVec rss{};
+  EntryRef pte = pte_offset_map(pmd, addr);
+  SpinGuard ptl(pte_lockptr(*pte.table));
+  do {
+    const pteval_t v = pte.get();
+    if (pte_none(v) || pte_special(v)) continue;
+    Page& page = mem.page(pte_pfn(v));
+    --rss[mm_counter(page)];
+    page_remove_rmap(page);
+    tlb.pages.push_back(&page);
+  } while (++pte.p, addr += PAGE_SIZE, addr != end);
+  tlb.tlb_remove_tlb_entry(addr - PAGE_SIZE, PAGE_SIZE);
+  add_mm_rss_vec(*tlb.mm, rss);
+}
+
+// zap_cow_pte: a zap that meets a COW-ed table (write-protected PMD). True when nothing is left
+// for zap_pte_range to do.
+//  - The seed's last holder reuses it (the PMD becomes writable) and zaps as usual.
+//  - Every entry of this mm in the span goes (exit, or munmap with no VMA left in the span):
+//    the seed de-accounts and leaves the dropping to free_pte_range (v4); On-demand-fork drops
+//    this mm's PMD and reference now (the paper's zap_pmd_range).
+//  - MADV_DONTNEED over the whole span: drop this mm's PMD and reference now (v5's zap; v4
+//    left the de-accounted table mapped, "possible to access the COW-ed PTE after it had been
+//    zapped").
+//  - Anything else would change entries other processes still map: its caller broke the
+//    table first (do_vmi_munmap, madvise), so meeting one here is a bug.
+bool Kernel::zap_cow_pte(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, vaddr_t end) {
+  MmStruct& mm = *tlb.mm;
+  Page& table = table_of(pmd.get());
+  const vaddr_t span = addr & PMD_MASK;
+  const bool odf = mm_cow_pte_odf(mm);
+  if (!odf && cow_pte_count(table) == 1) {
+    SpinGuard pl(pmd_lockptr(*pmd.table));
+    set_pmd_at(mm, pmd, pmd_mkwrite(pmd.get()));
+    ++this->tlb.flush_range;
+    return false;
+  }
+  const bool whole_mm = tlb.fullmm || (tlb.free_tables && !mm.find_vma_intersection(span, span + PMD_SIZE));
+  const bool whole_span = tlb.zap_start <= span && span + PMD_SIZE <= tlb.zap_end;
+  if (!whole_mm && !whole_span)
+    throw InvariantViolation(fmt::format("zap of shared PTE table at {:#x} that was not broken",
+                                         span));
+  if (whole_mm && !odf) {
+    zap_cow_pte_range(tlb, pmd, addr, end);
+    return true;
+  }
+  if (!odf) zap_cow_pte_range(tlb, pmd, span, span + PMD_SIZE);
+  {
+    SpinGuard pl(pmd_lockptr(*pmd.table));
+    set_pmd_at(mm, pmd, 0);  // pmd_clear
+  }
+  tlb.tlb_remove_tlb_entry(span, PMD_SIZE);  // tlb_flush_pmd_range
+  if (odf) {
+    dereference_pte_table(mm, table, span, &tlb);
+  } else {
+    SpinGuard ptl(pte_lockptr(table));
+    pmd_put_pte(table);
+    mm.pgtables_bytes -= PAGE_SIZE;  // mm_dec_nr_ptes
+  }
+  (void)vma;
+  return true;
+}
+
 void Kernel::zap_pmd_range(MmGather& tlb, Vma& vma, EntryRef pud, vaddr_t addr, vaddr_t end) {
   EntryRef pmd = pmd_offset(pud, addr);
   do {
     const vaddr_t next = pmd_addr_end(addr, end);
     if (pmd_none(pmd.get())) continue;  // pmd_none_or_trans_huge_or_clear_bad
+    if (pmd_cow_pte(*tlb.mm, pmd.get()) && zap_cow_pte(tlb, vma, pmd, addr, next)) continue;
     zap_pte_range(tlb, vma, pmd, addr, next);
   } while (++pmd.p, addr = pmd_addr_end(addr, end), addr != end);
 }
@@ -64,10 +136,24 @@ void Kernel::unmap_vmas(MmGather& tlb, const std::vector<Vma*>& vmas, vaddr_t st
   }
 }
 
-// zap_page_range_single: MADV_DONTNEED's zap of one VMA's range; the tables stay.
+// zap_page_range_single: the zap of one VMA's range; the tables stay.
 void Kernel::zap_page_range_single(Vma& vma, vaddr_t address, std::uint64_t size) {
   MmGather tlb(*vma.vm_mm, false);
+  tlb.zap_start = address;
+  tlb.zap_end = address + size;
   unmap_page_range(tlb, vma, address, address + size);
+  tlb_finish_mmu(tlb);
+}
+
+// zap_page_range: MADV_DONTNEED over every VMA in [start, end), one gather (madvise_dontneed);
+// the tables stay, but for shared ones whose whole span goes (see zap_cow_pte).
+void Kernel::zap_page_range(MmStruct& mm, vaddr_t start, vaddr_t end) {
+  MmGather tlb(mm, false);
+  tlb.zap_start = start;
+  tlb.zap_end = end;
+  mm.for_each_vma_range(start, end, [&](Vma& v) {
+    unmap_page_range(tlb, v, std::max(start, v.vm_start), std::min(end, v.vm_end));
+  });
   tlb_finish_mmu(tlb);
 }
 
@@ -89,8 +175,24 @@ void Kernel::tlb_finish_mmu(MmGather& tlb) {
 }
 
 // free_pte_range: the PMD entry goes and the PTE table with it (after the flush).
+// With COW PTE (v4) a write-protected PMD drops this mm's reference; the last holder frees the
+// table like a private one. The clear is free_pgtables' (mmap_lock, detached VMAs).
 void Kernel::free_pte_range(MmGather& tlb, EntryRef pmd) {
   Page& table = table_of(pmd.get());
+  if (pmd_cow_pte(*tlb.mm, pmd.get())) {
+    if (mm_cow_pte_odf(*tlb.mm))
+      throw InvariantViolation("free_pte_range: a shared table the zap did not drop");
+    bool shared;
+    {
+      SpinGuard ptl(pte_lockptr(table));
+      shared = pmd_put_pte(table);
+    }
+    if (shared) {
+      pmd_clear_for_free(*tlb.mm, pmd);
+      tlb.mm->pgtables_bytes -= PAGE_SIZE;  // mm_dec_nr_ptes
+      return;
+    }
+  }
   pmd_clear_for_free(*tlb.mm, pmd);
   tlb.tables.push_back(&table);         // pte_free_tlb
   tlb.mm->pgtables_bytes -= PAGE_SIZE;  // mm_dec_nr_ptes

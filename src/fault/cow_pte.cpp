@@ -1,0 +1,187 @@
+// Breaking a shared PTE table. The seed's policy: break_cow_pte, break_cow_pte_range and
+// handle_cow_pte_fault (mm/memory.c of "[PATCH v3 03/14] mm: Add break COW PTE fault and helper
+// functions", v4). On-demand-fork: tfork_one_pte_table and dereference_pte_table (the ODF
+// code's mm/memory.c), where the copy also does the per-page work fork skipped.
+#include "cowpte/kernel.hpp"
+
+namespace cowpte {
+
+namespace {
+constexpr int ENOMEM_ = 12;
+}
+
+// break_cow_pte: give mm a private, writable table for addr's 2 MiB span. The last holder
+// reuses the table (makes its PMD writable); the others get a copy of the 512 entries as they
+// are (fork did the accounting) and drop their reference. Then the span's TLB entries go.
+// Differences from v4, on purpose: the new table is allocated before anything changes (v5's
+// order; v4 clears the PMD first and restores it on failure, which David objected to); the
+// single-threaded model cannot see the count fall to 1 between the check and the copy.
+int Kernel::break_cow_pte(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
+  if (!pmd || !pmd_cow_pte(mm, pmd.get())) return 0;
+  if (mm_cow_pte_odf(mm)) return tfork_one_pte_table(mm, pmd, addr);
+  Page& old = table_of(pmd.get());
+  Page* nw = nullptr;
+  if (cow_pte_count(old) > 1) {
+    nw = pte_alloc_one(mm);
+    if (!nw) return -ENOMEM_;
+  }
+  ++mm.write_protect_seq;  // write_seqcount_begin: GUP-fast backs off
+  {
+    SpinGuard ptl(pte_lockptr(old));
+    if (!nw) {
+      SpinGuard pl(pmd_lockptr(*pmd.table));
+      set_pmd_at(mm, pmd, pmd_mkwrite(pmd.get()));  // reuse: refcount 1
+    } else {
+      SpinGuard nptl(pte_lockptr(*nw));
+      const pteval_t* src = table_base(old);
+      EntryRef dst{nw, table_base(*nw)};
+      for (unsigned i = 0; i < PTRS_PER_TABLE; ++i, ++dst.p)
+        if (!pte_none(src[i])) set_pte_at(dst, src[i]);
+      pmd_put_pte(old);
+      SpinGuard pl(pmd_lockptr(*pmd.table));
+      set_pmd_at(mm, pmd, mk_table_entry(mem.pfn(*nw)));  // nr_ptes -1 +1
+    }
+  }
+  ++mm.write_protect_seq;
+  ++tlb.flush_range;  // flush_tlb_range over the 2 MiB span
+  COWPTE_TRACE(*this, "break_cow_pte: pid {} at {:#x}: {}", mm.pid, addr & PMD_MASK,
+               nw ? "copied" : "reused");
+  return 0;
+}
+
+// break_cow_pte_range: break every shared table over [start, end).
+int Kernel::break_cow_pte_range(MmStruct& mm, vaddr_t start, vaddr_t end) {
+  if (!mm_cow_pte(mm)) return 0;
+  for (vaddr_t a = start & PMD_MASK; a < end; a += PMD_SIZE)
+    if (break_cow_pte(mm, walk_to_pmd(mm, a), a)) return -ENOMEM_;
+  return 0;
+}
+
+// handle_cow_pte_fault: the fault path's break; VM_FAULT_OOM with nothing changed on failure.
+vm_fault_t Kernel::handle_cow_pte_fault(VmFault& vmf) {
+  return break_cow_pte(*vmf.vma->vm_mm, vmf.pmd, vmf.address) ? VM_FAULT_OOM : vm_fault_t{0};
+}
+
+// pte_table_rss: what a table's present pages count in the RSS counters.
+RssVec Kernel::pte_table_rss(Page& table) {
+  RssVec rss{};
+  const pteval_t* pte = table_base(table);
+  for (unsigned i = 0; i < PTRS_PER_TABLE; ++i)
+    if (pte_present(pte[i]) && !pte_special(pte[i])) ++rss[mm_counter(mem.page(pte_pfn(pte[i])))];
+  return rss;
+}
+
+// odf_transfer_owner: the mm charged for a shared table leaves it; another holder takes the
+// charge, so that a process's RSS never goes negative when it exits (the paper decrements the
+// RSS of whichever mm drops the last reference, which may never have been charged).
+void Kernel::odf_transfer_owner(Page& table, MmStruct& from, vaddr_t span) {
+  for (auto& p : procs) {
+    MmStruct* to = p->mm();
+    if (!to || to == &from) continue;
+    EntryRef pmd = walk_to_pmd(*to, span);
+    if (!pmd || pmd_none(pmd.get()) || &table_of(pmd.get()) != &table) continue;
+    const RssVec rss = pte_table_rss(table);
+    for (unsigned i = 0; i < NR_MM_COUNTERS; ++i) {
+      from.rss_stat[i] -= rss[i];
+      to->rss_stat[i] += rss[i];
+    }
+    from.pgtables_bytes -= PAGE_SIZE;
+    to->pgtables_bytes += PAGE_SIZE;
+    table.pt_owner = to;
+    return;
+  }
+  throw InvariantViolation("odf_transfer_owner: a shared table with no other holder");
+}
+
+// dereference_pte_table: mm no longer points at this shared table. Others left: drop one
+// reference (and the charge, if mm carried it). mm was the last holder: release every page
+// (zap_one_pte_table) and free the table; both were charged to mm.
+void Kernel::dereference_pte_table(MmStruct& mm, Page& table, vaddr_t span, MmGather* tlb) {
+  if (pmd_put_pte(table)) {
+    if (table.pt_owner == &mm) odf_transfer_owner(table, mm, span);
+    return;
+  }
+  if (table.pt_owner != &mm)
+    throw InvariantViolation("dereference_pte_table: the last holder is not the owner");
+  RssVec rss{};
+  {
+    SpinGuard ptl(pte_lockptr(table));
+    EntryRef pte{&table, table_base(table)};
+    for (unsigned i = 0; i < PTRS_PER_TABLE; ++i, ++pte.p) {
+      const pteval_t v = pte.get();
+      if (pte_none(v)) continue;
+      pte_clear(pte);
+      if (pte_special(v)) continue;
+      Page& page = mem.page(pte_pfn(v));
+      --rss[mm_counter(page)];
+      page_remove_rmap(page);
+      if (tlb) {
+        tlb->pages.push_back(&page);
+      } else {
+        mem.put_page(page);
+      }
+    }
+  }
+  add_mm_rss_vec(mm, rss);
+  mm.pgtables_bytes -= PAGE_SIZE;
+  table.pt_owner = nullptr;
+  if (tlb) {
+    tlb->tables.push_back(&table);
+  } else {
+    pgtable_free(table);
+  }
+}
+
+// tfork_one_pte_table: On-demand-fork's answer to any fault in a shared table. Copy all the
+// entries into a new table, write-protecting COW mappings in both (as copy_present_pte does
+// for the parent) and marking the copies old, and do now the per-page work fork skipped:
+// a reference, a mapping (clearing PageAnonExclusive) and RSS in mm. Then let go of the shared
+// table. The paper copies even at count 1 (no reuse); the model keeps that rule.
+int Kernel::tfork_one_pte_table(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
+  const vaddr_t span = addr & PMD_MASK;
+  Page& old = table_of(pmd.get());
+  Vma* vma = mm.vma_lookup(span);  // a shared table lies inside one VMA (fork's rule; splits
+  if (!vma || vma->vm_end < span + PMD_SIZE)  // and partial unmaps copy it first)
+    throw InvariantViolation("tfork_one_pte_table: a shared table not inside one VMA");
+  Page* nw = pte_alloc_one(mm);
+  if (!nw) return -ENOMEM_;
+  RssVec rss{};
+  ++mm.write_protect_seq;  // as fork: page_try_dup_anon_rmap's pin check needs it
+  {
+    SpinGuard optl(pte_lockptr(old));
+    SharedPteWrites shared;  // write-protecting what the other holders map too
+    SpinGuard nptl(pte_lockptr(*nw));
+    EntryRef src{&old, table_base(old)}, dst{nw, table_base(*nw)};
+    for (unsigned i = 0; i < PTRS_PER_TABLE; ++i, ++src.p, ++dst.p) {
+      pteval_t v = src.get();
+      if (pte_none(v)) continue;
+      if (!pte_present(v)) [[unlikely]]
+        throw InvariantViolation("tfork_one_pte_table: swap entry, but the model has no swap");
+      if (Page* page = vm_normal_page(*vma, v)) {
+        get_page(*page);
+        if (PageAnon(*page) && page_try_dup_anon_rmap(*page, *vma)) [[unlikely]]
+          throw InvariantViolation("tfork_one_pte_table: a pinned page in a shared table");
+        if (!PageAnon(*page)) page_add_file_rmap(*page);
+        ++rss[mm_counter(*page)];
+      }
+      if (is_cow_mapping(vma->vm_flags) && pte_write(v)) {
+        ptep_set_wrprotect(src);
+        v = pte_wrprotect(v);
+      }
+      set_pte_at(dst, pte_mkold(v));
+    }
+  }
+  ++mm.write_protect_seq;
+  add_mm_rss_vec(mm, rss);
+  mm.pgtables_bytes += PAGE_SIZE;  // the copy is mm's own table
+  {
+    SpinGuard pl(pmd_lockptr(*pmd.table));
+    set_pmd_at(mm, pmd, mk_table_entry(mem.pfn(*nw)));
+  }
+  dereference_pte_table(mm, old, span, nullptr);
+  ++tlb.flush_range;
+  COWPTE_TRACE(*this, "tfork_one_pte_table: pid {} at {:#x}", mm.pid, span);
+  return 0;
+}
+
+}  // namespace cowpte
