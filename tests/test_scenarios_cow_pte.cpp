@@ -10,8 +10,8 @@
 namespace cowpte::scen {
 namespace {
 
-constexpr vaddr_t kBase = 0x7e0000000000ull;  // 1 GiB aligned: one PUD and one PMD table
-constexpr std::uint64_t kSpan = 512;           // pages per PTE table (2 MiB)
+constexpr vaddr_t kBase = 0x7e0000000000ull;       // 1 GiB aligned: one PUD and one PMD table
+constexpr std::uint64_t kSpan = 512;               // pages per PTE table (2 MiB)
 constexpr std::uint64_t kUpperTables = 2 * kPage;  // the PUD and PMD tables below the pgd
 
 class CowPteTest : public ScenarioTest {
@@ -25,9 +25,7 @@ class CowPteTest : public ScenarioTest {
   }
   std::uint64_t pmd(const Process& p, vaddr_t va) { return m.walk(p, va).entry[2]; }
   bool pmd_writable(const Process& p, vaddr_t va) { return pmd(p, va) & kRW; }
-  std::int64_t table_refs(const Process& p, vaddr_t va) {
-    return page(pte_table(p, va)).refcount;
-  }
+  std::int64_t table_refs(const Process& p, vaddr_t va) { return page(pte_table(p, va)).refcount; }
   void expect_shared(const Process& a, const Process& b, vaddr_t va, std::int64_t refs,
                      const loc_t& loc = loc_t::current()) {
     EXPECT_EQ(pte_table(a, va), pte_table(b, va)) << where(loc);
@@ -533,8 +531,8 @@ TEST_F(OdfCowPte, AnMmThatPinnedCopiesInsteadOfSharing) {
 }
 
 TEST_F(OdfCowPte, MachineWidePolicy) {
-  Machine odf(MachineConfig{.memory_bytes = 64ull << 20,
-                            .cow_pte_policy = CowPtePolicy::on_demand_fork});
+  Machine odf(
+      MachineConfig{.memory_bytes = 64ull << 20, .cow_pte_policy = CowPtePolicy::on_demand_fork});
   Process& p = odf.spawn();
   ASSERT_TRUE(p.mmap(kBase, kSpan * kPage, kRWProt, kPrivAnon | MapFlags::fixed));
   ASSERT_TRUE(p.store(kBase, 1));

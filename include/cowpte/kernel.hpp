@@ -337,6 +337,45 @@ inline bool pmd_cow_pte(const MmStruct& mm, pteval_t pmd) noexcept {
   return !pmd_none(pmd) && !pmd_write(pmd) && mm_cow_pte(mm);
 }
 
+// copy_present_pte (mm/memory.c): share one present page with the child. Inline: both fork
+// paths (copy_pte_range, copy_cow_pte_range) run it once per PTE.
+inline int Kernel::copy_present_pte(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte, EntryRef src_pte,
+                             RssVec& rss, Page*& prealloc) {
+  const std::uint64_t vm_flags = src_vma.vm_flags;
+  pteval_t pte = src_pte.get();
+  Page* page = vm_normal_page(src_vma, pte);
+  if (page && PageAnon(*page)) {
+    get_page(*page);
+    if (page_try_dup_anon_rmap(*page, src_vma)) [[unlikely]] {
+      mem.put_page(*page);  // maybe pinned: the child must get a copy
+      return copy_present_page(dst_vma, src_vma, dst_pte, src_pte, rss, prealloc, *page);
+    }
+    ++rss[MM_ANONPAGES];
+  } else if (page) {
+    get_page(*page);
+    page_add_file_rmap(*page);  // page_dup_file_rmap
+    ++rss[mm_counter(*page)];
+  }
+  // A COW mapping is write-protected in both parent and child.
+  if (is_cow_mapping(vm_flags) && pte_write(pte)) {
+    ptep_set_wrprotect(src_pte);
+    pte = pte_wrprotect(pte);
+  }
+  if (vm_flags & VM_SHARED) {
+    // With COW PTE (dst == src) the parent's entry is the one made clean; the seed loses the
+    // dirty state, the model hands it to the page as page_mkclean would.
+    if (dst_pte.p == src_pte.p && page && pte_dirty(pte)) page->set(PG_dirty);
+    pte = pte_mkclean(pte);
+  }
+  pte = pte_mkold(pte);
+  // A shared table can't keep one process's soft-dirty state (the seed's comment above
+  // copy_cow_pte_range): the parent's entries lose it.
+  if (dst_pte.p == src_pte.p) pte = pte_clear_soft_dirty(pte);
+  pte = pte_clear_uffd_wp(pte);  // the child VMA is never uffd-wp in the model
+  set_pte_at(dst_pte, pte);
+  return 0;
+}
+
 // Trace at a kernel tracepoint; costs one branch when tracing is off.
 #define COWPTE_TRACE(k, ...)          \
   do {                                \

@@ -70,7 +70,7 @@ class Process {
   Result<std::uint64_t> load(vaddr_t addr);               // 8-byte aligned user load
   Result<void> store(vaddr_t addr, std::uint64_t value);  // 8-byte aligned user store
 
-  Result<Process*> fork();                                         // the child; the Machine owns it
+  Result<Process*> fork();  // the child; the Machine owns it
   // prctl(PR_SET_COW_PTE): the next fork shares PTE tables, under the machine's
   // cow_pte_policy; the child inherits it. EINVAL once a fork has turned it on (it stays on).
   Result<void> set_cow_pte();

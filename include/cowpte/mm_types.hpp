@@ -45,8 +45,7 @@ inline constexpr unsigned MMF_COW_PTE_ODF = 31;
 // MMF_INIT_MASK: the flags a child inherits (dumpable, dump filter, disable-THP; the series adds
 // MMF_COW_PTE). MMF_HAS_PINNED is deliberately not inherited.
 inline constexpr std::uint64_t MMF_INIT_MASK =
-    0x3ull | (0x7full << 2) | (1ull << 24) | (1ull << MMF_COW_PTE) |
-    (1ull << MMF_COW_PTE_ODF);
+    0x3ull | (0x7full << 2) | (1ull << 24) | (1ull << MMF_COW_PTE) | (1ull << MMF_COW_PTE_ODF);
 
 // RSS counters (mm_types_task.h).
 enum MmCounter : unsigned {

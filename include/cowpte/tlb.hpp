@@ -24,12 +24,12 @@ struct TlbStats {
 // struct mmu_gather.
 struct MmGather {
   MmStruct* mm = nullptr;
-  bool fullmm = false;             // exit_mmap: the whole address space goes
-  bool free_tables = false;        // munmap: free_pgtables follows the zap (unmap_region)
+  bool fullmm = false;                 // exit_mmap: the whole address space goes
+  bool free_tables = false;            // munmap: free_pgtables follows the zap (unmap_region)
   vaddr_t zap_start = 0, zap_end = 0;  // the whole range of a multi-VMA zap (MADV_DONTNEED)
-  vaddr_t start = ~0ull, end = 0;  // the range whose translations must be flushed
-  std::vector<Page*> pages;        // references to drop after the flush (__tlb_remove_page)
-  std::vector<Page*> tables;       // table frames to free after the flush (tlb_remove_table)
+  vaddr_t start = ~0ull, end = 0;      // the range whose translations must be flushed
+  std::vector<Page*> pages;            // references to drop after the flush (__tlb_remove_page)
+  std::vector<Page*> tables;           // table frames to free after the flush (tlb_remove_table)
 
   MmGather(MmStruct& m, bool full) : mm(&m), fullmm(full) {}
   void tlb_remove_tlb_entry(vaddr_t addr, std::uint64_t size) {  // tlb_flush_pte_range

@@ -104,7 +104,7 @@ void Kernel::uncharge_cow_pte_range(Vma& src_vma, MmStruct& dst_mm, EntryRef dst
   }
   add_mm_rss_vec(dst_mm, rss);
   SpinGuard pl(pmd_lockptr(*dst_pmd.table));
-  set_pmd_at(dst_mm, dst_pmd, 0);  // pmd_clear
+  set_pmd_at(dst_mm, dst_pmd, 0);      // pmd_clear
   dst_mm.pgtables_bytes -= PAGE_SIZE;  // mm_dec_nr_ptes
 }
 

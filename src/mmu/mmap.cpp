@@ -264,8 +264,9 @@ Result<void> Kernel::do_vmi_munmap(MmStruct& mm, vaddr_t start, vaddr_t end) {
   // unmapped VMAs keep their sharing: the zap de-accounts, free_pgtables drops the reference.
   for (const vaddr_t a : {start, end - 1}) {
     const vaddr_t span = a & PMD_MASK;
-    const bool keeps_vma = (span < start && mm.find_vma_intersection(span, start)) ||
-                           (span + PMD_SIZE > end && mm.find_vma_intersection(end, span + PMD_SIZE));
+    const bool keeps_vma =
+        (span < start && mm.find_vma_intersection(span, start)) ||
+        (span + PMD_SIZE > end && mm.find_vma_intersection(end, span + PMD_SIZE));
     if (keeps_vma && break_cow_pte_range(mm, span, span + 1)) return Errno::nomem;
   }
   if (start > vma->vm_start) {

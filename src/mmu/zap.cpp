@@ -73,11 +73,12 @@ bool Kernel::zap_cow_pte(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, va
     ++this->tlb.flush_range;
     return false;
   }
-  const bool whole_mm = tlb.fullmm || (tlb.free_tables && !mm.find_vma_intersection(span, span + PMD_SIZE));
+  const bool whole_mm =
+      tlb.fullmm || (tlb.free_tables && !mm.find_vma_intersection(span, span + PMD_SIZE));
   const bool whole_span = tlb.zap_start <= span && span + PMD_SIZE <= tlb.zap_end;
   if (!whole_mm && !whole_span)
-    throw InvariantViolation(fmt::format("zap of shared PTE table at {:#x} that was not broken",
-                                         span));
+    throw InvariantViolation(
+        fmt::format("zap of shared PTE table at {:#x} that was not broken", span));
   if (whole_mm && !odf) {
     zap_cow_pte_range(tlb, pmd, addr, end);
     return true;
@@ -151,7 +152,7 @@ void Kernel::zap_page_range(MmStruct& mm, vaddr_t start, vaddr_t end) {
   MmGather tlb(mm, false);
   tlb.zap_start = start;
   tlb.zap_end = end;
-  mm.for_each_vma_range(start, end, [&](Vma& v) {
+  mm.for_each_vma_range (start, end, [&](Vma& v) {
     unmap_page_range(tlb, v, std::max(start, v.vm_start), std::min(end, v.vm_end));
   });
   tlb_finish_mmu(tlb);
