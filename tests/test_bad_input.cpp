@@ -437,6 +437,23 @@ TEST_F(BadInput, LoadStoreForbiddenByVma) {
   }
 }
 
+// ---- set_cow_pte ----
+
+TEST_F(BadInput, SetCowPteUnknownPolicyOrAlreadyOn) {
+  for (Process* p : Live()) {
+    SCOPED_TRACE(p->pid());
+    EXPECT_REJECTED(p->set_cow_pte(cowpte::CowPtePolicy(7)), Errno::inval);
+  }
+  // prctl_set_cow_pte: EINVAL once a fork turned MMF_COW_PTE on, under either policy.
+  BI_ASSERT_OK(parent_->set_cow_pte());
+  auto c = parent_->fork();
+  ASSERT_TRUE(c.has_value());
+  for (Process* p : {parent_, *c}) {
+    EXPECT_REJECTED(p->set_cow_pte(), Errno::inval);
+    EXPECT_REJECTED(p->set_cow_pte(cowpte::CowPtePolicy::on_demand_fork), Errno::inval);
+  }
+}
+
 // ---- pin / unpin ----
 
 TEST_F(BadInput, PinBadArguments) {
