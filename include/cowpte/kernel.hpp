@@ -174,7 +174,6 @@ class Kernel {
   void zap_pud_range(MmGather& tlb, Vma& vma, EntryRef pgd, vaddr_t addr, vaddr_t end);
   void unmap_page_range(MmGather& tlb, Vma& vma, vaddr_t addr, vaddr_t end);
   void unmap_vmas(MmGather& tlb, const std::vector<Vma*>& vmas, vaddr_t start, vaddr_t end);
-  void zap_page_range_single(Vma& vma, vaddr_t address, std::uint64_t size);
   void free_pgtables(MmGather& tlb, const std::vector<Vma*>& vmas, vaddr_t floor, vaddr_t ceiling);
   void free_pgd_range(MmGather& tlb, vaddr_t addr, vaddr_t end, vaddr_t floor, vaddr_t ceiling);
   void free_pud_range(MmGather& tlb, EntryRef pgd, vaddr_t addr, vaddr_t end, vaddr_t floor,

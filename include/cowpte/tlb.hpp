@@ -27,6 +27,7 @@ struct MmGather {
   bool fullmm = false;                 // exit_mmap: the whole address space goes
   bool free_tables = false;            // munmap: free_pgtables follows the zap (unmap_region)
   vaddr_t zap_start = 0, zap_end = 0;  // the whole range of a multi-VMA zap (MADV_DONTNEED)
+  vaddr_t cow_pte_span = ~0ull;        // the shared table this zap de-accounted last
   vaddr_t start = ~0ull, end = 0;      // the range whose translations must be flushed
   std::vector<Page*> pages;            // references to drop after the flush (__tlb_remove_page)
   std::vector<Page*> tables;           // table frames to free after the flush (tlb_remove_table)

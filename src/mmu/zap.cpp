@@ -1,4 +1,4 @@
-// Tearing mappings down: zap_pte_range and the levels above it, zap_page_range_single
+// Tearing mappings down: zap_pte_range and the levels above it, zap_page_range
 // (mm/memory.c), free_pgtables and exit_mmap (mm/mmap.c), tlb_finish_mmu (mm/mmu_gather.c).
 #include <fmt/format.h>
 
@@ -34,7 +34,7 @@ void Kernel::zap_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, 
 
 // zap_cow_pte_range: v4's zap of a table others still share: undo this mm's accounting of the
 // entries in [addr, end) (rmap, RSS, the page reference after the flush) but leave the entries
-// for the other holders; free_pte_range then drops this mm's reference.
+// for the other holders; free_pte_range (or zap_cow_pte) then drops this mm's reference.
 void Kernel::zap_cow_pte_range(MmGather& tlb, EntryRef pmd, vaddr_t addr, vaddr_t end) {
   RssVec rss{};
   EntryRef pte = pte_offset_map(pmd, addr);
@@ -62,7 +62,7 @@ void Kernel::zap_cow_pte_range(MmGather& tlb, EntryRef pmd, vaddr_t addr, vaddr_
 //    zapped").
 //  - Anything else would change entries other processes still map: its caller broke the
 //    table first (do_vmi_munmap, madvise), so meeting one here is a bug.
-bool Kernel::zap_cow_pte(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, vaddr_t end) {
+bool Kernel::zap_cow_pte(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, vaddr_t) {
   MmStruct& mm = *tlb.mm;
   Page& table = table_of(pmd.get());
   const vaddr_t span = addr & PMD_MASK;
@@ -80,7 +80,10 @@ bool Kernel::zap_cow_pte(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, va
     throw InvariantViolation(
         fmt::format("zap of shared PTE table at {:#x} that was not broken", span));
   if (whole_mm && !odf) {
-    zap_cow_pte_range(tlb, pmd, addr, end);
+    // The whole span, once: each holder is charged for every entry of a shared table, also
+    // those of VMAs it does not have (a fork that failed after sharing the span).
+    if (tlb.cow_pte_span != span) zap_cow_pte_range(tlb, pmd, span, span + PMD_SIZE);
+    tlb.cow_pte_span = span;
     return true;
   }
   if (!odf) zap_cow_pte_range(tlb, pmd, span, span + PMD_SIZE);
@@ -135,15 +138,6 @@ void Kernel::unmap_vmas(MmGather& tlb, const std::vector<Vma*>& vmas, vaddr_t st
     const vaddr_t e = std::min(end, vma->vm_end);
     if (s < e) unmap_page_range(tlb, *vma, s, e);
   }
-}
-
-// zap_page_range_single: the zap of one VMA's range; the tables stay.
-void Kernel::zap_page_range_single(Vma& vma, vaddr_t address, std::uint64_t size) {
-  MmGather tlb(*vma.vm_mm, false);
-  tlb.zap_start = address;
-  tlb.zap_end = address + size;
-  unmap_page_range(tlb, vma, address, address + size);
-  tlb_finish_mmu(tlb);
 }
 
 // zap_page_range: MADV_DONTNEED over every VMA in [start, end), one gather (madvise_dontneed);
