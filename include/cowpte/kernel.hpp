@@ -8,6 +8,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "cowpte/hw.hpp"
 #include "cowpte/machine.hpp"
 #include "cowpte/mm_types.hpp"
 #include "cowpte/page.hpp"
@@ -80,6 +81,75 @@ class Kernel {
   std::unordered_map<int, std::vector<GupRef>> gup_refs;  // by pid
   TlbStats tlb;
   std::shared_ptr<spdlog::logger> tracer;  // null when tracing is off
+
+  // ---- the timing model (src/mmu/timing.cpp); hw is null when it is off ----
+  std::unique_ptr<Hardware> hw;
+  Cpu* cur_cpu = nullptr;            // the CPU the current kernel path runs on, while timed
+  std::vector<HwStats> proc_stats;   // per process (index pid - 1)
+  std::unique_ptr<LockTiming> timed_locks;
+  // Charge cycles, a data access to an entry, the struct page line of a frame (with an atomic
+  // read-modify-write of its counters), to the current CPU. One branch when timing is off.
+  void tm_cycles(std::uint64_t c) noexcept {
+    if (cur_cpu) [[unlikely]]
+      cur_cpu->clock += c;
+  }
+  void tm_entry(EntryRef e) noexcept {
+    if (cur_cpu) [[unlikely]]
+      hw->access(*cur_cpu, (raw(mem.pfn(*e.table)) << PAGE_SHIFT) |
+                               std::uint64_t(e.p - table_base(*e.table)) * 8);
+  }
+  void tm_page(const Page& p, unsigned atomics = 0) noexcept {
+    if (cur_cpu) [[unlikely]] {
+      hw->access(*cur_cpu, hw->struct_page_addr(raw(mem.pfn(p))));
+      cur_cpu->clock += std::uint64_t(atomics) * hw->cfg.atomic_rmw;
+    }
+  }
+  void tm_page_alloc(const Page* p, bool zero) noexcept {
+    if (cur_cpu && p) [[unlikely]] {
+      tm_page(*p, 1);
+      cur_cpu->clock += hw->cfg.page_alloc + (zero ? hw->cfg.page_zero : 0);
+    }
+  }
+  void tm_page_copy() noexcept { tm_cycles(hw ? hw->cfg.page_copy : 0); }
+  // Time a path: count it and add its cycles to the CPU's and the process's phase.
+  class PhaseScope {
+   public:
+    PhaseScope(Kernel& k, Phase p) noexcept
+        : k_(k), p_(p), start_(k.cur_cpu ? k.cur_cpu->clock : 0) {}
+    ~PhaseScope() {
+      if (k_.cur_cpu) [[unlikely]]
+        k_.end_phase(p_, start_);
+    }
+    PhaseScope(const PhaseScope&) = delete;
+    PhaseScope& operator=(const PhaseScope&) = delete;
+
+   private:
+    Kernel& k_;
+    Phase p_;
+    std::uint64_t start_;
+  };
+  void end_phase(Phase p, std::uint64_t start) noexcept;
+  // A facade call entering the kernel on process p's CPU: sets cur_cpu and the lock timing
+  // for its duration and credits the process with what its CPU counted meanwhile.
+  class Entry {
+   public:
+    Entry(Kernel& k, Process& p, bool syscall);
+    ~Entry();
+    Entry(const Entry&) = delete;
+    Entry& operator=(const Entry&) = delete;
+
+   private:
+    Kernel& k_;
+    Cpu* prev_;
+  };
+  void settle_stats(Cpu& cpu, int new_owner) noexcept;  // credit the CPU's owner, switch
+  // TLB maintenance (arch/x86/mm/tlb.c): INVLPG up to flush_ceiling pages, else a PCID flush,
+  // on this CPU, and a shootdown IPI to every other CPU in mm_cpumask.
+  void flush_tlb_range(MmStruct& mm, vaddr_t start, vaddr_t end);
+  void flush_tlb_mm(MmStruct& mm);
+  void flush_tlb_page(MmStruct& mm, vaddr_t addr);
+  Result<std::uint64_t> timed_user_access(MmStruct& mm, vaddr_t addr, bool write,
+                                          std::uint64_t val);
 
   // ---- src/mmu/pgtable.cpp: table frames and the walk to an entry (mm/memory.c,
   //      include/linux/pgtable.h, arch/x86/mm/pgtable.c) ----
@@ -314,6 +384,11 @@ inline int Kernel::page_try_dup_anon_rmap(Page& page, Vma& src_vma) {
   return 0;
 }
 
+// The timing model's lock timing (src/mmu/timing.cpp) and the PCID of a process: x86 has 12
+// bits of PCID; the model's pids never repeat, and exit flushes a PCID before it can return.
+std::unique_ptr<LockTiming> make_timed_locks(Kernel& k);
+inline unsigned pid_to_pcid(int pid) noexcept { return unsigned(pid) & 0xfff; }
+
 // ---- COW PTE state (include/linux/mm.h of the series) ----
 
 // The table's share count lives on the table frame's _refcount: the pte-page constructor sets
@@ -343,6 +418,10 @@ inline int Kernel::copy_present_pte(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte
   const std::uint64_t vm_flags = src_vma.vm_flags;
   pteval_t pte = src_pte.get();
   Page* page = vm_normal_page(src_vma, pte);
+  if (cur_cpu) [[unlikely]] {  // the entry is read; the page's refcount and mapcount go up
+    tm_cycles(hw->cfg.pte_op);
+    if (page) tm_page(*page, 2);
+  }
   if (page && PageAnon(*page)) {
     get_page(*page);
     if (page_try_dup_anon_rmap(*page, src_vma)) [[unlikely]] {
@@ -372,6 +451,7 @@ inline int Kernel::copy_present_pte(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte
   if (dst_pte.p == src_pte.p) pte = pte_clear_soft_dirty(pte);
   pte = pte_clear_uffd_wp(pte);  // the child VMA is never uffd-wp in the model
   set_pte_at(dst_pte, pte);
+  tm_entry(dst_pte);
   return 0;
 }
 

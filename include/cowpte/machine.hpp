@@ -8,11 +8,13 @@
 #include <vector>
 
 #include "cowpte/result.hpp"
+#include "cowpte/timing_config.hpp"
 #include "cowpte/types.hpp"
 
 namespace cowpte {
 
 struct MmStruct;
+struct HwStats;
 class Kernel;
 class Process;
 
@@ -23,6 +25,8 @@ struct MachineConfig {
   // What Process::set_cow_pte() arms when called without a policy: the seed's COW PTE or
   // On-demand-fork. A process can also choose for itself with set_cow_pte(policy).
   CowPtePolicy cow_pte_policy = CowPtePolicy::seed;
+  // The cycle-level timing model (TLBs, caches, kernel path costs); off by default.
+  TimingConfig timing{};
 };
 
 class Machine {
@@ -49,6 +53,10 @@ class Machine {
   void fail_nth_allocation(std::uint64_t n);
   std::uint64_t allocations() const;         // allocations made so far (frames, VMAs, anon_vmas)
   std::string ptdump(const Process&) const;  // ptdump-style listing of a process's tables
+  // The timing model (null statistics when MachineConfig::timing.enabled is false).
+  bool timed() const;
+  std::uint64_t cycles(unsigned cpu) const;  // simulated cycles CPU cpu has run
+  std::string hw_stats_json() const;         // per-CPU and per-process statistics, JSON
 
   Kernel& kernel() { return *kernel_; }
   const Kernel& kernel() const { return *kernel_; }
@@ -97,6 +105,12 @@ class Process {
   // echo 4 > /proc/PID/clear_refs: clear soft-dirty and write-protect every present PTE.
   Result<void> clear_soft_dirty();
 
+  // The CPU this process runs on (timing model): spawn puts it on CPU 0, fork puts the child
+  // on the CPU after its parent's. set_cpu migrates it (sched_setaffinity); EINVAL past cpus.
+  unsigned cpu() const { return cpu_; }
+  Result<void> set_cpu(unsigned cpu);
+  const HwStats& hw_stats() const;  // this process's share of the timing statistics
+
   Machine& machine() { return *machine_; }
   MmStruct* mm() { return mm_.get(); }  // nullptr after exit
   const MmStruct* mm() const { return mm_.get(); }
@@ -110,6 +124,7 @@ class Process {
   friend class Kernel;
   Machine* machine_;
   int pid_;
+  unsigned cpu_ = 0;
   std::unique_ptr<MmStruct> mm_;
 };
 

@@ -124,6 +124,10 @@ struct MmStruct {
   int pid = 0;
   // Odd while fork copies (write_protect_seq): page_needs_cow_for_dma is only valid then.
   unsigned write_protect_seq = 0;
+  // The timing model: the PCID this mm's TLB entries carry, and mm_cpumask (the CPUs it ran
+  // on, which a TLB flush must reach).
+  unsigned pcid = 0;
+  std::uint64_t cpumask = 0;
 
   bool test_flag(unsigned bit) const noexcept { return flags & (1ull << bit); }
   void set_flag(unsigned bit) noexcept { flags |= 1ull << bit; }

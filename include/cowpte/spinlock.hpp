@@ -23,6 +23,16 @@ inline constexpr bool kLockChecks = true;
 inline constexpr bool kLockChecks = false;
 #endif
 
+// The timing model's view of locks. While a timed kernel path runs, every acquire and release
+// reports the lock, so that simulated time can make one CPU wait for a lock that another CPU's
+// path held until later (include/cowpte/kernel.hpp, TimedLocks). Null otherwise: one branch.
+struct LockTiming {
+  virtual void acquire(const void* lock, bool exclusive) = 0;
+  virtual void release(const void* lock, bool exclusive) = 0;
+  virtual ~LockTiming() = default;
+};
+inline thread_local LockTiming* lock_timing = nullptr;
+
 // spinlock_t: 4 bytes, so that it fits the struct page of a table frame (ptlock_init with
 // !ALLOC_SPLIT_PTLOCKS embeds the lock in struct page).
 class SpinLock {
@@ -30,10 +40,14 @@ class SpinLock {
   void lock() {
     if (held_) lock_violation("spin_lock: lock already held (self-deadlock)");
     held_ = 1;
+    if (lock_timing) [[unlikely]]
+      lock_timing->acquire(this, true);
   }
   void unlock() {
     if (!held_) lock_violation("spin_unlock: lock not held");
     held_ = 0;
+    if (lock_timing) [[unlikely]]
+      lock_timing->release(this, true);
   }
   bool is_locked() const noexcept { return held_ != 0; }
 
@@ -47,18 +61,26 @@ class RwSem {
   void down_read() {
     if (writer_) lock_violation("mmap_read_lock: held for write");
     ++readers_;
+    if (lock_timing) [[unlikely]]
+      lock_timing->acquire(this, false);
   }
   void up_read() {
     if (readers_ == 0) lock_violation("mmap_read_unlock: not held");
     --readers_;
+    if (lock_timing) [[unlikely]]
+      lock_timing->release(this, false);
   }
   void down_write() {
     if (writer_ || readers_) lock_violation("mmap_write_lock: already held");
     writer_ = true;
+    if (lock_timing) [[unlikely]]
+      lock_timing->acquire(this, true);
   }
   void up_write() {
     if (!writer_) lock_violation("mmap_write_unlock: not held for write");
     writer_ = false;
+    if (lock_timing) [[unlikely]]
+      lock_timing->release(this, true);
   }
   void downgrade_write() {  // mmap_write_downgrade
     up_write();

@@ -19,6 +19,7 @@ constexpr int ENOMEM_ = 12;
 int Kernel::break_cow_pte(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
   if (!pmd || !pmd_cow_pte(mm, pmd.get())) return 0;
   if (mm_cow_pte_odf(mm)) return tfork_one_pte_table(mm, pmd, addr);
+  PhaseScope phase(*this, Phase::break_cow_pte);
   Page& old = table_of(pmd.get());
   Page* nw = nullptr;
   if (cow_pte_count(old) > 1) {
@@ -35,15 +36,19 @@ int Kernel::break_cow_pte(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
       SpinGuard nptl(pte_lockptr(*nw));
       const pteval_t* src = table_base(old);
       EntryRef dst{nw, table_base(*nw)};
-      for (unsigned i = 0; i < PTRS_PER_TABLE; ++i, ++dst.p)
-        if (!pte_none(src[i])) set_pte_at(dst, src[i]);
+      for (unsigned i = 0; i < PTRS_PER_TABLE; ++i, ++dst.p) {
+        tm_entry({&old, table_base(old) + i});
+        if (pte_none(src[i])) continue;
+        set_pte_at(dst, src[i]);
+        tm_entry(dst);
+      }
       pmd_put_pte(old);
       SpinGuard pl(pmd_lockptr(*pmd.table));
       set_pmd_at(mm, pmd, mk_table_entry(mem.pfn(*nw)));  // nr_ptes -1 +1
     }
   }
   ++mm.write_protect_seq;
-  ++tlb.flush_range;  // flush_tlb_range over the 2 MiB span
+  flush_tlb_range(mm, addr & PMD_MASK, (addr & PMD_MASK) + PMD_SIZE);
   COWPTE_TRACE(*this, "break_cow_pte: pid {} at {:#x}: {}", mm.pid, addr & PMD_MASK,
                nw ? "copied" : "reused");
   return 0;
@@ -111,8 +116,10 @@ void Kernel::dereference_pte_table(MmStruct& mm, Page& table, vaddr_t span, MmGa
       const pteval_t v = pte.get();
       if (pte_none(v)) continue;
       pte_clear(pte);
+      tm_entry(pte);
       if (pte_special(v)) continue;
       Page& page = mem.page(pte_pfn(v));
+      tm_page(page, 1);
       --rss[mm_counter(page)];
       page_remove_rmap(page);
       if (tlb) {
@@ -138,6 +145,7 @@ void Kernel::dereference_pte_table(MmStruct& mm, Page& table, vaddr_t span, MmGa
 // a reference, a mapping (clearing PageAnonExclusive) and RSS in mm. Then let go of the shared
 // table. The paper copies even at count 1 (no reuse); the model keeps that rule.
 int Kernel::tfork_one_pte_table(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
+  PhaseScope phase(*this, Phase::tfork_one_pte_table);
   const vaddr_t span = addr & PMD_MASK;
   Page& old = table_of(pmd.get());
   Vma* vma = mm.vma_lookup(span);  // a shared table lies inside one VMA (fork's rule; splits
@@ -154,10 +162,12 @@ int Kernel::tfork_one_pte_table(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
     EntryRef src{&old, table_base(old)}, dst{nw, table_base(*nw)};
     for (unsigned i = 0; i < PTRS_PER_TABLE; ++i, ++src.p, ++dst.p) {
       pteval_t v = src.get();
+      tm_entry(src);
       if (pte_none(v)) continue;
       if (!pte_present(v)) [[unlikely]]
         throw InvariantViolation("tfork_one_pte_table: swap entry, but the model has no swap");
       if (Page* page = vm_normal_page(*vma, v)) {
+        tm_page(*page, 2);
         get_page(*page);
         if (PageAnon(*page) && page_try_dup_anon_rmap(*page, *vma)) [[unlikely]]
           throw InvariantViolation("tfork_one_pte_table: a pinned page in a shared table");
@@ -169,6 +179,8 @@ int Kernel::tfork_one_pte_table(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
         v = pte_wrprotect(v);
       }
       set_pte_at(dst, pte_mkold(v));
+      tm_entry(dst);
+      tm_cycles(hw ? hw->cfg.pte_op : 0);
     }
   }
   ++mm.write_protect_seq;
@@ -179,7 +191,7 @@ int Kernel::tfork_one_pte_table(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
     set_pmd_at(mm, pmd, mk_table_entry(mem.pfn(*nw)));
   }
   dereference_pte_table(mm, old, span, nullptr);
-  ++tlb.flush_range;
+  flush_tlb_range(mm, span, span + PMD_SIZE);
   COWPTE_TRACE(*this, "tfork_one_pte_table: pid {} at {:#x}", mm.pid, span);
   return 0;
 }

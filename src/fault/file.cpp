@@ -31,6 +31,7 @@ vm_fault_t Kernel::shmem_fault(VmFault& vmf) {
   if (!page) {
     page = mem.alloc_page();  // shmem_alloc_and_acct_folio; the cache's reference
     if (!page) return VM_FAULT_OOM;
+    tm_page_alloc(page, true);
     page->set(PG_swapbacked);
     page->mapping = &file;
     page->index = static_cast<std::uint32_t>(index);
@@ -136,6 +137,7 @@ vm_fault_t Kernel::do_shared_fault(VmFault& vmf) {
 // do_fault: shared anonymous memory is the only file-backed memory of the model, so a write
 // on a private file mapping (do_cow_fault) cannot occur.
 vm_fault_t Kernel::do_fault(VmFault& vmf) {
+  PhaseScope phase(*this, Phase::fault_shmem);
   vm_fault_t ret;
   if (!(vmf.flags & FAULT_FLAG_WRITE)) {
     ret = do_read_fault(vmf);

@@ -7,6 +7,7 @@ namespace cowpte {
 // do_anonymous_page: a read maps the shared zero page read-only; a write maps a new zeroed
 // page, exclusive to this process.
 vm_fault_t Kernel::do_anonymous_page(VmFault& vmf) {
+  PhaseScope phase(*this, Phase::fault_anonymous);
   Vma& vma = *vmf.vma;
   MmStruct& mm = *vma.vm_mm;
   if (vma.vm_flags & VM_SHARED) return VM_FAULT_SIGBUS;
@@ -18,12 +19,14 @@ vm_fault_t Kernel::do_anonymous_page(VmFault& vmf) {
     SpinGuard ptl(pte_lockptr(*vmf.pte.table));  // pte_offset_map_lock
     if (!pte_none(vmf.pte.get())) return 0;      // someone else mapped it
     set_pte_at(vmf.pte, entry);
+    tm_entry(vmf.pte);
     return 0;
   }
 
   if (!anon_vma_prepare(vma)) return VM_FAULT_OOM;
   Page* page = mem.alloc_page();  // alloc_zeroed_user_highpage_movable
   if (!page) return VM_FAULT_OOM;
+  tm_page_alloc(page, true);
   pteval_t entry = pfn_pte(mem.pfn(*page), vma.vm_page_prot);
   if (vma.vm_flags & VM_WRITE) entry = pte_mkwrite(pte_mkdirty(entry));
   vmf.pte = pte_offset_map(vmf.pmd, vmf.address);
@@ -35,6 +38,7 @@ vm_fault_t Kernel::do_anonymous_page(VmFault& vmf) {
   ++mm.rss_stat[MM_ANONPAGES];  // inc_mm_counter_fast
   page_add_new_anon_rmap(*page, vma);
   set_pte_at(vmf.pte, entry);
+  tm_entry(vmf.pte);
   return 0;
 }
 
@@ -45,6 +49,7 @@ vm_fault_t Kernel::handle_pte_fault(VmFault& vmf) {
   } else {
     vmf.pte = pte_offset_map(vmf.pmd, vmf.address);
     vmf.orig_pte = vmf.pte.get();
+    tm_entry(vmf.pte);
     if (pte_none(vmf.orig_pte)) vmf.pte = {};
   }
   if (!vmf.pte) return vma_is_anonymous(*vmf.vma) ? do_anonymous_page(vmf) : do_fault(vmf);

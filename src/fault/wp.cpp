@@ -32,6 +32,8 @@ vm_fault_t Kernel::wp_page_copy(VmFault& vmf) {
     release_old();
     return VM_FAULT_OOM;
   }
+  tm_page_alloc(new_page, !old_page);
+  if (old_page) tm_page_copy();
   if (old_page) mem.copy_page(*new_page, *old_page);  // else: zero-filled, like the zero page
 
   SpinLock& ptl = pte_lockptr(*vmf.pte.table);
@@ -59,9 +61,10 @@ vm_fault_t Kernel::wp_page_copy(VmFault& vmf) {
     if (vma.vm_flags & VM_WRITE) entry = pte_mkwrite(entry);
   }
   ptep_get_and_clear(vmf.pte);  // ptep_clear_flush_notify: clear, flush, then set
-  ++tlb.flush_page;
+  flush_tlb_page(mm, vmf.address);
   page_add_new_anon_rmap(*new_page, vma);
   set_pte_at(vmf.pte, entry);
+  tm_entry(vmf.pte);
   if (old_page) {
     page_remove_rmap(*old_page);
     mem.put_page(*old_page);  // the mapping's reference
@@ -83,6 +86,7 @@ vm_fault_t Kernel::wp_page_shared(VmFault& vmf) {
 // do_wp_page: called with the PTE lock held, for write and unshare faults on a read-only PTE.
 // Reuse an anon page that is exclusive, or that nobody else references; copy otherwise.
 vm_fault_t Kernel::do_wp_page(VmFault& vmf) {
+  PhaseScope phase(*this, Phase::fault_wp);
   Vma& vma = *vmf.vma;
   const bool unshare = vmf.flags & FAULT_FLAG_UNSHARE;
   SpinLock& ptl = pte_lockptr(*vmf.pte.table);

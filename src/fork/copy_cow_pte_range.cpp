@@ -52,6 +52,7 @@ int Kernel::copy_cow_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, Ent
       Page* no_prealloc = nullptr;
       do {
         const pteval_t v = pte.get();
+        tm_entry(pte);
         if (pte_none(v)) continue;
         if (!pte_present(v)) [[unlikely]]
           throw InvariantViolation("copy_cow_pte_range: swap entry, but the model has no swap");

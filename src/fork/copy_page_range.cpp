@@ -53,6 +53,7 @@ again:
   src_ptl.lock();  // spin_lock_nested(src_ptl, SINGLE_DEPTH_NESTING)
   do {
     const pteval_t v = src_pte.get();
+    tm_entry(src_pte);
     if (pte_none(v)) continue;
     if (!pte_present(v)) [[unlikely]]
       throw InvariantViolation("copy_pte_range: swap entry, but the model has no swap device");

@@ -13,6 +13,7 @@ int Kernel::dup_mmap(MmStruct& mm, MmStruct& oldmm) {
   cow_pte_recover = {};
   for (Vma& mpnt : oldmm.mm_mt) {
     if (mpnt.vm_flags & VM_DONTCOPY) continue;
+    if (hw) tm_cycles(hw->cfg.vma_op);
     Vma* tmp = vm_area_dup(mpnt);
     if (!tmp) {
       retval = -12;
@@ -35,7 +36,7 @@ int Kernel::dup_mmap(MmStruct& mm, MmStruct& oldmm) {
     if (!(tmp->vm_flags & VM_WIPEONFORK)) retval = copy_page_range(*tmp, mpnt);
     if (retval) break;
   }
-  ++tlb.flush_mm;  // flush_tlb_mm(oldmm)
+  flush_tlb_mm(oldmm);
   return retval;
 }
 
@@ -44,6 +45,7 @@ int Kernel::dup_mmap(MmStruct& mm, MmStruct& oldmm) {
 Result<Process*> Kernel::kernel_clone(Process& parent) {
   MmStruct& oldmm = *parent.mm();
   COWPTE_TRACE(*this, "fork: pid {} start", oldmm.pid);
+  if (hw) tm_cycles(hw->cfg.fork_base);  // copy_process: task, creds, files, signals, pid
   if (oldmm.test_flag(MMF_COW_PTE_READY)) {
     oldmm.clear_flag(MMF_COW_PTE_READY);
     oldmm.set_flag(MMF_COW_PTE);
@@ -60,7 +62,11 @@ Result<Process*> Kernel::kernel_clone(Process& parent) {
   }
   const int pid = static_cast<int>(procs.size()) + 1;  // alloc_pid, after copy_mm
   mm->pid = pid;
+  mm->pcid = pid_to_pcid(pid);
   procs.push_back(std::make_unique<Process>(machine, pid, std::move(mm)));
+  proc_stats.emplace_back();
+  // The child starts on the next CPU (the scheduler spreads them); its mm has run nowhere yet.
+  procs.back()->cpu_ = (parent.cpu() + 1) % cfg.cpus;
   COWPTE_TRACE(*this, "fork: pid {} -> child {}", oldmm.pid, pid);
   return procs.back().get();
 }

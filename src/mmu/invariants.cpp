@@ -35,6 +35,7 @@ class Checker {
       for (const GupRef& r : refs)
         ref_[raw(k_.mem.pfn(*r.page))] += r.pin ? GUP_PIN_COUNTING_BIAS : 1;
     check_frames();
+    if (k_.hw) check_hw();
   }
 
  private:
@@ -261,7 +262,66 @@ class Checker {
     RssVec rss{};  // On-demand-fork: the table's pages, counted once
   };
 
+  // The timing model's TLBs and paging-structure caches never know more than the tables: every
+  // cached translation belongs to a live process, maps the frame the PTE maps, is writable
+  // only if every level is, and claims D only if the PTE has it; every cached structure entry
+  // points at the table its entry points at. A kernel path that changes an entry without the
+  // flush Linux does leaves an entry that breaks this.
+  void check_hw() {
+    std::map<unsigned, MmStruct*> by_pcid;
+    for (const auto& p : k_.procs)
+      if (MmStruct* mm = p->mm()) by_pcid[mm->pcid] = mm;
+    const std::uint64_t vpn_mask = (1ull << 36) - 1;
+    for (std::size_t c = 0; c < k_.hw->cpus.size(); ++c) {
+      const Cpu& cpu = k_.hw->cpus[c];
+      auto check_tlb = [&](const SetAssoc<TlbEntry>::Way& w, const char* which) {
+        const vaddr_t va = (w.key & vpn_mask) << PAGE_SHIFT;
+        auto it = by_pcid.find(unsigned(w.key >> 36));
+        if (it == by_pcid.end())
+          fail(fmt::format("CPU {}: {} entry {:#x} of PCID {} that no live process has", c, which,
+                           va, w.key >> 36));
+        const pteval_t* e = walk(*it->second, va, 4);
+        if (!e || !pte_present(e[3]) || raw(pte_pfn(e[3])) != w.value.pfn)
+          fail(fmt::format("CPU {}: stale {} entry for {:#x} (pid {}): maps frame {:#x}", c,
+                           which, va, it->second->pid, w.value.pfn));
+        if (w.value.writable && !((e[0] & e[1] & e[2] & e[3]) & _PAGE_RW))
+          fail(fmt::format("CPU {}: {} entry for {:#x} (pid {}) writable, the tables are not", c,
+                           which, va, it->second->pid));
+        if (w.value.dirty && !(e[3] & _PAGE_DIRTY))
+          fail(fmt::format("CPU {}: {} entry for {:#x} (pid {}) dirty, the PTE is clean", c, which,
+                           va, it->second->pid));
+      };
+      cpu.dtlb_4k.for_each_valid([&](const auto& w) { check_tlb(w, "DTLB"); });
+      cpu.stlb.for_each_valid([&](const auto& w) { check_tlb(w, "STLB"); });
+      auto check_pwc = [&](const SetAssoc<PwcEntry>& pwc, unsigned shift, unsigned level) {
+        pwc.for_each_valid([&](const auto& w) {
+          const vaddr_t va = (w.key & vpn_mask) << shift;
+          auto it = by_pcid.find(unsigned(w.key >> 36));
+          const pteval_t* e = it == by_pcid.end() ? nullptr : walk(*it->second, va, level + 1);
+          if (!e || raw(pmd_pfn(e[level])) != w.value.table)
+            fail(fmt::format("CPU {}: stale paging-structure cache entry (level {}) for {:#x}", c,
+                             level, va));
+        });
+      };
+      check_pwc(cpu.pml4e, PGDIR_SHIFT, 0);
+      check_pwc(cpu.pdpte, PUD_SHIFT, 1);
+      check_pwc(cpu.pde, PMD_SHIFT, 2);
+    }
+  }
+  // The entries of the walk to va, levels deep; nullptr where a level is not present.
+  const pteval_t* walk(MmStruct& mm, vaddr_t va, unsigned levels) {
+    const unsigned idx[4] = {pgd_index(va), pud_index(va), pmd_index(va), pte_index(va)};
+    Page* t = mm.pgd;
+    for (unsigned l = 0; l < levels; ++l) {
+      walk_[l] = table_base(*t)[idx[l]];
+      if (!(walk_[l] & _PAGE_PRESENT)) return nullptr;
+      if (l + 1 < levels) t = &k_.table_of(walk_[l]);
+    }
+    return walk_;
+  }
+
   Kernel& k_;
+  pteval_t walk_[4] = {};
   std::map<const MmStruct*, Expect> expect_;
   std::map<std::uint64_t, SharedTable> shared_;
   std::uint64_t n_;

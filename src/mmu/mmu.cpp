@@ -9,6 +9,8 @@ namespace {
 struct HwWalk {
   Page* page = nullptr;     // the data frame, when the translation succeeded
   unsigned error_code = 0;  // the #PF error code otherwise
+  pteval_t pte = 0;         // the PTE, after A/D were set
+  bool writable = false;    // RW at every level
 };
 
 // One entry of the walk: present, user, and writable if this is a write.
@@ -42,11 +44,113 @@ static HwWalk hw_walk(Kernel& k, MmStruct& mm, vaddr_t addr, bool write) {
   return w;
 }
 
+// The same walk, timed (the timing model): the paging-structure caches let it skip the upper
+// levels (the PDE cache all three), every entry it reads is a data access through the caches,
+// and setting A or D is a locked update. Functionally it is hw_walk: the entries are always
+// read from the tables, so the structure caches only ever change the time.
+static HwWalk timed_hw_walk(Kernel& k, Cpu& cpu, MmStruct& mm, vaddr_t addr, bool write) {
+  Hardware& hw = *k.hw;
+  const unsigned pcid = mm.pcid;
+  unsigned first = 0;  // the first level whose entry must be read
+  if (cpu.pde.lookup(tlb_key(pcid, addr, PMD_SHIFT))) {
+    first = 3, ++cpu.stats.pwc_pde_hits;
+  } else if (cpu.pdpte.lookup(tlb_key(pcid, addr, PUD_SHIFT))) {
+    first = 2, ++cpu.stats.pwc_pdpte_hits;
+  } else if (cpu.pml4e.lookup(tlb_key(pcid, addr, PGDIR_SHIFT))) {
+    first = 1, ++cpu.stats.pwc_pml4e_hits;
+  }
+  cpu.clock += hw.cfg.pwc_pde.latency;
+  HwWalk w;
+  w.error_code = X86_PF_USER | (write ? unsigned(X86_PF_WRITE) : 0u);
+  Page* table = mm.pgd;
+  bool writable = true;
+  const unsigned idx[4] = {pgd_index(addr), pud_index(addr), pmd_index(addr), pte_index(addr)};
+  SetAssoc<PwcEntry>* pwc[3] = {&cpu.pml4e, &cpu.pdpte, &cpu.pde};
+  const unsigned shift[3] = {PGDIR_SHIFT, PUD_SHIFT, PMD_SHIFT};
+  for (unsigned level = 0; level < 4; ++level) {
+    pteval_t& e = table_base(*table)[idx[level]];
+    if (level >= first) hw.access(cpu, (raw(k.mem.pfn(*table)) << PAGE_SHIFT) | idx[level] * 8);
+    if (!entry_allows(e, write, w.error_code)) return w;
+    const pteval_t set = _PAGE_ACCESSED | (level == 3 && write ? _PAGE_DIRTY : 0);
+    if ((e & set) != set) {
+      e |= set;
+      cpu.clock += hw.cfg.atomic_rmw;
+    }
+    writable &= (e & _PAGE_RW) != 0;
+    if (level == 3) break;
+    Page& next = k.table_of(e);
+    if (level >= first) {
+      const PwcEntry pe{raw(k.mem.pfn(next)), writable};
+      pwc[level]->insert(tlb_key(pcid, addr, shift[level]), pe);
+    }
+    table = &next;
+  }
+  w.pte = table_base(*table)[idx[3]];
+  w.writable = writable;
+  w.page = &k.mem.page(pte_pfn(w.pte));
+  return w;
+}
+
+// A user access with the timing model: the DTLB, then the STLB, then a timed walk that fills
+// both. A TLB entry serves a read, and a write if it is writable and was filled with D set
+// (otherwise the walk runs again, so that D gets set: blitz/vmmu issue #3). A fault drops the
+// translation, pays the exception and the handler, and the instruction retries.
+Result<std::uint64_t> Kernel::timed_user_access(MmStruct& mm, vaddr_t addr, bool write,
+                                                std::uint64_t val) {
+  Cpu& cpu = *cur_cpu;
+  const TimingConfig& c = hw->cfg;
+  PhaseScope phase(*this, Phase::user_access);
+  const std::uint64_t key = tlb_key(mm.pcid, addr, PAGE_SHIFT);
+  const unsigned off = addr & (PAGE_SIZE - 1);
+  auto data_access = [&](std::uint64_t pfn) -> std::uint64_t {
+    hw->access(cpu, (pfn << PAGE_SHIFT) | off);
+    Page& page = mem.page(Pfn{pfn});
+    if (!write) return mem.load_word(page, off);
+    mem.store_word(page, off, val);
+    return val;
+  };
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    cpu.clock += c.dtlb_4k.latency;
+    TlbEntry e;
+    bool hit = false;
+    if (auto* w = cpu.dtlb_4k.lookup(key)) {
+      e = w->value, hit = true, ++cpu.stats.dtlb_hits;
+    } else {
+      cpu.clock += c.stlb.latency;
+      if (auto* s = cpu.stlb.lookup(key)) {
+        e = s->value, hit = true, ++cpu.stats.stlb_hits;
+        cpu.dtlb_4k.insert(key, e);
+      }
+    }
+    if (hit && (!write || (e.writable && e.dirty))) return data_access(e.pfn);
+    if (hit && write && e.writable) ++cpu.stats.walk_dirty_rewalks;
+    if (!hit) ++cpu.stats.tlb_misses;
+    const std::uint64_t t0 = cpu.clock;
+    const HwWalk w = timed_hw_walk(*this, cpu, mm, addr, write);
+    ++cpu.stats.walks;
+    cpu.stats.walk_cycles += cpu.clock - t0;
+    if (w.page) {
+      const TlbEntry fill{raw(mem.pfn(*w.page)), w.writable, (w.pte & _PAGE_DIRTY) != 0};
+      cpu.stlb.insert(key, fill);
+      cpu.dtlb_4k.insert(key, fill);
+      return data_access(fill.pfn);
+    }
+    cpu.dtlb_4k.invalidate(key);  // a #PF invalidates the faulting translation
+    cpu.stlb.invalidate(key);
+    cpu.clock += c.exception;
+    const vm_fault_t f = do_user_addr_fault(mm, addr, w.error_code);
+    if (f & VM_FAULT_OOM) return Errno::nomem;
+    if (f & (VM_FAULT_SIGSEGV | VM_FAULT_SIGBUS)) return Errno::fault;
+  }
+  throw InvariantViolation("user access: the fault handler did not make progress");
+}
+
 // A user load or store: walk; on a fault let the kernel handle it and retry the instruction.
 Result<std::uint64_t> Kernel::user_access(MmStruct& mm, vaddr_t addr, bool write,
                                           std::uint64_t val) {
   if (addr & 7) return Errno::inval;
   if (!is_canonical(addr) || addr >= TASK_SIZE) return Errno::fault;  // kernel half: SIGSEGV
+  if (cur_cpu) return timed_user_access(mm, addr, write, val);
   const unsigned off = addr & (PAGE_SIZE - 1);
   for (int attempt = 0; attempt < 8; ++attempt) {
     HwWalk w = hw_walk(*this, mm, addr, write);

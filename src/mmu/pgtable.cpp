@@ -18,9 +18,21 @@ Page* alloc_table(PhysMem& mem) {
 }
 }  // namespace
 
-Page* Kernel::pte_alloc_one(MmStruct&) { return alloc_table(mem); }
-Page* Kernel::pmd_alloc_one(MmStruct&) { return alloc_table(mem); }
-Page* Kernel::pud_alloc_one(MmStruct&) { return alloc_table(mem); }
+Page* Kernel::pte_alloc_one(MmStruct&) {
+  Page* t = alloc_table(mem);
+  tm_page_alloc(t, true);
+  return t;
+}
+Page* Kernel::pmd_alloc_one(MmStruct&) {
+  Page* t = alloc_table(mem);
+  tm_page_alloc(t, true);
+  return t;
+}
+Page* Kernel::pud_alloc_one(MmStruct&) {
+  Page* t = alloc_table(mem);
+  tm_page_alloc(t, true);
+  return t;
+}
 
 void Kernel::pgtable_free(Page& table) {
   if (table.ptl.is_locked()) lock_violation("freeing a page table whose lock is held");

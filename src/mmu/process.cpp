@@ -54,6 +54,11 @@ Kernel::Kernel(Machine& m, const MachineConfig& c) : machine(m), cfg(c), mem(c.m
     if (!tracer) tracer = spdlog::stderr_color_mt("cowpte");
     tracer->set_level(spdlog::level::trace);
   }
+  if (cfg.timing.enabled) {
+    if (cfg.cpus == 0 || cfg.cpus > 64) throw std::invalid_argument("cowpte: cpus must be 1..64");
+    hw = std::make_unique<Hardware>(cfg.timing, cfg.cpus, cfg.memory_bytes);
+    timed_locks = make_timed_locks(*this);
+  }
 }
 
 Kernel::~Kernel() { procs.clear(); }
@@ -63,7 +68,9 @@ Process& Kernel::spawn() {
   if (!pgd_alloc(*mm)) throw std::runtime_error("cowpte: out of memory for a new pgd");
   const int pid = static_cast<int>(procs.size()) + 1;
   mm->pid = pid;
+  mm->pcid = pid_to_pcid(pid);
   procs.push_back(std::make_unique<Process>(machine, pid, std::move(mm)));
+  proc_stats.emplace_back();
   return *procs.back();
 }
 
@@ -84,6 +91,8 @@ void Kernel::release_gup_refs(int pid) {
 // buffers, vmsplice pipes) are released with it.
 void Kernel::do_exit(Process& p) {
   exit_mmap(*p.mm_);
+  if (hw)  // the PCID will be reused: drop whatever any CPU still caches for it
+    for (Cpu& cpu : hw->cpus) hw->flush_pcid(cpu, p.mm_->pcid);
   release_gup_refs(p.pid());
   pgd_free(*p.mm_);
   p.mm_.reset();
@@ -114,6 +123,11 @@ void Machine::check_invariants() const { kernel_->check_invariants(); }
 std::uint64_t Machine::total_pages() const { return kernel_->mem.total_pages(); }
 std::uint64_t Machine::free_pages() const { return kernel_->mem.free_pages(); }
 const MachineConfig& Machine::config() const { return kernel_->cfg; }
+bool Machine::timed() const { return kernel_->hw != nullptr; }
+std::uint64_t Machine::cycles(unsigned cpu) const {
+  if (!kernel_->hw || cpu >= kernel_->hw->cpus.size()) return 0;
+  return kernel_->hw->cpus[cpu].clock;
+}
 pfn_t Machine::zero_pfn() const { return raw(kernel_->mem.pfn(*kernel_->zero_page)); }
 void Machine::fail_nth_allocation(std::uint64_t n) { kernel_->mem.fail_nth_allocation(n); }
 std::uint64_t Machine::allocations() const { return kernel_->mem.allocations(); }
@@ -155,41 +169,71 @@ Process::~Process() = default;
 
 bool Process::alive() const { return mm_ != nullptr; }
 
+// A syscall of this process, timed on its CPU as other_syscall (fork, munmap and exit time
+// their own phases inside).
+#define COWPTE_SYSCALL(phase)                         \
+  Kernel& k = machine_->kernel();                     \
+  Kernel::Entry entry(k, *this, true);                \
+  Kernel::PhaseScope phase_scope(k, phase)
+
 Result<vaddr_t> Process::mmap(vaddr_t addr, std::uint64_t length, Prot prot, MapFlags flags) {
   if (!alive()) return Errno::srch;
-  return machine_->kernel().do_mmap(*mm_, addr, length, prot, flags);
+  COWPTE_SYSCALL(Phase::other_syscall);
+  return k.do_mmap(*mm_, addr, length, prot, flags);
 }
 
 Result<void> Process::munmap(vaddr_t addr, std::uint64_t length) {
   if (!alive()) return Errno::srch;
-  return machine_->kernel().do_munmap(*mm_, addr, length);
+  COWPTE_SYSCALL(Phase::zap);
+  return k.do_munmap(*mm_, addr, length);
 }
 
 Result<void> Process::mprotect(vaddr_t addr, std::uint64_t length, Prot prot) {
   if (!alive()) return Errno::srch;
-  return machine_->kernel().do_mprotect_pkey(*mm_, addr, length, prot);
+  COWPTE_SYSCALL(Phase::other_syscall);
+  return k.do_mprotect_pkey(*mm_, addr, length, prot);
 }
 
 Result<void> Process::madvise(vaddr_t addr, std::uint64_t length, Advice advice) {
   if (!alive()) return Errno::srch;
-  return machine_->kernel().do_madvise(*mm_, addr, length, advice);
+  COWPTE_SYSCALL(advice == Advice::dontneed ? Phase::zap : Phase::other_syscall);
+  return k.do_madvise(*mm_, addr, length, advice);
 }
 
 Result<std::uint64_t> Process::load(vaddr_t addr) {
   if (!alive()) return Errno::srch;
-  return machine_->kernel().user_access(*mm_, addr, false, 0);
+  Kernel& k = machine_->kernel();
+  Kernel::Entry entry(k, *this, false);
+  return k.user_access(*mm_, addr, false, 0);
 }
 
 Result<void> Process::store(vaddr_t addr, std::uint64_t value) {
   if (!alive()) return Errno::srch;
-  auto r = machine_->kernel().user_access(*mm_, addr, true, value);
+  Kernel& k = machine_->kernel();
+  Kernel::Entry entry(k, *this, false);
+  auto r = k.user_access(*mm_, addr, true, value);
   if (!r) return r.error();
   return {};
 }
 
 Result<Process*> Process::fork() {
   if (!alive()) return Errno::srch;
-  return machine_->kernel().kernel_clone(*this);
+  COWPTE_SYSCALL(Phase::fork);
+  return k.kernel_clone(*this);
+}
+
+Result<void> Process::set_cpu(unsigned cpu) {
+  if (!alive()) return Errno::srch;
+  if (cpu >= machine_->config().cpus) return Errno::inval;
+  cpu_ = cpu;
+  return {};
+}
+
+const HwStats& Process::hw_stats() const {
+  Kernel& k = const_cast<Kernel&>(machine_->kernel());
+  if (k.hw)
+    for (Cpu& c : k.hw->cpus) k.settle_stats(c, c.owner);
+  return k.proc_stats[std::size_t(pid_ - 1)];
 }
 
 // prctl(PR_SET_COW_PTE): the next fork shares PTE tables. Once MMF_COW_PTE is set it stays.
@@ -291,6 +335,7 @@ static Result<void> facade_gup_release(Kernel& k, int pid, vaddr_t addr, std::ui
 
 Result<void> Process::pin(vaddr_t addr, std::uint64_t length, PinFlags flags) {
   if (!alive()) return Errno::srch;
+  COWPTE_SYSCALL(Phase::other_syscall);
   const auto f = static_cast<std::uint32_t>(flags);
   if (f & ~static_cast<std::uint32_t>(PinFlags::write | PinFlags::longterm)) return Errno::inval;
   return facade_gup(machine_->kernel(), *mm_, pid_, addr, length, FOLL_PIN | FOLL_TOUCH | f);
@@ -298,16 +343,19 @@ Result<void> Process::pin(vaddr_t addr, std::uint64_t length, PinFlags flags) {
 
 Result<void> Process::unpin(vaddr_t addr, std::uint64_t length) {
   if (!alive()) return Errno::srch;
+  COWPTE_SYSCALL(Phase::other_syscall);
   return facade_gup_release(machine_->kernel(), pid_, addr, length, true);
 }
 
 Result<void> Process::gup_get(vaddr_t addr, std::uint64_t length) {
   if (!alive()) return Errno::srch;
+  COWPTE_SYSCALL(Phase::other_syscall);
   return facade_gup(machine_->kernel(), *mm_, pid_, addr, length, FOLL_GET | FOLL_TOUCH);
 }
 
 Result<void> Process::gup_put(vaddr_t addr, std::uint64_t length) {
   if (!alive()) return Errno::srch;
+  COWPTE_SYSCALL(Phase::other_syscall);
   return facade_gup_release(machine_->kernel(), pid_, addr, length, false);
 }
 
@@ -324,11 +372,14 @@ Result<std::uint64_t> Process::read_gup(vaddr_t addr) const {
 
 Result<void> Process::clear_soft_dirty() {
   if (!alive()) return Errno::srch;
+  COWPTE_SYSCALL(Phase::other_syscall);
   return machine_->kernel().clear_refs_soft_dirty(*mm_);
 }
 
 void Process::exit() {
-  if (alive()) machine_->kernel().do_exit(*this);
+  if (!alive()) return;
+  COWPTE_SYSCALL(Phase::exit);
+  k.do_exit(*this);
 }
 
 PagemapEntry Process::pagemap(vaddr_t addr) const {

@@ -114,7 +114,7 @@ Result<void> Kernel::clear_refs_soft_dirty(MmStruct& mm) {
       }
     }
   }
-  ++tlb.flush_mm;  // flush_tlb_mm
+  flush_tlb_mm(mm);
   return {};
 }
 

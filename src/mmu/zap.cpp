@@ -17,10 +17,15 @@ void Kernel::zap_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, 
   SpinGuard ptl(pte_lockptr(*pte.table));  // pte_offset_map_lock
   do {
     const pteval_t v = pte.get();
+    tm_entry(pte);
     if (pte_none(v)) continue;
     if (!pte_present(v)) [[unlikely]]
       throw InvariantViolation("zap_pte_range: swap entry, but the model has no swap device");
     Page* page = vm_normal_page(vma, v);
+    if (cur_cpu) [[unlikely]] {
+      tm_cycles(hw->cfg.pte_op);
+      if (page) tm_page(*page, 1);  // page_remove_rmap; the reference goes after the flush
+    }
     ptep_get_and_clear(pte);  // ptep_get_and_clear_full
     tlb.tlb_remove_tlb_entry(addr, PAGE_SIZE);
     if (!page) continue;                                        // the zero page
@@ -41,8 +46,10 @@ void Kernel::zap_cow_pte_range(MmGather& tlb, EntryRef pmd, vaddr_t addr, vaddr_
   SpinGuard ptl(pte_lockptr(*pte.table));
   do {
     const pteval_t v = pte.get();
+    tm_entry(pte);
     if (pte_none(v) || pte_special(v)) continue;
     Page& page = mem.page(pte_pfn(v));
+    tm_page(page, 1);
     --rss[mm_counter(page)];
     page_remove_rmap(page);
     tlb.pages.push_back(&page);
@@ -69,8 +76,7 @@ bool Kernel::zap_cow_pte(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, va
   const bool odf = mm_cow_pte_odf(mm);
   if (!odf && cow_pte_count(table) == 1) {
     SpinGuard pl(pmd_lockptr(*pmd.table));
-    set_pmd_at(mm, pmd, pmd_mkwrite(pmd.get()));
-    ++this->tlb.flush_range;
+    set_pmd_at(mm, pmd, pmd_mkwrite(pmd.get()));  // an upgrade: no flush needed
     return false;
   }
   const bool whole_mm =
@@ -154,14 +160,17 @@ void Kernel::zap_page_range(MmStruct& mm, vaddr_t start, vaddr_t end) {
 
 // tlb_finish_mmu: flush, then drop the queued page references and free the queued tables.
 void Kernel::tlb_finish_mmu(MmGather& tlb) {
-  if (tlb.need_flush() || tlb.fullmm || !tlb.tables.empty()) {
-    if (tlb.fullmm) {
-      ++this->tlb.flush_mm;
-    } else {
-      ++this->tlb.flush_range;
-    }
+  // Freed tables may sit in paging-structure caches: flush the whole PCID (x86's
+  // flush_tlb_mm_range does so for freed_tables beyond the single-page ceiling).
+  if (tlb.fullmm || !tlb.tables.empty()) {
+    flush_tlb_mm(*tlb.mm);
+  } else if (tlb.need_flush()) {
+    flush_tlb_range(*tlb.mm, tlb.start, tlb.end);
   }
-  for (Page* p : tlb.pages) mem.put_page(*p);
+  for (Page* p : tlb.pages) {
+    tm_page(*p, 1);
+    mem.put_page(*p);
+  }
   for (Page* t : tlb.tables) pgtable_free(*t);
   tlb.pages.clear();
   tlb.tables.clear();

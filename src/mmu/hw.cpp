@@ -1,0 +1,135 @@
+// The timing model's caches and the invalidation of TLBs and paging-structure caches.
+#include "cowpte/hw.hpp"
+
+#include <nlohmann/json.hpp>
+
+namespace cowpte {
+
+const char* to_string(Phase p) noexcept {
+  static constexpr const char* kNames[] = {
+      "user_access", "fork", "fault_anonymous",     "fault_wp", "fault_shmem",
+      "break_cow_pte", "tfork_one_pte_table", "zap", "exit",     "other_syscall"};
+  static_assert(std::size(kNames) == std::size_t(Phase::count));
+  return kNames[std::size_t(p)];
+}
+
+namespace {
+// Apply f to every counter of a and the same counter of b.
+template <class F>
+void each_counter(HwStats& a, const HwStats& b, F f) {
+  for (std::size_t i = 0; i < a.phase.size(); ++i) {
+    f(a.phase[i].count, b.phase[i].count);
+    f(a.phase[i].cycles, b.phase[i].cycles);
+  }
+  std::uint64_t HwStats::*const fields[] = {
+      &HwStats::dtlb_hits,      &HwStats::stlb_hits,          &HwStats::tlb_misses,
+      &HwStats::walks,          &HwStats::walk_cycles,        &HwStats::walk_dirty_rewalks,
+      &HwStats::pwc_pml4e_hits, &HwStats::pwc_pdpte_hits,     &HwStats::pwc_pde_hits,
+      &HwStats::l1d_hits,       &HwStats::l2_hits,            &HwStats::llc_hits,
+      &HwStats::dram_accesses,  &HwStats::invlpg,             &HwStats::full_flushes,
+      &HwStats::shootdowns_sent, &HwStats::shootdowns_received, &HwStats::lock_waits,
+      &HwStats::lock_wait_cycles};
+  for (auto f_ : fields) f(a.*f_, b.*f_);
+}
+}  // namespace
+
+HwStats& HwStats::operator+=(const HwStats& o) noexcept {
+  each_counter(*this, o, [](std::uint64_t& x, std::uint64_t y) { x += y; });
+  return *this;
+}
+HwStats& HwStats::operator-=(const HwStats& o) noexcept {
+  each_counter(*this, o, [](std::uint64_t& x, std::uint64_t y) { x -= y; });
+  return *this;
+}
+
+Hardware::Hardware(const TimingConfig& c, unsigned ncpus, std::uint64_t memory_bytes)
+    : cfg(c),
+      llc(c.llc.sets, c.llc.ways),
+      vmemmap_base((memory_bytes + (1ull << 30) - 1) & ~((1ull << 30) - 1)) {
+  cpus.reserve(ncpus);
+  for (unsigned i = 0; i < ncpus; ++i) cpus.emplace_back(c);
+}
+
+// L1 missed the line-filter: look it up level by level; each level's latency adds up.
+std::uint64_t Hardware::miss_path(Cpu& cpu, std::uint64_t line) noexcept {
+  std::uint64_t lat = cfg.l1d.latency;
+  if (cpu.l1d.lookup(line)) {
+    ++cpu.stats.l1d_hits;
+  } else {
+    lat += cfg.l2.latency;
+    if (cpu.l2.lookup(line)) {
+      ++cpu.stats.l2_hits;
+    } else {
+      lat += cfg.llc.latency;
+      if (llc.lookup(line)) {
+        ++cpu.stats.llc_hits;
+      } else {
+        lat += cfg.dram_latency;
+        ++cpu.stats.dram_accesses;
+        llc.insert(line);
+      }
+      cpu.l2.insert(line);
+      if (cfg.next_line_prefetch) cpu.l2.insert(line + 1);
+    }
+    cpu.l1d.insert(line);
+  }
+  cpu.clock += lat;
+  return lat;
+}
+
+void Hardware::invlpg(Cpu& cpu, unsigned pcid, vaddr_t va) noexcept {
+  const std::uint64_t key = tlb_key(pcid, va, 12);
+  cpu.dtlb_4k.invalidate(key);
+  cpu.stlb.invalidate(key);
+  auto same_pcid = [pcid](const auto& w) { return (w.key >> 36) == pcid; };
+  cpu.pml4e.invalidate_if(same_pcid);
+  cpu.pdpte.invalidate_if(same_pcid);
+  cpu.pde.invalidate_if(same_pcid);
+  ++cpu.stats.invlpg;
+}
+
+void Hardware::flush_pcid(Cpu& cpu, unsigned pcid) noexcept {
+  auto same_pcid = [pcid](const auto& w) { return (w.key >> 36) == pcid; };
+  cpu.dtlb_4k.invalidate_if(same_pcid);
+  cpu.stlb.invalidate_if(same_pcid);
+  cpu.pml4e.invalidate_if(same_pcid);
+  cpu.pdpte.invalidate_if(same_pcid);
+  cpu.pde.invalidate_if(same_pcid);
+  ++cpu.stats.full_flushes;
+}
+
+nlohmann::json hw_stats_to_json(const HwStats& s) {
+  nlohmann::json j;
+  for (std::size_t i = 0; i < s.phase.size(); ++i)
+    j["phases"][to_string(Phase(i))] = {{"count", s.phase[i].count},
+                                        {"cycles", s.phase[i].cycles}};
+  j["tlb"] = {{"dtlb_hits", s.dtlb_hits},     {"stlb_hits", s.stlb_hits},
+              {"misses", s.tlb_misses},       {"walks", s.walks},
+              {"walk_cycles", s.walk_cycles}, {"dirty_rewalks", s.walk_dirty_rewalks}};
+  j["pwc"] = {{"pml4e_hits", s.pwc_pml4e_hits},
+              {"pdpte_hits", s.pwc_pdpte_hits},
+              {"pde_hits", s.pwc_pde_hits}};
+  j["cache"] = {{"l1d_hits", s.l1d_hits},
+                {"l2_hits", s.l2_hits},
+                {"llc_hits", s.llc_hits},
+                {"dram", s.dram_accesses}};
+  j["flush"] = {{"invlpg", s.invlpg},
+                {"full", s.full_flushes},
+                {"shootdowns_sent", s.shootdowns_sent},
+                {"shootdowns_received", s.shootdowns_received}};
+  j["locks"] = {{"waits", s.lock_waits}, {"wait_cycles", s.lock_wait_cycles}};
+  return j;
+}
+
+std::string Hardware::stats_json() const {
+  nlohmann::json j = nlohmann::json::array();
+  for (std::size_t i = 0; i < cpus.size(); ++i) {
+    nlohmann::json c = hw_stats_to_json(cpus[i].stats);
+    c["cpu"] = i;
+    c["cycles"] = cpus[i].clock;
+    j.push_back(std::move(c));
+  }
+  return j.dump(2);
+}
+
+}  // namespace cowpte

@@ -1,0 +1,160 @@
+// The timing model's kernel side: entering the kernel on a CPU, phases, lock timing in
+// simulated time, and TLB flushes with shootdowns (arch/x86/mm/tlb.c).
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <unordered_map>
+
+#include "cowpte/kernel.hpp"
+
+namespace cowpte {
+
+namespace {
+
+// Simulated-time locks: each lock remembers when its last writer (and its last reader) let it
+// go. A CPU taking it earlier than that waits until then: contention between CPUs' kernel
+// paths, deterministic for a given operation order.
+class TimedLocks final : public LockTiming {
+ public:
+  explicit TimedLocks(Kernel& k) : k_(k) {}
+
+  void acquire(const void* lock, bool exclusive) override {
+    Cpu* cpu = k_.cur_cpu;
+    if (!cpu) return;
+    const Times& t = times_[lock];
+    const std::uint64_t ready = exclusive ? std::max(t.write_free, t.read_free) : t.write_free;
+    if (ready > cpu->clock) {
+      ++cpu->stats.lock_waits;
+      cpu->stats.lock_wait_cycles += ready - cpu->clock;
+      cpu->clock = ready;
+    }
+    cpu->clock += k_.hw->cfg.lock_acquire;
+  }
+  void release(const void* lock, bool exclusive) override {
+    Cpu* cpu = k_.cur_cpu;
+    if (!cpu) return;
+    cpu->clock += k_.hw->cfg.lock_release;
+    Times& t = times_[lock];
+    std::uint64_t& at = exclusive ? t.write_free : t.read_free;
+    at = std::max(at, cpu->clock);
+  }
+
+ private:
+  struct Times {
+    std::uint64_t write_free = 0, read_free = 0;
+  };
+  Kernel& k_;
+  std::unordered_map<const void*, Times> times_;
+};
+
+}  // namespace
+
+std::unique_ptr<LockTiming> make_timed_locks(Kernel& k) { return std::make_unique<TimedLocks>(k); }
+
+void Kernel::end_phase(Phase p, std::uint64_t start) noexcept {
+  PhaseStat& s = cur_cpu->stats.phase[std::size_t(p)];
+  ++s.count;
+  s.cycles += cur_cpu->clock - start;
+}
+
+void Kernel::settle_stats(Cpu& cpu, int new_owner) noexcept {
+  if (cpu.owner) {
+    HwStats delta = cpu.stats;
+    delta -= cpu.at_switch;
+    proc_stats[std::size_t(cpu.owner - 1)] += delta;
+  }
+  cpu.at_switch = cpu.stats;
+  cpu.owner = new_owner;
+}
+
+Kernel::Entry::Entry(Kernel& k, Process& p, bool syscall) : k_(k), prev_(k.cur_cpu) {
+  if (!k.hw) return;
+  Cpu& cpu = k.hw->cpus[p.cpu()];
+  if (cpu.owner != p.pid()) k.settle_stats(cpu, p.pid());  // a context switch
+  k.cur_cpu = &cpu;
+  if (MmStruct* mm = p.mm()) mm->cpumask |= 1ull << p.cpu();
+  if (syscall) cpu.clock += k.hw->cfg.syscall;
+  lock_timing = k.timed_locks.get();
+}
+
+Kernel::Entry::~Entry() {
+  if (!k_.hw) return;
+  k_.cur_cpu = prev_;
+  if (!prev_) lock_timing = nullptr;
+}
+
+namespace {
+// Run a flush on every CPU of mm_cpumask: the current CPU pays it, every other one takes a
+// shootdown IPI (the initiator sends and waits for the acknowledgement; the target runs the
+// interrupt and the flush).
+template <class Flush>
+void flush_on_cpus(Kernel& k, MmStruct& mm, Flush&& flush) {
+  Hardware& hw = *k.hw;
+  for (unsigned i = 0; i < hw.cpus.size(); ++i) {
+    if (!(mm.cpumask & (1ull << i))) continue;
+    Cpu& cpu = hw.cpus[i];
+    const std::uint64_t cost = flush(cpu);
+    if (&cpu == k.cur_cpu) {
+      cpu.clock += cost;
+      continue;
+    }
+    cpu.clock += hw.cfg.ipi_handle + cost;
+    ++cpu.stats.shootdowns_received;
+    if (k.cur_cpu) {
+      k.cur_cpu->clock += hw.cfg.ipi_send;
+      ++k.cur_cpu->stats.shootdowns_sent;
+    }
+  }
+}
+}  // namespace
+
+void Kernel::flush_tlb_range(MmStruct& mm, vaddr_t start, vaddr_t end) {
+  ++tlb.flush_range;
+  if (!hw) return;
+  const std::uint64_t pages = (end - start) >> PAGE_SHIFT;
+  flush_on_cpus(*this, mm, [&](Cpu& cpu) -> std::uint64_t {
+    if (pages > hw->cfg.flush_ceiling) {
+      hw->flush_pcid(cpu, mm.pcid);
+      return hw->cfg.full_flush;
+    }
+    for (vaddr_t a = start; a < end; a += PAGE_SIZE) hw->invlpg(cpu, mm.pcid, a);
+    return pages * hw->cfg.invlpg;
+  });
+}
+
+void Kernel::flush_tlb_mm(MmStruct& mm) {
+  ++tlb.flush_mm;
+  if (!hw) return;
+  flush_on_cpus(*this, mm, [&](Cpu& cpu) -> std::uint64_t {
+    hw->flush_pcid(cpu, mm.pcid);
+    return hw->cfg.full_flush;
+  });
+}
+
+void Kernel::flush_tlb_page(MmStruct& mm, vaddr_t addr) {
+  ++tlb.flush_page;
+  if (!hw) return;
+  flush_on_cpus(*this, mm, [&](Cpu& cpu) -> std::uint64_t {
+    hw->invlpg(cpu, mm.pcid, addr);
+    return hw->cfg.invlpg;
+  });
+}
+
+nlohmann::json hw_stats_to_json(const HwStats& s);  // src/mmu/hw.cpp
+
+std::string Machine::hw_stats_json() const {
+  Kernel& k = const_cast<Kernel&>(*kernel_);
+  if (!k.hw) return "{}";
+  for (Cpu& c : k.hw->cpus) k.settle_stats(c, c.owner);
+  nlohmann::json j;
+  j["ghz"] = k.hw->cfg.ghz;
+  j["cpus"] = nlohmann::json::parse(k.hw->stats_json());
+  for (std::size_t i = 0; i < k.proc_stats.size(); ++i) {
+    nlohmann::json p = hw_stats_to_json(k.proc_stats[i]);
+    p["pid"] = i + 1;
+    j["processes"].push_back(std::move(p));
+  }
+  return j.dump(2);
+}
+
+}  // namespace cowpte
