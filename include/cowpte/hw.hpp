@@ -33,16 +33,16 @@ struct PwcEntry {
 
 // Where the cycles went, per CPU and per process.
 enum class Phase : std::uint8_t {
-  user_access,           // loads and stores, including TLB misses and walks
-  fork,                  // kernel_clone, the whole address-space copy
-  fault_anonymous,       // do_anonymous_page
-  fault_wp,              // do_wp_page (COW copy, reuse, unshare)
-  fault_shmem,           // do_fault on shmem
-  break_cow_pte,         // break_cow_pte (the seed's COW PTE)
-  tfork_one_pte_table,   // On-demand-fork's table copy
-  zap,                   // munmap / MADV_DONTNEED
-  exit,                  // exit_mmap
-  other_syscall,         // mmap, mprotect, madvise, pin, ...
+  user_access,          // loads and stores, including TLB misses and walks
+  fork,                 // kernel_clone, the whole address-space copy
+  fault_anonymous,      // do_anonymous_page
+  fault_wp,             // do_wp_page (COW copy, reuse, unshare)
+  fault_shmem,          // do_fault on shmem
+  break_cow_pte,        // break_cow_pte (the seed's COW PTE)
+  tfork_one_pte_table,  // On-demand-fork's table copy
+  zap,                  // munmap / MADV_DONTNEED
+  exit,                 // exit_mmap
+  other_syscall,        // mmap, mprotect, madvise, pin, ...
   count
 };
 const char* to_string(Phase) noexcept;
@@ -74,7 +74,7 @@ struct Cpu {
         l1d(c.l1d.sets, c.l1d.ways),
         l2(c.l2.sets, c.l2.ways) {}
 
-  SetAssoc<TlbEntry> dtlb_4k, stlb;  // keys: PCID << 36 | virtual page number
+  SetAssoc<TlbEntry> dtlb_4k, stlb;      // keys: PCID << 36 | virtual page number
   SetAssoc<PwcEntry> pml4e, pdpte, pde;  // keys: PCID << 36 | va >> 39, 30, 21
   SetAssoc<> l1d, l2;                    // keys: physical line number
   std::uint64_t clock = 0;               // cycles this CPU has run

@@ -84,8 +84,8 @@ class Kernel {
 
   // ---- the timing model (src/mmu/timing.cpp); hw is null when it is off ----
   std::unique_ptr<Hardware> hw;
-  Cpu* cur_cpu = nullptr;            // the CPU the current kernel path runs on, while timed
-  std::vector<HwStats> proc_stats;   // per process (index pid - 1)
+  Cpu* cur_cpu = nullptr;           // the CPU the current kernel path runs on, while timed
+  std::vector<HwStats> proc_stats;  // per process (index pid - 1)
   std::unique_ptr<LockTiming> timed_locks;
   // Charge cycles, a data access to an entry, the struct page line of a frame (with an atomic
   // read-modify-write of its counters), to the current CPU. One branch when timing is off.
@@ -414,7 +414,7 @@ inline bool pmd_cow_pte(const MmStruct& mm, pteval_t pmd) noexcept {
 // copy_present_pte (mm/memory.c): share one present page with the child. Inline: both fork
 // paths (copy_pte_range, copy_cow_pte_range) run it once per PTE.
 inline int Kernel::copy_present_pte(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte, EntryRef src_pte,
-                             RssVec& rss, Page*& prealloc) {
+                                    RssVec& rss, Page*& prealloc) {
   const std::uint64_t vm_flags = src_vma.vm_flags;
   pteval_t pte = src_pte.get();
   Page* page = vm_normal_page(src_vma, pte);

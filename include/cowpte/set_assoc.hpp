@@ -94,7 +94,9 @@ class SetAssoc {
   }
 
  private:
-  Way* set_of(std::uint64_t key) noexcept { return &table_[std::size_t(key & (sets_ - 1)) * ways_]; }
+  Way* set_of(std::uint64_t key) noexcept {
+    return &table_[std::size_t(key & (sets_ - 1)) * ways_];
+  }
   const Way* set_of(std::uint64_t key) const noexcept {
     return &table_[std::size_t(key & (sets_ - 1)) * ways_];
   }

@@ -22,42 +22,42 @@ struct TimingConfig {
   double ghz = 2.4;  // Xeon Silver 4210R base clock, the fork anchor of mmu-simulators.md
 
   // TLBs: Skylake (Intel Optimization Reference Manual, Table 2-15); STLB latency ChampSim's.
-  ArrayGeometry dtlb_4k{16, 4, 1};    // 64 entries, 4-way
-  ArrayGeometry dtlb_2m{8, 4, 1};     // 32 entries, 4-way
-  ArrayGeometry dtlb_1g{1, 4, 1};     // 4 entries
-  ArrayGeometry stlb{128, 12, 8};     // 1536 entries, 12-way, 8 cycles (ChampSim)
+  ArrayGeometry dtlb_4k{16, 4, 1};  // 64 entries, 4-way
+  ArrayGeometry dtlb_2m{8, 4, 1};   // 32 entries, 4-way
+  ArrayGeometry dtlb_1g{1, 4, 1};   // 4 entries
+  ArrayGeometry stlb{128, 12, 8};   // 1536 entries, 12-way, 8 cycles (ChampSim)
   // Paging-structure caches (SDM 3A 4.10.3): ChampSim-like sizes, 1 cycle.
-  ArrayGeometry pwc_pml4e{1, 2, 1};   // 2 entries
-  ArrayGeometry pwc_pdpte{1, 4, 1};   // 4 entries
-  ArrayGeometry pwc_pde{4, 8, 1};     // 32 entries
+  ArrayGeometry pwc_pml4e{1, 2, 1};  // 2 entries
+  ArrayGeometry pwc_pdpte{1, 4, 1};  // 4 entries
+  ArrayGeometry pwc_pde{4, 8, 1};    // 32 entries
   // Data caches, physically indexed, 64-byte lines; latencies ChampSim's defaults.
-  ArrayGeometry l1d{64, 8, 5};        // 32 KiB, 8-way
-  ArrayGeometry l2{1024, 16, 10};     // 1 MiB, 16-way (Skylake-SP)
-  ArrayGeometry llc{8192, 16, 20};    // 8 MiB, 16-way, shared
-  std::uint32_t dram_latency = 200;   // ~80 ns loaded latency at 2.4 GHz (estimate)
-  bool next_line_prefetch = true;     // an L2 miss also fills the next line into L2
+  ArrayGeometry l1d{64, 8, 5};       // 32 KiB, 8-way
+  ArrayGeometry l2{1024, 16, 10};    // 1 MiB, 16-way (Skylake-SP)
+  ArrayGeometry llc{8192, 16, 20};   // 8 MiB, 16-way, shared
+  std::uint32_t dram_latency = 200;  // ~80 ns loaded latency at 2.4 GHz (estimate)
+  bool next_line_prefetch = true;    // an L2 miss also fills the next line into L2
 
   // Kernel basic operations, cycles.
-  std::uint32_t atomic_rmw = 18;          // LOCK INC m32, L1 hit (uops.info)
-  std::uint32_t lock_acquire = 19;        // uncontended spin_lock: one LOCK CMPXCHG (uops.info)
-  std::uint32_t lock_release = 1;         // a plain store
-  std::uint32_t page_zero = 720;          // 4 KiB at 13.7 GB/s = 300 ns (Arora, clear_pages)
-  std::uint32_t page_copy = 1440;         // twice a clear (mmu-simulators.md: 1-2x, estimate)
-  std::uint32_t page_alloc = 120;         // per-cpu free list fast path (estimate)
-  std::uint32_t invlpg = 336;             // ~140 ns (Alex Shi, LKML 2012)
-  std::uint32_t full_flush = 500;         // CR3 reload / INVPCID single-context (estimate)
-  std::uint32_t flush_ceiling = 33;       // tlb_single_page_flush_ceiling (x86 tlb.rst)
-  std::uint32_t ipi_send = 2400;          // shootdown round trip seen by the initiator, ~1 us
-                                          // (Amit ATC'17: "microseconds"; informal 1-3 us)
-  std::uint32_t ipi_handle = 1200;        // the target's interrupt + flush handler (estimate)
-  std::uint32_t exception = 600;          // #PF entry and exit, no KPTI (estimate)
-  std::uint32_t syscall = 100;            // SYSCALL/SYSRET round trip (estimate)
-  std::uint32_t pte_op = 12;              // instructions around one PTE in a fork or zap loop
-                                          // (calibrated)
-  std::uint32_t vma_op = 800;             // vm_area_dup + anon_vma_fork + tree insert per VMA
-                                          // (estimate)
-  std::uint32_t fork_base = 60000;        // copy_process without the address space: task,
-                                          // files, signals, pid (calibrated, ~25 us)
+  std::uint32_t atomic_rmw = 18;     // LOCK INC m32, L1 hit (uops.info)
+  std::uint32_t lock_acquire = 19;   // uncontended spin_lock: one LOCK CMPXCHG (uops.info)
+  std::uint32_t lock_release = 1;    // a plain store
+  std::uint32_t page_zero = 720;     // 4 KiB at 13.7 GB/s = 300 ns (Arora, clear_pages)
+  std::uint32_t page_copy = 1440;    // twice a clear (mmu-simulators.md: 1-2x, estimate)
+  std::uint32_t page_alloc = 120;    // per-cpu free list fast path (estimate)
+  std::uint32_t invlpg = 336;        // ~140 ns (Alex Shi, LKML 2012)
+  std::uint32_t full_flush = 500;    // CR3 reload / INVPCID single-context (estimate)
+  std::uint32_t flush_ceiling = 33;  // tlb_single_page_flush_ceiling (x86 tlb.rst)
+  std::uint32_t ipi_send = 2400;     // shootdown round trip seen by the initiator, ~1 us
+                                     // (Amit ATC'17: "microseconds"; informal 1-3 us)
+  std::uint32_t ipi_handle = 1200;   // the target's interrupt + flush handler (estimate)
+  std::uint32_t exception = 600;     // #PF entry and exit, no KPTI (estimate)
+  std::uint32_t syscall = 100;       // SYSCALL/SYSRET round trip (estimate)
+  std::uint32_t pte_op = 12;         // instructions around one PTE in a fork or zap loop
+                                     // (calibrated)
+  std::uint32_t vma_op = 800;        // vm_area_dup + anon_vma_fork + tree insert per VMA
+                                     // (estimate)
+  std::uint32_t fork_base = 60000;   // copy_process without the address space: task,
+                                     // files, signals, pid (calibrated, ~25 us)
 };
 
 }  // namespace cowpte

@@ -7,8 +7,9 @@ namespace cowpte {
 
 const char* to_string(Phase p) noexcept {
   static constexpr const char* kNames[] = {
-      "user_access", "fork", "fault_anonymous",     "fault_wp", "fault_shmem",
-      "break_cow_pte", "tfork_one_pte_table", "zap", "exit",     "other_syscall"};
+      "user_access", "fork",          "fault_anonymous",     "fault_wp",
+      "fault_shmem", "break_cow_pte", "tfork_one_pte_table", "zap",
+      "exit",        "other_syscall"};
   static_assert(std::size(kNames) == std::size_t(Phase::count));
   return kNames[std::size_t(p)];
 }
@@ -21,14 +22,25 @@ void each_counter(HwStats& a, const HwStats& b, F f) {
     f(a.phase[i].count, b.phase[i].count);
     f(a.phase[i].cycles, b.phase[i].cycles);
   }
-  std::uint64_t HwStats::*const fields[] = {
-      &HwStats::dtlb_hits,      &HwStats::stlb_hits,          &HwStats::tlb_misses,
-      &HwStats::walks,          &HwStats::walk_cycles,        &HwStats::walk_dirty_rewalks,
-      &HwStats::pwc_pml4e_hits, &HwStats::pwc_pdpte_hits,     &HwStats::pwc_pde_hits,
-      &HwStats::l1d_hits,       &HwStats::l2_hits,            &HwStats::llc_hits,
-      &HwStats::dram_accesses,  &HwStats::invlpg,             &HwStats::full_flushes,
-      &HwStats::shootdowns_sent, &HwStats::shootdowns_received, &HwStats::lock_waits,
-      &HwStats::lock_wait_cycles};
+  std::uint64_t HwStats::*const fields[] = {&HwStats::dtlb_hits,
+                                            &HwStats::stlb_hits,
+                                            &HwStats::tlb_misses,
+                                            &HwStats::walks,
+                                            &HwStats::walk_cycles,
+                                            &HwStats::walk_dirty_rewalks,
+                                            &HwStats::pwc_pml4e_hits,
+                                            &HwStats::pwc_pdpte_hits,
+                                            &HwStats::pwc_pde_hits,
+                                            &HwStats::l1d_hits,
+                                            &HwStats::l2_hits,
+                                            &HwStats::llc_hits,
+                                            &HwStats::dram_accesses,
+                                            &HwStats::invlpg,
+                                            &HwStats::full_flushes,
+                                            &HwStats::shootdowns_sent,
+                                            &HwStats::shootdowns_received,
+                                            &HwStats::lock_waits,
+                                            &HwStats::lock_wait_cycles};
   for (auto f_ : fields) f(a.*f_, b.*f_);
 }
 }  // namespace
@@ -101,8 +113,7 @@ void Hardware::flush_pcid(Cpu& cpu, unsigned pcid) noexcept {
 nlohmann::json hw_stats_to_json(const HwStats& s) {
   nlohmann::json j;
   for (std::size_t i = 0; i < s.phase.size(); ++i)
-    j["phases"][to_string(Phase(i))] = {{"count", s.phase[i].count},
-                                        {"cycles", s.phase[i].cycles}};
+    j["phases"][to_string(Phase(i))] = {{"count", s.phase[i].count}, {"cycles", s.phase[i].cycles}};
   j["tlb"] = {{"dtlb_hits", s.dtlb_hits},     {"stlb_hits", s.stlb_hits},
               {"misses", s.tlb_misses},       {"walks", s.walks},
               {"walk_cycles", s.walk_cycles}, {"dirty_rewalks", s.walk_dirty_rewalks}};

@@ -282,8 +282,8 @@ class Checker {
                            va, w.key >> 36));
         const pteval_t* e = walk(*it->second, va, 4);
         if (!e || !pte_present(e[3]) || raw(pte_pfn(e[3])) != w.value.pfn)
-          fail(fmt::format("CPU {}: stale {} entry for {:#x} (pid {}): maps frame {:#x}", c,
-                           which, va, it->second->pid, w.value.pfn));
+          fail(fmt::format("CPU {}: stale {} entry for {:#x} (pid {}): maps frame {:#x}", c, which,
+                           va, it->second->pid, w.value.pfn));
         if (w.value.writable && !((e[0] & e[1] & e[2] & e[3]) & _PAGE_RW))
           fail(fmt::format("CPU {}: {} entry for {:#x} (pid {}) writable, the tables are not", c,
                            which, va, it->second->pid));

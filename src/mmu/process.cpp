@@ -171,9 +171,9 @@ bool Process::alive() const { return mm_ != nullptr; }
 
 // A syscall of this process, timed on its CPU as other_syscall (fork, munmap and exit time
 // their own phases inside).
-#define COWPTE_SYSCALL(phase)                         \
-  Kernel& k = machine_->kernel();                     \
-  Kernel::Entry entry(k, *this, true);                \
+#define COWPTE_SYSCALL(phase)          \
+  Kernel& k = machine_->kernel();      \
+  Kernel::Entry entry(k, *this, true); \
   Kernel::PhaseScope phase_scope(k, phase)
 
 Result<vaddr_t> Process::mmap(vaddr_t addr, std::uint64_t length, Prot prot, MapFlags flags) {
@@ -237,14 +237,11 @@ const HwStats& Process::hw_stats() const {
 }
 
 // prctl(PR_SET_COW_PTE): the next fork shares PTE tables. Once MMF_COW_PTE is set it stays.
-Result<void> Process::set_cow_pte() {
-  return set_cow_pte(machine_->config().cow_pte_policy);
-}
+Result<void> Process::set_cow_pte() { return set_cow_pte(machine_->config().cow_pte_policy); }
 
 Result<void> Process::set_cow_pte(CowPtePolicy policy) {
   if (!alive()) return Errno::srch;
-  if (policy != CowPtePolicy::seed && policy != CowPtePolicy::on_demand_fork)
-    return Errno::inval;
+  if (policy != CowPtePolicy::seed && policy != CowPtePolicy::on_demand_fork) return Errno::inval;
   if (mm_->test_flag(MMF_COW_PTE)) return Errno::inval;  // prctl_set_cow_pte
   mm_->set_flag(MMF_COW_PTE_READY);
   if (policy == CowPtePolicy::on_demand_fork) {

@@ -1,0 +1,231 @@
+// The timing model: the LRU arrays, TLBs with PCIDs, the paging-structure caches, D-bit
+// re-walks, flushes and shootdowns, lock waits in simulated time, fork cycles, and the JSON
+// configuration. Each test asserts something a wrong model gets wrong; check_invariants()
+// (which compares every cached translation with the tables) runs after the steps.
+#include <gtest/gtest.h>
+
+#include <cowpte/cowpte.hpp>
+#include <stdexcept>
+
+namespace cowpte {
+namespace {
+
+constexpr std::uint64_t kPage = 4096;
+constexpr vaddr_t kBase = 0x7e0000000000ull;  // 2 MiB (and 1 GiB) aligned
+constexpr Prot kRW = Prot::read | Prot::write;
+constexpr MapFlags kPrivFixed = MapFlags::private_ | MapFlags::anonymous | MapFlags::fixed;
+
+MachineConfig timed(unsigned cpus = 1) {
+  MachineConfig cfg{.memory_bytes = 256ull << 20, .cpus = cpus};
+  cfg.timing.enabled = true;
+  return cfg;
+}
+
+void ok(const Result<void>& r) {
+  if (!r)
+    throw std::runtime_error(std::string("call failed: ") + std::string(to_string(r.error())));
+}
+
+TEST(SetAssoc, EvictsTheLeastRecentlyUsedWay) {
+  SetAssoc<> s(1, 4);
+  for (std::uint64_t k = 1; k <= 4; ++k) EXPECT_FALSE(s.insert(k).has_value());
+  EXPECT_NE(s.lookup(1), nullptr);  // 1 becomes the most recent: 2 is now the oldest
+  EXPECT_EQ(s.insert(5), std::optional<std::uint64_t>(2));
+  EXPECT_EQ(s.insert(6), std::optional<std::uint64_t>(3));
+  EXPECT_EQ(s.lookup(2), nullptr);
+  EXPECT_NE(s.lookup(1), nullptr);
+  EXPECT_TRUE(s.invalidate(4));
+  EXPECT_FALSE(s.insert(7).has_value()) << "an invalid way is used before any eviction";
+}
+
+TEST(SetAssoc, KeysMapToSetsByTheirLowBits) {
+  SetAssoc<> s(4, 1);
+  EXPECT_FALSE(s.insert(0).has_value());
+  EXPECT_FALSE(s.insert(1).has_value()) << "another set";
+  EXPECT_EQ(s.insert(4), std::optional<std::uint64_t>(0)) << "the same set, one way";
+}
+
+class Timing : public ::testing::Test {
+ protected:
+  explicit Timing(unsigned cpus = 1) : m(timed(cpus)) {}
+  Process& mapped(std::uint64_t pages, vaddr_t at = kBase) {
+    Process& p = m.spawn();
+    auto r = p.mmap(at, pages * kPage, kRW, kPrivFixed);
+    if (!r) throw std::runtime_error("mmap");
+    return p;
+  }
+  HwStats stats(const Process& p) { return p.hw_stats(); }
+  Machine m;
+};
+
+TEST_F(Timing, TlbHitAfterAWalk) {
+  Process& p = mapped(4);
+  ok(p.store(kBase, 1));
+  const HwStats s0 = stats(p);
+  EXPECT_EQ(*p.load(kBase), 1u);
+  const HwStats s1 = stats(p);
+  EXPECT_EQ(s1.walks, s0.walks) << "the translation came from the DTLB";
+  EXPECT_EQ(s1.dtlb_hits, s0.dtlb_hits + 1);
+  // Another page, not mapped yet: a miss, a walk that faults, the fault, a walk that fills.
+  EXPECT_EQ(*p.load(kBase + kPage), 0u);
+  EXPECT_EQ(stats(p).walks, s1.walks + 2);
+  EXPECT_EQ(stats(p).tlb_misses, s1.tlb_misses + 2);
+  m.check_invariants();
+}
+
+TEST_F(Timing, MissAfterInvlpgAndAfterARangeFlush) {
+  Process& p = mapped(64);
+  for (std::uint64_t i = 0; i < 64; ++i) ok(p.store(kBase + i * kPage, i));
+  const HwStats s0 = stats(p);
+  ok(p.mprotect(kBase, kPage, Prot::read));  // one page: INVLPG
+  EXPECT_EQ(stats(p).invlpg, s0.invlpg + 1);
+  EXPECT_EQ(*p.load(kBase), 0u);
+  EXPECT_EQ(stats(p).walks, s0.walks + 1) << "the flushed page walks again";
+  EXPECT_EQ(*p.load(kBase + kPage), 1u);
+  EXPECT_EQ(stats(p).walks, s0.walks + 1) << "a page INVLPG did not name still hits";
+  ok(p.mprotect(kBase + kPage, 40 * kPage, Prot::read));  // above the 33-page ceiling
+  const HwStats s1 = stats(p);
+  EXPECT_EQ(s1.full_flushes, s0.full_flushes + 1);
+  EXPECT_EQ(*p.load(kBase + 50 * kPage), 50u);
+  EXPECT_EQ(stats(p).walks, s1.walks + 1) << "a full flush drops pages outside the range too";
+  m.check_invariants();
+}
+
+TEST_F(Timing, PcidsKeepProcessesApartInOneTlb) {
+  Process& p = mapped(1);
+  ok(p.store(kBase, 1));
+  auto c = p.fork();  // write-protects the parent's PTEs: its TLB entries go
+  ASSERT_TRUE(c);
+  ok((*c)->set_cpu(0));
+  EXPECT_EQ(*p.load(kBase), 1u);  // the parent's entry, PCID 1
+  ok((*c)->store(kBase, 2));      // the child's own copy, its own PCID
+  const HwStats sp = stats(p), sc = stats(**c);
+  EXPECT_EQ(*p.load(kBase), 1u);
+  EXPECT_EQ(*(*c)->load(kBase), 2u);
+  EXPECT_EQ(stats(p).dtlb_hits, sp.dtlb_hits + 1) << "the parent's entry survived the child's";
+  EXPECT_EQ(stats(**c).dtlb_hits, sc.dtlb_hits + 1);
+  m.check_invariants();
+}
+
+TEST_F(Timing, OnlyAWriteSetsDAndAReadFilledEntryWalksAgainForIt) {
+  Process& p = m.spawn();
+  auto a = p.mmap(kBase, kPage, kRW, MapFlags::shared | MapFlags::anonymous | MapFlags::fixed);
+  ASSERT_TRUE(a);
+  EXPECT_EQ(*p.load(kBase), 0u);  // shmem read fault maps the page writable and clean
+  EXPECT_FALSE(m.walk(p, kBase).entry[3] & 0x40) << "a read sets A, not D";
+  EXPECT_TRUE(m.walk(p, kBase).entry[3] & 0x20);
+  const HwStats s0 = stats(p);
+  ok(p.store(kBase, 7));
+  EXPECT_TRUE(m.walk(p, kBase).entry[3] & 0x40) << "the write set D";
+  EXPECT_EQ(stats(p).walk_dirty_rewalks, s0.walk_dirty_rewalks + 1);
+  const HwStats s1 = stats(p);
+  ok(p.store(kBase + 8, 8));
+  EXPECT_EQ(stats(p).walks, s1.walks) << "now the entry is dirty: no walk";
+  m.check_invariants();
+}
+
+TEST_F(Timing, PagingStructureCachesShortenTheWalk) {
+  // 2048 pages: more than the STLB's 1536 entries, in 4 of the PDE cache's 32 regions. Page 0's
+  // translation is evicted (LRU), its region's PDE is not.
+  Process& p = mapped(2048);
+  for (std::uint64_t i = 0; i < 2048; ++i) ok(p.store(kBase + i * kPage, i));
+  const HwStats s0 = stats(p);
+  EXPECT_EQ(*p.load(kBase), 0u);
+  const HwStats s1 = stats(p);
+  EXPECT_EQ(s1.tlb_misses, s0.tlb_misses + 1);
+  EXPECT_EQ(s1.walks, s0.walks + 1);
+  EXPECT_EQ(s1.pwc_pde_hits, s0.pwc_pde_hits + 1);
+  const auto accesses = [](const HwStats& s) {
+    return s.l1d_hits + s.l2_hits + s.llc_hits + s.dram_accesses;
+  };
+  EXPECT_EQ(accesses(s1), accesses(s0) + 2) << "the PTE and the data: no upper level was read";
+  m.check_invariants();
+}
+
+TEST_F(Timing, ForkCyclesGrowLinearlyWithThePopulatedSize) {
+  auto fork_cycles = [](std::uint64_t mib) {
+    MachineConfig cfg = timed();
+    cfg.memory_bytes = (2 * mib + 64) << 20;
+    cfg.timing.l2 = {256, 16, 10};  // 256 KiB and a 1 MiB LLC: every size below outgrows them
+    cfg.timing.llc = {1024, 16, 20};
+    Machine mm(cfg);
+    Process& p = mm.spawn();
+    auto a = p.mmap(kBase, mib << 20, kRW, kPrivFixed | MapFlags::populate);
+    if (!a) throw std::runtime_error("mmap");
+    const std::uint64_t before = p.hw_stats().phase[std::size_t(Phase::fork)].cycles;
+    auto c = p.fork();
+    if (!c) throw std::runtime_error("fork");
+    return p.hw_stats().phase[std::size_t(Phase::fork)].cycles - before;
+  };
+  // Once the struct page records and tables outgrow the caches, the cost per PTE is constant:
+  // doubling the size doubles the cycles.
+  const double c128 = double(fork_cycles(128)), c256 = double(fork_cycles(256)),
+               c512 = double(fork_cycles(512));
+  EXPECT_NEAR(c256 / c128, 2.0, 0.2);
+  EXPECT_NEAR(c512 / c256, 2.0, 0.2);
+}
+
+class TimingTwoCpus : public Timing {
+ protected:
+  TimingTwoCpus() : Timing(2) {}
+};
+
+TEST_F(TimingTwoCpus, AFlushReachesTheOtherCpuAsAShootdown) {
+  Process& p = mapped(4);
+  ok(p.store(kBase, 1));  // runs on CPU 0
+  ok(p.set_cpu(1));
+  ok(p.store(kBase + kPage, 2));  // and now on CPU 1: mm_cpumask has both
+  const std::uint64_t cpu0 = m.cycles(0);
+  const HwStats s0 = stats(p);
+  ok(p.munmap(kBase, kPage));
+  EXPECT_GT(m.cycles(0), cpu0) << "CPU 0 handled the shootdown IPI";
+  EXPECT_EQ(stats(p).shootdowns_sent, s0.shootdowns_sent + 1);
+  EXPECT_EQ(p.set_cpu(2).error(), Errno::inval);
+  m.check_invariants();
+}
+
+TEST_F(TimingTwoCpus, ALockHeldLaterByAnotherCpuMakesThisOneWait) {
+  Process& p = mapped(512);
+  for (std::uint64_t i = 0; i < 512; ++i) ok(p.store(kBase + i * kPage, i));  // CPU 0 runs ahead
+  ok(p.set_cow_pte(CowPtePolicy::seed));
+  auto c = p.fork();  // the child runs on CPU 1, whose clock is still near 0
+  ASSERT_TRUE(c);
+  ASSERT_EQ((*c)->cpu(), 1u);
+  ASSERT_LT(m.cycles(1), m.cycles(0));
+  ok((*c)->store(kBase, 5));  // breaks the shared table: its lock was last released by CPU 0
+  const HwStats s = stats(**c);
+  EXPECT_GE(s.lock_waits, 1u);
+  EXPECT_GT(s.lock_wait_cycles, 0u);
+  m.check_invariants();
+}
+
+TEST(TimingOff, KeepsNoStatistics) {
+  Machine m(MachineConfig{.memory_bytes = 64ull << 20});
+  Process& p = m.spawn();
+  ASSERT_TRUE(p.mmap(kBase, kPage, kRW, kPrivFixed));
+  ASSERT_TRUE(p.store(kBase, 1));
+  EXPECT_FALSE(m.timed());
+  EXPECT_EQ(m.cycles(0), 0u);
+  EXPECT_EQ(m.hw_stats_json(), "{}");
+}
+
+TEST(TimingConfigJson, RoundTripsAndRejectsTypos) {
+  MachineConfig cfg = timed(4);
+  cfg.timing.stlb = {256, 8, 9};
+  cfg.cow_pte_policy = CowPtePolicy::on_demand_fork;
+  const std::string j = to_json(cfg);
+  const MachineConfig back = machine_config_from_json(j);
+  EXPECT_EQ(to_json(back), j);
+  EXPECT_EQ(back.timing.stlb.entries(), 2048u);
+  EXPECT_EQ(back.cpus, 4u);
+  const MachineConfig partial = machine_config_from_json(R"({"timing": {"dram_latency": 300}})");
+  EXPECT_EQ(partial.timing.dram_latency, 300u);
+  EXPECT_EQ(partial.timing.l1d.ways, TimingConfig{}.l1d.ways) << "left out: the default";
+  EXPECT_THROW(machine_config_from_json(R"({"timing": {"dram_latncy": 1}})"),
+               std::invalid_argument);
+  EXPECT_THROW(machine_config_from_json(R"({"cow_pte_policy": "fast"})"), std::invalid_argument);
+  EXPECT_THROW(machine_config_from_json("{"), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace cowpte
