@@ -2,8 +2,11 @@
 // 4 KiB anonymous memory. Reported counters: ns per PTE, PTEs, VmPTE of the child.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cowpte/cowpte.hpp>
 #include <cstdio>
+
+#include "real_fork.hpp"
 
 using namespace cowpte;
 
@@ -77,6 +80,71 @@ BENCHMARK(BM_Fork)
     ->ArgsProduct({{0, 1, 2}, {64, 1024}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
+
+// Simulator speed against this machine's kernel, in one run: the host time of a simulated
+// classic fork with the full timing model (TLBs, caches, every kernel path charged), and the
+// time the real kernel takes to fork a process with the same memory populated.
+static void BM_TimedFork(benchmark::State& state) {
+  const std::uint64_t len = static_cast<std::uint64_t>(state.range(0)) << 20;
+  MachineConfig cfg{.memory_bytes = 2 * len + (256ull << 20)};
+  cfg.timing.enabled = true;
+  Machine m(cfg);
+  Process& parent = m.spawn();
+  auto addr =
+      parent.mmap(0x7e0000000000ull, len, Prot::read | Prot::write,
+                  MapFlags::private_ | MapFlags::anonymous | MapFlags::fixed | MapFlags::populate);
+  if (!addr) {
+    state.SkipWithError("mmap failed");
+    return;
+  }
+  double sim_cycles = 0;
+  for (auto _ : state) {
+    const std::uint64_t before = parent.hw_stats().phase[std::size_t(Phase::fork)].cycles;
+    auto child = parent.fork();
+    state.PauseTiming();
+    sim_cycles = double(parent.hw_stats().phase[std::size_t(Phase::fork)].cycles - before);
+    (*child)->exit();
+    state.ResumeTiming();
+  }
+  state.counters["sim_ms"] = sim_cycles / cfg.timing.ghz / 1e6;
+  state.counters["host_ns_per_pte"] =
+      benchmark::Counter(double(len >> 12) * state.iterations(),
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+BENCHMARK(BM_TimedFork)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+static void BM_RealFork(benchmark::State& state) {
+  cowpte::bench::RealProcessMemory mem(static_cast<std::uint64_t>(state.range(0)) << 20);
+  for (auto _ : state) state.SetIterationTime(mem.fork_ns() / 1e9);
+}
+BENCHMARK(BM_RealFork)->Arg(1024)->Unit(benchmark::kMillisecond)->UseManualTime();
+
+// User accesses that hit the DTLB, with the timing model: sequential 8-byte loads over 32 pages
+// (the DTLB holds 64), so every access is a TLB hit; one in eight starts a new cache line (an
+// L1 miss and an L2 hit once the 128 KiB have been read once).
+static void BM_TimedTlbHitLoads(benchmark::State& state) {
+  MachineConfig cfg{.memory_bytes = 64ull << 20};
+  cfg.timing.enabled = true;
+  Machine m(cfg);
+  Process& p = m.spawn();
+  const vaddr_t base = 0x7e0000000000ull;
+  if (!p.mmap(base, 32 * 4096, Prot::read | Prot::write,
+              MapFlags::private_ | MapFlags::anonymous | MapFlags::fixed | MapFlags::populate)) {
+    state.SkipWithError("mmap failed");
+    return;
+  }
+  std::uint64_t sum = 0, i = 0;
+  for (auto _ : state) {
+    sum += *p.load(base + (i & (32 * 512 - 1)) * 8);
+    ++i;
+  }
+  benchmark::DoNotOptimize(sum);
+  state.counters["accesses_per_s"] =
+      benchmark::Counter(double(state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["dtlb_hit_ratio"] =
+      double(p.hw_stats().dtlb_hits) / double(std::max<std::uint64_t>(1, state.iterations()));
+}
+BENCHMARK(BM_TimedTlbHitLoads);
 
 // Host memory per simulated populated page: map and populate N GiB, fork, and read the
 // process's peak RSS. Page contents are never stored (zero pages cost no host memory), so

@@ -128,7 +128,11 @@ class Kernel {
     Phase p_;
     std::uint64_t start_;
   };
-  void end_phase(Phase p, std::uint64_t start) noexcept;
+  void end_phase(Phase p, std::uint64_t start) noexcept {
+    PhaseStat& s = cur_cpu->stats.phase[std::size_t(p)];
+    ++s.count;
+    s.cycles += cur_cpu->clock - start;
+  }
   // A facade call entering the kernel on process p's CPU: sets cur_cpu and the lock timing
   // for its duration and credits the process with what its CPU counted meanwhile.
   class Entry {
@@ -230,7 +234,7 @@ class Kernel {
   // ---- src/mmu/gup.cpp (mm/gup.c) ----
   long get_user_pages(MmStruct& mm, vaddr_t start, std::uint64_t nr_pages, unsigned gup_flags,
                       std::vector<Page*>* pages);  // pages grabbed, or -errno
-  Page* follow_page_pte(Vma& vma, vaddr_t addr, unsigned flags, bool& unshare);
+  Page* follow_page_pte(Vma& vma, vaddr_t addr, unsigned flags, bool& unshare, bool& oom);
   int faultin_page(Vma& vma, vaddr_t addr, unsigned flags, bool unshare);
   static int check_vma_flags(const Vma& vma, unsigned gup_flags) noexcept;
   static bool gup_must_unshare(const Vma& vma, unsigned flags, const Page& page) noexcept;

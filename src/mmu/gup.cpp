@@ -33,15 +33,20 @@ bool Kernel::gup_must_unshare(const Vma& vma, unsigned flags, const Page& page) 
 
 // follow_page_pte: the page behind a present PTE that allows this access, with a reference or
 // pin taken under the PTE lock; nullptr when a fault is needed (unshare says which kind).
-Page* Kernel::follow_page_pte(Vma& vma, vaddr_t addr, unsigned flags, bool& unshare) {
+Page* Kernel::follow_page_pte(Vma& vma, vaddr_t addr, unsigned flags, bool& unshare, bool& oom) {
   unshare = false;
+  oom = false;
   EntryRef pmd = walk_to_pmd(*vma.vm_mm, addr);
   if (!pmd || pmd_none(pmd.get())) return nullptr;
-  // v4's -EMLINK: a pin or a write must not land in a shared table; fault, which breaks it
-  // (an unshare fault in an anonymous VMA, where a read fault would not).
+  // A pin or a write must not land in a shared table: break it, then look again (v3 broke
+  // here; v4 returns -EMLINK and breaks in the fault GUP then takes, which for a read-only pin
+  // would have to be an unshare fault, copying even the zero page that a classic fork's child
+  // pins as it is).
   if ((flags & (FOLL_PIN | FOLL_WRITE)) && pmd_cow_pte(*vma.vm_mm, pmd.get())) {
-    unshare = !(flags & FOLL_WRITE) && vma_is_anonymous(vma);
-    return nullptr;
+    if (break_cow_pte(*vma.vm_mm, pmd, addr)) {
+      oom = true;
+      return nullptr;
+    }
   }
   EntryRef pte = pte_offset_map(pmd, addr);
   SpinGuard ptl(pte_lockptr(*pte.table));  // pte_offset_map_lock
@@ -83,8 +88,9 @@ long Kernel::get_user_pages(MmStruct& mm, vaddr_t start, std::uint64_t nr_pages,
       if (!vma) return done ? done : -EFAULT_;
       if (int e = check_vma_flags(*vma, gup_flags)) return done ? done : e;
     }
-    bool unshare = false;
-    Page* page = follow_page_pte(*vma, start, gup_flags, unshare);
+    bool unshare = false, oom = false;
+    Page* page = follow_page_pte(*vma, start, gup_flags, unshare, oom);
+    if (oom) return done ? done : -ENOMEM_;
     if (!page) {
       if (int e = faultin_page(*vma, start, gup_flags, unshare)) return done ? done : e;
       continue;  // retry the lookup

@@ -115,11 +115,13 @@ Result<std::uint64_t> Kernel::timed_user_access(MmStruct& mm, vaddr_t addr, bool
     bool hit = false;
     if (auto* w = cpu.dtlb_4k.lookup(key)) {
       e = w->value, hit = true, ++cpu.stats.dtlb_hits;
+      cpu.mru_key = key, cpu.mru_way = w;
     } else {
       cpu.clock += c.stlb.latency;
       if (auto* s = cpu.stlb.lookup(key)) {
         e = s->value, hit = true, ++cpu.stats.stlb_hits;
         cpu.dtlb_4k.insert(key, e);
+        cpu.mru_key = key, cpu.mru_way = cpu.dtlb_4k.lookup(key);
       }
     }
     if (hit && (!write || (e.writable && e.dirty))) return data_access(e.pfn);
@@ -133,6 +135,7 @@ Result<std::uint64_t> Kernel::timed_user_access(MmStruct& mm, vaddr_t addr, bool
       const TlbEntry fill{raw(mem.pfn(*w.page)), w.writable, (w.pte & _PAGE_DIRTY) != 0};
       cpu.stlb.insert(key, fill);
       cpu.dtlb_4k.insert(key, fill);
+      cpu.mru_key = key, cpu.mru_way = cpu.dtlb_4k.lookup(key);
       return data_access(fill.pfn);
     }
     cpu.dtlb_4k.invalidate(key);  // a #PF invalidates the faulting translation
@@ -150,7 +153,29 @@ Result<std::uint64_t> Kernel::user_access(MmStruct& mm, vaddr_t addr, bool write
                                           std::uint64_t val) {
   if (addr & 7) return Errno::inval;
   if (!is_canonical(addr) || addr >= TASK_SIZE) return Errno::fault;  // kernel half: SIGSEGV
-  if (cur_cpu) return timed_user_access(mm, addr, write, val);
+  if (Cpu* cpu = cur_cpu) {
+    // The common case first: the DTLB way used last translates this access too.
+    const std::uint64_t key = tlb_key(mm.pcid, addr, PAGE_SHIFT);
+    const auto* w = cpu->mru_way;
+    if (key == cpu->mru_key && w->last_use && w->key == key &&
+        (!write || (w->value.writable && w->value.dirty))) {
+      const std::uint64_t start = cpu->clock;
+      cpu->clock += hw->cfg.dtlb_4k.latency;
+      ++cpu->stats.dtlb_hits;
+      const unsigned off = addr & (PAGE_SIZE - 1);
+      hw->access(*cpu, (w->value.pfn << PAGE_SHIFT) | off);
+      Page& page = mem.page(Pfn{w->value.pfn});
+      std::uint64_t r = val;
+      if (write) {
+        mem.store_word(page, off, val);
+      } else {
+        r = mem.load_word(page, off);
+      }
+      end_phase(Phase::user_access, start);
+      return r;
+    }
+    return timed_user_access(mm, addr, write, val);
+  }
   const unsigned off = addr & (PAGE_SIZE - 1);
   for (int attempt = 0; attempt < 8; ++attempt) {
     HwWalk w = hw_walk(*this, mm, addr, write);

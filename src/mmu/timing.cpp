@@ -51,12 +51,6 @@ class TimedLocks final : public LockTiming {
 
 std::unique_ptr<LockTiming> make_timed_locks(Kernel& k) { return std::make_unique<TimedLocks>(k); }
 
-void Kernel::end_phase(Phase p, std::uint64_t start) noexcept {
-  PhaseStat& s = cur_cpu->stats.phase[std::size_t(p)];
-  ++s.count;
-  s.cycles += cur_cpu->clock - start;
-}
-
 void Kernel::settle_stats(Cpu& cpu, int new_owner) noexcept {
   if (cpu.owner) {
     HwStats delta = cpu.stats;

@@ -1,0 +1,110 @@
+// cowpte_calibrate: this machine's real fork latency against the simulated one, size by size.
+// For each size it really maps, populates (4 KiB pages) and forks a process (median of --runs
+// forks), then simulates the same with the timing model and prints both with the error.
+//
+//   cowpte_calibrate [--sizes 16,64,256,1024,4096] [--runs 5] [--config machine.json]
+//                    [--json results.json]
+#include <cowpte/cowpte.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "real_fork.hpp"
+
+using namespace cowpte;
+
+namespace {
+
+struct Row {
+  std::uint64_t mib;
+  double real_ns, sim_ns, sim_cycles;
+};
+
+double simulated_fork_ns(const MachineConfig& base, std::uint64_t mib, double* cycles_out) {
+  MachineConfig cfg = base;
+  cfg.timing.enabled = true;
+  cfg.memory_bytes = (mib + 256) << 20;
+  Machine m(cfg);
+  Process& p = m.spawn();
+  auto a = p.mmap(0x7e0000000000ull, mib << 20, Prot::read | Prot::write,
+                  MapFlags::private_ | MapFlags::anonymous | MapFlags::fixed | MapFlags::populate);
+  if (!a) throw std::runtime_error("simulated mmap failed");
+  const auto& phase = p.hw_stats().phase[std::size_t(Phase::fork)];
+  const std::uint64_t before = phase.cycles;
+  auto c = p.fork();
+  if (!c) throw std::runtime_error("simulated fork failed");
+  const double cycles = double(p.hw_stats().phase[std::size_t(Phase::fork)].cycles - before);
+  *cycles_out = cycles;
+  return cycles / cfg.timing.ghz;
+}
+
+std::vector<std::uint64_t> parse_sizes(const std::string& s) {
+  std::vector<std::uint64_t> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, ',');) out.push_back(std::stoull(item));
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::uint64_t> sizes{16, 64, 256, 1024, 4096};
+  int runs = 5;
+  MachineConfig cfg;
+  std::string json_out;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", arg.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (arg == "--sizes") {
+      sizes = parse_sizes(next());
+    } else if (arg == "--runs") {
+      runs = std::atoi(next().c_str());
+    } else if (arg == "--config") {
+      cfg = load_machine_config(next());
+    } else if (arg == "--json") {
+      json_out = next();
+    } else {
+      std::fprintf(stderr,
+                   "usage: %s [--sizes MiB,MiB,...] [--runs N] [--config machine.json] "
+                   "[--json out.json]\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+  std::printf("%10s %10s %14s %14s %10s %12s\n", "MiB", "PTEs", "real fork ms", "simulated ms",
+              "error", "sim ns/PTE");
+  std::vector<Row> rows;
+  for (std::uint64_t mib : sizes) {
+    double real_ns;
+    {
+      cowpte::bench::RealProcessMemory mem(mib << 20);
+      real_ns = mem.median_fork_ns(runs);
+    }
+    double cycles = 0;
+    const double sim_ns = simulated_fork_ns(cfg, mib, &cycles);
+    const double ptes = double(mib << 8);
+    rows.push_back({mib, real_ns, sim_ns, cycles});
+    std::printf("%10llu %10.0f %14.3f %14.3f %+9.1f%% %12.1f\n", (unsigned long long)mib, ptes,
+                real_ns / 1e6, sim_ns / 1e6, 100.0 * (sim_ns - real_ns) / real_ns, sim_ns / ptes);
+    std::fflush(stdout);
+  }
+  if (!json_out.empty()) {
+    std::ofstream out(json_out);
+    out << "{\n  \"machine\": " << to_json(cfg) << ",\n  \"rows\": [\n";
+    for (std::size_t i = 0; i < rows.size(); ++i)
+      out << "    {\"mib\": " << rows[i].mib << ", \"real_ns\": " << rows[i].real_ns
+          << ", \"sim_ns\": " << rows[i].sim_ns << ", \"sim_cycles\": " << rows[i].sim_cycles << "}"
+          << (i + 1 < rows.size() ? "," : "") << "\n";
+    out << "  ]\n}\n";
+  }
+  return 0;
+}
