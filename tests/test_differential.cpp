@@ -10,6 +10,63 @@
 // still read the page as it was (or its shmem object). At the end every process exits and all
 // frames must be free again.
 //
+// Three kinds of run: the classic fork (Differential, set_cow_pte is never called, and no fork
+// may share a PTE table), and the two COW-PTE policies, armed with set_cow_pte(policy) on
+// every spawned process and at random: the seed's (DifferentialCowPte) and On-demand-fork's
+// (DifferentialOdf, whose op mix also maps whole 2 MiB spans, the only tables ODF shares).
+// DifferentialTimed runs the classic fork, the seed policy and ODF again with the timing model
+// on and two CPUs: the TLBs then serve translations without a walk, check_invariants() also
+// checks every cached translation against the page tables, and a set_cpu call (only in these
+// runs) moves a random process to a random CPU, or to a CPU that does not exist (EINVAL).
+// summary() counts the PTE tables fork really shared.
+//
+// The seed policy must moreover be unobservable: a classic twin Machine (timed too in a timed
+// run) runs the same calls in lockstep and must answer every one alike (errno and value).
+// After every operation the two machines must also be in equivalent states (compare_twin).
+// Equivalent means equal, except for the pages a child of the classic fork would fault in
+// later. The seed's fork (copy_cow_pte_range) prepares every entry of the shared 2 MiB span,
+// also those of the VMAs the classic fork skips because they have no anon_vma: MAP_SHARED
+// anonymous (shmem) VMAs, and private anonymous VMAs that were only ever read (their entries
+// map the zero page). The classic child starts without those entries and would map the very
+// same page on its first touch; the COW-PTE child maps it from the start (through the shared
+// table, or through the private table a fallback or a later break copied it into). Precisely:
+//   - Frames are matched through a bijection built afresh for each comparison: a frame of this
+//     machine always pairs with the same frame of the twin and the other way round, and the
+//     zero page pairs with the zero page. A shmem page (the model's object and page index) is
+//     one frame on each machine wherever it is mapped.
+//   - A page present here and not present on the twin (an "extra" mapping) is allowed only if
+//     (a) it is the zero page, in a private VMA, with no other pagemap bit than present and
+//     soft-dirty; or (b) it is a shmem page (pagemap file bit, not swapped) in a MAP_SHARED
+//     VMA whose frame is the frame of that shmem page: the one paired with the twin's frame of
+//     the same shmem page where the twin maps it in some process, or, where the twin maps that
+//     shmem page nowhere (it stays in the page cache of the object, which the facade can't
+//     show), a frame that is no other page's and the same for every extra mapping of that
+//     shmem page, whose object is the one the model gives this VMA (fork hands the child the
+//     parent's object: the same VMA lineage).
+//   - (c) The mirror image: a shmem page present on the twin and not present here is allowed
+//     only in a MAP_SHARED VMA, with the twin's frame of that shmem page (paired with this
+//     machine's frame of it where this machine maps it, or else a twin frame that is no other
+//     page's). A read fault on a shmem VMA maps the cached pages of the 64 KiB window around
+//     it (do_fault_around); where the COW-PTE child already maps the faulting page (b), it
+//     takes no fault, and its neighbours stay unmapped until it touches them.
+//   - Nothing else may differ: never any other page present on the twin and absent here, never
+//     an extra anonymous page other than the zero page, never a different pairing of frames.
+//   - rss(): file, anon and swapents equal; shmem equal to the twin's plus the extra shmem
+//     pages this process maps, minus those of (c). pgtables_bytes(): equal (the seed charges every
+//     sharer of a table as if it had its own).
+//   - The pagemap exclusive bit (56, mapcount == 1) may differ only on a frame with at least
+//     one extra mapping (or, on the twin, one mapping of (c)) somewhere; in a full comparison
+//     that frame's mapcount must be the twin frame's (0 where a machine maps that shmem page
+//     nowhere) plus its extra mappings minus its mappings of (c).
+//   - Soft-dirty (bit 55) may differ only in processes that took part in a COW-PTE fork, as
+//     parent or child: the seed's fork clears soft-dirty in the shared entries on purpose (a
+//     shared table can't keep one process's soft-dirty state; copy_present_pte clears it when
+//     dst == src). In these runs every VMA stays VM_SOFTDIRTY (nobody calls clear_soft_dirty),
+//     and pagemap reports the VMA's bit too, so this allowance is not exercised (count 0).
+//   - Every other pagemap bit is equal.
+// summary() counts each allowed difference per page compared, so a reader sees how often each
+// happened. ODF charges a shared table's pages to one owner, so it has no such equivalence.
+//
 // Reproduce a failure with the command line it prints:
 //   COWPTE_DIFF_SEED=<seed> COWPTE_DIFF_OPS=<n> ./cowpte_tests --gtest_filter='<test>'
 #include <gtest/gtest.h>
@@ -23,9 +80,14 @@
 #include <exception>
 #include <fstream>
 #include <map>
+#include <memory>
+#include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <tuple>
+#include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 #include <unistd.h>
@@ -157,22 +219,78 @@ std::uint64_t env_u64(const char* name, bool* set) {
 class DifferentialRun;
 DifferentialRun* g_current_run = nullptr;  // for the crash handler
 
+// The fork a run exercises: the classic one (set_cow_pte is never called), or COW PTE under
+// one of the library's two policies, armed with set_cow_pte(policy) on every spawned process
+// (and at random later on).
+enum class ForkMode { classic, seed, odf };
+
+std::string mode_name(ForkMode m) {
+  switch (m) {
+    case ForkMode::classic:
+      return "classic fork";
+    case ForkMode::seed:
+      return "COW-PTE seed policy";
+    case ForkMode::odf:
+      return "COW-PTE On-demand-fork policy";
+  }
+  return "?";
+}
+
+// For file and test names.
+std::string mode_tag(ForkMode m) {
+  switch (m) {
+    case ForkMode::classic:
+      return "classic";
+    case ForkMode::seed:
+      return "cowpte_seed";
+    case ForkMode::odf:
+      return "cowpte_odf";
+  }
+  return "?";
+}
+
+CowPtePolicy policy_of(ForkMode m) {
+  return m == ForkMode::odf ? CowPtePolicy::on_demand_fork : CowPtePolicy::seed;
+}
+
+// The timed runs (DifferentialTimed) turn the timing model on, with this many CPUs: the TLBs
+// then serve translations, so a missing flush shows up in check_invariants() or as a wrong load.
+constexpr unsigned kTimedCpus = 2;
+
+MachineConfig machine_config(bool timed) {
+  MachineConfig c{.memory_bytes = kMachineBytes};
+  if (timed) {
+    c.cpus = kTimedCpus;
+    c.timing.enabled = true;
+  }
+  return c;
+}
+
+std::string run_tag(ForkMode m, bool timed) { return mode_tag(m) + (timed ? "_timed" : ""); }
+std::string run_name(ForkMode m, bool timed) {
+  return mode_name(m) + (timed ? ", timed on " + std::to_string(kTimedCpus) + " CPUs" : "");
+}
+
 struct RunConfig {
   std::uint64_t seed = 1;
   std::uint64_t ops = kDefaultOps;
-  bool cow_pte = false;  // prctl(PR_SET_COW_PTE) on every spawned process
+  ForkMode mode = ForkMode::classic;
+  bool timed = false;  // the timing model on, kTimedCpus CPUs, and set_cpu calls
 };
 
 class DifferentialRun {
  public:
   explicit DifferentialRun(const RunConfig& cfg)
-      : cfg_(cfg), m_(MachineConfig{.memory_bytes = kMachineBytes}), rng_(cfg.seed) {}
+      : cfg_(cfg), m_(machine_config(cfg.timed)), rng_(cfg.seed) {
+    if (cfg.mode == ForkMode::seed) twin_ = std::make_unique<Machine>(machine_config(cfg.timed));
+  }
 
   // Runs the operations; returns false (after printing the reproducer) on the first mismatch.
   bool run() {
     CrashGuard guard(this);
     try {
       free_at_start_ = m_.free_pages();
+      if (twin_) twin_free_at_start_ = twin_->free_pages();
       spawn();
       for (op_ = 0; op_ < cfg_.ops; ++op_) {
         model_.set_stamp(op_ + 1);
@@ -180,6 +298,7 @@ class DifferentialRun {
         if (!failed_) check_invariants();
         min_free_ = std::min(min_free_, m_.free_pages());
         if (!failed_ && !tolerated_ && rng_.chance(30)) check_random_pin();
+        if (!failed_ && !tolerated_) compare_twin();
         if (failed_) break;
         if (tolerated_) {  // the model no longer knows the state: stop, but still tear down
           ++op_;
@@ -208,20 +327,36 @@ class DifferentialRun {
       }
     };
     put("\ndifferential run crashed with signal " + std::to_string(sig) + ": seed " +
-        std::to_string(cfg_.seed) + ", operation " + std::to_string(op_) +
-        (cfg_.cow_pte ? " (COW-PTE on)" : "") + "\noperation log up to the crash:\n");
+        std::to_string(cfg_.seed) + ", operation " + std::to_string(op_) + " (" +
+        run_name(cfg_.mode, cfg_.timed) + ")\noperation log up to the crash:\n");
     for (const auto& l : log_) put("  " + l + "\n");
     put("rerun: " + rerun_command() + "\n");
   }
 
   // "kind ok/errors" for every kind of call made.
   std::string summary() const {
-    std::string out = std::string(tolerated_ ? "STOPPED EARLY on ENOMEM; " : "") +
-                      "min free pages " + std::to_string(min_free_) + "/" +
-                      std::to_string(m_.total_pages()) + "; stores to shared private pages " +
-                      std::to_string(cow_stores_) + "; read_gup checks live " +
-                      std::to_string(gup_live_) + ", detached " + std::to_string(gup_detached_) +
-                      "; ";
+    std::string out =
+        std::string(tolerated_ ? "STOPPED EARLY on ENOMEM; " : "") + "min free pages " +
+        std::to_string(min_free_) + "/" + std::to_string(m_.total_pages()) +
+        "; stores to shared private pages " + std::to_string(cow_stores_) +
+        "; read_gup checks live " + std::to_string(gup_live_) + ", detached " +
+        std::to_string(gup_detached_) + "; PTE tables shared at fork " +
+        std::to_string(shared_tables_) + " (in " + std::to_string(sharing_forks_) + " of " +
+        std::to_string(forks_) + " forks, up to " + std::to_string(max_sharers_) + " sharers)" +
+        (twin_ ? "; classic twin compared " + std::to_string(twin_full_) + " times in full, " +
+                     std::to_string(twin_partial_) + " times on recent spans, " +
+                     std::to_string(twin_pages_) +
+                     " pages; allowed differences (pages compared): only here the zero page " +
+                     std::to_string(allowed_zero_) + ", a shmem page the twin maps elsewhere " +
+                     std::to_string(allowed_shmem_) + ", a shmem page the twin maps nowhere " +
+                     std::to_string(allowed_shmem_unmapped_) +
+                     ", only on the twin a shmem page its fault-around mapped " +
+                     std::to_string(allowed_missing_) + ", exclusive bit " +
+                     std::to_string(allowed_exclusive_) + ", soft-dirty " +
+                     std::to_string(allowed_soft_dirty_) + ", RSS shmem (process checks) " +
+                     std::to_string(allowed_rss_shmem_)
+               : "") +
+        "; ";
     for (const auto& [k, v] : tally_)
       out += k + " " + std::to_string(v.first) + "/" + std::to_string(v.second) + "  ";
     return out;
@@ -231,6 +366,7 @@ class DifferentialRun {
   struct Live {
     int mid;  // model process id
     Process* proc;
+    Process* twin;  // the same process on the classic twin machine (seed policy), or nullptr
   };
 
   // ---------------------------------------------------------------- bookkeeping
@@ -286,13 +422,13 @@ class DifferentialRun {
 
   void report() {
     std::ostringstream os;
-    os << "differential mismatch: seed " << cfg_.seed << ", operation " << op_
-       << (cfg_.cow_pte ? " (COW-PTE on)" : "") << "\n  " << failure_ << "\noperation log ("
+    os << "differential mismatch: seed " << cfg_.seed << ", operation " << op_ << " ("
+       << run_name(cfg_.mode, cfg_.timed) << ")\n  " << failure_ << "\noperation log ("
        << log_.size() << " lines):\n";
     for (const auto& l : log_) os << "  " << l << "\n";
     os << "rerun: " << rerun_command() << "\n";
-    const std::string path = "/tmp/cowpte_diff_seed" + std::to_string(cfg_.seed) +
-                             (cfg_.cow_pte ? "_cowpte" : "") + ".log";
+    const std::string path = "/tmp/cowpte_diff_seed" + std::to_string(cfg_.seed) + "_" +
+                             run_tag(cfg_.mode, cfg_.timed) + ".log";
     std::ofstream(path) << os.str();
     ADD_FAILURE() << os.str() << "(also written to " << path << ")";
   }
@@ -319,6 +455,369 @@ class DifferentialRun {
     return false;
   }
 
+  // ---------------------------------------------------------------- the classic twin
+  // Under the seed policy a second Machine runs the same calls with the classic fork: COW PTE
+  // must not be observable. Every call on a live process (except set_cow_pte) goes to both, and
+  // the twin must answer the same errno and value.
+  bool twin_same(const std::string& d, Errno got, Errno twin) {
+    if (failed_ || tolerated_ || got == twin) return !failed_;
+    fail(d + ": returned " + errname(got) + ", but " + errname(twin) +
+         " with the classic fork (twin machine, " + std::to_string(twin_->free_pages()) +
+         " free pages)");
+    return false;
+  }
+  template <class T>
+  void twin_same(const std::string& d, const Result<T>& got, const Result<T>& twin) {
+    if (!twin_same(d, got.error(), twin.error()) || !got) return;
+    if constexpr (!std::is_void_v<T>) {
+      if (*got != *twin) {
+        fail(d + ": returned " + hex(*got) + ", but " + hex(*twin) +
+             " with the classic fork (twin machine)");
+      }
+    }
+  }
+
+  // After every operation the twin must be equivalent in the sense of the header comment:
+  // pgtables_bytes() equal; RSS equal but for the shmem pages mapped only here; the pagemap of
+  // every page of every VMA of every live process equal bit for bit, except for the allowed
+  // differences (an extra zero page in a private VMA, an extra shmem page, the exclusive bit of
+  // a frame with extra mappings, soft-dirty after a COW-PTE fork), with frames matched through a
+  // bijection. Frame numbers differ (COW PTE allocates fewer table frames), so the bijection is
+  // built afresh for each comparison: a frame of this machine always pairs with the same twin
+  // frame and the other way round, and the zero page pairs with the zero page.
+  //
+  // Cost: a full comparison reads the pagemap of every page of every VMA of every process on
+  // both machines. After every operation that took 2.3-3.4 s per 10,000-operation seed
+  // (RelWithDebInfo), over the 3 s budget, so every operation compares only the 2 MiB spans
+  // it used (twin_spans_), in every process, since a store or an unmap in one process changes
+  // what its relatives see at the same address (the exclusive bit, a shared table broken); a
+  // spawn, a fork, an exit and every kTwinFullEvery-th operation compare everything. That
+  // takes 0.7-1.5 s per seed. Every mapping of a shmem page sits at the same address in every
+  // process (fork keeps addresses and the test never maps an object twice), so a partial
+  // comparison sees all the mappings of the shmem pages of its spans; the extra shmem pages of
+  // the spans it skips are remembered from the comparison that last saw them (extra_shmem_),
+  // for the RSS check. Should that RSS check fail in a partial comparison, it is redone in full
+  // before reporting, so a span this bookkeeping missed can't make a false mismatch.
+  void compare_twin() {
+    if (!twin_) return;
+    const bool full = twin_full_next_ || op_ % kTwinFullEvery == 0;
+    twin_full_next_ = false;
+    compare_twin_once(full);
+    if (!failed_) twin_spans_.clear();
+  }
+
+  void compare_twin_once(bool full) {
+    ++(full ? twin_full_ : twin_partial_);
+    if (full) {
+      extra_shmem_.clear();
+      missing_shmem_.clear();
+    } else {
+      for (auto& [pid, spans] : extra_shmem_)
+        for (vaddr_t span : twin_spans_) spans.erase(span);
+      for (auto& [pid, spans] : missing_shmem_)
+        for (vaddr_t span : twin_spans_) spans.erase(span);
+    }
+    // frame -> (the frame it pairs with, where it was first seen), in each direction.
+    struct Seen {
+      pfn_t other;
+      int pid;
+      vaddr_t va;
+    };
+    std::unordered_map<pfn_t, Seen> to_twin{{m_.zero_pfn(), {twin_->zero_pfn(), 0, 0}}},
+        from_twin{{twin_->zero_pfn(), {m_.zero_pfn(), 0, 0}}};
+    auto seen_at = [](const Seen& w) {
+      return w.pid ? "p" + std::to_string(w.pid) + " " + hex(w.va) : std::string("zero page");
+    };
+    auto show = [](const PagemapEntry& e, pfn_t zero) {
+      return std::string(e.present ? "present" : "not present") +
+             (e.present ? " pfn " + hex(e.pfn) : std::string()) +
+             (e.present && e.pfn == zero ? " (zero page)" : "") +
+             (e.exclusive ? " exclusive" : "") + (e.file_or_shared_anon ? " file" : "") +
+             (e.swapped ? " swapped" : "") + (e.soft_dirty ? " soft-dirty" : "");
+    };
+    using ShmPage = std::pair<std::uint64_t, std::uint64_t>;  // the model's object, page index
+    auto shm_name = [](const ShmPage& k) {
+      return "shmem object " + std::to_string(k.first) + " page " + std::to_string(k.second);
+    };
+    // The frames the shmem pages mapped on both machines have: here, and on the twin.
+    std::map<ShmPage, std::pair<pfn_t, pfn_t>> shm_frames;
+    struct Extra {  // a shmem page mapped here and not on the twin
+      const Live* l;
+      vaddr_t va;
+      pfn_t pfn;
+      ShmPage key;
+    };
+    std::vector<Extra> extras;
+    // Shmem pages mapped on the twin and not here (pfn: the twin's frame): see (c).
+    std::vector<Extra> missing;
+    struct ExclusiveDiff {
+      const Live* l;
+      vaddr_t va;
+      PagemapEntry p, q;
+    };
+    std::vector<ExclusiveDiff> exclusive_diffs;
+    constexpr std::uint64_t kFlagBits = ~((1ull << 55) - 1);  // bits 55-63
+    constexpr std::uint64_t kPresent = 1ull << 63, kExclusive = 1ull << 56, kSoftDirty = 1ull << 55;
+
+    for (const Live& l : live_) {
+      const int pid = l.proc->pid();
+      const bool soft_dirty_may_differ = cow_pte_forked_.count(pid) != 0;
+      for (const auto& [s, v] : model_.proc(l.mid).vmas) {
+        for (vaddr_t va = v.start; va < v.end; va += kPageSize) {
+          if (!full) {
+            const vaddr_t span = va & ~(kSpanBytes - 1);
+            if (std::find(twin_spans_.begin(), twin_spans_.end(), span) == twin_spans_.end()) {
+              va = span + kSpanBytes - kPageSize;  // on to the next span
+              continue;
+            }
+          }
+          ++twin_pages_;
+          const PagemapEntry p = l.proc->pagemap(va), q = l.twin->pagemap(va);
+          auto mismatch = [&](const std::string& why) {
+            fail("pagemap(" + pname(l) + " " + hex(va) + "): " + show(p, m_.zero_pfn()) + ", but " +
+                 show(q, twin_->zero_pfn()) + " with the classic fork" + why);
+          };
+          std::uint64_t diff = (p.raw ^ q.raw) & kFlagBits;
+          if (diff & kSoftDirty) {
+            if (!soft_dirty_may_differ)
+              return mismatch(
+                  ": soft-dirty differs in a process that took part in no COW-PTE fork");
+            ++allowed_soft_dirty_;
+            diff &= ~kSoftDirty;
+          }
+          const ShmPage key{v.obj, v.pgoff + (va - v.start) / kPageSize};
+          if (p.present && !q.present) {  // a page the classic child would fault in later
+            if (!v.shared) {
+              if (p.pfn != m_.zero_pfn() || (p.raw & kFlagBits & ~(kPresent | kSoftDirty)))
+                return mismatch(
+                    ": in a private VMA only the zero page may be mapped where the classic fork "
+                    "maps nothing");
+              ++allowed_zero_;
+              continue;
+            }
+            if (!p.file_or_shared_anon || p.swapped || p.pfn == m_.zero_pfn())
+              return mismatch(
+                  ": in a MAP_SHARED VMA only a shmem page may be mapped where the classic fork "
+                  "maps nothing");
+            extras.push_back({&l, va, p.pfn, key});
+            continue;
+          }
+          if (diff & kPresent) {  // present on the twin only
+            if (!v.shared || !q.file_or_shared_anon || q.swapped || q.pfn == twin_->zero_pfn())
+              return mismatch(
+                  ": a page the classic fork maps must be mapped here too (only a shmem page "
+                  "its fault-around mapped may be missing)");
+            missing.push_back({&l, va, q.pfn, key});
+            continue;
+          }
+          if (diff & kExclusive) {  // both present: allowed only on a frame with extra mappings
+            exclusive_diffs.push_back({&l, va, p, q});
+            diff &= ~kExclusive;
+          }
+          if (diff) return mismatch("");
+          if (!p.present) continue;
+          const auto [it, fresh] = to_twin.try_emplace(p.pfn, Seen{q.pfn, pid, va});
+          const auto [jt, jfresh] = from_twin.try_emplace(q.pfn, Seen{p.pfn, pid, va});
+          const std::string here = "pagemap(" + pname(l) + " " + hex(va) + ") maps frame " +
+                                   hex(p.pfn) + ", and frame " + hex(q.pfn) +
+                                   " with the classic fork; but ";
+          if (it->second.other != q.pfn) {
+            return fail(here + "frame " + hex(p.pfn) + " is also mapped at " + seen_at(it->second) +
+                        ", where the classic fork maps frame " + hex(it->second.other) +
+                        ": the sharing of pages differs");
+          }
+          if (jt->second.other != p.pfn) {
+            return fail(here + "classic frame " + hex(q.pfn) + " is also mapped at " +
+                        seen_at(jt->second) + ", where this machine maps frame " +
+                        hex(jt->second.other) + ": the sharing of pages differs");
+          }
+          if (v.shared) {
+            const auto [st, sfresh] = shm_frames.try_emplace(key, p.pfn, q.pfn);
+            if (st->second != std::pair{p.pfn, q.pfn}) {
+              return fail(here + shm_name(key) + " is frame " + hex(st->second.first) +
+                          " elsewhere (frame " + hex(st->second.second) +
+                          " with the classic fork): one shmem page, two frames");
+            }
+          }
+        }
+      }
+    }
+
+    // The shmem pages mapped only here: each must be the frame of its shmem page. When the twin
+    // maps that page somewhere, it is the frame paired with the twin's. When the twin maps it
+    // nowhere (the classic child that would fault it in has not, and every other mapping went),
+    // the facade can't show the twin's page cache: then every extra mapping of that shmem page
+    // must be one frame, that frame no other page's, and its shmem object the one the model
+    // says this VMA maps (fork hands a child its parent's object, so it is the same lineage).
+    std::unordered_map<pfn_t, std::int64_t> extra_maps;  // frame -> mappings the twin lacks
+    std::map<ShmPage, pfn_t> only_here;                  // shmem pages the twin maps nowhere
+    std::unordered_map<pfn_t, ShmPage> only_here_page;
+    for (const Extra& e : extras) {
+      const std::string here = "pagemap(" + pname(*e.l) + " " + hex(e.va) + ") maps frame " +
+                               hex(e.pfn) + " (" + shm_name(e.key) +
+                               "), which the classic fork does not map there; but ";
+      if (const auto it = shm_frames.find(e.key); it != shm_frames.end()) {
+        if (it->second.first != e.pfn) {
+          return fail(here + "that shmem page is frame " + hex(it->second.first) +
+                      " where both machines map it (frame " + hex(it->second.second) +
+                      " with the classic fork)");
+        }
+        ++allowed_shmem_;
+      } else {
+        if (const auto it = to_twin.find(e.pfn); it != to_twin.end()) {
+          return fail(here + "that frame is also mapped at " + seen_at(it->second) +
+                      " as another page (frame " + hex(it->second.other) +
+                      " with the classic fork)");
+        }
+        const auto [kt, kfresh] = only_here.try_emplace(e.key, e.pfn);
+        const auto [ft, ffresh] = only_here_page.try_emplace(e.pfn, e.key);
+        if (kt->second != e.pfn)
+          return fail(here + "that shmem page is frame " + hex(kt->second) + " elsewhere");
+        if (ft->second != e.key)
+          return fail(here + "that frame is also " + shm_name(ft->second) + " elsewhere");
+        ++allowed_shmem_unmapped_;
+      }
+      ++extra_maps[e.pfn];
+      ++extra_shmem_[e.l->proc->pid()][e.va & ~(kSpanBytes - 1)];
+    }
+    // The shmem pages the twin's fault-around mapped and this machine did not: the mirror image.
+    std::unordered_map<pfn_t, std::int64_t> missing_maps;  // twin frame -> mappings lacking here
+    std::map<ShmPage, pfn_t> only_twin;                    // shmem pages only the twin maps
+    std::unordered_map<pfn_t, ShmPage> only_twin_page;
+    for (const Extra& e : missing) {
+      const std::string here = "pagemap(" + pname(*e.l) + " " + hex(e.va) +
+                               ") maps nothing, but frame " + hex(e.pfn) + " (" + shm_name(e.key) +
+                               ") with the classic fork; and ";
+      if (const auto it = shm_frames.find(e.key); it != shm_frames.end()) {
+        if (it->second.second != e.pfn) {
+          return fail(here + "that shmem page is classic frame " + hex(it->second.second) +
+                      " where both machines map it");
+        }
+      } else {
+        if (const auto it = from_twin.find(e.pfn); it != from_twin.end()) {
+          return fail(here + "that classic frame is also mapped at " + seen_at(it->second) +
+                      " as another page");
+        }
+        const auto [kt, kfresh] = only_twin.try_emplace(e.key, e.pfn);
+        const auto [ft, ffresh] = only_twin_page.try_emplace(e.pfn, e.key);
+        if (kt->second != e.pfn)
+          return fail(here + "that shmem page is classic frame " + hex(kt->second) + " elsewhere");
+        if (ft->second != e.key)
+          return fail(here + "that classic frame is also " + shm_name(ft->second) + " elsewhere");
+      }
+      ++allowed_missing_;
+      ++missing_maps[e.pfn];
+      ++missing_shmem_[e.l->proc->pid()][e.va & ~(kSpanBytes - 1)];
+    }
+
+    // The exclusive bit (mapcount == 1) may differ only on a frame mapped more often here; in a
+    // full comparison, its mapcount must exceed the twin frame's by exactly those mappings.
+    for (const ExclusiveDiff& d : exclusive_diffs) {
+      if (!extra_maps.count(d.p.pfn) && !missing_maps.count(d.q.pfn)) {
+        return fail("pagemap(" + pname(*d.l) + " " + hex(d.va) + "): " + show(d.p, m_.zero_pfn()) +
+                    ", but " + show(d.q, twin_->zero_pfn()) +
+                    " with the classic fork: the exclusive bit differs on a frame that no process "
+                    "maps where the classic fork does not");
+      }
+      ++allowed_exclusive_;
+    }
+    if (full) {
+      // Every frame with an extra or a missing mapping: maps(here) = maps(twin) + extra -
+      // missing, where a side that maps the shmem page nowhere counts 0.
+      std::vector<std::pair<std::optional<pfn_t>, std::optional<pfn_t>>> pairs;
+      for (const auto& [pfn, n] : extra_maps) {
+        const auto it = to_twin.find(pfn);
+        std::optional<pfn_t> q;
+        if (it != to_twin.end())
+          q = it->second.other;
+        else if (const auto k = only_here_page.find(pfn); k != only_here_page.end())
+          if (const auto t = only_twin.find(k->second); t != only_twin.end()) q = t->second;
+        pairs.push_back({pfn, q});
+      }
+      for (const auto& [qfn, n] : missing_maps) {
+        const auto it = from_twin.find(qfn);
+        std::optional<pfn_t> p;
+        if (it != from_twin.end())
+          p = it->second.other;
+        else if (const auto k = only_twin_page.find(qfn); k != only_twin_page.end())
+          if (const auto h = only_here.find(k->second); h != only_here.end()) p = h->second;
+        if (p && extra_maps.count(*p)) continue;  // checked above
+        pairs.push_back({p, qfn});
+      }
+      for (const auto& [p, q] : pairs) {
+        const std::int64_t maps = p ? m_.page_info(*p).mapcount : 0;
+        const std::int64_t twin_maps = q ? twin_->page_info(*q).mapcount : 0;
+        const std::int64_t extra = p && extra_maps.count(*p) ? extra_maps.at(*p) : 0;
+        const std::int64_t lack = q && missing_maps.count(*q) ? missing_maps.at(*q) : 0;
+        if (maps != twin_maps + extra - lack) {
+          return fail("shmem frame " + (p ? hex(*p) : std::string("(none)")) + " has mapcount " +
+                      std::to_string(maps) + ", but the classic fork's " +
+                      (q ? hex(*q) : std::string("(none)")) + " " + std::to_string(twin_maps) +
+                      ", plus " + std::to_string(extra) + " mappings only here, minus " +
+                      std::to_string(lack) + " mappings only there");
+        }
+      }
+    }
+
+    // RSS: equal, but for the extra shmem pages each process maps; page-table bytes: equal (the
+    // seed charges each sharer as if it had its own table).
+    for (const Live& l : live_) {
+      std::int64_t extra = 0;
+      if (const auto it = extra_shmem_.find(l.proc->pid()); it != extra_shmem_.end())
+        for (const auto& [span, n] : it->second) extra += static_cast<std::int64_t>(n);
+      if (const auto it = missing_shmem_.find(l.proc->pid()); it != missing_shmem_.end())
+        for (const auto& [span, n] : it->second) extra -= static_cast<std::int64_t>(n);
+      const RssStat a = l.proc->rss(), b = l.twin->rss();
+      if (a.file != b.file || a.anon != b.anon || a.swapents != b.swapents ||
+          a.shmem != b.shmem + extra) {
+        if (!full) return compare_twin_once(true);  // see the comment above compare_twin
+        return fail(pname(l) + ".rss() = {file " + std::to_string(a.file) + ", anon " +
+                    std::to_string(a.anon) + ", swapents " + std::to_string(a.swapents) +
+                    ", shmem " + std::to_string(a.shmem) + "}, but {file " +
+                    std::to_string(b.file) + ", anon " + std::to_string(b.anon) + ", swapents " +
+                    std::to_string(b.swapents) + ", shmem " + std::to_string(b.shmem) +
+                    "} with the classic fork, and this process maps " + std::to_string(extra) +
+                    " shmem pages the classic fork does not map");
+      }
+      if (extra) ++allowed_rss_shmem_;
+      if (l.proc->pgtables_bytes() != l.twin->pgtables_bytes()) {
+        return fail(pname(l) + ".pgtables_bytes() = " + std::to_string(l.proc->pgtables_bytes()) +
+                    ", but " + std::to_string(l.twin->pgtables_bytes()) + " with the classic fork");
+      }
+    }
+  }
+
+  // An operation used [a, a+len): compare its 2 MiB spans with the twin after this operation.
+  void twin_dirty(vaddr_t a, std::uint64_t len) {
+    if (!twin_) return;
+    len = std::min<std::uint64_t>(len, kArenaPages * kPageSize);
+    for (vaddr_t span = a & ~(kSpanBytes - 1); span < a + std::max<std::uint64_t>(len, 1);
+         span += kSpanBytes) {
+      if (std::find(twin_spans_.begin(), twin_spans_.end(), span) == twin_spans_.end())
+        twin_spans_.push_back(span);
+    }
+  }
+
+  // Coverage: the PTE tables a child shares with its parent right after fork (walk() reaches
+  // the same table frame at the same address), one look per 2 MiB span of the child's VMAs.
+  std::uint64_t shared_tables(const Machine& m, const Process& parent, const Process& child,
+                              int child_mid) {
+    std::uint64_t n = 0;
+    vaddr_t done = ~0ull;
+    for (const auto& [s, v] : model_.proc(child_mid).vmas) {
+      for (vaddr_t span = v.start & ~(kSpanBytes - 1); span < v.end; span += kSpanBytes) {
+        if (span == done) continue;
+        done = span;
+        const vaddr_t a = std::max(span, v.start);
+        const PtWalk pw = m.walk(parent, a), cw = m.walk(child, a);
+        if (pw.levels < 4 || cw.levels < 4 || pw.table[3] != cw.table[3]) continue;
+        ++n;
+        if (&m == &m_) max_sharers_ = std::max(max_sharers_, m.page_info(cw.table[3]).refcount);
+      }
+    }
+    return n;
+  }
+
   std::uint64_t footprint() const { return model_.footprint_pages(); }
   std::uint64_t private_pages(int mid) const {
     std::uint64_t n = 0;
@@ -329,16 +828,20 @@ class DifferentialRun {
 
   void spawn() {
     Process& p = m_.spawn();
-    Live l{model_.spawn(), &p};
+    Live l{model_.spawn(), &p, twin_ ? &twin_->spawn() : nullptr};
     live_.push_back(l);
     log("spawn -> " + pname(l));
-    if (cfg_.cow_pte) set_cow_pte(l);
+    twin_full_next_ = true;
+    if (cfg_.mode != ForkMode::classic) set_cow_pte(l);
   }
 
+  // Never made on the twin: it keeps the classic fork.
   void set_cow_pte(const Live& l) {
-    auto r = l.proc->set_cow_pte();
-    note(pname(l) + ".set_cow_pte()", r.error(), errname(r.error()));
-    expect_err(pname(l) + ".set_cow_pte()", r.error(), model_.set_cow_pte(l.mid).err);
+    const std::string d =
+        pname(l) + ".set_cow_pte(" + (cfg_.mode == ForkMode::odf ? "on_demand_fork" : "seed") + ")";
+    auto r = l.proc->set_cow_pte(policy_of(cfg_.mode));
+    note(d, r.error(), errname(r.error()));
+    expect_err(d, r.error(), model_.set_cow_pte(l.mid).err);
   }
 
   // ---------------------------------------------------------------- choosing arguments
@@ -495,12 +998,19 @@ class DifferentialRun {
       kPinCheck,
       kDead,
       kCowPte,
+      kSetCpu,
       kCount
     };
-    static const unsigned kWeights[kCount] = {260, 220, 90, 50, 60, 80, 40, 28, 50, 40, 30, 6, 0};
+    // set_cpu only in the timed runs (a zero weight is never drawn, so the untimed runs draw
+    // what they drew before it existed).
+    static const unsigned kWeights[kCount] = {260, 220, 90, 50, 60, 80, 40,
+                                              28,  50,  40, 30, 6,  0,  0};
     static const unsigned kWeightsCowPte[kCount] = {260, 220, 90, 50, 60, 80, 40,
-                                                    28,  50,  40, 30, 6,  10};
-    Op op = static_cast<Op>(rng_.weighted(cfg_.cow_pte ? kWeightsCowPte : kWeights));
+                                                    28,  50,  40, 30, 6,  10, 0};
+    unsigned weights[kCount];
+    std::copy_n(cfg_.mode == ForkMode::classic ? kWeights : kWeightsCowPte, kCount, weights);
+    if (cfg_.timed) weights[kSetCpu] = kSetCpuWeight;
+    Op op = static_cast<Op>(rng_.weighted(weights));
     if (op == kDead && dead_.empty()) op = kLoad;
     if (op == kFork && live_.size() >= kMaxLive) op = kExit;
     if (op == kMmap && footprint() > kFootprintCap - 64) op = kMunmap;
@@ -534,8 +1044,29 @@ class DifferentialRun {
         return do_dead();
       case kCowPte:
         return set_cow_pte(l);
+      case kSetCpu:
+        return do_set_cpu(l);
       case kCount:
         break;
+    }
+  }
+
+  // Timed runs: migrate a process to a random CPU, or to CPU `cpus`, which does not exist
+  // (EINVAL, and the process stays where it is). A migrated process finds its new CPU's TLB
+  // holding whatever that CPU cached for it earlier: the flushes must have reached it too.
+  void do_set_cpu(Live& l) {
+    const unsigned cpus = m_.config().cpus;
+    const unsigned cpu = static_cast<unsigned>(rng_.below(cpus + 1));
+    const unsigned before = l.proc->cpu();
+    const std::string d = pname(l) + ".set_cpu(" + std::to_string(cpu) + ")";
+    auto r = l.proc->set_cpu(cpu);
+    note(d, r.error(), errname(r.error()));
+    if (!expect_err(d, r.error(), cpu < cpus ? kOk : Errno::inval)) return;
+    if (l.twin) twin_same(d, r, l.twin->set_cpu(cpu));
+    const unsigned want = r ? cpu : before;
+    if (!failed_ && l.proc->cpu() != want) {
+      fail(d + ": the process is on CPU " + std::to_string(l.proc->cpu()) + ", expected " +
+           std::to_string(want));
     }
   }
 
@@ -550,6 +1081,8 @@ class DifferentialRun {
     note(d, r.error(), errname(r.error()));
     Outcome want = model_.store(l.mid, a, v);
     expect_err(d, r.error(), want.err);
+    if (l.twin) twin_same(d, r, l.twin->store(a, v));
+    twin_dirty(a, 8);
     if (r) touch(a);
     if (!failed_ && model_.expected_gup(l.mid, a)) check_pin(l, a);
   }
@@ -560,13 +1093,18 @@ class DifferentialRun {
     auto r = l.proc->load(a);
     note(d, r.error(), r ? hex(*r) : errname(r.error()));
     Outcome want = model_.load(l.mid, a);
-    if (!expect_err(d, r.error(), want.err) || !r) return 0;
-    if (*r != want.value)
+    const bool ok = expect_err(d, r.error(), want.err);
+    if (ok && r && *r != want.value)
       fail(d + ": simulator loaded " + hex(*r) + ", model expects " + hex(want.value));
-    return *r;
+    if (l.twin) twin_same(d, r, l.twin->load(a));
+    twin_dirty(a, 8);
+    return ok && r ? *r : 0;
   }
 
   void do_mmap(Live& l) {
+    if (cfg_.mode == ForkMode::odf && rng_.chance(kBigMmapPercent) &&
+        footprint() + 2 * kSpanPages <= kFootprintCap)
+      return do_big_mmap(l);
     std::uint64_t pages = random_pages();
     std::uint64_t len = pages * kPageSize;
     Prot prot = random_prot();
@@ -598,13 +1136,32 @@ class DifferentialRun {
         break;
     }
     if (rng_.chance(20)) flags = flags | MapFlags::populate;
-    len = maybe_ragged(len);
+    mmap_once(l, addr, maybe_ragged(len), prot, flags);
+  }
+
+  // On-demand-fork shares only the table of a 2 MiB span that one private anonymous VMA covers
+  // whole: in the ODF runs, now and then map 2-4 MiB at 2 MiB boundaries of the arena, mostly
+  // populated (otherwise the stores that come back to the hot address fill it).
+  void do_big_mmap(Live& l) {
+    const std::uint64_t spans = rng_.range(1, 2);
+    const vaddr_t addr =
+        kArenaBase + rng_.below(kArenaPages / kSpanPages - spans + 1) * kSpanPages * kPageSize;
+    MapFlags flags = MapFlags::private_ | MapFlags::anonymous | MapFlags::fixed;
+    if (rng_.chance(60)) flags = flags | MapFlags::populate;
+    mmap_once(l, addr, spans * kSpanPages * kPageSize,
+              rng_.chance(85) ? Prot::read | Prot::write : Prot::read, flags);
+  }
+
+  void mmap_once(Live& l, vaddr_t addr, std::uint64_t len, Prot prot, MapFlags flags) {
     std::string d = pname(l) + ".mmap(" + hex(addr) + ", " + hex(len) + ", " + prot_name(prot) +
                     ", " + map_flags_name(flags) + ")";
     auto r = l.proc->mmap(addr, len, prot, flags);
     note(d, r.error(), r ? hex(*r) : errname(r.error()));
     FlatModel::MmapPlan plan = model_.plan_mmap(l.mid, addr, len, prot, flags);
-    if (!expect_err(d, r.error(), plan.err) || !r) return;
+    const bool ok = expect_err(d, r.error(), plan.err);
+    if (l.twin) twin_same(d, r, l.twin->mmap(addr, len, prot, flags));
+    twin_dirty(r ? *r : addr, len);
+    if (!ok || !r) return;
     vaddr_t got = *r;
     const std::uint64_t alen = flat::page_align(len);
     if (plan.exact && got != plan.addr) {
@@ -640,6 +1197,8 @@ class DifferentialRun {
     auto r = l.proc->munmap(a, len);
     note(d, r.error(), errname(r.error()));
     expect_err(d, r.error(), model_.munmap(l.mid, a, len).err);
+    if (l.twin) twin_same(d, r, l.twin->munmap(a, len));
+    twin_dirty(a, len);
   }
 
   void do_mprotect(Live& l) {
@@ -661,6 +1220,8 @@ class DifferentialRun {
     auto r = l.proc->mprotect(a, len, prot);
     note(d, r.error(), errname(r.error()));
     expect_err(d, r.error(), model_.mprotect(l.mid, a, len, prot).err);
+    if (l.twin) twin_same(d, r, l.twin->mprotect(a, len, prot));
+    twin_dirty(a, len);
     if (len) touch(a);
   }
 
@@ -675,6 +1236,8 @@ class DifferentialRun {
     auto r = l.proc->madvise(a, len, adv);
     note(d, r.error(), errname(r.error()));
     expect_err(d, r.error(), model_.madvise(l.mid, a, len, adv).err);
+    if (l.twin) twin_same(d, r, l.twin->madvise(a, len, adv));
+    twin_dirty(a, len);
     if (len && a % kPageSize == 0) touch(a);
   }
 
@@ -682,14 +1245,33 @@ class DifferentialRun {
     std::string d = pname(l) + ".fork()";
     auto r = l.proc->fork();
     note(d, r.error(), r ? "p" + std::to_string((*r)->pid()) : errname(r.error()));
+    Result<Process*> t = l.twin ? l.twin->fork() : Result<Process*>(nullptr);
+    twin_full_next_ = true;
     if (!expect_err(d, r.error(), kOk) || !r) return;
+    if (!twin_same(d, r.error(), t.error())) return;
     Process* child = *r;
     if (!child || !child->alive() || m_.find(child->pid()) != child || child == l.proc)
       return fail(d + ": the child is not a new live process");
     for (const auto& o : live_)
       if (o.proc->pid() == child->pid()) return fail(d + ": the child reuses a live pid");
+    const Live parent = l;  // push_back moves `l`
+    // MMF_COW_PTE (or READY, which this fork turns into it): a COW-PTE fork.
+    const bool cow_pte_fork = model_.proc(l.mid).cow_pte != flat::CowPte::off;
     const int mid = model_.fork(l.mid);
-    live_.push_back({mid, child});
+    if (cow_pte_fork) {
+      cow_pte_forked_.insert(parent.proc->pid());
+      cow_pte_forked_.insert(child->pid());
+    }
+    live_.push_back({mid, child, *t});
+    ++forks_;
+    // A classic fork never shares a PTE table (nor does the twin, which forks classically).
+    const std::uint64_t n = shared_tables(m_, *parent.proc, *child, mid);
+    if (n && cfg_.mode == ForkMode::classic)
+      return fail(d + ": " + std::to_string(n) + " PTE tables shared by a classic fork");
+    if (parent.twin && shared_tables(*twin_, *parent.twin, **t, mid))
+      return fail(d + ": the classic twin's fork shared PTE tables");
+    shared_tables_ += n;
+    sharing_forks_ += n != 0;
   }
 
   void do_exit(std::size_t idx) {
@@ -697,7 +1279,10 @@ class DifferentialRun {
     log(pname(l) + ".exit()");
     const int pid = l.proc->pid();
     l.proc->exit();
+    if (l.twin) l.twin->exit();
+    twin_full_next_ = true;
     model_.exit(l.mid);
+    cow_pte_forked_.erase(pid);
     live_.erase(live_.begin() + static_cast<std::ptrdiff_t>(idx));
     dead_.push_back(l.proc);
     if (l.proc->alive() || m_.find(pid) != nullptr)
@@ -720,6 +1305,8 @@ class DifferentialRun {
     auto r = l.proc->pin(a, len, flags);
     note(d, r.error(), errname(r.error()));
     expect_err(d, r.error(), model_.pin(l.mid, a, len, flags).err);
+    if (l.twin) twin_same(d, r, l.twin->pin(a, len, flags));
+    twin_dirty(a, len);
     if (r) touch(a);
     if (!failed_ && r) {
       // A fresh long-term pin must read what the process reads.
@@ -749,6 +1336,8 @@ class DifferentialRun {
     auto r = l.proc->unpin(a, len);
     note(d, r.error(), errname(r.error()));
     expect_err(d, r.error(), model_.unpin(l.mid, a, len).err);
+    if (l.twin) twin_same(d, r, l.twin->unpin(a, len));
+    twin_dirty(a, len);
   }
 
   // read_gup(a) where the model knows what the pin holds: while the process maps the pinned
@@ -763,6 +1352,8 @@ class DifferentialRun {
     std::string d = pname(l) + ".read_gup(" + hex(a) + ")";
     auto g = l.proc->read_gup(a);
     note(d, g.error(), g ? hex(*g) : errname(g.error()));
+    if (l.twin) twin_same(d, g, l.twin->read_gup(a));
+    if (failed_) return;
     if (!g) return fail(d + ": " + errname(g.error()) + " on a page held by a FOLL_LONGTERM pin");
     if (live && model_.load(l.mid, a).ok()) {
       const std::uint64_t loaded = do_load(l, a);
@@ -802,7 +1393,7 @@ class DifferentialRun {
     const vaddr_t a = kArenaBase + rng_.below(kArenaPages) * kPageSize;
     Errno got;
     std::string d;
-    switch (rng_.below(6)) {
+    switch (rng_.below(cfg_.timed ? 7 : 6)) {  // set_cpu only in the timed runs
       case 0:
         d = n + ".load(" + hex(a) + ")";
         got = p->load(a).error();
@@ -825,9 +1416,13 @@ class DifferentialRun {
         d = n + ".fork()";
         got = p->fork().error();
         break;
-      default:
+      case 5:
         d = n + ".pin(" + hex(a) + ", 0x1000, LONGTERM)";
         got = p->pin(a, kPageSize, PinFlags::longterm).error();
+        break;
+      default:
+        d = n + ".set_cpu(0)";
+        got = p->set_cpu(0).error();
         break;
     }
     note(d, got, errname(got));
@@ -841,10 +1436,21 @@ class DifferentialRun {
       live_.pop_back();
       log(pname(l) + ".exit()");
       l.proc->exit();
+      if (l.twin) l.twin->exit();
+      twin_full_next_ = true;
       model_.exit(l.mid);
       check_invariants();
+      if (!failed_) compare_twin();
     }
     if (failed_) return;
+    if (twin_ && tolerated_) {  // the twin may have one more child, whose fork succeeded there
+      for (Process* p : twin_->processes()) p->exit();
+    }
+    if (twin_ && twin_->free_pages() != twin_free_at_start_) {
+      return fail("after every process exited, the classic twin has " +
+                  std::to_string(twin_->free_pages()) + " free pages, but it had " +
+                  std::to_string(twin_free_at_start_) + " right after construction");
+    }
     if (m_.free_pages() != free_at_start_) {
       fail("after every process exited, free_pages() = " + std::to_string(m_.free_pages()) +
            ", but it was " + std::to_string(free_at_start_) + " right after construction (" +
@@ -853,8 +1459,17 @@ class DifferentialRun {
     }
   }
 
+  // Compare with the twin in full at least every that many operations (see compare_twin).
+  static constexpr std::uint64_t kTwinFullEvery = 50;
+  static constexpr vaddr_t kSpanBytes = kSpanPages * kPageSize;
+  // In the ODF runs, the share of mmap calls that map whole 2 MiB spans (do_big_mmap).
+  static constexpr unsigned kBigMmapPercent = 20;
+  // The weight of set_cpu in the timed runs' op mix (the others sum to 954 or 964).
+  static constexpr unsigned kSetCpuWeight = 12;
+
   RunConfig cfg_;
   Machine m_;
+  std::unique_ptr<Machine> twin_;  // the classic twin (seed policy only)
   FlatModel model_;
   Rng rng_;
   std::vector<Live> live_;
@@ -864,6 +1479,24 @@ class DifferentialRun {
   std::uint64_t free_at_start_ = 0;
   std::uint64_t min_free_ = ~0ull;
   std::uint64_t cow_stores_ = 0, gup_live_ = 0, gup_detached_ = 0;
+  std::uint64_t forks_ = 0, sharing_forks_ = 0, shared_tables_ = 0;
+  std::int64_t max_sharers_ = 0;
+  std::uint64_t twin_free_at_start_ = 0, twin_full_ = 0, twin_partial_ = 0, twin_pages_ = 0;
+  std::vector<vaddr_t> twin_spans_;  // spans used since the last comparison
+  bool twin_full_next_ = false;      // a fork, an exit or a spawn: compare everything next
+  // pid -> span -> shmem pages that process maps there and the twin does not (compare_twin).
+  std::unordered_map<int, std::map<vaddr_t, std::uint64_t>> extra_shmem_;
+  // pid -> span -> shmem pages the twin maps there (its fault-around) and this process does not.
+  std::unordered_map<int, std::map<vaddr_t, std::uint64_t>> missing_shmem_;
+  // The pids of the processes that took part in a COW-PTE fork, as parent or child.
+  std::set<int> cow_pte_forked_;
+  // The allowed differences from the twin, counted per page compared (see the header comment):
+  // the zero page mapped only here, a shmem page mapped only here (that the twin maps
+  // elsewhere, or nowhere), the exclusive bit, soft-dirty; and the RSS comparisons where a
+  // process maps extra shmem pages.
+  std::uint64_t allowed_zero_ = 0, allowed_shmem_ = 0, allowed_shmem_unmapped_ = 0,
+                allowed_exclusive_ = 0, allowed_soft_dirty_ = 0, allowed_rss_shmem_ = 0,
+                allowed_missing_ = 0;
   std::array<vaddr_t, 24> hot_{};
   std::size_t hot_next_ = 0, hot_count_ = 0;
   bool failed_ = false;
@@ -874,11 +1507,12 @@ class DifferentialRun {
 
 struct SeedParam {
   std::uint64_t seed;
-  bool cow_pte;
+  ForkMode mode;
+  bool timed = false;
 };
 
 void PrintTo(const SeedParam& p, std::ostream* os) {
-  *os << "seed " << p.seed << (p.cow_pte ? " with COW-PTE" : "");
+  *os << "seed " << p.seed << " with the " << run_name(p.mode, p.timed);
 }
 
 class RandomOps : public ::testing::TestWithParam<SeedParam> {};
@@ -886,39 +1520,59 @@ class RandomOps : public ::testing::TestWithParam<SeedParam> {};
 TEST_P(RandomOps, MatchesFlatModel) {
   RunConfig cfg;
   cfg.seed = GetParam().seed;
-  cfg.cow_pte = GetParam().cow_pte;
+  cfg.mode = GetParam().mode;
+  cfg.timed = GetParam().timed;
   bool set = false;
   if (std::uint64_t s = env_u64("COWPTE_DIFF_SEED", &set); set) cfg.seed = s;
   if (std::uint64_t n = env_u64("COWPTE_DIFF_OPS", &set); set) cfg.ops = n;
-  if (cfg.cow_pte) {
-    // Only meaningful once prctl(PR_SET_COW_PTE) works.
-    Machine probe(MachineConfig{.memory_bytes = kMachineBytes});
-    auto r = probe.spawn().set_cow_pte();
+  if (cfg.mode != ForkMode::classic) {
+    // Only meaningful once prctl(PR_SET_COW_PTE) works under this policy.
+    Machine probe(machine_config(cfg.timed));
+    auto r = probe.spawn().set_cow_pte(policy_of(cfg.mode));
     if (!r) GTEST_SKIP() << "set_cow_pte() returns " << errname(r.error());
   }
   DifferentialRun run(cfg);
   EXPECT_TRUE(run.run());
   RecordProperty("ops", std::to_string(run.ops_done()));
-  std::printf("[ calls    ] seed %" PRIu64 ", %" PRIu64 " ops (kind ok/errors): %s\n", cfg.seed,
-              run.ops_done(), run.summary().c_str());
+  std::printf("[ calls    ] seed %" PRIu64 ", %s, %" PRIu64 " ops (kind ok/errors): %s\n", cfg.seed,
+              run_name(cfg.mode, cfg.timed).c_str(), run.ops_done(), run.summary().c_str());
 }
 
 std::string seed_name(const ::testing::TestParamInfo<SeedParam>& info) {
-  return "seed" + std::to_string(info.param.seed);
+  return "seed" + std::to_string(info.param.seed) + "_" +
+         run_tag(info.param.mode, info.param.timed);
 }
 
-// 10 x 10,000 operations with the classic fork, and 5 x 10,000 with COW-PTE sharing.
-INSTANTIATE_TEST_SUITE_P(Differential, RandomOps,
-                         ::testing::Values(SeedParam{1, false}, SeedParam{2, false},
-                                           SeedParam{3, false}, SeedParam{4, false},
-                                           SeedParam{5, false}, SeedParam{6, false},
-                                           SeedParam{7, false}, SeedParam{8, false},
-                                           SeedParam{9, false}, SeedParam{10, false}),
-                         seed_name);
+// 10 x 10,000 operations with the classic fork, 5 x 10,000 under each COW-PTE policy.
+INSTANTIATE_TEST_SUITE_P(
+    Differential, RandomOps,
+    ::testing::Values(SeedParam{1, ForkMode::classic}, SeedParam{2, ForkMode::classic},
+                      SeedParam{3, ForkMode::classic}, SeedParam{4, ForkMode::classic},
+                      SeedParam{5, ForkMode::classic}, SeedParam{6, ForkMode::classic},
+                      SeedParam{7, ForkMode::classic}, SeedParam{8, ForkMode::classic},
+                      SeedParam{9, ForkMode::classic}, SeedParam{10, ForkMode::classic}),
+    seed_name);
 INSTANTIATE_TEST_SUITE_P(DifferentialCowPte, RandomOps,
-                         ::testing::Values(SeedParam{101, true}, SeedParam{102, true},
-                                           SeedParam{103, true}, SeedParam{104, true},
-                                           SeedParam{105, true}),
+                         ::testing::Values(SeedParam{101, ForkMode::seed},
+                                           SeedParam{102, ForkMode::seed},
+                                           SeedParam{103, ForkMode::seed},
+                                           SeedParam{104, ForkMode::seed},
+                                           SeedParam{105, ForkMode::seed}),
+                         seed_name);
+INSTANTIATE_TEST_SUITE_P(DifferentialOdf, RandomOps,
+                         ::testing::Values(SeedParam{201, ForkMode::odf},
+                                           SeedParam{202, ForkMode::odf},
+                                           SeedParam{203, ForkMode::odf},
+                                           SeedParam{204, ForkMode::odf},
+                                           SeedParam{205, ForkMode::odf}),
+                         seed_name);
+// With the timing model on and two CPUs, so that TLBs serve translations and processes
+// migrate (set_cpu): the classic fork, the seed policy (its twin timed too) and ODF.
+INSTANTIATE_TEST_SUITE_P(DifferentialTimed, RandomOps,
+                         ::testing::Values(SeedParam{301, ForkMode::classic, true},
+                                           SeedParam{302, ForkMode::classic, true},
+                                           SeedParam{303, ForkMode::seed, true},
+                                           SeedParam{304, ForkMode::odf, true}),
                          seed_name);
 
 }  // namespace

@@ -29,8 +29,10 @@ int Kernel::copy_cow_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, Ent
   {  // One reference per child per table; pmd_install charges the child's nr_ptes.
     SpinGuard ptl(pte_lockptr(*pte_table));
     pmd_get_pte(*pte_table);
+    tm_page(*pte_table, 1);
     Page* t = pte_table;
     pmd_install(dst_mm, dst_pmd, t);
+    tm_entry(dst_pmd);
   }
 
   for (Vma* curr = src_mm.find_vma(addr); curr && curr->vm_start < end;

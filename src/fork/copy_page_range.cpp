@@ -90,6 +90,7 @@ int Kernel::copy_pmd_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pud, EntryRe
   const bool cow_pte = mm_cow_pte(src_mm), odf = mm_cow_pte_odf(src_mm);
   do {
     const vaddr_t next = pmd_addr_end(addr, end);
+    tm_entry(src_pmd);
     if (pmd_none(src_pmd.get())) continue;  // pmd_none_or_clear_bad
     vaddr_t from = addr;
     if (odf) {

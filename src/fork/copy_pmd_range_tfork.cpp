@@ -42,8 +42,11 @@ bool Kernel::copy_pmd_range_tfork(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, 
     pmdp_set_wrprotect(src_mm, src_pmd);
   }
   pmd_get_pte(table);
+  tm_page(table, 1);  // the table's refcount
+  tm_entry(src_pmd);
   SpinGuard pl(pmd_lockptr(*dst_pmd.table));
   set_pmd_at(dst_mm, dst_pmd, src_pmd.get());  // no nr_ptes: the owner carries the table
+  tm_entry(dst_pmd);
   return true;
 }
 

@@ -64,26 +64,24 @@ Hardware::Hardware(const TimingConfig& c, unsigned ncpus, std::uint64_t memory_b
 
 // L1 missed the line-filter: look it up level by level; each level's latency adds up.
 std::uint64_t Hardware::miss_path(Cpu& cpu, std::uint64_t line) noexcept {
+  // SetAssoc::access fills a level it misses in the same pass.
   std::uint64_t lat = cfg.l1d.latency;
-  if (cpu.l1d.lookup(line)) {
+  if (cpu.l1d.access(line)) {
     ++cpu.stats.l1d_hits;
   } else {
     lat += cfg.l2.latency;
-    if (cpu.l2.lookup(line)) {
+    if (cpu.l2.access(line)) {
       ++cpu.stats.l2_hits;
     } else {
       lat += cfg.llc.latency;
-      if (llc.lookup(line)) {
+      if (llc.access(line)) {
         ++cpu.stats.llc_hits;
       } else {
         lat += cfg.dram_latency;
         ++cpu.stats.dram_accesses;
-        llc.insert(line);
       }
-      cpu.l2.insert(line);
-      if (cfg.next_line_prefetch) cpu.l2.insert(line + 1);
+      if (cfg.next_line_prefetch) cpu.l2.access(line + 1);
     }
-    cpu.l1d.insert(line);
   }
   cpu.clock += lat;
   return lat;

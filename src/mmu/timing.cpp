@@ -21,7 +21,7 @@ class TimedLocks final : public LockTiming {
   void acquire(const void* lock, bool exclusive) override {
     Cpu* cpu = k_.cur_cpu;
     if (!cpu) return;
-    const Times& t = times_[lock];
+    const Times& t = times(lock);
     const std::uint64_t ready = exclusive ? std::max(t.write_free, t.read_free) : t.write_free;
     if (ready > cpu->clock) {
       ++cpu->stats.lock_waits;
@@ -34,7 +34,7 @@ class TimedLocks final : public LockTiming {
     Cpu* cpu = k_.cur_cpu;
     if (!cpu) return;
     cpu->clock += k_.hw->cfg.lock_release;
-    Times& t = times_[lock];
+    Times& t = times(lock);
     std::uint64_t& at = exclusive ? t.write_free : t.read_free;
     at = std::max(at, cpu->clock);
   }
@@ -43,8 +43,21 @@ class TimedLocks final : public LockTiming {
   struct Times {
     std::uint64_t write_free = 0, read_free = 0;
   };
+  // Split page-table locks live in struct page: index those by frame; the others (the mm's
+  // page_table_lock and mmap_lock) by address.
+  Times& times(const void* lock) {
+    const auto* first = reinterpret_cast<const char*>(&k_.mem.page(Pfn{0}).ptl);
+    const auto* p = reinterpret_cast<const char*>(lock);
+    const std::uint64_t n = k_.mem.total_pages();
+    if (p >= first && p < first + n * sizeof(Page)) {
+      if (by_frame_.empty()) by_frame_.resize(n);
+      return by_frame_[std::uint64_t(p - first) / sizeof(Page)];
+    }
+    return by_address_[lock];
+  }
   Kernel& k_;
-  std::unordered_map<const void*, Times> times_;
+  std::vector<Times> by_frame_;
+  std::unordered_map<const void*, Times> by_address_;
 };
 
 }  // namespace
