@@ -2,8 +2,9 @@
 // For each size it really maps, populates (4 KiB pages) and forks a process (median of --runs
 // forks), then simulates the same with the timing model and prints both with the error.
 //
-//   cowpte_calibrate [--sizes 16,64,256,1024,4096] [--runs 5] [--config machine.json]
-//                    [--json results.json]
+//   cowpte_calibrate [--sizes 16,64,256,1024,4096] [--runs 5] [--rounds 3]
+//                    [--config machine.json] [--json results.json]
+#include <algorithm>
 #include <cowpte/cowpte.hpp>
 #include <cstdio>
 #include <cstdlib>
@@ -43,8 +44,8 @@ double simulated_fork_ns(const MachineConfig& base, std::uint64_t mib, std::uint
   Machine m(cfg);
   Process& p = m.spawn();
   const auto populated = MapFlags::private_ | MapFlags::anonymous | MapFlags::populate;
-  auto a = p.mmap(0x7e0000000000ull, mib << 20, Prot::read | Prot::write,
-                  populated | MapFlags::fixed);
+  auto a =
+      p.mmap(0x7e0000000000ull, mib << 20, Prot::read | Prot::write, populated | MapFlags::fixed);
   if (!a) throw std::runtime_error("simulated mmap failed");
   if (own_bytes && !p.mmap(0, (own_bytes + 4095) & ~4095ull, Prot::read | Prot::write, populated))
     throw std::runtime_error("simulated mmap failed");
@@ -68,7 +69,7 @@ std::vector<std::uint64_t> parse_sizes(const std::string& s) {
 
 int main(int argc, char** argv) {
   std::vector<std::uint64_t> sizes{16, 64, 256, 1024, 4096};
-  int runs = 5;
+  int runs = 5, rounds = 3;
   MachineConfig cfg;
   std::string json_out;
   for (int i = 1; i < argc; ++i) {
@@ -84,30 +85,47 @@ int main(int argc, char** argv) {
       sizes = parse_sizes(next());
     } else if (arg == "--runs") {
       runs = std::atoi(next().c_str());
+    } else if (arg == "--rounds") {
+      rounds = std::max(1, std::atoi(next().c_str()));
     } else if (arg == "--config") {
       cfg = load_machine_config(next());
     } else if (arg == "--json") {
       json_out = next();
     } else {
       std::fprintf(stderr,
-                   "usage: %s [--sizes MiB,MiB,...] [--runs N] [--config machine.json] "
-                   "[--json out.json]\n",
+                   "usage: %s [--sizes MiB,MiB,...] [--runs N] [--rounds N] "
+                   "[--config machine.json] [--json out.json]\n",
                    argv[0]);
       return 2;
     }
   }
   std::printf("%10s %10s %14s %14s %10s %12s\n", "MiB", "PTEs", "real fork ms", "simulated ms",
               "error", "sim ns/PTE");
+  // Every real fork first, while this process is still small: after a simulation its heap is
+  // bigger, and its real fork slower. The real cost per PTE also depends on where the kernel
+  // found the frames (recycled ones scatter the struct page accesses), so the sizes are taken
+  // in --rounds rounds, ascending and descending in turn, and each size reports the median of
+  // its rounds' medians.
   const std::uint64_t own = own_rss_bytes();
+  std::vector<std::vector<double>> samples(sizes.size());
+  for (int r = 0; r < rounds; ++r) {
+    for (std::size_t k = 0; k < sizes.size(); ++k) {
+      const std::size_t i = r % 2 ? sizes.size() - 1 - k : k;
+      cowpte::bench::RealProcessMemory mem(sizes[i] << 20);
+      samples[i].push_back(mem.median_fork_ns(runs));
+    }
+  }
+  std::vector<double> real;
+  for (auto& s : samples) {
+    std::sort(s.begin(), s.end());
+    real.push_back(s[s.size() / 2]);
+  }
   std::printf("(the simulated process also has %.1f MiB populated: this program's own VmRSS)\n",
               double(own) / (1 << 20));
   std::vector<Row> rows;
-  for (std::uint64_t mib : sizes) {
-    double real_ns;
-    {
-      cowpte::bench::RealProcessMemory mem(mib << 20);
-      real_ns = mem.median_fork_ns(runs);
-    }
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    const std::uint64_t mib = sizes[i];
+    const double real_ns = real[i];
     double cycles = 0;
     const double sim_ns = simulated_fork_ns(cfg, mib, own, &cycles);
     const double ptes = double(mib << 8);

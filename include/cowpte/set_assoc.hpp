@@ -70,6 +70,23 @@ class SetAssoc {
     return evicted;
   }
 
+  // A cache access in one pass over the set: true on a hit (now most recently used); on a miss
+  // key is filled into the invalid or least recently used way.
+  bool access(std::uint64_t key) noexcept {
+    Way* set = set_of(key);
+    Way* victim = &set[0];
+    for (std::uint32_t w = 0; w < ways_; ++w) {
+      if (set[w].key == key && set[w].last_use) {
+        set[w].last_use = ++clock_;
+        return true;
+      }
+      if (set[w].last_use < victim->last_use) victim = &set[w];
+    }
+    victim->key = key;
+    victim->last_use = ++clock_;
+    return false;
+  }
+
   bool invalidate(std::uint64_t key) noexcept {
     Way* set = set_of(key);
     for (std::uint32_t w = 0; w < ways_; ++w)

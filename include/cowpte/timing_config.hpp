@@ -19,7 +19,7 @@ struct ArrayGeometry {  // a set-associative structure
 
 struct TimingConfig {
   bool enabled = false;
-  double ghz = 2.4;  // Xeon Silver 4210R base clock, the fork anchor of mmu-simulators.md
+  double ghz = 2.45;  // this project's machine: "AMD EPYC" at 2445 MHz (/proc/cpuinfo)
 
   // TLBs: Skylake (Intel Optimization Reference Manual, Table 2-15); STLB latency ChampSim's.
   ArrayGeometry dtlb_4k{16, 4, 1};  // 64 entries, 4-way
@@ -33,9 +33,9 @@ struct TimingConfig {
   // Data caches, physically indexed, 64-byte lines; latencies ChampSim's defaults.
   ArrayGeometry l1d{64, 8, 5};       // 32 KiB, 8-way
   ArrayGeometry l2{1024, 16, 10};    // 1 MiB, 16-way (Skylake-SP)
-  ArrayGeometry llc{8192, 16, 20};   // 8 MiB, 16-way, shared
+  ArrayGeometry llc{8192, 16, 20};   // 8 MiB, 16-way, shared (ChampSim-like)
   std::uint32_t dram_latency = 200;  // ~80 ns loaded latency at 2.4 GHz (estimate)
-  bool next_line_prefetch = true;    // an L2 miss also fills the next line into L2
+  bool next_line_prefetch = true;    // an L1 miss also brings the next line into L2 and LLC
 
   // Kernel basic operations, cycles.
   std::uint32_t atomic_rmw = 18;     // LOCK INC m32, L1 hit (uops.info)
@@ -52,12 +52,14 @@ struct TimingConfig {
   std::uint32_t ipi_handle = 1200;   // the target's interrupt + flush handler (estimate)
   std::uint32_t exception = 600;     // #PF entry and exit, no KPTI (estimate)
   std::uint32_t syscall = 100;       // SYSCALL/SYSRET round trip (estimate)
-  std::uint32_t pte_op = 12;         // instructions around one PTE in a fork or zap loop
-                                     // (calibrated)
-  std::uint32_t vma_op = 800;        // vm_area_dup + anon_vma_fork + tree insert per VMA
-                                     // (estimate)
-  std::uint32_t fork_base = 60000;   // copy_process without the address space: task,
-                                     // files, signals, pid (calibrated, ~25 us)
+  // What one PTE of a fork, zap or mprotect loop costs beyond the accesses charged one by one:
+  // the instructions of copy_present_pte and the folio and rmap helpers, and, on this machine,
+  // the hypervisor's nested paging (calibrated with cowpte_calibrate, README).
+  std::uint32_t pte_op = 190;
+  std::uint32_t vma_op = 800;       // vm_area_dup + anon_vma_fork + tree insert per VMA
+                                    // (estimate)
+  std::uint32_t fork_base = 60000;  // copy_process without the address space: task,
+                                    // files, signals, pid (calibrated, ~25 us)
 };
 
 }  // namespace cowpte

@@ -80,8 +80,10 @@ std::uint64_t Hardware::miss_path(Cpu& cpu, std::uint64_t line) noexcept {
         lat += cfg.dram_latency;
         ++cpu.stats.dram_accesses;
       }
-      if (cfg.next_line_prefetch) cpu.l2.access(line + 1);
     }
+    // Next-line prefetch on every L1 miss (a tagged prefetcher: a sequential stream stays one
+    // line ahead, as the L2 streamers of real cores do), into L2 and the LLC.
+    if (cfg.next_line_prefetch && !cpu.l2.access(line + 1)) llc.access(line + 1);
   }
   cpu.clock += lat;
   return lat;
