@@ -41,6 +41,16 @@ BENCHMARK(BM_ClassicFork)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
+// Map and populate len bytes of private anonymous memory at a 2 MiB-aligned address (so that
+// On-demand-fork can share every table); false, with the benchmark marked, if mmap fails.
+static bool populate_aligned(Process& p, std::uint64_t len, benchmark::State& state) {
+  const MapFlags flags =
+      MapFlags::private_ | MapFlags::anonymous | MapFlags::fixed | MapFlags::populate;
+  if (p.mmap(0x7e0000000000ull, len, Prot::read | Prot::write, flags)) return true;
+  state.SkipWithError("mmap failed");
+  return false;
+}
+
 // The same fork under each COW PTE policy, in one run so that their ratio is what counts:
 // arg 0 = policy (0 classic, 1 the seed's COW PTE, 2 On-demand-fork), arg 1 = MiB populated.
 // Counters: ns per populated page, the child's VmPTE, and the table frames the fork allocated.
@@ -49,14 +59,7 @@ static void BM_Fork(benchmark::State& state) {
   const std::uint64_t len = static_cast<std::uint64_t>(state.range(1)) << 20;
   Machine m(MachineConfig{.memory_bytes = 2 * len + (256ull << 20)});
   Process& parent = m.spawn();
-  // 2 MiB aligned, so that On-demand-fork can share every table.
-  auto addr =
-      parent.mmap(0x7e0000000000ull, len, Prot::read | Prot::write,
-                  MapFlags::private_ | MapFlags::anonymous | MapFlags::fixed | MapFlags::populate);
-  if (!addr) {
-    state.SkipWithError("mmap failed");
-    return;
-  }
+  if (!populate_aligned(parent, len, state)) return;
   if (policy)
     (void)parent.set_cow_pte(policy == 1 ? CowPtePolicy::seed : CowPtePolicy::on_demand_fork);
   std::uint64_t child_pte = 0, frames = 0;
@@ -90,13 +93,7 @@ static void BM_TimedFork(benchmark::State& state) {
   cfg.timing.enabled = true;
   Machine m(cfg);
   Process& parent = m.spawn();
-  auto addr =
-      parent.mmap(0x7e0000000000ull, len, Prot::read | Prot::write,
-                  MapFlags::private_ | MapFlags::anonymous | MapFlags::fixed | MapFlags::populate);
-  if (!addr) {
-    state.SkipWithError("mmap failed");
-    return;
-  }
+  if (!populate_aligned(parent, len, state)) return;
   double sim_cycles = 0;
   for (auto _ : state) {
     const std::uint64_t before = parent.hw_stats().phase[std::size_t(Phase::fork)].cycles;

@@ -255,7 +255,7 @@ class Kernel {
   void free_pmd_range(MmGather& tlb, EntryRef pud, vaddr_t addr, vaddr_t end, vaddr_t floor,
                       vaddr_t ceiling);
   void free_pte_range(MmGather& tlb, EntryRef pmd);
-  bool zap_cow_pte(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, vaddr_t end);
+  bool zap_cow_pte(MmGather& tlb, EntryRef pmd, vaddr_t addr);
   void zap_cow_pte_range(MmGather& tlb, EntryRef pmd, vaddr_t addr, vaddr_t end);
   void zap_page_range(MmStruct& mm, vaddr_t start, vaddr_t end);
   void exit_mmap(MmStruct& mm);

@@ -69,7 +69,7 @@ void Kernel::zap_cow_pte_range(MmGather& tlb, EntryRef pmd, vaddr_t addr, vaddr_
 //    zapped").
 //  - Anything else would change entries other processes still map: its caller broke the
 //    table first (do_vmi_munmap, madvise), so meeting one here is a bug.
-bool Kernel::zap_cow_pte(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, vaddr_t) {
+bool Kernel::zap_cow_pte(MmGather& tlb, EntryRef pmd, vaddr_t addr) {
   MmStruct& mm = *tlb.mm;
   Page& table = table_of(pmd.get());
   const vaddr_t span = addr & PMD_MASK;
@@ -105,7 +105,6 @@ bool Kernel::zap_cow_pte(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, va
     pmd_put_pte(table);
     mm.pgtables_bytes -= PAGE_SIZE;  // mm_dec_nr_ptes
   }
-  (void)vma;
   return true;
 }
 
@@ -114,7 +113,7 @@ void Kernel::zap_pmd_range(MmGather& tlb, Vma& vma, EntryRef pud, vaddr_t addr, 
   do {
     const vaddr_t next = pmd_addr_end(addr, end);
     if (pmd_none(pmd.get())) continue;  // pmd_none_or_trans_huge_or_clear_bad
-    if (pmd_cow_pte(*tlb.mm, pmd.get()) && zap_cow_pte(tlb, vma, pmd, addr, next)) continue;
+    if (pmd_cow_pte(*tlb.mm, pmd.get()) && zap_cow_pte(tlb, pmd, addr)) continue;
     zap_pte_range(tlb, vma, pmd, addr, next);
   } while (++pmd.p, addr = pmd_addr_end(addr, end), addr != end);
 }
