@@ -49,8 +49,7 @@ double simulated_fork_ns(const MachineConfig& base, std::uint64_t mib, std::uint
   if (!a) throw std::runtime_error("simulated mmap failed");
   if (own_bytes && !p.mmap(0, (own_bytes + 4095) & ~4095ull, Prot::read | Prot::write, populated))
     throw std::runtime_error("simulated mmap failed");
-  const auto& phase = p.hw_stats().phase[std::size_t(Phase::fork)];
-  const std::uint64_t before = phase.cycles;
+  const std::uint64_t before = p.hw_stats().phase[std::size_t(Phase::fork)].cycles;
   auto c = p.fork();
   if (!c) throw std::runtime_error("simulated fork failed");
   const double cycles = double(p.hw_stats().phase[std::size_t(Phase::fork)].cycles - before);

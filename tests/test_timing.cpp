@@ -165,6 +165,37 @@ TEST_F(Timing, ForkCyclesGrowLinearlyWithThePopulatedSize) {
   EXPECT_NEAR(c512 / c256, 2.0, 0.2);
 }
 
+TEST_F(Timing, MunmapOfASharedSpanDropsItsTranslations) {
+  Process& p = mapped(512);
+  ASSERT_TRUE(p.mmap(kBase + (4 << 20), 4 * kPage, kRW, kPrivFixed));  // keeps the PMD table
+  ok(p.store(kBase, 1));
+  ok(p.set_cow_pte(CowPtePolicy::seed));
+  auto c = p.fork();
+  ASSERT_TRUE(c);
+  EXPECT_EQ(*p.load(kBase), 1u);  // the parent's DTLB now holds the shared page
+  ok(p.munmap(kBase, 512 * kPage));
+  m.check_invariants();
+  EXPECT_EQ(p.load(kBase).error(), Errno::fault) << "no stale translation may survive munmap";
+  EXPECT_EQ(*(*c)->load(kBase), 1u);
+  m.check_invariants();
+}
+
+TEST_F(Timing, LiveProcessesNeverShareAPcid) {
+  Process& p = mapped(1);
+  ok(p.store(kBase, 7));
+  for (int i = 0; i < 4100; ++i) {  // more forks than there are PCIDs
+    auto c = p.fork();
+    ASSERT_TRUE(c);
+    (*c)->exit();
+  }
+  auto c = p.fork();
+  ASSERT_TRUE(c);
+  ok((*c)->set_cpu(0));
+  ok(p.store(kBase, 8));  // the parent's COW copy, in its own TLB entry
+  EXPECT_EQ(*(*c)->load(kBase), 7u) << "the child must not use the parent's translation";
+  m.check_invariants();
+}
+
 class TimingTwoCpus : public Timing {
  protected:
   TimingTwoCpus() : Timing(2) {}

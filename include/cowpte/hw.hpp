@@ -55,7 +55,8 @@ struct PhaseStat {
 struct HwStats {
   std::array<PhaseStat, std::size_t(Phase::count)> phase{};
   std::uint64_t dtlb_hits = 0, stlb_hits = 0, tlb_misses = 0;
-  std::uint64_t walks = 0, walk_cycles = 0, walk_dirty_rewalks = 0;
+  std::uint64_t walks = 0, walk_cycles = 0;
+  std::uint64_t walk_dirty_rewalks = 0;  // a TLB entry that could not serve a write: walk again
   std::uint64_t pwc_pml4e_hits = 0, pwc_pdpte_hits = 0, pwc_pde_hits = 0;
   std::uint64_t l1d_hits = 0, l2_hits = 0, llc_hits = 0, dram_accesses = 0;
   std::uint64_t invlpg = 0, full_flushes = 0, shootdowns_sent = 0, shootdowns_received = 0;

@@ -147,6 +147,17 @@ class Kernel {
     Cpu* prev_;
   };
   void settle_stats(Cpu& cpu, int new_owner) noexcept;  // credit the CPU's owner, switch
+  // PCIDs: x86 has 12 bits; each live mm holds one (1..4095), and exit flushes it from every
+  // CPU before it is handed out again. 0 when all are taken.
+  std::vector<bool> pcid_used = std::vector<bool>(4096, false);
+  unsigned alloc_pcid() noexcept {
+    for (unsigned i = 1; i < pcid_used.size(); ++i)
+      if (!pcid_used[i]) {
+        pcid_used[i] = true;
+        return i;
+      }
+    return 0;
+  }
   // TLB maintenance (arch/x86/mm/tlb.c): INVLPG up to flush_ceiling pages, else a PCID flush,
   // on this CPU, and a shootdown IPI to every other CPU in mm_cpumask.
   void flush_tlb_range(MmStruct& mm, vaddr_t start, vaddr_t end);
@@ -291,7 +302,7 @@ class Kernel {
   // ---- src/fork/copy_pmd_range_tfork.cpp: On-demand-fork's fork (the ODF code's mm/memory.c) ----
   bool copy_pmd_range_tfork(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, EntryRef src_pmd,
                             vaddr_t addr);
-  static bool is_vma_odf_compatible(const Vma& vma) noexcept;
+  static bool is_vma_odf_incompatible(const Vma& vma) noexcept;
   // The span the current fork fell back to copying, and where the recovered entries end: the
   // VMAs after the one that hit the fallback copy only from there (see copy_pmd_range).
   struct CowPteRecover {
@@ -388,10 +399,8 @@ inline int Kernel::page_try_dup_anon_rmap(Page& page, Vma& src_vma) {
   return 0;
 }
 
-// The timing model's lock timing (src/mmu/timing.cpp) and the PCID of a process: x86 has 12
-// bits of PCID; the model's pids never repeat, and exit flushes a PCID before it can return.
+// The timing model's lock timing (src/mmu/timing.cpp).
 std::unique_ptr<LockTiming> make_timed_locks(Kernel& k);
-inline unsigned pid_to_pcid(int pid) noexcept { return unsigned(pid) & 0xfff; }
 
 // ---- COW PTE state (include/linux/mm.h of the series) ----
 

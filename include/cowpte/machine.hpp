@@ -109,7 +109,7 @@ class Process {
   // on the CPU after its parent's. set_cpu migrates it (sched_setaffinity); EINVAL past cpus.
   unsigned cpu() const { return cpu_; }
   Result<void> set_cpu(unsigned cpu);
-  const HwStats& hw_stats() const;  // this process's share of the timing statistics
+  HwStats hw_stats() const;  // this process's share of the timing statistics
 
   Machine& machine() { return *machine_; }
   MmStruct* mm() { return mm_.get(); }  // nullptr after exit

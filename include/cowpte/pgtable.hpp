@@ -32,8 +32,7 @@ inline SpinLock& pud_lockptr(MmStruct& mm) noexcept { return mm.page_table_lock;
 
 // --- the checker ---
 // A PTE table whose frame has _refcount above 1 is shared by several mms (COW PTE). Nothing
-// may write its entries but the paths that own that sharing: fork preparing the table, the
-// zero-page install of an anonymous read fault (the series does not break for it), and
+// may write its entries but the paths that own that sharing: fork preparing the table, and
 // On-demand-fork write-protecting the entries it copies. They open a SharedPteWrites scope;
 // any other write is a path that forgot to break COW first (David Hildenbrand's first
 // objection to v4; v5's page_table_check does the same).

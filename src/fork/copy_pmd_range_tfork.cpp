@@ -7,11 +7,11 @@
 
 namespace cowpte {
 
-// is_vma_odf_incompatible, inverted: anonymous and private. The paper also leaves out the heap
-// (brk) VMA; the model has no brk. A VMA the child gets empty (VM_WIPEONFORK) or not at all is
-// never copied by dup_mmap in the first place.
-bool Kernel::is_vma_odf_compatible(const Vma& vma) noexcept {
-  return vma_is_anonymous(vma) && !(vma.vm_flags & (VM_SHARED | VM_WIPEONFORK | VM_DONTCOPY));
+// is_vma_odf_incompatible: ODF shares tables of anonymous private VMAs only. The paper also
+// leaves out the heap (brk) VMA; the model has no brk. A VMA the child gets empty
+// (VM_WIPEONFORK) or not at all is never copied by dup_mmap in the first place.
+bool Kernel::is_vma_odf_incompatible(const Vma& vma) noexcept {
+  return !vma_is_anonymous(vma) || (vma.vm_flags & (VM_SHARED | VM_WIPEONFORK | VM_DONTCOPY));
 }
 
 // copy_pmd_range_tfork: share the table of addr's span if src_vma covers the whole span; false
@@ -28,7 +28,7 @@ bool Kernel::copy_pmd_range_tfork(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, 
   MmStruct& dst_mm = *dst_vma.vm_mm;
   const vaddr_t span = addr & PMD_MASK;
   if (span < src_vma.vm_start || span + PMD_SIZE > src_vma.vm_end) return false;
-  if (!is_vma_odf_compatible(src_vma)) return false;
+  if (is_vma_odf_incompatible(src_vma)) return false;
   // A table already shared holds no pinned page: every pin breaks the sharing first.
   if (pmd_write(src_pmd.get()) && src_mm.test_flag(MMF_HAS_PINNED)) return false;
   if (!pmd_none(dst_pmd.get())) [[unlikely]]
@@ -43,7 +43,6 @@ bool Kernel::copy_pmd_range_tfork(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, 
   }
   pmd_get_pte(table);
   tm_page(table, 1);  // the table's refcount
-  tm_entry(src_pmd);
   SpinGuard pl(pmd_lockptr(*dst_pmd.table));
   set_pmd_at(dst_mm, dst_pmd, src_pmd.get());  // no nr_ptes: the owner carries the table
   tm_entry(dst_pmd);

@@ -51,18 +51,25 @@ Result<Process*> Kernel::kernel_clone(Process& parent) {
     oldmm.set_flag(MMF_COW_PTE);
   }
   auto mm = std::make_unique<MmStruct>();
-  if (!pgd_alloc(*mm)) return Errno::nomem;  // mm_alloc -> mm_init -> pgd_alloc
+  mm->pcid = alloc_pcid();
+  if (!mm->pcid) return Errno::again;  // the model's process limit: 4095 live processes
+  if (!pgd_alloc(*mm)) {               // mm_alloc -> mm_init -> pgd_alloc
+    pcid_used[mm->pcid] = false;
+    return Errno::nomem;
+  }
   mm->flags = oldmm.flags & MMF_INIT_MASK;
   const int err = dup_mmap(*mm, oldmm);
   if (err) {
     exit_mmap(*mm);  // mmput
     pgd_free(*mm);
+    if (hw)
+      for (Cpu& cpu : hw->cpus) hw->flush_pcid(cpu, mm->pcid);
+    pcid_used[mm->pcid] = false;
     COWPTE_TRACE(*this, "fork: pid {} failed {}", oldmm.pid, err);
     return Errno::nomem;
   }
   const int pid = static_cast<int>(procs.size()) + 1;  // alloc_pid, after copy_mm
   mm->pid = pid;
-  mm->pcid = pid_to_pcid(pid);
   procs.push_back(std::make_unique<Process>(machine, pid, std::move(mm)));
   proc_stats.emplace_back();
   // The child starts on the next CPU (the scheduler spreads them); its mm has run nowhere yet.

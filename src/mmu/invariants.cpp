@@ -270,7 +270,9 @@ class Checker {
   void check_hw() {
     std::map<unsigned, MmStruct*> by_pcid;
     for (const auto& p : k_.procs)
-      if (MmStruct* mm = p->mm()) by_pcid[mm->pcid] = mm;
+      if (MmStruct* mm = p->mm())
+        if (!by_pcid.emplace(mm->pcid, mm).second)
+          fail(fmt::format("pid {}: PCID {} is another live process's too", p->pid(), mm->pcid));
     const std::uint64_t vpn_mask = (1ull << 36) - 1;
     for (std::size_t c = 0; c < k_.hw->cpus.size(); ++c) {
       const Cpu& cpu = k_.hw->cpus[c];

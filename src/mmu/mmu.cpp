@@ -113,20 +113,29 @@ Result<std::uint64_t> Kernel::timed_user_access(MmStruct& mm, vaddr_t addr, bool
     cpu.clock += c.dtlb_4k.latency;
     TlbEntry e;
     bool hit = false;
+    bool in_stlb = false;
     if (auto* w = cpu.dtlb_4k.lookup(key)) {
-      e = w->value, hit = true, ++cpu.stats.dtlb_hits;
+      e = w->value, hit = true;
       cpu.mru_key = key, cpu.mru_way = w;
     } else {
       cpu.clock += c.stlb.latency;
       if (auto* s = cpu.stlb.lookup(key)) {
-        e = s->value, hit = true, ++cpu.stats.stlb_hits;
+        e = s->value, hit = in_stlb = true;
         cpu.dtlb_4k.insert(key, e);
         cpu.mru_key = key, cpu.mru_way = cpu.dtlb_4k.lookup(key);
       }
     }
-    if (hit && (!write || (e.writable && e.dirty))) return data_access(e.pfn);
-    if (hit && write && e.writable) ++cpu.stats.walk_dirty_rewalks;
-    if (!hit) ++cpu.stats.tlb_misses;
+    // A hit counts only when the entry serves the access; one that can't serve a write (read
+    // only, or filled without D) walks again and counts as such.
+    if (hit && (!write || (e.writable && e.dirty))) {
+      ++(in_stlb ? cpu.stats.stlb_hits : cpu.stats.dtlb_hits);
+      return data_access(e.pfn);
+    }
+    if (hit) {
+      ++cpu.stats.walk_dirty_rewalks;
+    } else {
+      ++cpu.stats.tlb_misses;
+    }
     const std::uint64_t t0 = cpu.clock;
     const HwWalk w = timed_hw_walk(*this, cpu, mm, addr, write);
     ++cpu.stats.walks;

@@ -68,7 +68,8 @@ Process& Kernel::spawn() {
   if (!pgd_alloc(*mm)) throw std::runtime_error("cowpte: out of memory for a new pgd");
   const int pid = static_cast<int>(procs.size()) + 1;
   mm->pid = pid;
-  mm->pcid = pid_to_pcid(pid);
+  mm->pcid = alloc_pcid();
+  if (!mm->pcid) throw std::runtime_error("cowpte: no free PCID (4095 live processes)");
   procs.push_back(std::make_unique<Process>(machine, pid, std::move(mm)));
   proc_stats.emplace_back();
   return *procs.back();
@@ -93,6 +94,7 @@ void Kernel::do_exit(Process& p) {
   exit_mmap(*p.mm_);
   if (hw)  // the PCID will be reused: drop whatever any CPU still caches for it
     for (Cpu& cpu : hw->cpus) hw->flush_pcid(cpu, p.mm_->pcid);
+  pcid_used[p.mm_->pcid] = false;
   release_gup_refs(p.pid());
   pgd_free(*p.mm_);
   p.mm_.reset();
@@ -229,7 +231,7 @@ Result<void> Process::set_cpu(unsigned cpu) {
   return {};
 }
 
-const HwStats& Process::hw_stats() const {
+HwStats Process::hw_stats() const {
   Kernel& k = const_cast<Kernel&>(machine_->kernel());
   if (k.hw)
     for (Cpu& c : k.hw->cpus) k.settle_stats(c, c.owner);

@@ -41,6 +41,7 @@ void Kernel::zap_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, 
 // entries in [addr, end) (rmap, RSS, the page reference after the flush) but leave the entries
 // for the other holders; free_pte_range (or zap_cow_pte) then drops this mm's reference.
 void Kernel::zap_cow_pte_range(MmGather& tlb, EntryRef pmd, vaddr_t addr, vaddr_t end) {
+  tlb.tlb_remove_tlb_entry(addr, end - addr);  // this mm's translations of the range go
   RssVec rss{};
   EntryRef pte = pte_offset_map(pmd, addr);
   SpinGuard ptl(pte_lockptr(*pte.table));
@@ -54,12 +55,12 @@ void Kernel::zap_cow_pte_range(MmGather& tlb, EntryRef pmd, vaddr_t addr, vaddr_
     page_remove_rmap(page);
     tlb.pages.push_back(&page);
   } while (++pte.p, addr += PAGE_SIZE, addr != end);
-  tlb.tlb_remove_tlb_entry(addr - PAGE_SIZE, PAGE_SIZE);
   add_mm_rss_vec(*tlb.mm, rss);
 }
 
-// zap_cow_pte: a zap that meets a COW-ed table (write-protected PMD). True when nothing is left
-// for zap_pte_range to do.
+// zap_cow_pte: a zap that meets a COW-ed table (write-protected PMD), the COW PTE part of v4's
+// zap_pte_range and of v5's zap path (mm/memory.c). True when nothing is left for
+// zap_pte_range to do.
 //  - The seed's last holder reuses it (the PMD becomes writable) and zaps as usual.
 //  - Every entry of this mm in the span goes (exit, or munmap with no VMA left in the span):
 //    the seed de-accounts and leaves the dropping to free_pte_range (v4); On-demand-fork drops
@@ -159,9 +160,9 @@ void Kernel::zap_page_range(MmStruct& mm, vaddr_t start, vaddr_t end) {
 
 // tlb_finish_mmu: flush, then drop the queued page references and free the queued tables.
 void Kernel::tlb_finish_mmu(MmGather& tlb) {
-  // Freed tables may sit in paging-structure caches: flush the whole PCID (x86's
-  // flush_tlb_mm_range does so for freed_tables beyond the single-page ceiling).
-  if (tlb.fullmm || !tlb.tables.empty()) {
+  // A range flush also drops the paging-structure caches of the PCID (INVLPG does), so it
+  // covers freed tables too; tables freed with no translation zapped still need a flush.
+  if (tlb.fullmm || (!tlb.need_flush() && !tlb.tables.empty())) {
     flush_tlb_mm(*tlb.mm);
   } else if (tlb.need_flush()) {
     flush_tlb_range(*tlb.mm, tlb.start, tlb.end);
