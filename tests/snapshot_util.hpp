@@ -229,4 +229,15 @@ cowpte::Errno ErrOf(const R& r) {
   return r.has_value() ? cowpte::Errno{} : r.error();
 }
 
+// Every (address, value) pair of `values` still loads the same in p (who names p in messages).
+template <class Values>
+void ExpectLoads(cowpte::Process& p, const Values& values, const char* who) {
+  for (const auto& [va, v] : values) {
+    const auto r = p.load(va);
+    EXPECT_TRUE(r.has_value() && *r == v)
+        << who << " load " << fmt::format("{:#x}", va) << ": expected " << fmt::format("{:#x}", v)
+        << ", got " << (r.has_value() ? fmt::format("{:#x}", *r) : ErrName(r.error()));
+  }
+}
+
 }  // namespace cowpte_test

@@ -131,19 +131,8 @@ void Read(World& w, Process* p, vaddr_t va) {
 
 // Every recorded value still loads the same in its process.
 void ExpectValues(World& w) {
-  for (const auto& [va, v] : w.parent_values) {
-    const auto r = w.parent->load(va);
-    EXPECT_TRUE(r.has_value() && *r == v)
-        << "parent load " << Hex(va) << ": expected " << Hex(v) << ", got "
-        << (r.has_value() ? Hex(*r) : ErrName(r.error()));
-  }
-  if (w.child == nullptr) return;
-  for (const auto& [va, v] : w.child_values) {
-    const auto r = w.child->load(va);
-    EXPECT_TRUE(r.has_value() && *r == v)
-        << "child load " << Hex(va) << ": expected " << Hex(v) << ", got "
-        << (r.has_value() ? Hex(*r) : ErrName(r.error()));
-  }
+  cowpte_test::ExpectLoads(*w.parent, w.parent_values, "parent");
+  if (w.child != nullptr) cowpte_test::ExpectLoads(*w.child, w.child_values, "child");
 }
 
 // Drops the parent's pins and references, exits every process, and checks that every frame the

@@ -181,19 +181,8 @@ Errno TryRead(World& w, Process* p, vaddr_t va) {
 }
 
 void ExpectValues(World& w) {
-  for (const auto& [va, v] : w.pv) {
-    const auto r = w.parent->load(va);
-    EXPECT_TRUE(r.has_value() && *r == v)
-        << "parent load " << Hex(va) << ": expected " << Hex(v) << ", got "
-        << (r.has_value() ? Hex(*r) : ErrName(r.error()));
-  }
-  if (w.child == nullptr) return;
-  for (const auto& [va, v] : w.cv) {
-    const auto r = w.child->load(va);
-    EXPECT_TRUE(r.has_value() && *r == v)
-        << "child load " << Hex(va) << ": expected " << Hex(v) << ", got "
-        << (r.has_value() ? Hex(*r) : ErrName(r.error()));
-  }
+  cowpte_test::ExpectLoads(*w.parent, w.pv, "parent");
+  if (w.child != nullptr) cowpte_test::ExpectLoads(*w.child, w.cv, "child");
 }
 
 // Drops the pins, exits every process, and checks that every frame is free again.
