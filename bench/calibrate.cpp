@@ -24,18 +24,6 @@ struct Row {
   double real_ns, sim_ns, sim_cycles;
 };
 
-// The calibrator's own resident memory (its code, libraries, heap, stack), which its real
-// fork copies too: the simulated process gets as much populated memory beside the test area.
-std::uint64_t own_rss_bytes() {
-  std::FILE* f = std::fopen("/proc/self/status", "r");
-  char line[256];
-  unsigned long kb = 0;
-  while (f && std::fgets(line, sizeof line, f))
-    if (std::sscanf(line, "VmRSS: %lu kB", &kb) == 1) break;
-  if (f) std::fclose(f);
-  return std::uint64_t(kb) << 10;
-}
-
 double simulated_fork_ns(const MachineConfig& base, std::uint64_t mib, std::uint64_t own_bytes,
                          double* cycles_out) {
   MachineConfig cfg = base;
@@ -105,7 +93,7 @@ int main(int argc, char** argv) {
   // found the frames (recycled ones scatter the struct page accesses), so the sizes are taken
   // in --rounds rounds, ascending and descending in turn, and each size reports the median of
   // its rounds' medians.
-  const std::uint64_t own = own_rss_bytes();
+  const std::uint64_t own = cowpte::bench::own_rss_bytes();
   std::vector<std::vector<double>> samples(sizes.size());
   for (int r = 0; r < rounds; ++r) {
     for (std::size_t k = 0; k < sizes.size(); ++k) {

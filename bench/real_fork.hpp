@@ -10,11 +10,24 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
 
 namespace cowpte::bench {
+
+// This process's resident memory (code, libraries, heap, stack): its real fork copies the
+// page tables of that too, beside the memory under test.
+inline std::uint64_t own_rss_bytes() {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  char line[256];
+  unsigned long kb = 0;
+  while (f && std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "VmRSS: %lu kB", &kb) == 1) break;
+  if (f) std::fclose(f);
+  return std::uint64_t(kb) << 10;
+}
 
 class RealProcessMemory {
  public:

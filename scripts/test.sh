@@ -5,6 +5,8 @@
 #                   (COWPTE_SKIP_ASAN=1 skips this pass)
 #   3. the CMake package: install build/ into a temporary prefix and build and run
 #      tests/consumer/find_package against it, then tests/consumer/add_subdirectory.
+#   4. the fork comparison's smoke sweep (bench/bench_policies.cpp) and its report and plots
+#      (scripts/report.py), which fails on a benchmark that failed or a workload that is missing.
 # Exits non-zero on the first failure.
 set -euo pipefail
 
@@ -75,6 +77,17 @@ cmake -S tests/consumer/add_subdirectory -B "$tmp/add_subdirectory" -G Ninja \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOWPTE_SOURCE_DIR="$root"
 cmake --build "$tmp/add_subdirectory" -j "$jobs"
 "$tmp/add_subdirectory/consumer"
+passed=$((passed + 1))
+
+step "the fork comparison, smoke sweep: cowpte_bench_policies and scripts/report.py"
+py=/usr/bin/python3
+[[ -x $py ]] || py=python3
+build/bench/cowpte_bench_policies --cowpte_sweep=smoke --benchmark_out="$tmp/smoke.json" \
+  --benchmark_out_format=json >"$tmp/smoke.log" 2>&1 || {
+  cat "$tmp/smoke.log"
+  exit 1
+}
+"$py" scripts/report.py "$tmp/smoke.json" --plots "$tmp/plots" >/dev/null
 passed=$((passed + 1))
 
 step "summary"

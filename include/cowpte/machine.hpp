@@ -41,7 +41,10 @@ class Machine {
   void check_invariants() const;      // throws InvariantViolation naming the first broken one
   std::uint64_t total_pages() const;  // frames of simulated memory
   std::uint64_t free_pages() const;   // frames on the free lists now
-  PageInfo page_info(pfn_t) const;    // the struct page of one frame, read-only
+  // Frames holding page tables now, every level and the pgds (/proc/meminfo's PageTables).
+  // Unlike the per-process VmPTE, a table shared by COW PTE counts once here.
+  std::uint64_t pgtable_frames() const;
+  PageInfo page_info(pfn_t) const;             // the struct page of one frame, read-only
   PtWalk walk(const Process&, vaddr_t) const;  // the page-table path of one address
 
   // --- extensions ---

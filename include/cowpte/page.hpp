@@ -152,8 +152,14 @@ class PhysMem {
       --host_blocks_;
     }
   }
-  // A table frame always has its 512 entries in host memory.
-  std::uint64_t* alloc_table_block() { return alloc_block(); }
+  // A table frame always has its 512 entries in host memory. table_frames() counts the frames
+  // that hold tables now (NR_PAGETABLE, /proc/meminfo's PageTables, the pgd included).
+  std::uint64_t* alloc_table_block() {
+    ++table_frames_;
+    return alloc_block();
+  }
+  void table_freed() noexcept { --table_frames_; }
+  std::uint64_t table_frames() const noexcept { return table_frames_; }
   std::uint64_t host_blocks() const noexcept { return host_blocks_; }
 
  private:
@@ -172,6 +178,7 @@ class PhysMem {
   Page* mem_map_ = nullptr;
   std::uint64_t nr_frames_ = 0;
   std::uint64_t watermark_ = 0;
+  std::uint64_t table_frames_ = 0;
   FreeList free_list_;
   boost::pool<> blocks_{PAGE_SIZE};
   std::uint64_t host_blocks_ = 0;

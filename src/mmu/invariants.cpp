@@ -226,9 +226,10 @@ class Checker {
   }
 
   void check_frames() {
-    std::uint64_t free_seen = 0;
+    std::uint64_t free_seen = 0, tables_seen = 0;
     for (std::uint64_t pfn = 0; pfn < n_; ++pfn) {
       const Page& p = k_.mem.page(Pfn{pfn});
+      tables_seen += p.test(PG_table);
       if (p.test(PG_free)) {
         ++free_seen;
         if (p.flags != PG_free || p._refcount || p._mapcount != -1 || p.data)
@@ -249,6 +250,9 @@ class Checker {
     if (free_seen + (k_.mem.total_pages() - n_) != k_.mem.free_pages())
       fail(fmt::format("free list holds {} frames but {} are marked free",
                        k_.mem.free_pages() - (k_.mem.total_pages() - n_), free_seen));
+    if (tables_seen != k_.mem.table_frames())
+      fail(fmt::format("{} frames are tables but PageTables counts {}", tables_seen,
+                       k_.mem.table_frames()));
   }
 
   struct Expect {  // what an mm's counters must say

@@ -37,6 +37,7 @@ Page* Kernel::pud_alloc_one(MmStruct&) {
 void Kernel::pgtable_free(Page& table) {
   if (table.ptl.is_locked()) lock_violation("freeing a page table whose lock is held");
   table.clear(PG_table);
+  mem.table_freed();
   mem.put_page(table);
 }
 

@@ -124,6 +124,7 @@ std::vector<Process*> Machine::processes() {
 void Machine::check_invariants() const { kernel_->check_invariants(); }
 std::uint64_t Machine::total_pages() const { return kernel_->mem.total_pages(); }
 std::uint64_t Machine::free_pages() const { return kernel_->mem.free_pages(); }
+std::uint64_t Machine::pgtable_frames() const { return kernel_->mem.table_frames(); }
 const MachineConfig& Machine::config() const { return kernel_->cfg; }
 bool Machine::timed() const { return kernel_->hw != nullptr; }
 std::uint64_t Machine::cycles(unsigned cpu) const {

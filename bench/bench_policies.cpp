@@ -1,0 +1,250 @@
+// The fork-latency comparison (issue 5): classic fork, the seed's COW PTE and On-demand-fork on
+// the timing model, with this machine's real fork beside them in the same run.
+//
+//   cowpte_bench_policies [--cowpte_sweep=smoke|short|full] [Google Benchmark flags]
+//
+// Benchmark names say what ran, as key:value path elements that scripts/report.py parses:
+//   fork/layout:L/policy:P/mib:N/timed:T   one fork of N MiB populated (host time per fork)
+//   real_fork/mib:N                        this machine's kernel forking N MiB populated
+//   write_after_fork/policy:P/pattern:S    the parent writes after a fork of 512 MiB
+//   fork_server/policy:P/mib:N/touch:K     AFL's loop: fork, the child writes K pages, exits
+//   snapshot/policy:P/mib:N/every:E        BGSAVE: the child reads all, the parent writes
+// Simulated time comes as counters (sim_ns, sim_cycles, *_ns); the benchmark's own time is the
+// host time the simulator took.
+#include <benchmark/benchmark.h>
+
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "real_fork.hpp"
+#include "sweep.hpp"
+#include "workloads.hpp"
+
+using namespace cowpte;
+using namespace cowpte::bench;
+
+namespace {
+
+constexpr auto kCounterAvg = benchmark::Counter::kAvgIterations;
+
+double ns(const Machine& m, double cycles) { return cycles / m.config().timing.ghz; }
+
+// Runs body; a workload that fails (an mmap, a fork) marks the benchmark instead of aborting
+// the whole run.
+void guarded(benchmark::State& state, const std::function<void()>& body) {
+  try {
+    body();
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
+}
+
+void fork_latency(benchmark::State& state, Layout layout, Policy policy, std::uint64_t mib,
+                  bool timed) {
+  guarded(state, [&] {
+    Machine m(machine_config(mib << 20, timed));
+    Process& parent = m.spawn();
+    const Region r = populate(parent, mib << 20, layout);
+    arm(parent, policy);
+    double cycles = 0, frames = 0, tables = 0;
+    RssStat prss{}, crss{};
+    std::uint64_t ppte = 0, cpte = 0, tables_in_use = 0;
+    for (auto _ : state) {
+      const ForkOutcome o = fork_once(parent);
+      state.PauseTiming();
+      cycles += double(o.cycles), frames += double(o.frames), tables += double(o.table_frames);
+      prss = parent.rss(), crss = o.child->rss();
+      ppte = parent.pgtables_bytes(), cpte = o.child->pgtables_bytes();
+      tables_in_use = m.pgtable_frames();
+      o.child->exit();
+      state.ResumeTiming();
+    }
+    auto& c = state.counters;
+    c["pages"] = double(r.pages);
+    c["sim_cycles"] = benchmark::Counter(cycles, kCounterAvg);
+    c["sim_ns"] = benchmark::Counter(ns(m, cycles), kCounterAvg);
+    c["host_s_per_page"] =
+        benchmark::Counter(double(r.pages) * double(state.iterations()),
+                           benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+    c["frames_allocated"] = benchmark::Counter(frames, kCounterAvg);
+    c["table_frames_allocated"] = benchmark::Counter(tables, kCounterAvg);
+    c["table_frames_in_use"] = double(tables_in_use);
+    c["parent_VmPTE_kB"] = double(ppte >> 10);
+    c["child_VmPTE_kB"] = double(cpte >> 10);
+    c["parent_rss_kB"] = double((prss.anon + prss.file + prss.shmem) * 4);
+    c["child_rss_kB"] = double((crss.anon + crss.file + crss.shmem) * 4);
+  });
+}
+
+void real_fork(benchmark::State& state, std::uint64_t mib) {
+  guarded(state, [&] {
+    const std::uint64_t own = own_rss_bytes();
+    RealProcessMemory mem(mib << 20);
+    Latencies lat;
+    for (auto _ : state) {
+      const double t = mem.fork_ns();
+      lat.add(static_cast<std::uint64_t>(t));
+      state.SetIterationTime(t / 1e9);
+    }
+    state.counters["median_ns"] = double(lat.quantile(0.5));
+    state.counters["min_ns"] = double(lat.quantile(0));
+    state.counters["own_rss_MiB"] = double(own) / double(1 << 20);
+  });
+}
+
+// Mean and percentiles of a latency sample, in simulated nanoseconds, as counters.
+void latency_counters(benchmark::State& state, const Machine& m, const std::string& prefix,
+                      Latencies& l) {
+  auto& c = state.counters;
+  c[prefix + "mean_ns"] = ns(m, l.mean());
+  for (auto [q, key] : {std::pair{0.5, "p50_ns"},
+                        {0.9, "p90_ns"},
+                        {0.99, "p99_ns"},
+                        {0.999, "p999_ns"},
+                        {1.0, "max_ns"}})
+    c[prefix + key] = ns(m, double(l.quantile(q)));
+}
+
+void write_after_fork_bench(benchmark::State& state, Policy policy, Pattern pattern,
+                            std::uint64_t mib, std::uint64_t random_writes) {
+  guarded(state, [&] {
+    Machine m(machine_config(mib << 20, true));
+    Process& parent = m.spawn();
+    const Region r = populate(parent, mib << 20, Layout::aligned);
+    arm(parent, policy);
+    WriteAfterFork w;
+    for (auto _ : state) w = write_after_fork(parent, r, pattern, random_writes, 1);
+    auto& c = state.counters;
+    c["fork_ns"] = ns(m, double(w.fork.cycles));
+    c["writes"] = double(w.access.size());
+    c["faults"] = double(w.faults);
+    latency_counters(state, m, "", w.access);
+    c["first_in_span_mean_ns"] = ns(m, w.first_in_span.mean());
+    c["first_in_span_cycles"] = w.first_in_span.mean();
+    c["breaks"] = double(w.breaks);
+    c["break_mean_cycles"] = w.breaks ? double(w.break_cycles) / double(w.breaks) : 0;
+    c["frames_allocated"] = double(w.frames);
+    c["table_frames_allocated"] = double(w.table_frames);
+  });
+}
+
+void fork_server_bench(benchmark::State& state, Policy policy, std::uint64_t mib,
+                       std::uint64_t touch) {
+  guarded(state, [&] {
+    Machine m(machine_config(mib << 20, true));
+    Process& parent = m.spawn();
+    const Region r = populate(parent, mib << 20, Layout::plain);
+    arm(parent, policy);
+    std::mt19937_64 rng(1);
+    Exec sum;
+    for (auto _ : state) {
+      const Exec e = fork_server_exec(parent, r, touch, rng);
+      sum.fork += e.fork, sum.child += e.child, sum.exit += e.exit;
+    }
+    const double n = double(state.iterations());
+    auto& c = state.counters;
+    c["execs_per_sim_s"] = n * 1e9 / ns(m, double(sum.total()));
+    c["fork_ns"] = ns(m, double(sum.fork)) / n;
+    c["child_ns"] = ns(m, double(sum.child)) / n;
+    c["exit_ns"] = ns(m, double(sum.exit)) / n;
+  });
+}
+
+void snapshot_bench(benchmark::State& state, Policy policy, std::uint64_t mib,
+                    std::uint64_t every) {
+  guarded(state, [&] {
+    Machine m(machine_config(mib << 20, true, 2));  // the child reads on a CPU of its own
+    Process& parent = m.spawn();
+    const Region r = populate(parent, mib << 20, Layout::plain);
+    arm(parent, policy);
+    Snapshot s;
+    for (auto _ : state) s = snapshot(parent, r, every, 1);
+    auto& c = state.counters;
+    c["fork_ns"] = ns(m, double(s.fork.cycles));
+    c["writes"] = double(s.parent_write.size());
+    latency_counters(state, m, "write_", s.parent_write);
+    c["child_read_ns_per_page"] = ns(m, double(s.child_read_cycles)) / double(r.pages);
+    c["parent_writes_per_sim_s"] =
+        double(s.parent_write.size()) * 1e9 / ns(m, double(s.child_read_cycles));
+    c["extra_MiB"] = double(s.extra_frames) * 4096 / double(1 << 20);
+    c["extra_table_kB"] = double(s.extra_table_frames) * 4;
+    c["copied_pages"] = double(s.extra_frames - s.extra_table_frames);
+    c["copied_tables"] = double(s.copied_tables);
+  });
+}
+
+std::string mib_name(std::uint64_t mib) { return std::to_string(mib); }
+
+void register_all(const Sweep& sw) {
+  auto reg = [&](const std::string& name, auto fn) {
+    return benchmark::RegisterBenchmark(name.c_str(), fn)->UseRealTime();
+  };
+  // This machine's real forks first, while this process is small: the heap that simulations
+  // leave behind would make its own fork slower.
+  for (std::uint64_t mib : sw.real_mib)
+    benchmark::RegisterBenchmark(("real_fork/mib:" + mib_name(mib)).c_str(),
+                                 [mib](benchmark::State& s) { real_fork(s, mib); })
+        ->UseManualTime()
+        ->Iterations(sw.real_runs)
+        ->Unit(benchmark::kMillisecond);
+  for (const auto& f : sw.forks)
+    for (Policy p : kPolicies)
+      reg(fmt_fork(f, p),
+          [f, p](benchmark::State& s) { fork_latency(s, f.layout, p, f.mib, f.timed); })
+          ->Iterations(fork_iterations(f))
+          ->Unit(benchmark::kMillisecond);
+  for (Policy p : kPolicies)
+    for (Pattern pat : {Pattern::sequential, Pattern::random})
+      reg(std::string("write_after_fork/policy:") + name(p) + "/pattern:" + name(pat) +
+              "/mib:" + mib_name(sw.write_mib),
+          [p, pat, &sw](benchmark::State& s) {
+            write_after_fork_bench(s, p, pat, sw.write_mib, sw.random_writes);
+          })
+          ->Iterations(1)
+          ->Unit(benchmark::kMillisecond);
+  for (const auto& fs : sw.fork_servers)
+    for (Policy p : kPolicies)
+      reg(std::string("fork_server/policy:") + name(p) + "/mib:" + mib_name(fs.mib) +
+              "/touch:" + std::to_string(fs.touch),
+          [p, fs](benchmark::State& s) { fork_server_bench(s, p, fs.mib, fs.touch); })
+          ->Iterations(fs.execs)
+          ->Unit(benchmark::kMicrosecond);
+  for (std::uint64_t mib : sw.snapshot_mib)
+    for (Policy p : kPolicies)
+      reg(std::string("snapshot/policy:") + name(p) + "/mib:" + mib_name(mib) +
+              "/every:" + std::to_string(sw.snapshot_every),
+          [p, mib, &sw](benchmark::State& s) { snapshot_bench(s, p, mib, sw.snapshot_every); })
+          ->Iterations(1)
+          ->Unit(benchmark::kMillisecond);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string sweep_name = "short";
+  std::vector<char*> args;
+  for (int i = 0; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--cowpte_sweep=", 15) == 0)
+      sweep_name = argv[i] + 15;
+    else
+      args.push_back(argv[i]);
+  }
+  static const Sweep sw = make_sweep(sweep_name);
+  if (sw.forks.empty()) {
+    std::fprintf(stderr, "cowpte_bench_policies: unknown sweep '%s' (smoke, short, full)\n",
+                 sweep_name.c_str());
+    return 2;
+  }
+  register_all(sw);
+  int n = static_cast<int>(args.size());
+  benchmark::Initialize(&n, args.data());
+  if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 2;
+  benchmark::AddCustomContext("cowpte_sweep", sweep_name);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,91 @@
+// Which sizes the comparison runs: `smoke` (seconds; the test suite runs it), `short` (the
+// README's first command, a few minutes) and `full` (1 MiB to 64 GiB, long).
+#pragma once
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "workloads.hpp"
+
+namespace cowpte::bench {
+
+struct ForkPoint {
+  Layout layout;
+  std::uint64_t mib;
+  bool timed;
+};
+struct ForkServerPoint {
+  std::uint64_t mib, touch, execs;
+};
+
+struct Sweep {
+  std::vector<ForkPoint> forks;
+  std::vector<std::uint64_t> real_mib;  // this machine's fork, sizes that fit in its memory
+  std::uint64_t real_runs = 10;
+  std::uint64_t write_mib = 512, random_writes = 1'000'000;  // the series' page-fault table
+  std::vector<ForkServerPoint> fork_servers;
+  std::vector<std::uint64_t> snapshot_mib;
+  std::uint64_t snapshot_every = 16;  // the parent writes a page every 16 pages the child reads
+};
+
+inline std::string fmt_fork(const ForkPoint& f, Policy p) {
+  return std::string("fork/layout:") + name(f.layout) + "/policy:" + name(p) +
+         "/mib:" + std::to_string(f.mib) + "/timed:" + (f.timed ? "1" : "0");
+}
+
+// Enough forks for a stable host time (about 0.3 s of host time at the model's measured speed,
+// 10 ns per page without the timing model and 170 ns with it), at least one, at most 100.
+inline std::int64_t fork_iterations(const ForkPoint& f) {
+  const double pages = double(f.mib) * 256, ns_per_page = f.timed ? 170 : 10;
+  return std::clamp<std::int64_t>(std::int64_t(3e8 / (pages * ns_per_page)), 1, 100);
+}
+
+// Real forks only of sizes that leave this machine a quarter of its memory free.
+inline std::vector<std::uint64_t> fitting(std::vector<std::uint64_t> mib) {
+  const double avail = double(sysconf(_SC_AVPHYS_PAGES)) * double(sysconf(_SC_PAGESIZE));
+  std::erase_if(mib, [&](std::uint64_t m) { return double(m << 20) > 0.75 * avail; });
+  return mib;
+}
+
+inline void add_forks(Sweep& s, Layout l, bool timed, const std::vector<std::uint64_t>& mib) {
+  for (std::uint64_t m : mib) s.forks.push_back({l, m, timed});
+}
+
+inline Sweep make_sweep(const std::string& which) {
+  Sweep s;
+  if (which == "smoke") {
+    add_forks(s, Layout::plain, true, {1, 4});
+    add_forks(s, Layout::plain, false, {4});
+    add_forks(s, Layout::aligned, true, {4});
+    add_forks(s, Layout::small_vmas, true, {4});
+    s.real_mib = fitting({1, 4}), s.real_runs = 3;
+    s.write_mib = 8, s.random_writes = 5000;
+    s.fork_servers = {{8, 16, 5}};
+    s.snapshot_mib = {8};
+  } else if (which == "short") {
+    const std::vector<std::uint64_t> sizes{1, 4, 16, 64, 256, 512, 1024};
+    add_forks(s, Layout::plain, true, sizes);
+    add_forks(s, Layout::plain, false, {64, 1024});
+    add_forks(s, Layout::aligned, true, {16, 256, 1024});
+    add_forks(s, Layout::small_vmas, true, {16, 256});
+    s.real_mib = fitting(sizes);
+    s.fork_servers = {{256, 16, 40}, {256, 256, 40}};
+    s.snapshot_mib = {256};
+  } else if (which == "full") {
+    const std::vector<std::uint64_t> sizes{1, 4, 16, 64, 256, 512, 1024, 4096, 16384, 65536};
+    add_forks(s, Layout::plain, true, sizes);
+    add_forks(s, Layout::plain, false, sizes);
+    add_forks(s, Layout::aligned, true, {1, 16, 256, 1024, 4096});
+    add_forks(s, Layout::small_vmas, true, {16, 256, 1024});
+    s.real_mib = fitting(sizes);
+    s.fork_servers = {{64, 16, 40}, {64, 256, 40}, {1024, 16, 20}, {1024, 256, 20}};
+    s.snapshot_mib = {1024, 4096};
+  }
+  return s;
+}
+
+}  // namespace cowpte::bench

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# cowpte's first command (README): install the dependencies, build build-release/ in Release and
+# run the fork-latency comparison: classic fork, the seed's COW PTE and On-demand-fork on the
+# timing model, with this machine's real fork beside them. Prints the tables and writes
+#   results/compare-<sweep>.json   Google Benchmark's JSON (every counter of every run)
+#   results/plots-<sweep>/*.png    fork latency, fault latency, page-table memory
+#
+#   bash scripts/compare.sh           the short sweep, 1 MiB to 1 GiB (a few minutes)
+#   bash scripts/compare.sh --full    1 MiB to 64 GiB and the larger workloads (an hour or more)
+# Other arguments go to cowpte_bench_policies (for example --benchmark_filter=fork_server).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+sweep=short
+args=()
+for a in "$@"; do
+  case $a in
+    --full) sweep=full ;;
+    --smoke) sweep=smoke ;;
+    *) args+=("$a") ;;
+  esac
+done
+
+bash scripts/install-deps.sh
+
+dir=build-release
+if [[ -f $dir/CMakeCache.txt ]] && ! grep -qx 'CMAKE_GENERATOR:INTERNAL=Ninja' "$dir/CMakeCache.txt"; then
+  rm -rf "$dir"
+fi
+cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCOWPTE_BUILD_TESTS=OFF \
+  -DCOWPTE_BUILD_BENCH=ON -DCOWPTE_SANITIZE=OFF >/dev/null
+cmake --build "$dir" -j "$(nproc)" --target cowpte_bench_policies
+
+# Debian's python3, which has python3-matplotlib, even when another python3 comes first in PATH.
+py=/usr/bin/python3
+[[ -x $py ]] || py=python3
+
+mkdir -p results
+json=results/compare-$sweep.json
+log=results/compare-$sweep.log
+echo "compare.sh: running the '$sweep' sweep (Google Benchmark's console output: $log)"
+"$dir/bench/cowpte_bench_policies" --cowpte_sweep="$sweep" --benchmark_out="$json" \
+  --benchmark_out_format=json "${args[@]}" >"$log" 2>&1 || {
+  tail -n 20 "$log" >&2
+  exit 1
+}
+"$py" scripts/report.py "$json" --plots "results/plots-$sweep"

@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""Tables and plots of the fork-latency comparison.
+
+Reads the Google Benchmark JSON that cowpte_bench_policies wrote (--benchmark_out), prints the
+comparison as tables (plain text, or Markdown with --markdown) and, with --plots DIR, renders PNG
+plots with matplotlib:
+
+    report.py results/compare.json [--markdown] [--plots results/plots]
+
+Every figure is simulated time unless a column says "host" or "real".
+"""
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+
+POLICIES = ["classic", "cow_pte", "odf"]
+LABEL = {"classic": "classic fork", "cow_pte": "COW PTE (seed, v3)", "odf": "On-demand-fork"}
+
+
+def parse(path):
+    """{kind: [record]}, a record being the name's key:value pairs plus the counters."""
+    with open(path) as f:
+        doc = json.load(f)
+    out = defaultdict(list)
+    for b in doc["benchmarks"]:
+        if b.get("run_type") == "aggregate":
+            continue
+        parts = b["run_name"].split("/")
+        rec = dict(p.split(":", 1) for p in parts[1:] if ":" in p)
+        for k in ("mib", "touch", "every", "timed"):
+            if k in rec:
+                rec[k] = int(rec[k])
+        if b.get("error_occurred"):
+            rec["error"] = b.get("error_message", "error")
+        rec.update({k: v for k, v in b.items() if isinstance(v, (int, float))})
+        out[parts[0]].append(rec)
+    return doc.get("context", {}), out
+
+
+def index(recs, *keys):
+    return {tuple(r.get(k) for k in keys): r for r in recs if "error" not in r}
+
+
+def size(mib):
+    return f"{mib // 1024} GiB" if mib >= 1024 and mib % 1024 == 0 else f"{mib} MiB"
+
+
+def fmt(v, unit=""):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    for lim, div, u in ((1e9, 1e9, "s"), (1e6, 1e6, "ms"), (1e3, 1e3, "us"), (0, 1, "ns")):
+        if unit == "ns" and abs(v) >= lim:
+            return f"{v / div:.3g} {u}"
+    if unit == "x":
+        return f"{v:.3g}x"
+    if unit == "%":
+        return f"{v:+.0f}%"
+    return f"{v:.4g}"
+
+
+class Table:
+    def __init__(self, title, header, note=None):
+        self.title, self.header, self.rows, self.note = title, header, [], note
+
+    def add(self, *cells):
+        self.rows.append([str(c) for c in cells])
+
+    def render(self, markdown):
+        if not self.rows:
+            return ""
+        if markdown:
+            lines = [f"**{self.title}**", "", "| " + " | ".join(self.header) + " |",
+                     "|" + "---|" * len(self.header)]
+            lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        else:
+            w = [max(len(str(x)) for x in col) for col in zip(self.header, *self.rows)]
+            line = lambda cells: "  ".join(c.rjust(n) for c, n in zip(cells, w))
+            lines = [self.title, line(self.header), line(["-" * n for n in w])]
+            lines += [line(r) for r in self.rows]
+        if self.note:
+            lines += ["", self.note] if markdown else [self.note]
+        return "\n".join(lines) + "\n"
+
+
+def fork_tables(d):
+    forks = index(d["fork"], "layout", "policy", "mib", "timed")
+    real = index(d["real_fork"], "mib")
+    sizes = sorted({k[2] for k in forks if k[0] == "plain" and k[3] == 1})
+    t = Table("Fork latency, simulated, one VMA of populated 4 KiB anonymous memory",
+              ["size"] + [LABEL[p] for p in POLICIES] +
+              ["COW PTE vs fork", "ODF speed-up", "real fork (this machine)", "model vs real"])
+    for s in sizes:
+        ns = [forks.get(("plain", p, s, 1), {}).get("sim_ns") for p in POLICIES]
+        r = real.get((s,), {}).get("median_ns")
+        rel = (ns[1] / ns[0] - 1) * 100 if ns[0] and ns[1] else None
+        t.add(size(s), *[fmt(v, "ns") for v in ns], fmt(rel, "%"),
+              fmt(ns[0] / ns[2], "x") if ns[0] and ns[2] else "-", fmt(r, "ns"),
+              fmt((ns[0] / r - 1) * 100, "%") if r and ns[0] else "-")
+    m = Table("Page-table memory after fork (plain layout)",
+              ["size"] + [f"child VmPTE, {p}" for p in POLICIES] +
+              [f"table frames fork allocated, {p}" for p in POLICIES])
+    for s in sizes:
+        rs = [forks.get(("plain", p, s, 1), {}) for p in POLICIES]
+        m.add(size(s), *[f"{r.get('child_VmPTE_kB', 0):.0f} kB" for r in rs],
+              *[f"{r.get('table_frames_allocated', 0):.0f}" for r in rs])
+    lay = Table("Fork latency by layout (simulated)",
+                ["layout", "size"] + [LABEL[p] for p in POLICIES] + ["ODF speed-up"])
+    for (l, p0, s, tm) in sorted(forks, key=lambda k: (k[0], k[2])):
+        if l == "plain" or p0 != "classic" or tm != 1:
+            continue
+        ns = [forks.get((l, p, s, 1), {}).get("sim_ns") for p in POLICIES]
+        lay.add(l, size(s), *[fmt(v, "ns") for v in ns],
+                fmt(ns[0] / ns[2], "x") if ns[0] and ns[2] else "-")
+    return [t, m, lay]
+
+
+def speed_table(d):
+    forks = index(d["fork"], "layout", "policy", "mib", "timed")
+    real = index(d["real_fork"], "mib")
+    t = Table("Simulator speed: host time per populated page of one fork",
+              ["size"] + [f"{p}, {'timed' if tm else 'functional'}" for tm in (0, 1)
+                          for p in POLICIES] + ["real fork per page"])
+    sizes = sorted({k[2] for k in forks if k[0] == "plain" and k[3] == 0})
+    for s in sizes:
+        cells = [forks.get(("plain", p, s, tm), {}).get("host_s_per_page")
+                 for tm in (0, 1) for p in POLICIES]
+        r = real.get((s,), {}).get("median_ns")
+        t.add(size(s), *[fmt(c * 1e9 if c else None, "ns") for c in cells], fmt(r / (s * 256) if r else None, "ns"))
+    return [t]
+
+
+def write_tables(d):
+    w = index(d["write_after_fork"], "policy", "pattern")
+    mib = next((r["mib"] for r in d["write_after_fork"] if "mib" in r), None)
+    t = Table(f"The parent's writes after a fork of {size(int(mib)) if mib else '?'} "
+              "(per store, simulated)",
+              ["pattern", "policy", "mean", "p50", "p90", "p99", "p99.9", "max",
+               "first store per 2 MiB", "extra per 2 MiB vs fork"])
+    for pat in ("sequential", "random"):
+        base = w.get(("classic", pat), {}).get("first_in_span_cycles")
+        for p in POLICIES:
+            r = w.get((p, pat))
+            if not r:
+                continue
+            extra = r["first_in_span_cycles"] - base if base is not None else None
+            t.add(pat, LABEL[p], *[fmt(r[k], "ns") for k in
+                                   ("mean_ns", "p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns")],
+                  fmt(r["first_in_span_mean_ns"], "ns"),
+                  f"{extra:+.0f} cycles" if extra is not None else "-")
+    return [t]
+
+
+def server_tables(d):
+    s = index(d["fork_server"], "policy", "mib", "touch")
+    t = Table("Fork server (AFL): fork, the child writes K pages and exits",
+              ["memory", "K", "policy", "execs per second", "vs fork", "fork", "child", "exit"])
+    for (p0, mib, k) in sorted(s, key=lambda x: (x[1], x[2])):
+        if p0 != "classic":
+            continue
+        base = s[(p0, mib, k)]["execs_per_sim_s"]
+        for p in POLICIES:
+            r = s.get((p, mib, k))
+            if r:
+                t.add(size(mib), k, LABEL[p], f"{r['execs_per_sim_s']:.0f}",
+                      fmt(r["execs_per_sim_s"] / base, "x"),
+                      *[fmt(r[c], "ns") for c in ("fork_ns", "child_ns", "exit_ns")])
+    return [t]
+
+
+def snapshot_tables(d):
+    s = index(d["snapshot"], "policy", "mib", "every")
+    t = Table("Snapshot (Redis BGSAVE): the child reads every page, the parent writes",
+              ["memory", "policy", "fork", "write p50", "write p99", "write max",
+               "copied pages", "copied tables", "extra memory"])
+    for (p0, mib, e) in sorted(s, key=lambda x: x[1]):
+        if p0 != "classic":
+            continue
+        for p in POLICIES:
+            r = s.get((p, mib, e))
+            if r:
+                t.add(size(mib), LABEL[p], fmt(r["fork_ns"], "ns"),
+                      *[fmt(r[c], "ns") for c in ("write_p50_ns", "write_p99_ns", "write_max_ns")],
+                      f"{r['copied_pages']:.0f}", f"{r['copied_tables']:.0f}",
+                      f"{r['extra_MiB']:.2f} MiB")
+    return [t]
+
+
+def plots(d, outdir):
+    import os
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(outdir, exist_ok=True)
+    forks = index(d["fork"], "layout", "policy", "mib", "timed")
+    real = index(d["real_fork"], "mib")
+    sizes = sorted({k[2] for k in forks if k[0] == "plain" and k[3] == 1})
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for p, mk in zip(POLICIES, "os^"):
+        xs = [s for s in sizes if ("plain", p, s, 1) in forks]
+        ax.plot(xs, [forks[("plain", p, s, 1)]["sim_ns"] / 1e6 for s in xs], marker=mk,
+                label=f"{LABEL[p]} (simulated)")
+    xs = sorted(k[0] for k in real)
+    ax.plot(xs, [real[(s,)]["median_ns"] / 1e6 for s in xs], "k--", marker="x",
+            label="this machine's kernel (real)")
+    ax.set(xscale="log", yscale="log", xlabel="populated memory (MiB)", ylabel="fork latency (ms)",
+           title="fork() latency against populated 4 KiB anonymous memory")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(f"{outdir}/fork_latency.png", dpi=110)
+
+    w = index(d["write_after_fork"], "policy", "pattern")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    qs = [("mean_ns", "mean"), ("p50_ns", "p50"), ("p90_ns", "p90"), ("p99_ns", "p99"),
+          ("p999_ns", "p99.9"), ("max_ns", "max")]
+    for ax, pat in zip(axes, ("sequential", "random")):
+        for i, p in enumerate(POLICIES):
+            r = w.get((p, pat))
+            if r:
+                ax.bar([j + (i - 1) * 0.27 for j in range(len(qs))], [r[k] for k, _ in qs],
+                       width=0.27, label=LABEL[p])
+        ax.set_xticks(range(len(qs)), [q for _, q in qs])
+        ax.set(yscale="log", ylabel="store latency (ns, simulated)",
+               title=f"{pat} writes after fork")
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(f"{outdir}/fault_latency.png", dpi=110)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for p, mk in zip(POLICIES, "os^"):
+        xs = [s for s in sizes if ("plain", p, s, 1) in forks]
+        ax.plot(xs, [forks[("plain", p, s, 1)]["table_frames_allocated"] * 4 for s in xs],
+                marker=mk, label=f"{LABEL[p]}: table memory fork allocated")
+        ax.plot(xs, [forks[("plain", p, s, 1)]["child_VmPTE_kB"] for s in xs], marker=mk,
+                linestyle=":", label=f"{LABEL[p]}: child's VmPTE")
+    ax.set(xscale="log", yscale="log", xlabel="populated memory (MiB)", ylabel="kB",
+           title="page-table memory of the child")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(f"{outdir}/pgtable_memory.png", dpi=110)
+    return ["fork_latency.png", "fault_latency.png", "pgtable_memory.png"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("json")
+    ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--plots", metavar="DIR")
+    a = ap.parse_args()
+    ctx, d = parse(a.json)
+    errors = [r for recs in d.values() for r in recs if "error" in r]
+    tables = (fork_tables(d) + write_tables(d) + server_tables(d) + snapshot_tables(d) +
+              speed_table(d))
+    print(f"cowpte fork comparison, sweep '{ctx.get('cowpte_sweep', '?')}', "
+          f"{ctx.get('date', '')}, {ctx.get('num_cpus', '?')} CPUs\n")
+    for t in tables:
+        print(t.render(a.markdown))
+    if a.plots:
+        for p in plots(d, a.plots):
+            print(f"plot: {a.plots}/{p}")
+    for r in errors:
+        print(f"benchmark failed: {r}", file=sys.stderr)
+    missing = [k for k in ("fork", "real_fork", "write_after_fork", "fork_server", "snapshot")
+               if not d.get(k)]
+    if errors or missing:
+        print(f"report: {len(errors)} failed benchmarks, missing kinds: {missing}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
