@@ -17,6 +17,7 @@ from collections import defaultdict
 
 POLICIES = ["classic", "cow_pte", "odf"]
 LABEL = {"classic": "classic fork", "cow_pte": "COW PTE (seed, v3)", "odf": "On-demand-fork"}
+COLOR = {"classic": "C0", "cow_pte": "C1", "odf": "C2"}
 
 
 def parse(path):
@@ -201,7 +202,7 @@ def plots(d, outdir):
     for p, mk in zip(POLICIES, "os^"):
         xs = [s for s in sizes if ("plain", p, s, 1) in forks]
         ax.plot(xs, [forks[("plain", p, s, 1)]["sim_ns"] / 1e6 for s in xs], marker=mk,
-                label=f"{LABEL[p]} (simulated)")
+                color=COLOR[p], label=f"{LABEL[p]} (simulated)")
     xs = sorted(k[0] for k in real)
     ax.plot(xs, [real[(s,)]["median_ns"] / 1e6 for s in xs], "k--", marker="x",
             label="this machine's kernel (real)")
@@ -221,7 +222,7 @@ def plots(d, outdir):
             r = w.get((p, pat))
             if r:
                 ax.bar([j + (i - 1) * 0.27 for j in range(len(qs))], [r[k] for k, _ in qs],
-                       width=0.27, label=LABEL[p])
+                       width=0.27, color=COLOR[p], label=LABEL[p])
         ax.set_xticks(range(len(qs)), [q for _, q in qs])
         ax.set(yscale="log", ylabel="store latency (ns, simulated)",
                title=f"{pat} writes after fork")
@@ -234,9 +235,10 @@ def plots(d, outdir):
     for p, mk in zip(POLICIES, "os^"):
         xs = [s for s in sizes if ("plain", p, s, 1) in forks]
         ax.plot(xs, [forks[("plain", p, s, 1)]["table_frames_allocated"] * 4 for s in xs],
-                marker=mk, label=f"{LABEL[p]}: table memory fork allocated")
+                marker=mk, color=COLOR[p], label=f"{LABEL[p]}: table memory fork allocated")
         ax.plot(xs, [forks[("plain", p, s, 1)]["child_VmPTE_kB"] for s in xs], marker=mk,
-                linestyle=":", label=f"{LABEL[p]}: child's VmPTE")
+                color=COLOR[p], linestyle=":", fillstyle="none",
+                label=f"{LABEL[p]}: child's VmPTE")
     ax.set(xscale="log", yscale="log", xlabel="populated memory (MiB)", ylabel="kB",
            title="page-table memory of the child")
     ax.grid(True, which="both", alpha=0.3)
