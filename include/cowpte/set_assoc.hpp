@@ -142,9 +142,14 @@ class SetAssoc {
   static constexpr std::uint64_t kNibbleOnes = 0x1111111111111111ull;
 
   std::size_t set_of(std::uint64_t key) const noexcept { return std::size_t(key & (sets_ - 1)); }
-  // The way of set holding key, or ways_.
+  // The way of set holding key, or ways_. A packed set tries its most recent way first: a
+  // line hit again soon (a table line between struct page touches) is found in one compare.
   std::uint32_t way_of(std::size_t set, std::uint64_t key) const noexcept {
     const std::uint64_t* k = &keys_[set * ways_];
+    if (packed_) {
+      const std::uint32_t mru = std::uint32_t(order_[set] & 15);
+      if (k[mru] == key) return mru;
+    }
     std::uint32_t w = 0;
     while (w < ways_ && k[w] != key) ++w;
     return w;
@@ -165,12 +170,20 @@ class SetAssoc {
       return;
     }
     const std::uint64_t order = order_[set];
-    if ((order & 15) == w) return;  // already the most recent
+    if ((order & 15) == w) return;   // already the most recent
+    if (((order >> 4) & 15) == w) {  // the second most recent: swap the two
+      order_[set] = (order & ~0xffull) | ((order & 15) << 4) | w;
+      return;
+    }
     // w's position: the lowest zero nibble of order ^ w... (the classic has-zero-byte test on
     // nibbles: exact for the lowest one, and w is there exactly once).
     const std::uint64_t x = order ^ (kNibbleOnes * w);
     const unsigned pos =
         unsigned(std::countr_zero((x - kNibbleOnes) & ~x & (kNibbleOnes << 3))) / 4;
+    move_to_front(set, w, pos);
+  }
+  void move_to_front(std::size_t set, std::uint32_t w, unsigned pos) noexcept {
+    const std::uint64_t order = order_[set];
     const std::uint64_t below = order & ((1ull << (4 * pos)) - 1);       // more recent than w
     const std::uint64_t above = order & ~((2ull << (4 * pos + 3)) - 1);  // less recent
     order_[set] = above | (below << 4) | w;
@@ -189,8 +202,12 @@ class SetAssoc {
   }
   void fill(std::size_t set, std::uint32_t w, std::uint64_t key) noexcept {
     keys_[set * ways_ + w] = key;
-    if (packed_) valid_[set] |= 1u << w;
-    touch(set, w);
+    if (!packed_ || valid_[set] != full_) {
+      if (packed_) valid_[set] |= 1u << w;
+      touch(set, w);
+      return;
+    }
+    move_to_front(set, w, ways_ - 1);  // a full packed set evicts its last way
   }
   // Invalidate way w; a packed set keeps its place in the order (only valid ways' relative
   // order matters, and a way becomes valid again only through fill, which makes it the front).

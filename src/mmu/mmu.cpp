@@ -157,35 +157,10 @@ Result<std::uint64_t> Kernel::timed_user_access(MmStruct& mm, vaddr_t addr, bool
   throw InvariantViolation("user access: the fault handler did not make progress");
 }
 
-// A user load or store: walk; on a fault let the kernel handle it and retry the instruction.
-Result<std::uint64_t> Kernel::user_access(MmStruct& mm, vaddr_t addr, bool write,
-                                          std::uint64_t val) {
-  if (addr & 7) return Errno::inval;
-  if (!is_canonical(addr) || addr >= TASK_SIZE) return Errno::fault;  // kernel half: SIGSEGV
-  if (Cpu* cpu = cur_cpu) {
-    // The common case first: the DTLB way used last translates this access too.
-    const std::uint64_t key = tlb_key(mm.pcid, addr, PAGE_SHIFT);
-    const SetAssoc<TlbEntry>& dtlb = cpu->dtlb_4k;
-    if (key == cpu->mru_key && dtlb.key_at(cpu->mru_slot) == key &&
-        (!write || (dtlb.value_at(cpu->mru_slot).writable && dtlb.value_at(cpu->mru_slot).dirty))) {
-      const TlbEntry& e = dtlb.value_at(cpu->mru_slot);
-      const std::uint64_t start = cpu->clock;
-      cpu->clock += hw->cfg.dtlb_4k.latency;
-      ++cpu->stats.dtlb_hits;
-      const unsigned off = addr & (PAGE_SIZE - 1);
-      hw->access(*cpu, (e.pfn << PAGE_SHIFT) | off);
-      Page& page = mem.page(Pfn{e.pfn});
-      std::uint64_t r = val;
-      if (write) {
-        mem.store_word(page, off, val);
-      } else {
-        r = mem.load_word(page, off);
-      }
-      end_phase(Phase::user_access, start);
-      return r;
-    }
-    return timed_user_access(mm, addr, write, val);
-  }
+// A user load or store without the timing model: walk; on a fault let the kernel handle it and
+// retry the instruction.
+Result<std::uint64_t> Kernel::untimed_user_access(MmStruct& mm, vaddr_t addr, bool write,
+                                                  std::uint64_t val) {
   const unsigned off = addr & (PAGE_SIZE - 1);
   for (int attempt = 0; attempt < 8; ++attempt) {
     HwWalk w = hw_walk(*this, mm, addr, write);
