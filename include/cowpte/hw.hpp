@@ -76,10 +76,10 @@ struct Cpu {
         l2(c.l2.sets, c.l2.ways) {}
 
   SetAssoc<TlbEntry> dtlb_4k, stlb;  // keys: PCID << 36 | virtual page number
-  // The DTLB way used last: the most recently used way of its set, so hitting it again needs
+  // The DTLB slot used last: the most recently used way of its set, so hitting it again needs
   // no LRU update (a simulation shortcut, invisible in the results).
   std::uint64_t mru_key = ~0ull;
-  const SetAssoc<TlbEntry>::Way* mru_way = nullptr;
+  std::size_t mru_slot = 0;
   SetAssoc<PwcEntry> pml4e, pdpte, pde;  // keys: PCID << 36 | va >> 39, 30, 21
   SetAssoc<> l1d, l2;                    // keys: physical line number
   std::uint64_t clock = 0;               // cycles this CPU has run

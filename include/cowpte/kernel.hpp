@@ -343,7 +343,11 @@ class Kernel {
   static bool access_error(unsigned error_code, const Vma& vma) noexcept;
 
   // ---- src/mmu/mmu.cpp: the hardware page walk and user accesses ----
+  // user_access is inline (below kernel.hpp's class): a DTLB hit is the common case of every
+  // timed load and store. The paths it falls back to are here.
   Result<std::uint64_t> user_access(MmStruct& mm, vaddr_t addr, bool write, std::uint64_t val);
+  Result<std::uint64_t> untimed_user_access(MmStruct& mm, vaddr_t addr, bool write,
+                                            std::uint64_t val);
 
   // ---- src/mmu/task_mmu.cpp (fs/proc/task_mmu.c) ----
   PagemapEntry pagemap(MmStruct& mm, vaddr_t addr);
@@ -397,6 +401,56 @@ inline int Kernel::page_try_dup_anon_rmap(Page& page, Vma& src_vma) {
   }
   ++page._mapcount;  // __page_dup_rmap
   return 0;
+}
+
+// Entering the kernel (the timing model's side): inline, since every user load and store of a
+// timed machine enters once.
+inline Kernel::Entry::Entry(Kernel& k, Process& p, bool syscall) : k_(k), prev_(k.cur_cpu) {
+  if (!k.hw) return;
+  Cpu& cpu = k.hw->cpus[p.cpu()];
+  if (cpu.owner != p.pid()) [[unlikely]]
+    k.settle_stats(cpu, p.pid());  // a context switch
+  k.cur_cpu = &cpu;
+  if (MmStruct* mm = p.mm()) mm->cpumask |= 1ull << p.cpu();
+  if (syscall) cpu.clock += k.hw->cfg.syscall;
+  lock_timing = k.timed_locks.get();
+}
+
+inline Kernel::Entry::~Entry() {
+  if (!k_.hw) return;
+  k_.cur_cpu = prev_;
+  if (!prev_) lock_timing = nullptr;
+}
+
+// A user load or store (src/mmu/mmu.cpp has the walks). The common case first: with the timing
+// model, the DTLB way used last translates this access too.
+inline Result<std::uint64_t> Kernel::user_access(MmStruct& mm, vaddr_t addr, bool write,
+                                                 std::uint64_t val) {
+  if (addr & 7) return Errno::inval;
+  if (!is_canonical(addr) || addr >= TASK_SIZE) return Errno::fault;  // kernel half: SIGSEGV
+  Cpu* cpu = cur_cpu;
+  if (!cpu) return untimed_user_access(mm, addr, write, val);
+  const std::uint64_t key = tlb_key(mm.pcid, addr, PAGE_SHIFT);
+  const SetAssoc<TlbEntry>& dtlb = cpu->dtlb_4k;
+  if (key != cpu->mru_key || dtlb.key_at(cpu->mru_slot) != key) [[unlikely]]
+    return timed_user_access(mm, addr, write, val);
+  const TlbEntry& e = dtlb.value_at(cpu->mru_slot);
+  if (write && !(e.writable && e.dirty)) [[unlikely]]
+    return timed_user_access(mm, addr, write, val);
+  const std::uint64_t start = cpu->clock;
+  cpu->clock += hw->cfg.dtlb_4k.latency;
+  ++cpu->stats.dtlb_hits;
+  const unsigned off = addr & (PAGE_SIZE - 1);
+  hw->access(*cpu, (e.pfn << PAGE_SHIFT) | off);
+  Page& page = mem.page(Pfn{e.pfn});
+  std::uint64_t r = val;
+  if (write) {
+    mem.store_word(page, off, val);
+  } else {
+    r = mem.load_word(page, off);
+  }
+  end_phase(Phase::user_access, start);
+  return r;
 }
 
 // The timing model's lock timing (src/mmu/timing.cpp).

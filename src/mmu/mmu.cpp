@@ -114,15 +114,15 @@ Result<std::uint64_t> Kernel::timed_user_access(MmStruct& mm, vaddr_t addr, bool
     TlbEntry e;
     bool hit = false;
     bool in_stlb = false;
-    if (auto* w = cpu.dtlb_4k.lookup(key)) {
-      e = w->value, hit = true;
-      cpu.mru_key = key, cpu.mru_way = w;
+    if (const std::size_t slot = cpu.dtlb_4k.find(key); slot != cpu.dtlb_4k.npos) {
+      e = cpu.dtlb_4k.value_at(slot), hit = true;
+      cpu.mru_key = key, cpu.mru_slot = slot;
     } else {
       cpu.clock += c.stlb.latency;
-      if (auto* s = cpu.stlb.lookup(key)) {
-        e = s->value, hit = in_stlb = true;
+      if (const TlbEntry* s = cpu.stlb.lookup(key)) {
+        e = *s, hit = in_stlb = true;
         cpu.dtlb_4k.insert(key, e);
-        cpu.mru_key = key, cpu.mru_way = cpu.dtlb_4k.lookup(key);
+        cpu.mru_key = key, cpu.mru_slot = cpu.dtlb_4k.find(key);
       }
     }
     // A hit counts only when the entry serves the access; one that can't serve a write (read
@@ -144,7 +144,7 @@ Result<std::uint64_t> Kernel::timed_user_access(MmStruct& mm, vaddr_t addr, bool
       const TlbEntry fill{raw(mem.pfn(*w.page)), w.writable, (w.pte & _PAGE_DIRTY) != 0};
       cpu.stlb.insert(key, fill);
       cpu.dtlb_4k.insert(key, fill);
-      cpu.mru_key = key, cpu.mru_way = cpu.dtlb_4k.lookup(key);
+      cpu.mru_key = key, cpu.mru_slot = cpu.dtlb_4k.find(key);
       return data_access(fill.pfn);
     }
     cpu.dtlb_4k.invalidate(key);  // a #PF invalidates the faulting translation
@@ -157,34 +157,10 @@ Result<std::uint64_t> Kernel::timed_user_access(MmStruct& mm, vaddr_t addr, bool
   throw InvariantViolation("user access: the fault handler did not make progress");
 }
 
-// A user load or store: walk; on a fault let the kernel handle it and retry the instruction.
-Result<std::uint64_t> Kernel::user_access(MmStruct& mm, vaddr_t addr, bool write,
-                                          std::uint64_t val) {
-  if (addr & 7) return Errno::inval;
-  if (!is_canonical(addr) || addr >= TASK_SIZE) return Errno::fault;  // kernel half: SIGSEGV
-  if (Cpu* cpu = cur_cpu) {
-    // The common case first: the DTLB way used last translates this access too.
-    const std::uint64_t key = tlb_key(mm.pcid, addr, PAGE_SHIFT);
-    const auto* w = cpu->mru_way;
-    if (key == cpu->mru_key && w->last_use && w->key == key &&
-        (!write || (w->value.writable && w->value.dirty))) {
-      const std::uint64_t start = cpu->clock;
-      cpu->clock += hw->cfg.dtlb_4k.latency;
-      ++cpu->stats.dtlb_hits;
-      const unsigned off = addr & (PAGE_SIZE - 1);
-      hw->access(*cpu, (w->value.pfn << PAGE_SHIFT) | off);
-      Page& page = mem.page(Pfn{w->value.pfn});
-      std::uint64_t r = val;
-      if (write) {
-        mem.store_word(page, off, val);
-      } else {
-        r = mem.load_word(page, off);
-      }
-      end_phase(Phase::user_access, start);
-      return r;
-    }
-    return timed_user_access(mm, addr, write, val);
-  }
+// A user load or store without the timing model: walk; on a fault let the kernel handle it and
+// retry the instruction.
+Result<std::uint64_t> Kernel::untimed_user_access(MmStruct& mm, vaddr_t addr, bool write,
+                                                  std::uint64_t val) {
   const unsigned off = addr & (PAGE_SIZE - 1);
   for (int attempt = 0; attempt < 8; ++attempt) {
     HwWalk w = hw_walk(*this, mm, addr, write);

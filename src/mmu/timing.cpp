@@ -74,22 +74,6 @@ void Kernel::settle_stats(Cpu& cpu, int new_owner) noexcept {
   cpu.owner = new_owner;
 }
 
-Kernel::Entry::Entry(Kernel& k, Process& p, bool syscall) : k_(k), prev_(k.cur_cpu) {
-  if (!k.hw) return;
-  Cpu& cpu = k.hw->cpus[p.cpu()];
-  if (cpu.owner != p.pid()) k.settle_stats(cpu, p.pid());  // a context switch
-  k.cur_cpu = &cpu;
-  if (MmStruct* mm = p.mm()) mm->cpumask |= 1ull << p.cpu();
-  if (syscall) cpu.clock += k.hw->cfg.syscall;
-  lock_timing = k.timed_locks.get();
-}
-
-Kernel::Entry::~Entry() {
-  if (!k_.hw) return;
-  k_.cur_cpu = prev_;
-  if (!prev_) lock_timing = nullptr;
-}
-
 namespace {
 // Run a flush on every CPU of mm_cpumask: the current CPU pays it, every other one takes a
 // shootdown IPI (the initiator sends and waits for the acknowledgement; the target runs the
