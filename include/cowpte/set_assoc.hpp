@@ -150,9 +150,19 @@ class SetAssoc {
       const std::uint32_t mru = std::uint32_t(order_[set] & 15);
       if (k[mru] == key) return mru;
     }
+    // The common geometries compare every way without a branch (the compiler vectorises the
+    // fixed-length loops); the keys of a set are unique, so the lowest match is the match.
+    if (ways_ == 16) return first_match<16>(k, key);
+    if (ways_ == 8) return first_match<8>(k, key);
     std::uint32_t w = 0;
     while (w < ways_ && k[w] != key) ++w;
     return w;
+  }
+  template <std::uint32_t N>
+  static std::uint32_t first_match(const std::uint64_t* k, std::uint64_t key) noexcept {
+    std::uint32_t m = 0;
+    for (std::uint32_t i = 0; i < N; ++i) m |= std::uint32_t(k[i] == key) << i;
+    return m ? std::uint32_t(std::countr_zero(m)) : N;
   }
   Payload* value_ptr(std::size_t slot) noexcept {
     if constexpr (kHasPayload) return &values_[slot];
