@@ -8,7 +8,8 @@
 //   real_fork/mib:N                        this machine's kernel forking N MiB populated
 //   write_after_fork/policy:P/pattern:S    the parent writes after a fork of 512 MiB
 //   fork_server/policy:P/mib:N/touch:K     AFL's loop: fork, the child writes K pages, exits
-//   snapshot/policy:P/mib:N/every:E        BGSAVE: the child reads all, the parent writes
+//   snapshot/policy:P/mib:N/every:E        BGSAVE: the child reads all, the parent writes a
+//                                          page every E pages the child reads
 // Simulated time comes as counters (sim_ns, sim_cycles, *_ns); the benchmark's own time is the
 // host time the simulator took.
 #include <benchmark/benchmark.h>
@@ -214,12 +215,13 @@ void register_all(const Sweep& sw) {
           ->Iterations(fs.execs)
           ->Unit(benchmark::kMicrosecond);
   for (std::uint64_t mib : sw.snapshot_mib)
-    for (Policy p : kPolicies)
-      reg(std::string("snapshot/policy:") + name(p) + "/mib:" + mib_name(mib) +
-              "/every:" + std::to_string(sw.snapshot_every),
-          [p, mib, &sw](benchmark::State& s) { snapshot_bench(s, p, mib, sw.snapshot_every); })
-          ->Iterations(1)
-          ->Unit(benchmark::kMillisecond);
+    for (std::uint64_t every : sw.snapshot_every)
+      for (Policy p : kPolicies)
+        reg(std::string("snapshot/policy:") + name(p) + "/mib:" + mib_name(mib) +
+                "/every:" + std::to_string(every),
+            [p, mib, every](benchmark::State& s) { snapshot_bench(s, p, mib, every); })
+            ->Iterations(1)
+            ->Unit(benchmark::kMillisecond);
 }
 
 }  // namespace

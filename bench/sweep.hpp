@@ -30,7 +30,9 @@ struct Sweep {
   std::uint64_t write_mib = 512, random_writes = 1'000'000;  // the series' page-fault table
   std::vector<ForkServerPoint> fork_servers;
   std::vector<std::uint64_t> snapshot_mib;
-  std::uint64_t snapshot_every = 16;  // the parent writes a page every 16 pages the child reads
+  // The parent writes a random page every E pages the child reads: busy (16: it touches every
+  // 2 MiB span before the child is done) and quiet (1024: a fraction of the spans).
+  std::vector<std::uint64_t> snapshot_every{16, 1024};
 };
 
 inline std::string fmt_fork(const ForkPoint& f, Policy p) {
