@@ -3,6 +3,7 @@
 // so that users need neither C++23 nor a particular standard library.
 #pragma once
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -54,8 +55,8 @@ template <class T>
 class ResultStorage<T, true> {
  public:
   explicit ResultStorage(T v) : v_(v) {}
-  explicit ResultStorage(Errno e) : none_(), err_(e), ok_(false) {}
-  bool has_value() const noexcept { return ok_; }
+  explicit ResultStorage(Errno e) : none_(), err_(e), ok_(0) {}
+  bool has_value() const noexcept { return ok_ != 0; }
   const T& get() const noexcept { return v_; }
   T& get() noexcept { return v_; }
   Errno error() const noexcept { return err_; }
@@ -66,7 +67,9 @@ class ResultStorage<T, true> {
     char none_;  // an error: no value
   };
   Errno err_{0};
-  bool ok_ = true;  // apart from err_: a Result built from Errno{0} is still an error
+  // Apart from err_: a Result built from Errno{0} is still an error. 32 bits, not a bool, so
+  // that err_ and ok_ fill the second register whole (no merging into padding bytes).
+  std::uint32_t ok_ = 1;
 };
 }  // namespace detail
 
