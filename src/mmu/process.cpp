@@ -206,6 +206,7 @@ Result<void> Process::madvise(vaddr_t addr, std::uint64_t length, Advice advice)
 Result<std::uint64_t> Process::load(vaddr_t addr) {
   if (!alive()) return Errno::srch;
   Kernel& k = machine_->kernel();
+  if (std::uint64_t v = 0; k.user_access_hit_unentered(*this, addr, false, v)) return v;
   Kernel::Entry entry(k, *this, false);
   return k.user_access(*mm_, addr, false, 0);
 }
@@ -213,6 +214,7 @@ Result<std::uint64_t> Process::load(vaddr_t addr) {
 Result<void> Process::store(vaddr_t addr, std::uint64_t value) {
   if (!alive()) return Errno::srch;
   Kernel& k = machine_->kernel();
+  if (k.user_access_hit_unentered(*this, addr, true, value)) return {};
   Kernel::Entry entry(k, *this, false);
   auto r = k.user_access(*mm_, addr, true, value);
   if (!r) return r.error();
