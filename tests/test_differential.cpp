@@ -390,7 +390,10 @@ class DifferentialRun {
     log("MISMATCH: " + failure_);
   }
 
-  std::string pname(const Live& l) const { return "p" + std::to_string(l.proc->pid()); }
+  std::string pname(const Live& l) const {
+    std::string name = "p";  // appended, not "p" + ...: GCC 12's -O3 warns on that falsely
+    return name += std::to_string(l.proc->pid());
+  }
 
   std::string rerun_command() const {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
