@@ -1,6 +1,6 @@
 // Which sizes the comparison runs: `smoke` (seconds; the test suite runs it), `short` (the
-// README's first command, about a minute and a half on this project's machine) and `full`
-// (1 MiB to 64 GiB, about ten minutes).
+// README's first command, half a minute on this project's machine) and `full` (1 MiB to
+// 64 GiB, about three minutes).
 #pragma once
 
 #include <unistd.h>

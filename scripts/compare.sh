@@ -5,8 +5,8 @@
 #   results/compare-<sweep>.json   Google Benchmark's JSON (every counter of every run)
 #   results/plots-<sweep>/*.png    fork latency, fault latency, page-table memory
 #
-#   bash scripts/compare.sh           the short sweep, 1 MiB to 1 GiB (a few minutes)
-#   bash scripts/compare.sh --full    1 MiB to 64 GiB and the larger workloads (an hour or more)
+#   bash scripts/compare.sh           the short sweep, 1 MiB to 1 GiB (half a minute once built)
+#   bash scripts/compare.sh --full    1 MiB to 64 GiB and the larger workloads (three minutes)
 # Other arguments go to cowpte_bench_policies (for example --benchmark_filter=fork_server).
 set -euo pipefail
 
