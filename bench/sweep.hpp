@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -47,9 +48,20 @@ inline std::int64_t fork_iterations(const ForkPoint& f) {
   return std::clamp<std::int64_t>(std::int64_t(3e8 / (pages * ns_per_page)), 1, 100);
 }
 
+// The memory this process may still use: free memory, or less under a cgroup v2 limit.
+inline double usable_memory_bytes() {
+  double avail = double(sysconf(_SC_AVPHYS_PAGES)) * double(sysconf(_SC_PAGESIZE));
+  if (std::FILE* f = std::fopen("/sys/fs/cgroup/memory.max", "r")) {
+    unsigned long long max = 0;  // "max" when unlimited: no number
+    if (std::fscanf(f, "%llu", &max) == 1) avail = std::min(avail, double(max));
+    std::fclose(f);
+  }
+  return avail;
+}
+
 // Real forks only of sizes that leave this machine a quarter of its memory free.
 inline std::vector<std::uint64_t> fitting(std::vector<std::uint64_t> mib) {
-  const double avail = double(sysconf(_SC_AVPHYS_PAGES)) * double(sysconf(_SC_PAGESIZE));
+  const double avail = usable_memory_bytes();
   std::erase_if(mib, [&](std::uint64_t m) { return double(m << 20) > 0.75 * avail; });
   return mib;
 }

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cowpte/cowpte.hpp>
 #include <cstdint>
 #include <random>
@@ -102,13 +103,14 @@ class Latencies {
     for (std::uint64_t c : v_) s += double(c);
     return v_.empty() ? 0 : s / double(v_.size());
   }
-  // The q-quantile (0 <= q <= 1), nearest rank.
+  // The q-quantile (0 <= q <= 1) by nearest rank: the smallest sample with at least q of all
+  // samples at or below it (the minimum for q = 0).
   std::uint64_t quantile(double q) {
     if (v_.empty()) return 0;
     if (!sorted_) std::sort(v_.begin(), v_.end());
     sorted_ = true;
-    const auto rank = static_cast<std::size_t>(q * double(v_.size() - 1) + 0.5);
-    return v_[std::min(rank, v_.size() - 1)];
+    const auto rank = static_cast<std::size_t>(std::ceil(q * double(v_.size())));
+    return v_[std::clamp<std::size_t>(rank, 1, v_.size()) - 1];
   }
 
  private:

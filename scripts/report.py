@@ -12,6 +12,7 @@ Every figure is simulated time unless a column says "host" or "real".
 import argparse
 import json
 import math
+import statistics
 import sys
 from collections import defaultdict
 
@@ -21,21 +22,26 @@ COLOR = {"classic": "C0", "cow_pte": "C1", "odf": "C2"}
 
 
 def parse(path):
-    """{kind: [record]}, a record being the name's key:value pairs plus the counters."""
+    """{kind: [record]}, a record being the name's key:value pairs plus the counters. With
+    --benchmark_repetitions, each number is the median of the repetitions."""
     with open(path) as f:
         doc = json.load(f)
-    out = defaultdict(list)
+    runs = defaultdict(list)
     for b in doc["benchmarks"]:
-        if b.get("run_type") == "aggregate":
-            continue
-        parts = b["run_name"].split("/")
+        if b.get("run_type") != "aggregate":
+            runs[b["run_name"]].append(b)
+    out = defaultdict(list)
+    for name, reps in runs.items():
+        parts = name.split("/")
         rec = dict(p.split(":", 1) for p in parts[1:] if ":" in p)
         for k in ("mib", "touch", "every", "timed"):
             if k in rec:
                 rec[k] = int(rec[k])
-        if b.get("error_occurred"):
-            rec["error"] = b.get("error_message", "error")
-        rec.update({k: v for k, v in b.items() if isinstance(v, (int, float))})
+        errors = [b.get("error_message", "error") for b in reps if b.get("error_occurred")]
+        if errors:
+            rec["error"] = errors[0]
+        keys = {k for b in reps for k, v in b.items() if isinstance(v, (int, float))}
+        rec.update({k: statistics.median(b[k] for b in reps if k in b) for k in keys})
         out[parts[0]].append(rec)
     return doc.get("context", {}), out
 
@@ -97,7 +103,8 @@ def fork_tables(d):
               note=f"Real: the median of this machine's kernel forking a process with the same "
                    f"memory populated; that process also has the benchmark's own {own:.1f} MiB "
                    f"resident, which the simulated one has not (cowpte_calibrate simulates it "
-                   f"too), so small sizes compare the fixed costs of a real process.")
+                   f"too), so small sizes compare the fixed costs of a real process."
+              if d["real_fork"] else None)
     for s in sizes:
         ns = [forks.get(("plain", p, s, 1), {}).get("sim_ns") for p in POLICIES]
         r = real.get((s,), {}).get("median_ns")
@@ -195,16 +202,8 @@ def snapshot_tables(d):
     return [t]
 
 
-def plots(d, outdir):
-    import os
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    os.makedirs(outdir, exist_ok=True)
-    forks = index(d["fork"], "layout", "policy", "mib", "timed")
+def plot_fork_latency(plt, d, forks, sizes):
     real = index(d["real_fork"], "mib")
-    sizes = sorted({k[2] for k in forks if k[0] == "plain" and k[3] == 1})
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for p, mk in zip(POLICIES, "os^"):
         xs = [s for s in sizes if ("plain", p, s, 1) in forks]
@@ -217,9 +216,10 @@ def plots(d, outdir):
            title="fork() latency against populated 4 KiB anonymous memory")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(f"{outdir}/fork_latency.png", dpi=110)
+    return fig
 
+
+def plot_fault_latency(plt, d):
     w = index(d["write_after_fork"], "policy", "pattern")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     qs = [("mean_ns", "mean"), ("p50_ns", "p50"), ("p90_ns", "p90"), ("p99_ns", "p99"),
@@ -235,9 +235,10 @@ def plots(d, outdir):
                title=f"{pat} writes after fork")
         ax.grid(True, axis="y", which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(f"{outdir}/fault_latency.png", dpi=110)
+    return fig
 
+
+def plot_pgtable_memory(plt, forks, sizes):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for p, mk in zip(POLICIES, "os^"):
         xs = [s for s in sizes if ("plain", p, s, 1) in forks]
@@ -250,9 +251,30 @@ def plots(d, outdir):
            title="page-table memory of the child")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(f"{outdir}/pgtable_memory.png", dpi=110)
-    return ["fork_latency.png", "fault_latency.png", "pgtable_memory.png"]
+    return fig
+
+
+def plots(d, outdir):
+    """The PNGs whose data the run has; their file names."""
+    import os
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(outdir, exist_ok=True)
+    forks = index(d["fork"], "layout", "policy", "mib", "timed")
+    sizes = sorted({k[2] for k in forks if k[0] == "plain" and k[3] == 1})
+    figs = {}
+    if sizes:
+        figs["fork_latency.png"] = plot_fork_latency(plt, d, forks, sizes)
+        figs["pgtable_memory.png"] = plot_pgtable_memory(plt, forks, sizes)
+    if index(d["write_after_fork"], "policy"):
+        figs["fault_latency.png"] = plot_fault_latency(plt, d)
+    for name, fig in figs.items():
+        fig.tight_layout()
+        fig.savefig(f"{outdir}/{name}", dpi=110)
+        plt.close(fig)
+    return sorted(figs)
 
 
 def main():
@@ -260,6 +282,8 @@ def main():
     ap.add_argument("json")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--plots", metavar="DIR")
+    ap.add_argument("--require-all", action="store_true",
+                    help="fail unless every kind of benchmark ran (a filtered run need not)")
     a = ap.parse_args()
     ctx, d = parse(a.json)
     errors = [r for recs in d.values() for r in recs if "error" in r]
@@ -276,10 +300,11 @@ def main():
         print(f"benchmark failed: {r}", file=sys.stderr)
     missing = [k for k in ("fork", "real_fork", "write_after_fork", "fork_server", "snapshot")
                if not d.get(k)]
-    if errors or missing:
-        print(f"report: {len(errors)} failed benchmarks, missing kinds: {missing}", file=sys.stderr)
-        return 1
-    return 0
+    if missing:
+        print(f"report: no {', '.join(missing)} benchmarks in {a.json}", file=sys.stderr)
+    if errors:
+        print(f"report: {len(errors)} benchmarks failed", file=sys.stderr)
+    return 1 if errors or (missing and a.require_all) else 0
 
 
 if __name__ == "__main__":

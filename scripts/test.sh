@@ -87,7 +87,7 @@ build/bench/cowpte_bench_policies --cowpte_sweep=smoke --benchmark_out="$tmp/smo
   cat "$tmp/smoke.log"
   exit 1
 }
-"$py" scripts/report.py "$tmp/smoke.json" --plots "$tmp/plots" >/dev/null
+"$py" scripts/report.py "$tmp/smoke.json" --plots "$tmp/plots" --require-all >/dev/null
 passed=$((passed + 1))
 
 step "summary"

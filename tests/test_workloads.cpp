@@ -32,8 +32,11 @@ TEST(Workloads, LatencyQuantilesAreNearestRank) {
   EXPECT_EQ(l.quantile(0.5), 30u);
   EXPECT_EQ(l.quantile(0.9), 50u);
   EXPECT_EQ(l.quantile(1), 50u);
-  l.add(5);  // unsorted again
+  l.add(5);  // unsorted again; six samples: 5 10 20 30 40 50
   EXPECT_EQ(l.quantile(0), 5u);
+  EXPECT_EQ(l.quantile(0.5), 20u);  // 3 of 6 at or below: the lower middle
+  EXPECT_EQ(l.quantile(0.51), 30u);
+  EXPECT_EQ(l.quantile(0.99), 50u);
 }
 
 TEST(Workloads, LayoutsMapWhatTheySay) {

@@ -155,8 +155,9 @@ class PhysMem {
   // A table frame always has its 512 entries in host memory. table_frames() counts the frames
   // that hold tables now (NR_PAGETABLE, /proc/meminfo's PageTables, the pgd included).
   std::uint64_t* alloc_table_block() {
+    std::uint64_t* b = alloc_block();
     ++table_frames_;
-    return alloc_block();
+    return b;
   }
   void table_freed() noexcept { --table_frames_; }
   std::uint64_t table_frames() const noexcept { return table_frames_; }
