@@ -545,7 +545,7 @@ TEST_F(BadInput, EveryCallOnAnExitedProcessIsEsrch) {
   const cowpte::RssStat zero{0, 0, 0, 0};
   EXPECT_TRUE(e.rss() == zero) << cowpte_test::Describe(e.rss());
   EXPECT_EQ(e.pgtables_bytes(), 0u);
-  EXPECT_EQ(e.mm(), nullptr);
+  EXPECT_FALSE(e.alive());
   ExpectUnchanged(base_);
 
   // Exiting the live processes too: every call on them now answers ESRCH, and nothing is left.

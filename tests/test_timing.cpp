@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <cowpte/cowpte.hpp>
+
+#include "mmu/set_assoc.hpp"
 #include <stdexcept>
 
 namespace cowpte {

@@ -5,7 +5,7 @@
 
 #include <gtest/gtest.h>
 
-#include <cowpte/pgtable.hpp>
+#include <cowpte/model/pgtable.hpp>
 #include <cstdint>
 #include <stdexcept>
 #include <string>

@@ -7,8 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <cowpte/cowpte.hpp>
-#include <cowpte/format.hpp>
-#include <cowpte/kernel.hpp>
+#include <cowpte/model/format.hpp>
+#include "facade/access.hpp"
+#include "mm/kernel.hpp"
 #include <cstdint>
 #include <set>
 #include <stdexcept>
@@ -61,8 +62,8 @@ class UnitMachine : public ::testing::Test {
   // Clear A and D of one PTE the way the kernel would (page_referenced / folio_mkclean): under
   // the PTE table's lock.
   void mkold_mkclean(Process& p, vaddr_t va) {
-    Kernel& k = m.kernel();
-    MmStruct& mm = *p.mm();
+    Kernel& k = detail::Access::kernel(m);
+    MmStruct& mm = *detail::Access::mm(p);
     EntryRef pmd = k.walk_to_pmd(mm, va);
     ASSERT_TRUE(pmd);
     EntryRef e = k.pte_offset_map(pmd, va);
@@ -639,7 +640,7 @@ TEST_F(UnitMachine, EntryFmtPrintsRawValueFlagsAndPfn) {
 TEST(UnitMachineTrace, ForkWithTracingOn) {
   Machine m{MachineConfig{.memory_bytes = 16ull << 20, .trace = true}};
   EXPECT_TRUE(m.config().trace);
-  EXPECT_NE(m.kernel().tracer, nullptr);
+  EXPECT_NE(detail::Access::kernel(m).tracer, nullptr);
   Process& p = m.spawn();
   auto a = p.mmap(0, 2 * kPg, kRWProt, kPriv);
   ASSERT_TRUE(a);
@@ -662,7 +663,7 @@ TEST(UnitMachineTrace, ForkWithTracingOn) {
 TEST(UnitMachineTrace, TracingOffHasNoLogger) {
   Machine m{MachineConfig{.memory_bytes = 16ull << 20}};
   EXPECT_FALSE(m.config().trace);
-  EXPECT_EQ(m.kernel().tracer, nullptr);
+  EXPECT_EQ(detail::Access::kernel(m).tracer, nullptr);
 }
 
 }  // namespace

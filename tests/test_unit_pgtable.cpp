@@ -4,7 +4,7 @@
 
 #include <gtest/gtest.h>
 
-#include <cowpte/pgtable_types.hpp>
+#include <cowpte/model/pgtable_types.hpp>
 #include <cstdint>
 #include <random>
 

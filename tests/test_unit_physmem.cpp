@@ -3,7 +3,7 @@
 
 #include <gtest/gtest.h>
 
-#include <cowpte/page.hpp>
+#include <cowpte/model/page.hpp>
 #include <cstdint>
 #include <set>
 #include <vector>

@@ -1,51 +1,43 @@
-// fmt formatters for page-table entries (raw value, decoded bits, pfn) and struct page, and a
-// ptdump-style listing of a process's tables (arch/x86/mm/dump_pagetables.c).
+// fmt formatters for the facade's views: a page walk, a frame's struct page and a pagemap entry,
+// so that research code can print what it inspects (`fmt::print("{}\n", m.walk(p, va))`).
 #pragma once
 
 #include <fmt/format.h>
 
-#include <string>
-
-#include "cowpte/page.hpp"
-#include "cowpte/pgtable_types.hpp"
-
-namespace cowpte {
-
-// An entry to print: its raw word and the level it sits at (0 pgd .. 3 pte).
-struct EntryFmt {
-  pteval_t v;
-  int level = 3;
-};
-
-// The decoded flags, in the order of arch/x86/mm/dump_pagetables.c.
-std::string decode_entry_flags(pteval_t v, int level);
-
-}  // namespace cowpte
+#include "cowpte/types.hpp"
 
 template <>
-struct fmt::formatter<cowpte::EntryFmt> : fmt::formatter<std::string_view> {
+struct fmt::formatter<cowpte::PtWalk> : fmt::formatter<std::string_view> {
   template <class Ctx>
-  auto format(const cowpte::EntryFmt& e, Ctx& ctx) const {
-    if (e.v == 0) return fmt::format_to(ctx.out(), "{:#018x} none", e.v);
-    if (e.level == 3 && cowpte::is_swap_pte(e.v)) {
-      const cowpte::SwpEntry s = cowpte::pte_to_swp_entry(e.v);
-      return fmt::format_to(ctx.out(), "{:#018x} swap type {} offset {:#x}{}", e.v, s.type,
-                            s.offset, cowpte::pte_swp_exclusive(e.v) ? " exclusive" : "");
-    }
-    return fmt::format_to(ctx.out(), "{:#018x} [{}] pfn {:#x}", e.v,
-                          cowpte::decode_entry_flags(e.v, e.level), raw(cowpte::pte_pfn(e.v)));
+  auto format(const cowpte::PtWalk& w, Ctx& ctx) const {
+    static constexpr const char* kLevel[4] = {"pgd", "pud", "pmd", "pte"};
+    auto out = fmt::format_to(ctx.out(), "walk: {} level{}", w.levels, w.levels == 1 ? "" : "s");
+    for (int i = 0; i < w.levels && i < 4; ++i)
+      out = fmt::format_to(out, "; {} {:#018x} in table {:#x}", kLevel[i], w.entry[i], w.table[i]);
+    return out;
   }
 };
 
 template <>
-struct fmt::formatter<cowpte::Page> : fmt::formatter<std::string_view> {
+struct fmt::formatter<cowpte::PageInfo> : fmt::formatter<std::string_view> {
   template <class Ctx>
-  auto format(const cowpte::Page& p, Ctx& ctx) const {
-    using namespace cowpte;
-    return fmt::format_to(
-        ctx.out(), "page refcount {} mapcount {}{}{}{}{}{}{}", p._refcount, page_mapcount(p),
-        p.test(PG_free) ? " free" : "", p.test(PG_anon) ? " anon" : "",
-        p.test(PG_anon_exclusive) ? " exclusive" : "", p.test(PG_table) ? " table" : "",
-        p.test(PG_zero) ? " zero" : "", p.test(PG_dirty) ? " dirty" : "");
+  auto format(const cowpte::PageInfo& p, Ctx& ctx) const {
+    return fmt::format_to(ctx.out(), "page refcount {} mapcount {}{}{}{}{}{}{}{}", p.refcount,
+                          p.mapcount, p.free ? " free" : "", p.anon ? " anon" : "",
+                          p.anon_exclusive ? " exclusive" : "", p.page_table ? " table" : "",
+                          p.zero_page ? " zero" : "", p.swapcache ? " swapcache" : "",
+                          p.dirty ? " dirty" : "");
+  }
+};
+
+template <>
+struct fmt::formatter<cowpte::PagemapEntry> : fmt::formatter<std::string_view> {
+  template <class Ctx>
+  auto format(const cowpte::PagemapEntry& e, Ctx& ctx) const {
+    if (!e.present && !e.swapped) return fmt::format_to(ctx.out(), "pagemap {:#018x} none", e.raw);
+    return fmt::format_to(ctx.out(), "pagemap {:#018x}{}{}{}{}{}", e.raw,
+                          e.present ? fmt::format(" present pfn {:#x}", e.pfn) : std::string(),
+                          e.swapped ? " swapped" : "", e.file_or_shared_anon ? " file/shared" : "",
+                          e.exclusive ? " exclusive" : "", e.soft_dirty ? " soft-dirty" : "");
   }
 };

@@ -8,15 +8,18 @@
 #include <vector>
 
 #include "cowpte/result.hpp"
+#include "cowpte/stats.hpp"
 #include "cowpte/timing_config.hpp"
 #include "cowpte/types.hpp"
 
 namespace cowpte {
 
 struct MmStruct;
-struct HwStats;
 class Kernel;
 class Process;
+namespace detail {
+struct Access;  // the library's own way to the model behind the facade (src/facade/access.hpp)
+}
 
 struct MachineConfig {
   std::uint64_t memory_bytes = 4ull << 30;  // simulated physical memory
@@ -61,10 +64,11 @@ class Machine {
   std::uint64_t cycles(unsigned cpu) const;  // simulated cycles CPU cpu has run
   std::string hw_stats_json() const;         // per-CPU and per-process statistics, JSON
 
+ private:
+  friend class Process;
+  friend struct detail::Access;
   Kernel& kernel() { return *kernel_; }
   const Kernel& kernel() const { return *kernel_; }
-
- private:
   std::unique_ptr<Kernel> kernel_;
 };
 
@@ -115,16 +119,18 @@ class Process {
   HwStats hw_stats() const;  // this process's share of the timing statistics
 
   Machine& machine() { return *machine_; }
-  MmStruct* mm() { return mm_.get(); }  // nullptr after exit
-  const MmStruct* mm() const { return mm_.get(); }
 
-  Process(Machine& m, int pid, std::unique_ptr<MmStruct> mm);
   ~Process();
   Process(const Process&) = delete;
   Process& operator=(const Process&) = delete;
 
  private:
   friend class Kernel;
+  friend class Machine;
+  friend struct detail::Access;
+  Process(Machine& m, int pid, std::unique_ptr<MmStruct> mm);
+  MmStruct* mm() { return mm_.get(); }  // nullptr after exit
+  const MmStruct* mm() const { return mm_.get(); }
   Machine* machine_;
   int pid_;
   unsigned cpu_ = 0;

@@ -2,7 +2,7 @@
 // handle_cow_pte_fault (mm/memory.c of "[PATCH v3 03/14] mm: Add break COW PTE fault and helper
 // functions", v4). On-demand-fork: tfork_one_pte_table and dereference_pte_table (the ODF
 // code's mm/memory.c), where the copy also does the per-page work fork skipped.
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 

@@ -3,7 +3,7 @@
 // cache (mm/shmem.c); filemap_map_pages (mm/filemap.c).
 #include <algorithm>
 
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 

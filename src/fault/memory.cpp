@@ -1,6 +1,6 @@
 // The generic fault path: handle_mm_fault, __handle_mm_fault, handle_pte_fault and
 // do_anonymous_page (mm/memory.c).
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 

@@ -1,5 +1,5 @@
 // The user page-fault handler: do_user_addr_fault and access_error (arch/x86/mm/fault.c).
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 

@@ -1,6 +1,6 @@
 // Write-protect faults: do_wp_page, wp_page_reuse, wp_page_copy and wp_page_shared
 // (mm/memory.c), including the unshare fault of a read-only long-term pin.
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 

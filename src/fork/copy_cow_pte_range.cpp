@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 

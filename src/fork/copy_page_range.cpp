@@ -1,7 +1,7 @@
 // fork's page-table copy: copy_page_range and the levels below it (mm/memory.c).
 #include <algorithm>
 
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 

@@ -3,7 +3,7 @@
 // private anonymous VMA fully covers, with no per-page work at all. Pages are then counted once
 // per table (refcount, mapcount) and charged to one holder (RSS, the table's 4 KiB); the per-page
 // work happens when a fault copies the table (src/fault/cow_pte.cpp).
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 

@@ -1,5 +1,5 @@
 // fork(): kernel_clone -> copy_process -> copy_mm -> dup_mm -> dup_mmap (kernel/fork.c).
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 
@@ -70,7 +70,7 @@ Result<Process*> Kernel::kernel_clone(Process& parent) {
   }
   const int pid = static_cast<int>(procs.size()) + 1;  // alloc_pid, after copy_mm
   mm->pid = pid;
-  procs.push_back(std::make_unique<Process>(machine, pid, std::move(mm)));
+  procs.push_back(std::unique_ptr<Process>(new Process(machine, pid, std::move(mm))));
   proc_stats.emplace_back();
   // The child starts on the next CPU (the scheduler spreads them); its mm has run nowhere yet.
   procs.back()->cpu_ = (parent.cpu() + 1) % cfg.cpus;

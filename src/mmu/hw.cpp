@@ -1,5 +1,5 @@
 // The timing model's caches and the invalidation of TLBs and paging-structure caches.
-#include "cowpte/hw.hpp"
+#include "mmu/hw.hpp"
 
 #include <nlohmann/json.hpp>
 

@@ -1,7 +1,7 @@
 // The hardware side of a user access: the x86-64 page walk through the real entries in their
 // table frames (permission checks at every level, A set on access, D on write), and the retry
 // after the kernel's fault handler ran (arch/x86/mm/fault.c exc_page_fault).
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 

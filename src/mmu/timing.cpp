@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <unordered_map>
 
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 

@@ -1,6 +1,6 @@
 // get_user_pages and pinning (mm/gup.c): follow the tables, fault pages in where they are
 // missing or must be unshared, and take a reference (FOLL_GET) or a pin (FOLL_PIN).
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 

@@ -8,14 +8,21 @@
 #include <unordered_map>
 #include <vector>
 
-#include "cowpte/hw.hpp"
+#include "mmu/hw.hpp"
 #include "cowpte/machine.hpp"
-#include "cowpte/mm_types.hpp"
-#include "cowpte/page.hpp"
-#include "cowpte/pgtable.hpp"
-#include "cowpte/tlb.hpp"
+#include "cowpte/model/mm_types.hpp"
+#include "cowpte/model/page.hpp"
+#include "cowpte/model/pgtable.hpp"
+#include "cowpte/model/mmu_gather.hpp"
 
 namespace cowpte {
+
+// TLB flushes the kernel issued (counted with and without the timing model).
+struct TlbStats {
+  std::uint64_t flush_range = 0;  // flush_tlb_range / tlb_flush of a gather
+  std::uint64_t flush_mm = 0;     // flush_tlb_mm
+  std::uint64_t flush_page = 0;   // flush_tlb_page (ptep_clear_flush)
+};
 
 // Fault flags (include/linux/mm_types.h) and fault results (vm_fault_t).
 enum FaultFlags : unsigned {

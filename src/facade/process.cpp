@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <stdexcept>
 
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 
@@ -70,7 +70,7 @@ Process& Kernel::spawn() {
   mm->pid = pid;
   mm->pcid = alloc_pcid();
   if (!mm->pcid) throw std::runtime_error("cowpte: no free PCID (4095 live processes)");
-  procs.push_back(std::make_unique<Process>(machine, pid, std::move(mm)));
+  procs.push_back(std::unique_ptr<Process>(new Process(machine, pid, std::move(mm))));
   proc_stats.emplace_back();
   return *procs.back();
 }

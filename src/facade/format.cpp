@@ -1,7 +1,7 @@
 // Entry decoding and the ptdump listing (arch/x86/mm/dump_pagetables.c).
-#include "cowpte/format.hpp"
+#include "cowpte/model/format.hpp"
 
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 

@@ -1,7 +1,7 @@
 // Table frames and the allocation of missing levels: pte_alloc_one and the pgtable
 // constructors (include/linux/mm.h, arch/x86/mm/pgtable.c), __pud_alloc, __pmd_alloc,
 // __pte_alloc and pmd_install (mm/memory.c).
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 

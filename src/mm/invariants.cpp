@@ -7,7 +7,8 @@
 #include <map>
 #include <set>
 
-#include "cowpte/kernel.hpp"
+#include "facade/access.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 
@@ -26,10 +27,10 @@ class Checker {
     const Pfn zero = k_.mem.pfn(*k_.zero_page);
     ref_[raw(zero)] += 1;  // the zero page's own reference (never freed)
     for (const auto& p : k_.procs)
-      if (p->mm()) check_mm(*p->mm(), p->pid());
+      if (detail::Access::mm(*p)) check_mm(*detail::Access::mm(*p), p->pid());
     check_shared_tables();
     for (const auto& p : k_.procs)
-      if (p->mm()) check_counters(*p->mm(), p->pid());
+      if (detail::Access::mm(*p)) check_counters(*detail::Access::mm(*p), p->pid());
     for (ShmemFile* f : files_) count_file(*f);
     for (const auto& [pid, refs] : k_.gup_refs)
       for (const GupRef& r : refs)
@@ -274,7 +275,7 @@ class Checker {
   void check_hw() {
     std::map<unsigned, MmStruct*> by_pcid;
     for (const auto& p : k_.procs)
-      if (MmStruct* mm = p->mm())
+      if (MmStruct* mm = detail::Access::mm(*p))
         if (!by_pcid.emplace(mm->pcid, mm).second)
           fail(fmt::format("pid {}: PCID {} is another live process's too", p->pid(), mm->pcid));
     const std::uint64_t vpn_mask = (1ull << 36) - 1;

@@ -2,7 +2,7 @@
 // shmem_zero_setup, arch/x86/kernel/sys_x86_64.c get_unmapped_area, arch/x86/mm/pgprot.c).
 #include <algorithm>
 
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 

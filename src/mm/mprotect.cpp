@@ -1,6 +1,6 @@
 // mprotect(2): do_mprotect_pkey, mprotect_fixup, change_protection, change_pte_range and
 // can_change_pte_writable (mm/mprotect.c).
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 

@@ -1,5 +1,5 @@
 // madvise(2): DONTNEED, DONTFORK, DOFORK, PAGEOUT and POPULATE_(READ|WRITE) (mm/madvise.c).
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 

@@ -10,9 +10,9 @@
 #include <cstdint>
 #include <vector>
 
-#include "cowpte/page.hpp"
-#include "cowpte/pgtable_types.hpp"
-#include "cowpte/spinlock.hpp"
+#include "cowpte/model/page.hpp"
+#include "cowpte/model/pgtable_types.hpp"
+#include "cowpte/model/spinlock.hpp"
 
 namespace cowpte {
 

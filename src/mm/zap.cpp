@@ -4,7 +4,7 @@
 
 #include <algorithm>
 
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 

@@ -1,6 +1,6 @@
 // Reverse-map bookkeeping on struct page and anon_vma lifetime (mm/rmap.c). The per-PTE hot
 // helpers (page_try_dup_anon_rmap, page_remove_rmap, vm_normal_page) are inline in kernel.hpp.
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 

@@ -4,10 +4,10 @@
 // pgtable.h and the lock helpers of include/linux/mm.h (pte_lockptr, pmd_lockptr, pud_lockptr).
 #pragma once
 
-#include "cowpte/mm_types.hpp"
-#include "cowpte/page.hpp"
-#include "cowpte/pgtable_types.hpp"
-#include "cowpte/spinlock.hpp"
+#include "cowpte/model/mm_types.hpp"
+#include "cowpte/model/page.hpp"
+#include "cowpte/model/pgtable_types.hpp"
+#include "cowpte/model/spinlock.hpp"
 
 namespace cowpte {
 

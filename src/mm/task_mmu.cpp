@@ -1,5 +1,5 @@
 // The /proc windows: pagemap, smaps and clear_refs (fs/proc/task_mmu.c).
-#include "cowpte/kernel.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 

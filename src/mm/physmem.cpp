@@ -2,7 +2,7 @@
 #include <cstdlib>
 #include <new>
 
-#include "cowpte/page.hpp"
+#include "cowpte/model/page.hpp"
 
 namespace cowpte {
 

@@ -1,7 +1,6 @@
-// TLB maintenance as the kernel issues it: struct mmu_gather (include/asm-generic/tlb.h,
-// mm/mmu_gather.c) batches the pages and table frames that may be freed only after the TLB
-// flush, and the flush calls are counted. The hardware TLBs themselves belong to the timing
-// model; the functional model walks the tables on every access, so it never holds a stale entry.
+// struct mmu_gather (include/asm-generic/tlb.h, mm/mmu_gather.c): a zap batches the pages and
+// table frames that may be freed only after the TLB flush. The hardware TLBs belong to the timing
+// model (src/mmu/); the functional model walks the tables on every access.
 #pragma once
 
 #include <algorithm>
@@ -14,12 +13,6 @@ namespace cowpte {
 
 struct Page;
 struct MmStruct;
-
-struct TlbStats {
-  std::uint64_t flush_range = 0;  // flush_tlb_range / tlb_flush of a gather
-  std::uint64_t flush_mm = 0;     // flush_tlb_mm
-  std::uint64_t flush_page = 0;   // flush_tlb_page (ptep_clear_flush)
-};
 
 // struct mmu_gather.
 struct MmGather {

@@ -10,8 +10,8 @@
 #include <cstring>
 #include <memory>
 
-#include "cowpte/pgtable_types.hpp"
-#include "cowpte/spinlock.hpp"
+#include "cowpte/model/pgtable_types.hpp"
+#include "cowpte/model/spinlock.hpp"
 #include "cowpte/types.hpp"
 
 namespace cowpte {
