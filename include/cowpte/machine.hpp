@@ -21,13 +21,32 @@ namespace detail {
 struct Access;  // the library's own way to the model behind the facade (src/facade/access.hpp)
 }
 
+// The names of the registered fork policies: the built-in ones ("classic", "seed",
+// "on_demand_fork", "rfc_v2"), then those registered with register_fork_policy().
+std::vector<std::string> fork_policy_names();
+
+// A fork policy's name in MachineConfig; converts from the CowPtePolicy enum too.
+class PolicyName {
+ public:
+  PolicyName(const char* name) : name_(name) {}               // NOLINT: implicit on purpose
+  PolicyName(std::string name) : name_(std::move(name)) {}    // NOLINT
+  PolicyName(std::string_view name) : name_(name) {}          // NOLINT
+  PolicyName(CowPtePolicy p) : name_(to_string(p)) {}         // NOLINT
+  const std::string& str() const noexcept { return name_; }
+  operator std::string_view() const noexcept { return name_; }  // NOLINT
+  friend bool operator==(const PolicyName&, const PolicyName&) = default;
+
+ private:
+  std::string name_;
+};
+
 struct MachineConfig {
   std::uint64_t memory_bytes = 4ull << 30;  // simulated physical memory
   unsigned cpus = 1;
   bool trace = false;  // spdlog trace at the kernel's tracepoints (fork, faults, zap)
-  // What Process::set_cow_pte() arms when called without a policy: the seed's COW PTE or
-  // On-demand-fork. A process can also choose for itself with set_cow_pte(policy).
-  CowPtePolicy cow_pte_policy = CowPtePolicy::seed;
+  // What Process::set_cow_pte() arms when called without a policy, by name (fork_policy_names).
+  // A process can also choose for itself with set_cow_pte(name).
+  PolicyName cow_pte_policy = "seed";
   // The cycle-level timing model (TLBs, caches, kernel path costs); off by default.
   TimingConfig timing{};
 };
@@ -106,9 +125,12 @@ class Process {
   // Read 8 bytes through the newest pin or GUP reference held on addr's page: what a device
   // (READ_VIA_PIN) or a pipe filled by vmsplice sees, whatever the page tables map now.
   Result<std::uint64_t> read_gup(vaddr_t addr) const;
-  // set_cow_pte() with an explicit policy for this process and its descendants
-  // (on_demand_fork is the ODF code's /proc/PID/use_odf). EINVAL once either is on.
+  // set_cow_pte() with an explicit policy for this process and its descendants, by name
+  // (fork_policy_names(); on_demand_fork is the ODF code's /proc/PID/use_odf). EINVAL for an
+  // unknown name, and once a fork has turned COW PTE on.
+  Result<void> set_cow_pte(std::string_view policy);
   Result<void> set_cow_pte(CowPtePolicy policy);
+  Result<void> set_cow_pte(const char* policy) { return set_cow_pte(std::string_view(policy)); }
   // echo 4 > /proc/PID/clear_refs: clear soft-dirty and write-protect every present PTE.
   Result<void> clear_soft_dirty();
 

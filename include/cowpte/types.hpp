@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdint>
 #include <stdexcept>
+#include <string>
 #include <string_view>
 #include <type_traits>
 
@@ -40,13 +41,22 @@ enum class Advice : int {
   populate_read = 22,
   populate_write = 23
 };
-// How a process shares PTE tables at fork once set_cow_pte() armed it (see machine.hpp):
-//  seed            the COW PTE series v3/v4 (the seed patch): fork still does every page's
-//                  accounting and shares only the prepared table; break copies entries only.
-//  on_demand_fork  On-demand-fork (EuroSys'21, paper version): fork shares every table one
-//                  private anonymous VMA fully covers and does no per-page work; any fault in a
-//                  shared table copies it and only then does the per-page work.
+// Fork policies have names (fork_policy_names(), machine.hpp): "classic", "seed" (the COW PTE
+// series v3/v4: fork still does every page's accounting and shares only the prepared table),
+// "on_demand_fork" (EuroSys'21: fork shares every table one private anonymous VMA covers and
+// does no per-page work), "rfc_v2" (the series' RFC v2: as on_demand_fork, but the last holder
+// reuses a table), and those research code registers (<cowpte/model/fork_policy.hpp>).
+// CowPtePolicy names the first two COW PTE policies, as earlier versions did.
 enum class CowPtePolicy : std::uint8_t { seed = 0, on_demand_fork = 1 };
+constexpr std::string_view to_string(CowPtePolicy p) noexcept {
+  switch (p) {
+    case CowPtePolicy::seed:
+      return "seed";
+    case CowPtePolicy::on_demand_fork:
+      return "on_demand_fork";
+  }
+  return "";  // not a policy: set_cow_pte answers EINVAL
+}
 
 enum class PinFlags : std::uint32_t { none = 0, write = 0x1, longterm = 0x10000 };  // FOLL_*
 enum class Errno : int {

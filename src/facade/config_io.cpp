@@ -1,5 +1,6 @@
 // MachineConfig <-> JSON with nlohmann-json.
 #include "cowpte/config_io.hpp"
+#include "cowpte/model/fork_policy.hpp"
 
 #include <algorithm>
 #include <fstream>
@@ -84,14 +85,13 @@ MachineConfig machine_config_from_json(const std::string& text) {
     known.emplace_back("cow_pte_policy");
     if (auto it = j.find("cow_pte_policy"); it != j.end()) {
       const std::string p = it->get<std::string>();
-      if (p == "seed") {
-        cfg.cow_pte_policy = CowPtePolicy::seed;
-      } else if (p == "on_demand_fork") {
-        cfg.cow_pte_policy = CowPtePolicy::on_demand_fork;
-      } else {
-        throw std::invalid_argument(
-            "cowpte config: cow_pte_policy is \"seed\" or \"on_demand_fork\"");
+      if (!find_fork_policy(p)) {
+        std::string names;
+        for (const std::string& n : fork_policy_names()) names += (names.empty() ? "" : ", ") + n;
+        throw std::invalid_argument("cowpte config: cow_pte_policy \"" + p +
+                                    "\" is not a fork policy (" + names + ")");
       }
+      cfg.cow_pte_policy = p;
     }
     known.emplace_back("timing");
     if (auto it = j.find("timing"); it != j.end()) from(*it, cfg.timing);
@@ -115,7 +115,7 @@ std::string to_json(const MachineConfig& cfg) {
   j["memory_bytes"] = cfg.memory_bytes;
   j["cpus"] = cfg.cpus;
   j["trace"] = cfg.trace;
-  j["cow_pte_policy"] = cfg.cow_pte_policy == CowPtePolicy::seed ? "seed" : "on_demand_fork";
+  j["cow_pte_policy"] = cfg.cow_pte_policy.str();
   j["timing"] = to(cfg.timing);
   return j.dump(2);
 }

@@ -244,16 +244,15 @@ HwStats Process::hw_stats() const {
 // prctl(PR_SET_COW_PTE): the next fork shares PTE tables. Once MMF_COW_PTE is set it stays.
 Result<void> Process::set_cow_pte() { return set_cow_pte(machine_->config().cow_pte_policy); }
 
-Result<void> Process::set_cow_pte(CowPtePolicy policy) {
+Result<void> Process::set_cow_pte(CowPtePolicy policy) { return set_cow_pte(to_string(policy)); }
+
+Result<void> Process::set_cow_pte(std::string_view name) {
   if (!alive()) return Errno::srch;
-  if (policy != CowPtePolicy::seed && policy != CowPtePolicy::on_demand_fork) return Errno::inval;
+  const ForkPolicy* policy = find_fork_policy(name);
+  if (!policy) return Errno::inval;
   if (mm_->test_flag(MMF_COW_PTE)) return Errno::inval;  // prctl_set_cow_pte
   mm_->set_flag(MMF_COW_PTE_READY);
-  if (policy == CowPtePolicy::on_demand_fork) {
-    mm_->set_flag(MMF_COW_PTE_ODF);
-  } else {
-    mm_->clear_flag(MMF_COW_PTE_ODF);
-  }
+  mm_->cow_pte_policy = policy;
   return {};
 }
 
@@ -299,7 +298,7 @@ static Result<void> facade_gup(Kernel& k, MmStruct& mm, int pid, vaddr_t addr, s
   const bool pin = gup_flags & FOLL_PIN;
   if (got < 0 || static_cast<std::uint64_t>(got) != *nr) {
     for (Page* p : pages) pin ? k.unpin_user_page(*p) : k.mem.put_page(*p);
-    return got == -14 ? Errno::fault : Errno::nomem;
+    return got == -EFAULT ? Errno::fault : Errno::nomem;
   }
   auto& refs = k.gup_refs[pid];
   for (std::uint64_t i = 0; i < pages.size(); ++i)

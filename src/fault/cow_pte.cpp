@@ -1,70 +1,35 @@
-// Breaking a shared PTE table. The seed's policy: break_cow_pte, break_cow_pte_range and
-// handle_cow_pte_fault (mm/memory.c of "[PATCH v3 03/14] mm: Add break COW PTE fault and helper
-// functions", v4). On-demand-fork: tfork_one_pte_table and dereference_pte_table (the ODF
-// code's mm/memory.c), where the copy also does the per-page work fork skipped.
+// Breaking a shared PTE table: break_cow_pte, break_cow_pte_range and handle_cow_pte_fault
+// (mm/memory.c of "[PATCH v3 03/14] mm: Add break COW PTE fault and helper functions", v4), which
+// hand the break to the mm's fork policy (src/fork/policies/). On-demand-fork's break:
+// tfork_one_pte_table and dereference_pte_table (the ODF code's mm/memory.c), where the copy also
+// does the per-page work fork skipped.
+#include "mm/errno.hpp"
 #include "mm/kernel.hpp"
 
 namespace cowpte {
 
-namespace {
-constexpr int ENOMEM_ = 12;
-}
-
-// break_cow_pte: give mm a private, writable table for addr's 2 MiB span. The last holder
-// reuses the table (makes its PMD writable); the others get a copy of the 512 entries as they
-// are (fork did the accounting) and drop their reference. Then the span's TLB entries go.
-// Differences from v4, on purpose: the new table is allocated before anything changes (v5's
-// order; v4 clears the PMD first and restores it on failure, which David objected to); the
-// single-threaded model cannot see the count fall to 1 between the check and the copy.
+// break_cow_pte: give mm a private, writable table for addr's 2 MiB span, if pmd points at a
+// shared one; the mm's fork policy decides how (the seed: SeedPolicy::break_table, which is the
+// series' break_cow_pte; On-demand-fork: tfork_one_pte_table). 0 or -ENOMEM, nothing changed.
 int Kernel::break_cow_pte(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
   if (!pmd || !pmd_cow_pte(mm, pmd.get())) return 0;
-  if (mm_cow_pte_odf(mm)) return tfork_one_pte_table(mm, pmd, addr);
-  PhaseScope phase(*this, Phase::break_cow_pte);
-  Page& old = table_of(pmd.get());
-  Page* nw = nullptr;
-  if (cow_pte_count(old) > 1) {
-    nw = pte_alloc_one(mm);
-    if (!nw) return -ENOMEM_;
-  }
-  ++mm.write_protect_seq;  // write_seqcount_begin: GUP-fast backs off
-  {
-    SpinGuard ptl(pte_lockptr(old));
-    if (!nw) {
-      SpinGuard pl(pmd_lockptr(*pmd.table));
-      set_pmd_at(mm, pmd, pmd_mkwrite(pmd.get()));  // reuse: refcount 1
-    } else {
-      SpinGuard nptl(pte_lockptr(*nw));
-      const pteval_t* src = table_base(old);
-      EntryRef dst{nw, table_base(*nw)};
-      for (unsigned i = 0; i < PTRS_PER_TABLE; ++i, ++dst.p) {
-        tm_entry({&old, table_base(old) + i});
-        if (pte_none(src[i])) continue;
-        set_pte_at(dst, src[i]);
-        tm_entry(dst);
-      }
-      pmd_put_pte(old);
-      SpinGuard pl(pmd_lockptr(*pmd.table));
-      set_pmd_at(mm, pmd, mk_table_entry(mem.pfn(*nw)));  // nr_ptes -1 +1
-    }
-  }
-  ++mm.write_protect_seq;
-  flush_tlb_range(mm, addr & PMD_MASK, (addr & PMD_MASK) + PMD_SIZE);
-  COWPTE_TRACE(*this, "break_cow_pte: pid {} at {:#x}: {}", mm.pid, addr & PMD_MASK,
-               nw ? "copied" : "reused");
-  return 0;
+  return fork_policy(mm).break_table(*this, mm, pmd, addr);
 }
 
 // break_cow_pte_range: break every shared table over [start, end).
 int Kernel::break_cow_pte_range(MmStruct& mm, vaddr_t start, vaddr_t end) {
   if (!mm_cow_pte(mm)) return 0;
   for (vaddr_t a = start & PMD_MASK; a < end; a += PMD_SIZE)
-    if (break_cow_pte(mm, walk_to_pmd(mm, a), a)) return -ENOMEM_;
+    if (break_cow_pte(mm, walk_to_pmd(mm, a), a)) return -ENOMEM;
   return 0;
 }
 
-// handle_cow_pte_fault: the fault path's break; VM_FAULT_OOM with nothing changed on failure.
+// handle_cow_pte_fault: the fault path's break, for the faults the policy breaks on;
+// VM_FAULT_OOM with nothing changed on failure.
 vm_fault_t Kernel::handle_cow_pte_fault(VmFault& vmf) {
-  return break_cow_pte(*vmf.vma->vm_mm, vmf.pmd, vmf.address) ? VM_FAULT_OOM : vm_fault_t{0};
+  MmStruct& mm = *vmf.vma->vm_mm;
+  if (!fork_policy(mm).fault_breaks_table(*vmf.vma, vmf.flags)) return 0;
+  return break_cow_pte(mm, vmf.pmd, vmf.address) ? VM_FAULT_OOM : vm_fault_t{0};
 }
 
 // pte_table_rss: what a table's present pages count in the RSS counters.
@@ -152,7 +117,7 @@ int Kernel::tfork_one_pte_table(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
   if (!vma || vma->vm_end < span + PMD_SIZE)  // and partial unmaps copy it first)
     throw InvariantViolation("tfork_one_pte_table: a shared table not inside one VMA");
   Page* nw = pte_alloc_one(mm);
-  if (!nw) return -ENOMEM_;
+  if (!nw) return -ENOMEM;
   RssVec rss{};
   ++mm.write_protect_seq;  // as fork: page_try_dup_anon_rmap's pin check needs it
   {

@@ -5,13 +5,10 @@
 #include <algorithm>
 #include <cstring>
 
+#include "mm/errno.hpp"
 #include "mm/kernel.hpp"
 
 namespace cowpte {
-
-namespace {
-constexpr int EAGAIN_ = 11, ENOMEM_ = 12;
-}
 
 // copy_cow_pte_range: share the parent's table of the 2 MiB span holding addr with the child.
 // Every entry of every VMA in the span goes through copy_present_pte with dst == src (a later
@@ -43,7 +40,7 @@ int Kernel::copy_cow_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, Ent
     // VM_WIPEONFORK one's, which the child gets empty): the table can't be shared.
     if (curr->vm_flags & (VM_DONTCOPY | VM_WIPEONFORK)) {
       recover_end = addr;
-      return -EAGAIN_;
+      return -EAGAIN;
     }
     RssVec rss{};
     EntryRef pte = pte_offset_map(src_pmd, addr);
@@ -59,14 +56,14 @@ int Kernel::copy_cow_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, Ent
         if (!pte_present(v)) [[unlikely]]
           throw InvariantViolation("copy_cow_pte_range: swap entry, but the model has no swap");
         ret = copy_present_pte(*curr, *curr, pte, pte, rss, no_prealloc);
-        if (ret == -EAGAIN_) [[unlikely]]
+        if (ret == -EAGAIN) [[unlikely]]
           break;  // may be pinned: needs a preallocated page, so the table can't be shared
       } while (++pte.p, addr += PAGE_SIZE, addr != vm_end);
       add_mm_rss_vec(dst_mm, rss);
     }
-    if (ret == -EAGAIN_) {
+    if (ret == -EAGAIN) {
       recover_end = addr;
-      return -EAGAIN_;
+      return -EAGAIN;
     }
   }
 
@@ -121,7 +118,7 @@ int Kernel::recover_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, Entr
   Page* table = pte_alloc_one(dst_mm);
   if (!table) {
     uncharge_cow_pte_range(src_vma, dst_mm, dst_pmd, src_pmd, end);
-    return -ENOMEM_;
+    return -ENOMEM;
   }
   Page& src_table = table_of(src_pmd.get());
   {  // pmd_clear + pte_alloc: nr_ptes -1 +1

@@ -1,13 +1,10 @@
 // fork's page-table copy: copy_page_range and the levels below it (mm/memory.c).
 #include <algorithm>
 
+#include "mm/errno.hpp"
 #include "mm/kernel.hpp"
 
 namespace cowpte {
-
-namespace {
-constexpr int EAGAIN_ = 11, ENOMEM_ = 12;
-}
 
 // vma_needs_copy: only VMAs whose PTEs cannot be refaulted are copied at fork: those with an
 // anon_vma (COWed pages live only in the tables). uffd-wp and PFNMAP are not modelled.
@@ -23,7 +20,7 @@ Page* Kernel::page_copy_prealloc(MmStruct&) { return mem.alloc_page(); }
 int Kernel::copy_present_page(Vma& dst_vma, Vma&, EntryRef dst_pte, EntryRef, RssVec& rss,
                               Page*& prealloc, Page& page) {
   Page* new_page = prealloc;
-  if (!new_page) return -EAGAIN_;
+  if (!new_page) return -EAGAIN;
   prealloc = nullptr;
   mem.copy_page(*new_page, page);
   page_add_new_anon_rmap(*new_page, dst_vma);
@@ -44,7 +41,7 @@ int Kernel::copy_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, EntryRe
   int ret = 0;
 again:
   RssVec rss{};
-  if (!pte_alloc(dst_mm, dst_pmd)) return -ENOMEM_;  // pte_alloc_map_lock
+  if (!pte_alloc(dst_mm, dst_pmd)) return -ENOMEM;  // pte_alloc_map_lock
   EntryRef dst_pte = pte_offset_map(dst_pmd, addr);
   EntryRef src_pte = pte_offset_map(src_pmd, addr);
   SpinLock& dst_ptl = pte_lockptr(*dst_pte.table);
@@ -58,7 +55,7 @@ again:
     if (!pte_present(v)) [[unlikely]]
       throw InvariantViolation("copy_pte_range: swap entry, but the model has no swap device");
     ret = copy_present_pte(dst_vma, src_vma, dst_pte, src_pte, rss, prealloc);
-    if (ret == -EAGAIN_) [[unlikely]]
+    if (ret == -EAGAIN) [[unlikely]]
       break;
     if (prealloc) [[unlikely]] {
       mem.put_page(*prealloc);  // not used for this address: never reuse it at another one
@@ -69,9 +66,9 @@ again:
   add_mm_rss_vec(dst_mm, rss);
   dst_ptl.unlock();
 
-  if (ret == -EAGAIN_) {
+  if (ret == -EAGAIN) {
     prealloc = page_copy_prealloc(*src_vma.vm_mm);
-    if (!prealloc) return -ENOMEM_;
+    if (!prealloc) return -ENOMEM;
     ret = 0;
   }
   if (addr != end) goto again;
@@ -79,44 +76,20 @@ again:
   return 0;
 }
 
-// copy_pmd_range: with MMF_COW_PTE each PMD goes to copy_cow_pte_range first (the seed), or,
-// under On-demand-fork, to copy_pmd_range_tfork; what they do not share is copied.
+// copy_pmd_range: each present PMD goes to the mm's fork policy, which shares its PTE table or
+// copies it (the classic fork: copy_pte_range). The series hooks copy_cow_pte_range in here.
 int Kernel::copy_pmd_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pud, EntryRef src_pud,
                            vaddr_t addr, vaddr_t end) {
   EntryRef dst_pmd = pmd_alloc(*dst_vma.vm_mm, dst_pud, addr);
-  if (!dst_pmd) return -ENOMEM_;
+  if (!dst_pmd) return -ENOMEM;
   EntryRef src_pmd = pmd_offset(src_pud, addr);
-  const MmStruct& src_mm = *src_vma.vm_mm;
-  const bool cow_pte = mm_cow_pte(src_mm), odf = mm_cow_pte_odf(src_mm);
+  const ForkPolicy& policy = fork_policy(*src_vma.vm_mm);
   do {
     const vaddr_t next = pmd_addr_end(addr, end);
     tm_entry(src_pmd);
     if (pmd_none(src_pmd.get())) continue;  // pmd_none_or_clear_bad
-    vaddr_t from = addr;
-    if (odf) {
-      if (copy_pmd_range_tfork(dst_vma, src_vma, dst_pmd, src_pmd, addr)) continue;
-    } else if (cow_pte) {
-      const pteval_t dst = dst_pmd.get();
-      if (!pmd_none(dst) && !pmd_write(dst)) continue;  // shared through an earlier VMA already
-      if (pmd_none(dst)) {
-        vaddr_t recover_end = 0;
-        const int ret =
-            copy_cow_pte_range(dst_vma, src_vma, dst_pmd, src_pmd, addr, next, recover_end);
-        if (!ret) continue;  // COW PTE succeeded
-        if (ret != -EAGAIN_) return -ENOMEM_;
-        if (recover_pte_range(dst_vma, src_vma, dst_pmd, src_pmd, recover_end)) return -ENOMEM_;
-        cow_pte_recover = {addr & PMD_MASK, recover_end};
-      }
-      // The child's table is private: this span fell back (here, or for an earlier VMA of this
-      // fork). The entries below recover_end are in it already; copy_pte_range does the rest.
-      // (The seed resumes at recover_end only in the VMA that fell back; a later VMA of the same
-      // span would be shared a second time. v4 fixed the address; the model keeps the span.)
-      if (cow_pte_recover.span != (addr & PMD_MASK))
-        throw InvariantViolation("copy_pmd_range: a private child table no fallback made");
-      from = std::max(addr, cow_pte_recover.end);
-      if (from >= next) continue;
-    }
-    if (copy_pte_range(dst_vma, src_vma, dst_pmd, src_pmd, from, next)) return -ENOMEM_;
+    if (policy.copy_pmd(*this, ForkPmd{dst_vma, src_vma, dst_pmd, src_pmd, addr, next}))
+      return -ENOMEM;
   } while (++dst_pmd.p, ++src_pmd.p, addr = pmd_addr_end(addr, end), addr != end);
   return 0;
 }
@@ -124,12 +97,12 @@ int Kernel::copy_pmd_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pud, EntryRe
 int Kernel::copy_pud_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pgd, EntryRef src_pgd,
                            vaddr_t addr, vaddr_t end) {
   EntryRef dst_pud = pud_alloc(*dst_vma.vm_mm, dst_pgd, addr);
-  if (!dst_pud) return -ENOMEM_;
+  if (!dst_pud) return -ENOMEM;
   EntryRef src_pud = pud_offset(src_pgd, addr);
   do {
     const vaddr_t next = pud_addr_end(addr, end);
     if (pmd_none(src_pud.get())) continue;  // pud_none_or_clear_bad
-    if (copy_pmd_range(dst_vma, src_vma, dst_pud, src_pud, addr, next)) return -ENOMEM_;
+    if (copy_pmd_range(dst_vma, src_vma, dst_pud, src_pud, addr, next)) return -ENOMEM;
   } while (++dst_pud.p, ++src_pud.p, addr = pud_addr_end(addr, end), addr != end);
   return 0;
 }
@@ -150,7 +123,7 @@ int Kernel::copy_page_range(Vma& dst_vma, Vma& src_vma) {
     const vaddr_t next = pgd_addr_end(addr, end);
     if (pmd_none(src_pgd.get())) continue;  // pgd_none_or_clear_bad
     if (copy_pud_range(dst_vma, src_vma, dst_pgd, src_pgd, addr, next)) {
-      ret = -ENOMEM_;
+      ret = -ENOMEM;
       break;
     }
   } while (++dst_pgd.p, ++src_pgd.p, addr = pgd_addr_end(addr, end), addr != end);

@@ -1,4 +1,5 @@
 // fork(): kernel_clone -> copy_process -> copy_mm -> dup_mm -> dup_mmap (kernel/fork.c).
+#include "mm/errno.hpp"
 #include "mm/kernel.hpp"
 
 namespace cowpte {
@@ -16,7 +17,7 @@ int Kernel::dup_mmap(MmStruct& mm, MmStruct& oldmm) {
     if (hw) tm_cycles(hw->cfg.vma_op);
     Vma* tmp = vm_area_dup(mpnt);
     if (!tmp) {
-      retval = -12;
+      retval = -ENOMEM;
       break;
     }
     tmp->vm_mm = &mm;
@@ -27,7 +28,7 @@ int Kernel::dup_mmap(MmStruct& mm, MmStruct& oldmm) {
       tmp->anon_vma = nullptr;
       if (!anon_vma_fork(*tmp, mpnt)) {
         vm_area_free(tmp);
-        retval = -12;
+        retval = -ENOMEM;
         break;
       }
     }
@@ -58,6 +59,7 @@ Result<Process*> Kernel::kernel_clone(Process& parent) {
     return Errno::nomem;
   }
   mm->flags = oldmm.flags & MMF_INIT_MASK;
+  mm->cow_pte_policy = oldmm.cow_pte_policy;
   const int err = dup_mmap(*mm, oldmm);
   if (err) {
     exit_mmap(*mm);  // mmput

@@ -1,22 +1,19 @@
 // get_user_pages and pinning (mm/gup.c): follow the tables, fault pages in where they are
 // missing or must be unshared, and take a reference (FOLL_GET) or a pin (FOLL_PIN).
+#include "mm/errno.hpp"
 #include "mm/kernel.hpp"
 
 namespace cowpte {
-
-namespace {
-constexpr int EFAULT_ = 14, ENOMEM_ = 12;
-}
 
 // check_vma_flags: may GUP access this VMA this way?
 int Kernel::check_vma_flags(const Vma& vma, unsigned gup_flags) noexcept {
   const std::uint64_t vm_flags = vma.vm_flags;
   if (gup_flags & FOLL_WRITE) {
     if (!(vm_flags & VM_WRITE)) {
-      if (!(gup_flags & FOLL_FORCE) || !is_cow_mapping(vm_flags)) return -EFAULT_;
+      if (!(gup_flags & FOLL_FORCE) || !is_cow_mapping(vm_flags)) return -EFAULT;
     }
   } else if (!(vm_flags & VM_READ)) {
-    if (!(gup_flags & FOLL_FORCE) || !(vm_flags & VM_MAYREAD)) return -EFAULT_;
+    if (!(gup_flags & FOLL_FORCE) || !(vm_flags & VM_MAYREAD)) return -EFAULT;
   }
   return 0;
 }
@@ -71,8 +68,8 @@ int Kernel::faultin_page(Vma& vma, vaddr_t addr, unsigned flags, bool unshare) {
   if (flags & FOLL_WRITE) fault_flags |= FAULT_FLAG_WRITE;
   if (unshare) fault_flags |= FAULT_FLAG_UNSHARE;
   const vm_fault_t ret = handle_mm_fault(vma, addr, fault_flags);
-  if (ret & VM_FAULT_OOM) return -ENOMEM_;
-  if (ret & (VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV)) return -EFAULT_;
+  if (ret & VM_FAULT_OOM) return -ENOMEM;
+  if (ret & (VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV)) return -EFAULT;
   return 0;
 }
 
@@ -85,12 +82,12 @@ long Kernel::get_user_pages(MmStruct& mm, vaddr_t start, std::uint64_t nr_pages,
   while (nr_pages) {
     if (!vma || start >= vma->vm_end) {
       vma = mm.vma_lookup(start);
-      if (!vma) return done ? done : -EFAULT_;
+      if (!vma) return done ? done : -EFAULT;
       if (int e = check_vma_flags(*vma, gup_flags)) return done ? done : e;
     }
     bool unshare = false, oom = false;
     Page* page = follow_page_pte(*vma, start, gup_flags, unshare, oom);
-    if (oom) return done ? done : -ENOMEM_;
+    if (oom) return done ? done : -ENOMEM;
     if (!page) {
       if (int e = faultin_page(*vma, start, gup_flags, unshare)) return done ? done : e;
       continue;  // retry the lookup

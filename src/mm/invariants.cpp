@@ -122,7 +122,7 @@ class Checker {
     st.table = &ptet;
     st.holders.push_back(&mm);
     st.writable |= !cow;
-    const bool odf = cow && mm_cow_pte_odf(mm);
+    const bool odf = cow && fork_policy(mm).accounting() == TableAccounting::owner;
     (odf ? st.odf : st.seed) = true;
     if (!odf) {
       ++expect_[&mm].tables;
@@ -135,7 +135,7 @@ class Checker {
   void check_shared_tables() {
     for (auto& [pfn, st] : shared_) {
       if (st.odf && st.seed)
-        fail(fmt::format("table {:#x}: shared under both COW PTE policies", pfn));
+        fail(fmt::format("table {:#x}: shared under policies that account it differently", pfn));
       if (st.writable && st.holders.size() > 1)
         fail(fmt::format("table {:#x}: a writable PMD points at a table {} mms share", pfn,
                          st.holders.size()));

@@ -10,6 +10,8 @@
 
 #include "mmu/hw.hpp"
 #include "cowpte/machine.hpp"
+#include "cowpte/model/fork_policy.hpp"
+#include "mm/errno.hpp"
 #include "cowpte/model/mm_types.hpp"
 #include "cowpte/model/page.hpp"
 #include "cowpte/model/pgtable.hpp"
@@ -75,7 +77,9 @@ struct GupRef {
   bool pin;
 };
 
-class Kernel {
+// Kernel is the PolicyOps a fork policy gets (final: its own calls of table_of and
+// copy_pte_range are direct calls).
+class Kernel final : public PolicyOps {
  public:
   Kernel(Machine& machine, const MachineConfig& cfg);
   ~Kernel();
@@ -182,7 +186,7 @@ class Kernel {
   void pgtable_free(Page& table);  // pte_free / pmd_free / pud_free: destructor + free
   bool pgd_alloc(MmStruct& mm);
   void pgd_free(MmStruct& mm);
-  Page& table_of(pteval_t entry) noexcept { return mem.page(pmd_pfn(entry)); }
+  Page& table_of(pteval_t entry) noexcept override { return mem.page(pmd_pfn(entry)); }
   EntryRef pgd_offset(MmStruct& mm, vaddr_t a) noexcept {
     return {mm.pgd, table_base(*mm.pgd) + pgd_index(a)};
   }
@@ -274,7 +278,8 @@ class Kernel {
   void free_pmd_range(MmGather& tlb, EntryRef pud, vaddr_t addr, vaddr_t end, vaddr_t floor,
                       vaddr_t ceiling);
   void free_pte_range(MmGather& tlb, EntryRef pmd);
-  bool zap_cow_pte(MmGather& tlb, EntryRef pmd, vaddr_t addr);
+  bool zap_cow_pte(MmGather& tlb, EntryRef pmd, vaddr_t addr);  // the policy's zap_table
+  bool cow_pte_zap_whole_mm(const MmGather& tlb, vaddr_t span);
   void zap_cow_pte_range(MmGather& tlb, EntryRef pmd, vaddr_t addr, vaddr_t end);
   void zap_page_range(MmStruct& mm, vaddr_t start, vaddr_t end);
   void exit_mmap(MmStruct& mm);
@@ -291,7 +296,7 @@ class Kernel {
   int copy_pmd_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pud, EntryRef src_pud, vaddr_t addr,
                      vaddr_t end);
   int copy_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, EntryRef src_pmd, vaddr_t addr,
-                     vaddr_t end);
+                     vaddr_t end) override;
   int copy_present_pte(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte, EntryRef src_pte, RssVec& rss,
                        Page*& prealloc);
   int copy_present_page(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte, EntryRef src_pte, RssVec& rss,
@@ -408,7 +413,7 @@ inline int Kernel::page_try_dup_anon_rmap(Page& page, Vma& src_vma) {
       throw InvariantViolation("page_try_dup_anon_rmap outside fork");
     if (is_cow_mapping(src_vma.vm_flags) && mm.test_flag(MMF_HAS_PINNED) &&
         page_maybe_dma_pinned(page))
-      return -16;  // -EBUSY
+      return -EBUSY;
     page.clear(PG_anon_exclusive);
   }
   ++page._mapcount;  // __page_dup_rmap
@@ -494,25 +499,6 @@ std::unique_ptr<LockTiming> make_timed_locks(Kernel& k);
 
 // ---- COW PTE state (include/linux/mm.h of the series) ----
 
-// The table's share count lives on the table frame's _refcount: the pte-page constructor sets
-// it to 1, each fork that shares the table adds one, and a holder leaving drops one.
-inline int pmd_get_pte(Page& pte_table) noexcept { return ++pte_table._refcount; }
-// page_ref_add_unless(page, -1, 1): drop a holder unless it is the last; false for the last.
-inline bool pmd_put_pte(Page& pte_table) noexcept {
-  if (pte_table._refcount == 1) return false;
-  --pte_table._refcount;
-  return true;
-}
-inline int cow_pte_count(const Page& pte_table) noexcept { return pte_table._refcount; }
-inline bool mm_cow_pte(const MmStruct& mm) noexcept { return mm.test_flag(MMF_COW_PTE); }
-inline bool mm_cow_pte_odf(const MmStruct& mm) noexcept {
-  return mm.test_flag(MMF_COW_PTE) && mm.test_flag(MMF_COW_PTE_ODF);
-}
-// A COW-ed PTE table: a present, write-protected PMD in an mm with MMF_COW_PTE (the series'
-// is_cow_pte_available / !pmd_write test).
-inline bool pmd_cow_pte(const MmStruct& mm, pteval_t pmd) noexcept {
-  return !pmd_none(pmd) && !pmd_write(pmd) && mm_cow_pte(mm);
-}
 
 // copy_present_pte (mm/memory.c): share one present page with the child. Inline: both fork
 // paths (copy_pte_range, copy_cow_pte_range) run it once per PTE.
@@ -557,6 +543,9 @@ inline int Kernel::copy_present_pte(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte
   tm_entry(dst_pte);
   return 0;
 }
+
+// The built-in policies get the Kernel behind the PolicyOps they are handed.
+inline Kernel& kernel_of(PolicyOps& ops) noexcept { return static_cast<Kernel&>(ops); }
 
 // Trace at a kernel tracepoint; costs one branch when tracing is off.
 #define COWPTE_TRACE(k, ...)          \

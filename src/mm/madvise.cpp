@@ -1,4 +1,5 @@
 // madvise(2): DONTNEED, DONTFORK, DOFORK, PAGEOUT and POPULATE_(READ|WRITE) (mm/madvise.c).
+#include "mm/errno.hpp"
 #include "mm/kernel.hpp"
 
 namespace cowpte {
@@ -34,7 +35,7 @@ Result<void> Kernel::madvise_populate(MmStruct& mm, vaddr_t start, vaddr_t end, 
   }
   if (hole) return Errno::nomem;
   const long r = get_user_pages(mm, start, (end - start) >> PAGE_SHIFT, gup_flags, nullptr);
-  if (r == -12 || (r >= 0 && static_cast<std::uint64_t>(r) < ((end - start) >> PAGE_SHIFT)))
+  if (r == -ENOMEM || (r >= 0 && static_cast<std::uint64_t>(r) < ((end - start) >> PAGE_SHIFT)))
     return Errno::nomem;
   if (r < 0) return Errno::fault;
   return {};

@@ -58,55 +58,25 @@ void Kernel::zap_cow_pte_range(MmGather& tlb, EntryRef pmd, vaddr_t addr, vaddr_
   add_mm_rss_vec(*tlb.mm, rss);
 }
 
-// zap_cow_pte: a zap that meets a COW-ed table (write-protected PMD), the COW PTE part of v4's
-// zap_pte_range and of v5's zap path (mm/memory.c). True when nothing is left for
-// zap_pte_range to do.
-//  - The seed's last holder reuses it (the PMD becomes writable) and zaps as usual.
-//  - Every entry of this mm in the span goes (exit, or munmap with no VMA left in the span):
-//    the seed de-accounts and leaves the dropping to free_pte_range (v4); On-demand-fork drops
-//    this mm's PMD and reference now (the paper's zap_pmd_range).
-//  - MADV_DONTNEED over the whole span: drop this mm's PMD and reference now (v5's zap; v4
-//    left the de-accounted table mapped, "possible to access the COW-ed PTE after it had been
-//    zapped").
-//  - Anything else would change entries other processes still map: its caller broke the
-//    table first (do_vmi_munmap, madvise), so meeting one here is a bug.
+// zap_cow_pte: a zap that meets a COW-ed table (write-protected PMD): the COW PTE part of v4's
+// zap_pte_range and of v5's zap path (mm/memory.c), which the mm's fork policy carries out
+// (ForkPolicy::zap_table). True when nothing is left for zap_pte_range to do.
 bool Kernel::zap_cow_pte(MmGather& tlb, EntryRef pmd, vaddr_t addr) {
-  MmStruct& mm = *tlb.mm;
-  Page& table = table_of(pmd.get());
-  const vaddr_t span = addr & PMD_MASK;
-  const bool odf = mm_cow_pte_odf(mm);
-  if (!odf && cow_pte_count(table) == 1) {
-    SpinGuard pl(pmd_lockptr(*pmd.table));
-    set_pmd_at(mm, pmd, pmd_mkwrite(pmd.get()));  // an upgrade: no flush needed
-    return false;
-  }
+  return fork_policy(*tlb.mm).zap_table(*this, tlb, pmd, addr);
+}
+
+// Whether a zap that meets a shared table takes every entry this mm has in its span (exit, or
+// munmap with no VMA left in the span). Otherwise the zap must cover the whole span
+// (MADV_DONTNEED of it): anything less would change entries other processes still map, and its
+// caller broke the table first (do_vmi_munmap, madvise), so meeting one here is a bug.
+bool Kernel::cow_pte_zap_whole_mm(const MmGather& tlb, vaddr_t span) {
   const bool whole_mm =
-      tlb.fullmm || (tlb.free_tables && !mm.find_vma_intersection(span, span + PMD_SIZE));
+      tlb.fullmm || (tlb.free_tables && !tlb.mm->find_vma_intersection(span, span + PMD_SIZE));
   const bool whole_span = tlb.zap_start <= span && span + PMD_SIZE <= tlb.zap_end;
   if (!whole_mm && !whole_span)
     throw InvariantViolation(
         fmt::format("zap of shared PTE table at {:#x} that was not broken", span));
-  if (whole_mm && !odf) {
-    // The whole span, once: each holder is charged for every entry of a shared table, also
-    // those of VMAs it does not have (a fork that failed after sharing the span).
-    if (tlb.cow_pte_span != span) zap_cow_pte_range(tlb, pmd, span, span + PMD_SIZE);
-    tlb.cow_pte_span = span;
-    return true;
-  }
-  if (!odf) zap_cow_pte_range(tlb, pmd, span, span + PMD_SIZE);
-  {
-    SpinGuard pl(pmd_lockptr(*pmd.table));
-    set_pmd_at(mm, pmd, 0);  // pmd_clear
-  }
-  tlb.tlb_remove_tlb_entry(span, PMD_SIZE);  // tlb_flush_pmd_range
-  if (odf) {
-    dereference_pte_table(mm, table, span, &tlb);
-  } else {
-    SpinGuard ptl(pte_lockptr(table));
-    pmd_put_pte(table);
-    mm.pgtables_bytes -= PAGE_SIZE;  // mm_dec_nr_ptes
-  }
-  return true;
+  return whole_mm;
 }
 
 void Kernel::zap_pmd_range(MmGather& tlb, Vma& vma, EntryRef pud, vaddr_t addr, vaddr_t end) {
@@ -179,24 +149,12 @@ void Kernel::tlb_finish_mmu(MmGather& tlb) {
 }
 
 // free_pte_range: the PMD entry goes and the PTE table with it (after the flush).
-// With COW PTE (v4) a write-protected PMD drops this mm's reference; the last holder frees the
-// table like a private one. The clear is free_pgtables' (mmap_lock, detached VMAs).
+// With COW PTE (v4) the fork policy lets a write-protected PMD drop this mm's reference; the
+// last holder frees the table like a private one. The clear is free_pgtables' (mmap_lock, detached VMAs).
 void Kernel::free_pte_range(MmGather& tlb, EntryRef pmd) {
   Page& table = table_of(pmd.get());
-  if (pmd_cow_pte(*tlb.mm, pmd.get())) {
-    if (mm_cow_pte_odf(*tlb.mm))
-      throw InvariantViolation("free_pte_range: a shared table the zap did not drop");
-    bool shared;
-    {
-      SpinGuard ptl(pte_lockptr(table));
-      shared = pmd_put_pte(table);
-    }
-    if (shared) {
-      pmd_clear_for_free(*tlb.mm, pmd);
-      tlb.mm->pgtables_bytes -= PAGE_SIZE;  // mm_dec_nr_ptes
-      return;
-    }
-  }
+  if (pmd_cow_pte(*tlb.mm, pmd.get()) && fork_policy(*tlb.mm).free_table(*this, tlb, pmd))
+    return;  // others still hold the table; this mm let go of it
   pmd_clear_for_free(*tlb.mm, pmd);
   tlb.tables.push_back(&table);         // pte_free_tlb
   tlb.mm->pgtables_bytes -= PAGE_SIZE;  // mm_dec_nr_ptes

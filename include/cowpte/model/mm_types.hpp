@@ -39,13 +39,10 @@ inline constexpr std::uint64_t VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC;
 inline constexpr unsigned MMF_HAS_PINNED = 27;
 inline constexpr unsigned MMF_COW_PTE_READY = 29;
 inline constexpr unsigned MMF_COW_PTE = 30;
-// Not Linux's: the model's mark that this mm's COW PTE follows On-demand-fork (the ODF code's
-// per-process use_odf), beside MMF_COW_PTE_READY / MMF_COW_PTE. Inherited like MMF_COW_PTE.
-inline constexpr unsigned MMF_COW_PTE_ODF = 31;
 // MMF_INIT_MASK: the flags a child inherits (dumpable, dump filter, disable-THP; the series adds
 // MMF_COW_PTE). MMF_HAS_PINNED is deliberately not inherited.
 inline constexpr std::uint64_t MMF_INIT_MASK =
-    0x3ull | (0x7full << 2) | (1ull << 24) | (1ull << MMF_COW_PTE) | (1ull << MMF_COW_PTE_ODF);
+    0x3ull | (0x7full << 2) | (1ull << 24) | (1ull << MMF_COW_PTE);
 
 // RSS counters (mm_types_task.h).
 enum MmCounter : unsigned {
@@ -71,6 +68,7 @@ struct ShmemFile : boost::intrusive_ref_counter<ShmemFile, boost::thread_unsafe_
 };
 
 struct MmStruct;
+class ForkPolicy;
 using VmaHook =
     boost::intrusive::set_member_hook<boost::intrusive::link_mode<boost::intrusive::normal_link>>;
 
@@ -117,6 +115,10 @@ struct MmStruct {
   VmaTree mm_mt;
   Page* pgd = nullptr;  // the PML4 frame
   std::uint64_t flags = 0;
+  // The fork policy set_cow_pte() chose (fork_policy.hpp); it governs fork and the shared tables
+  // once MMF_COW_PTE is on, and a child inherits it with MMF_COW_PTE. Not Linux's: the series
+  // has one policy, the ODF code a per-process use_odf flag.
+  const ForkPolicy* cow_pte_policy = nullptr;
   RssVec rss_stat{};
   std::int64_t pgtables_bytes = 0;  // PUD, PMD and PTE tables; the pgd is not counted
   SpinLock page_table_lock;         // guards pgd and pud entries (and pmd_install's recheck)
