@@ -3,8 +3,10 @@
 #   1. build/       RelWithDebInfo with the benchmarks, ctest
 #   2. build-asan/  Debug with AddressSanitizer + UndefinedBehaviorSanitizer, ctest
 #                   (COWPTE_SKIP_ASAN=1 skips this pass)
-#   3. the CMake package: install build/ into a temporary prefix and build and run
-#      tests/consumer/find_package against it, then tests/consumer/add_subdirectory.
+#   3. the CMake package: install build/ into a temporary prefix, check that only the facade and
+#      the model layer are installed (each header self-contained, no spdlog), build and run
+#      tests/consumer/find_package and tests/consumer/policy (a fork policy defined outside the
+#      library) against it, then tests/consumer/add_subdirectory.
 #   4. the fork comparison's smoke sweep (bench/bench_policies.cpp) and its report and plots
 #      (scripts/report.py), which fails on a benchmark that failed or a workload that is missing.
 # Exits non-zero on the first failure.
@@ -70,6 +72,30 @@ cmake -S tests/consumer/find_package -B "$tmp/find_package" -G Ninja \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_PREFIX_PATH="$tmp/prefix"
 cmake --build "$tmp/find_package" -j "$jobs"
 "$tmp/find_package/consumer"
+passed=$((passed + 1))
+
+step "CMake package: only the facade and the model layer are installed, each header self-contained"
+# The installed headers are include/cowpte/*.hpp (facade) and include/cowpte/model/*.hpp (model
+# layer), nothing from src/, and none needs spdlog; each compiles on its own.
+if grep -rlE '#include [<"](spdlog|mm/|mmu/|fork/|fault/|facade/)' "$tmp/prefix/include"; then
+  echo "an installed header includes a private one (above)" >&2
+  exit 1
+fi
+if grep -l spdlog "$tmp/prefix"/lib/cmake/cowpte/*.cmake; then
+  echo "the installed package depends on spdlog (above)" >&2
+  exit 1
+fi
+for h in $(cd "$tmp/prefix/include" && find cowpte -name '*.hpp' | sort); do
+  echo "#include <$h>" | g++ -std=c++20 -fsyntax-only -x c++ -I"$tmp/prefix/include" - ||
+    { echo "installed header $h does not compile on its own" >&2; exit 1; }
+done
+passed=$((passed + 1))
+
+step "CMake package: a research project registers its own fork policy (tests/consumer/policy)"
+cmake -S tests/consumer/policy -B "$tmp/policy" -G Ninja \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_PREFIX_PATH="$tmp/prefix"
+cmake --build "$tmp/policy" -j "$jobs"
+"$tmp/policy/policy_consumer"
 passed=$((passed + 1))
 
 step "CMake package: add_subdirectory() of the checkout"

@@ -219,38 +219,24 @@ std::uint64_t env_u64(const char* name, bool* set) {
 class DifferentialRun;
 DifferentialRun* g_current_run = nullptr;  // for the crash handler
 
-// The fork a run exercises: the classic one (set_cow_pte is never called), or COW PTE under
-// one of the library's two policies, armed with set_cow_pte(policy) on every spawned process
-// (and at random later on).
-enum class ForkMode { classic, seed, odf };
+// The fork a run exercises, by policy name: the classic one (set_cow_pte is never called), or
+// COW PTE under a registered fork policy, armed with set_cow_pte(name) on every spawned process
+// (and at random later on). The seed policy also runs a classic twin in lockstep; every other
+// policy (on_demand_fork, rfc_v2, any registered later) is checked against the flat model.
+enum class ForkMode { classic, seed, shared };
 
-std::string mode_name(ForkMode m) {
-  switch (m) {
-    case ForkMode::classic:
-      return "classic fork";
-    case ForkMode::seed:
-      return "COW-PTE seed policy";
-    case ForkMode::odf:
-      return "COW-PTE On-demand-fork policy";
-  }
-  return "?";
+ForkMode mode_of(const std::string& policy) {
+  if (policy == "classic") return ForkMode::classic;
+  return policy == "seed" ? ForkMode::seed : ForkMode::shared;
+}
+
+std::string mode_name(const std::string& policy) {
+  return policy == "classic" ? "classic fork" : "COW-PTE " + policy + " policy";
 }
 
 // For file and test names.
-std::string mode_tag(ForkMode m) {
-  switch (m) {
-    case ForkMode::classic:
-      return "classic";
-    case ForkMode::seed:
-      return "cowpte_seed";
-    case ForkMode::odf:
-      return "cowpte_odf";
-  }
-  return "?";
-}
-
-CowPtePolicy policy_of(ForkMode m) {
-  return m == ForkMode::odf ? CowPtePolicy::on_demand_fork : CowPtePolicy::seed;
+std::string mode_tag(const std::string& policy) {
+  return policy == "classic" ? "classic" : "cowpte_" + policy;
 }
 
 // The timed runs (DifferentialTimed) turn the timing model on, with this many CPUs: the TLBs
@@ -266,15 +252,18 @@ MachineConfig machine_config(bool timed) {
   return c;
 }
 
-std::string run_tag(ForkMode m, bool timed) { return mode_tag(m) + (timed ? "_timed" : ""); }
-std::string run_name(ForkMode m, bool timed) {
-  return mode_name(m) + (timed ? ", timed on " + std::to_string(kTimedCpus) + " CPUs" : "");
+std::string run_tag(const std::string& policy, bool timed) {
+  return mode_tag(policy) + (timed ? "_timed" : "");
+}
+std::string run_name(const std::string& policy, bool timed) {
+  return mode_name(policy) + (timed ? ", timed on " + std::to_string(kTimedCpus) + " CPUs" : "");
 }
 
 struct RunConfig {
   std::uint64_t seed = 1;
   std::uint64_t ops = kDefaultOps;
-  ForkMode mode = ForkMode::classic;
+  std::string policy = "classic";
+  ForkMode mode = ForkMode::classic;  // mode_of(policy)
   bool timed = false;  // the timing model on, kTimedCpus CPUs, and set_cpu calls
 };
 
@@ -328,7 +317,7 @@ class DifferentialRun {
     };
     put("\ndifferential run crashed with signal " + std::to_string(sig) + ": seed " +
         std::to_string(cfg_.seed) + ", operation " + std::to_string(op_) + " (" +
-        run_name(cfg_.mode, cfg_.timed) + ")\noperation log up to the crash:\n");
+        run_name(cfg_.policy, cfg_.timed) + ")\noperation log up to the crash:\n");
     for (const auto& l : log_) put("  " + l + "\n");
     put("rerun: " + rerun_command() + "\n");
   }
@@ -426,12 +415,12 @@ class DifferentialRun {
   void report() {
     std::ostringstream os;
     os << "differential mismatch: seed " << cfg_.seed << ", operation " << op_ << " ("
-       << run_name(cfg_.mode, cfg_.timed) << ")\n  " << failure_ << "\noperation log ("
+       << run_name(cfg_.policy, cfg_.timed) << ")\n  " << failure_ << "\noperation log ("
        << log_.size() << " lines):\n";
     for (const auto& l : log_) os << "  " << l << "\n";
     os << "rerun: " << rerun_command() << "\n";
     const std::string path = "/tmp/cowpte_diff_seed" + std::to_string(cfg_.seed) + "_" +
-                             run_tag(cfg_.mode, cfg_.timed) + ".log";
+                             run_tag(cfg_.policy, cfg_.timed) + ".log";
     std::ofstream(path) << os.str();
     ADD_FAILURE() << os.str() << "(also written to " << path << ")";
   }
@@ -840,9 +829,8 @@ class DifferentialRun {
 
   // Never made on the twin: it keeps the classic fork.
   void set_cow_pte(const Live& l) {
-    const std::string d =
-        pname(l) + ".set_cow_pte(" + (cfg_.mode == ForkMode::odf ? "on_demand_fork" : "seed") + ")";
-    auto r = l.proc->set_cow_pte(policy_of(cfg_.mode));
+    const std::string d = pname(l) + ".set_cow_pte(" + cfg_.policy + ")";
+    auto r = l.proc->set_cow_pte(cfg_.policy);
     note(d, r.error(), errname(r.error()));
     expect_err(d, r.error(), model_.set_cow_pte(l.mid).err);
   }
@@ -1105,7 +1093,7 @@ class DifferentialRun {
   }
 
   void do_mmap(Live& l) {
-    if (cfg_.mode == ForkMode::odf && rng_.chance(kBigMmapPercent) &&
+    if (cfg_.mode == ForkMode::shared && rng_.chance(kBigMmapPercent) &&
         footprint() + 2 * kSpanPages <= kFootprintCap)
       return do_big_mmap(l);
     std::uint64_t pages = random_pages();
@@ -1510,12 +1498,12 @@ class DifferentialRun {
 
 struct SeedParam {
   std::uint64_t seed;
-  ForkMode mode;
+  std::string policy;
   bool timed = false;
 };
 
 void PrintTo(const SeedParam& p, std::ostream* os) {
-  *os << "seed " << p.seed << " with the " << run_name(p.mode, p.timed);
+  *os << "seed " << p.seed << " with the " << run_name(p.policy, p.timed);
 }
 
 class RandomOps : public ::testing::TestWithParam<SeedParam> {};
@@ -1523,7 +1511,8 @@ class RandomOps : public ::testing::TestWithParam<SeedParam> {};
 TEST_P(RandomOps, MatchesFlatModel) {
   RunConfig cfg;
   cfg.seed = GetParam().seed;
-  cfg.mode = GetParam().mode;
+  cfg.policy = GetParam().policy;
+  cfg.mode = mode_of(cfg.policy);
   cfg.timed = GetParam().timed;
   bool set = false;
   if (std::uint64_t s = env_u64("COWPTE_DIFF_SEED", &set); set) cfg.seed = s;
@@ -1531,52 +1520,90 @@ TEST_P(RandomOps, MatchesFlatModel) {
   if (cfg.mode != ForkMode::classic) {
     // Only meaningful once prctl(PR_SET_COW_PTE) works under this policy.
     Machine probe(machine_config(cfg.timed));
-    auto r = probe.spawn().set_cow_pte(policy_of(cfg.mode));
+    auto r = probe.spawn().set_cow_pte(cfg.policy);
     if (!r) GTEST_SKIP() << "set_cow_pte() returns " << errname(r.error());
   }
   DifferentialRun run(cfg);
   EXPECT_TRUE(run.run());
   RecordProperty("ops", std::to_string(run.ops_done()));
   std::printf("[ calls    ] seed %" PRIu64 ", %s, %" PRIu64 " ops (kind ok/errors): %s\n", cfg.seed,
-              run_name(cfg.mode, cfg.timed).c_str(), run.ops_done(), run.summary().c_str());
+              run_name(cfg.policy, cfg.timed).c_str(), run.ops_done(), run.summary().c_str());
 }
 
 std::string seed_name(const ::testing::TestParamInfo<SeedParam>& info) {
   return "seed" + std::to_string(info.param.seed) + "_" +
-         run_tag(info.param.mode, info.param.timed);
+         run_tag(info.param.policy, info.param.timed);
 }
 
 // 10 x 10,000 operations with the classic fork, 5 x 10,000 under each COW-PTE policy.
 INSTANTIATE_TEST_SUITE_P(
     Differential, RandomOps,
-    ::testing::Values(SeedParam{1, ForkMode::classic}, SeedParam{2, ForkMode::classic},
-                      SeedParam{3, ForkMode::classic}, SeedParam{4, ForkMode::classic},
-                      SeedParam{5, ForkMode::classic}, SeedParam{6, ForkMode::classic},
-                      SeedParam{7, ForkMode::classic}, SeedParam{8, ForkMode::classic},
-                      SeedParam{9, ForkMode::classic}, SeedParam{10, ForkMode::classic}),
+    ::testing::Values(SeedParam{1, "classic"}, SeedParam{2, "classic"},
+                      SeedParam{3, "classic"}, SeedParam{4, "classic"},
+                      SeedParam{5, "classic"}, SeedParam{6, "classic"},
+                      SeedParam{7, "classic"}, SeedParam{8, "classic"},
+                      SeedParam{9, "classic"}, SeedParam{10, "classic"}),
     seed_name);
 INSTANTIATE_TEST_SUITE_P(DifferentialCowPte, RandomOps,
-                         ::testing::Values(SeedParam{101, ForkMode::seed},
-                                           SeedParam{102, ForkMode::seed},
-                                           SeedParam{103, ForkMode::seed},
-                                           SeedParam{104, ForkMode::seed},
-                                           SeedParam{105, ForkMode::seed}),
+                         ::testing::Values(SeedParam{101, "seed"},
+                                           SeedParam{102, "seed"},
+                                           SeedParam{103, "seed"},
+                                           SeedParam{104, "seed"},
+                                           SeedParam{105, "seed"}),
                          seed_name);
 INSTANTIATE_TEST_SUITE_P(DifferentialOdf, RandomOps,
-                         ::testing::Values(SeedParam{201, ForkMode::odf},
-                                           SeedParam{202, ForkMode::odf},
-                                           SeedParam{203, ForkMode::odf},
-                                           SeedParam{204, ForkMode::odf},
-                                           SeedParam{205, ForkMode::odf}),
+                         ::testing::Values(SeedParam{201, "on_demand_fork"},
+                                           SeedParam{202, "on_demand_fork"},
+                                           SeedParam{203, "on_demand_fork"},
+                                           SeedParam{204, "on_demand_fork"},
+                                           SeedParam{205, "on_demand_fork"}),
                          seed_name);
 // With the timing model on and two CPUs, so that TLBs serve translations and processes
 // migrate (set_cpu): the classic fork, the seed policy (its twin timed too) and ODF.
 INSTANTIATE_TEST_SUITE_P(DifferentialTimed, RandomOps,
-                         ::testing::Values(SeedParam{301, ForkMode::classic, true},
-                                           SeedParam{302, ForkMode::classic, true},
-                                           SeedParam{303, ForkMode::seed, true},
-                                           SeedParam{304, ForkMode::odf, true}),
+                         ::testing::Values(SeedParam{301, "classic", true},
+                                           SeedParam{302, "classic", true},
+                                           SeedParam{303, "seed", true},
+                                           SeedParam{304, "on_demand_fork", true}),
                          seed_name);
+
+// Every registered fork policy, by name, from the registry: a policy added to builtin.def runs
+// here with no other edit. Two seeds each, the second timed on two CPUs.
+std::vector<SeedParam> every_policy() {
+  std::vector<SeedParam> params;
+  const std::vector<std::string> names = fork_policy_names();
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    params.push_back(SeedParam{401 + 10 * i, names[i]});
+    params.push_back(SeedParam{402 + 10 * i, names[i], true});
+  }
+  return params;
+}
+INSTANTIATE_TEST_SUITE_P(DifferentialEveryPolicy, RandomOps, ::testing::ValuesIn(every_policy()),
+                         seed_name);
+
+TEST(ForkPolicies, RegistryListsTheBuiltInPoliciesAndEachForks) {
+  const std::vector<std::string> names = fork_policy_names();
+  for (const char* want : {"classic", "seed", "on_demand_fork", "rfc_v2"})
+    EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want;
+  for (const std::string& name : names) {
+    Machine m(MachineConfig{.memory_bytes = 64ull << 20});
+    Process& p = m.spawn();
+    ASSERT_TRUE(p.set_cow_pte(name).has_value()) << name;
+    const vaddr_t a = *p.mmap(0, 4ull << 20, Prot::read | Prot::write,
+                              MapFlags::private_ | MapFlags::anonymous | MapFlags::populate);
+    ASSERT_TRUE(p.store(a, 42).has_value());
+    auto c = p.fork();
+    ASSERT_TRUE(c.has_value()) << name;
+    m.check_invariants();
+    EXPECT_EQ(*(*c)->load(a), 42u) << name;
+    ASSERT_TRUE((*c)->store(a, 7).has_value());
+    EXPECT_EQ(*p.load(a), 42u) << name;
+    EXPECT_EQ(*(*c)->load(a), 7u) << name;
+    m.check_invariants();
+  }
+  Machine m;
+  EXPECT_EQ(m.spawn().set_cow_pte("no_such_policy").error(), Errno::inval);
+}
 
 }  // namespace
 }  // namespace cowpte

@@ -43,7 +43,7 @@ class PolicyName {
 struct MachineConfig {
   std::uint64_t memory_bytes = 4ull << 30;  // simulated physical memory
   unsigned cpus = 1;
-  bool trace = false;  // spdlog trace at the kernel's tracepoints (fork, faults, zap)
+  bool trace = false;  // log the kernel's tracepoints (fork, faults, zap) to stderr
   // What Process::set_cow_pte() arms when called without a policy, by name (fork_policy_names).
   // A process can also choose for itself with set_cow_pte(name).
   PolicyName cow_pte_policy = "seed";
