@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cowpte/cowpte.hpp>
 #include <cstdio>
+#include <string>
 
 #include "real_fork.hpp"
 
@@ -51,17 +52,18 @@ static bool populate_aligned(Process& p, std::uint64_t len, benchmark::State& st
   return false;
 }
 
-// The same fork under each COW PTE policy, in one run so that their ratio is what counts:
-// arg 0 = policy (0 classic, 1 the seed's COW PTE, 2 On-demand-fork), arg 1 = MiB populated.
-// Counters: ns per populated page, the child's VmPTE, and the table frames the fork allocated.
-static void BM_Fork(benchmark::State& state) {
-  const int policy = static_cast<int>(state.range(0));
-  const std::uint64_t len = static_cast<std::uint64_t>(state.range(1)) << 20;
+// The same fork under every registered fork policy, in one run so that their ratio is what
+// counts: BM_Fork/policy:NAME/mib:N. Counters: ns per populated page, the child's VmPTE, and the
+// table frames the fork allocated.
+static void BM_Fork(benchmark::State& state, const std::string& policy, std::uint64_t mib) {
+  const std::uint64_t len = mib << 20;
   Machine m(MachineConfig{.memory_bytes = 2 * len + (256ull << 20)});
   Process& parent = m.spawn();
   if (!populate_aligned(parent, len, state)) return;
-  if (policy)
-    (void)parent.set_cow_pte(policy == 1 ? CowPtePolicy::seed : CowPtePolicy::on_demand_fork);
+  if (policy != "classic" && !parent.set_cow_pte(policy)) {
+    state.SkipWithError("set_cow_pte failed");
+    return;
+  }
   std::uint64_t child_pte = 0, frames = 0;
   for (auto _ : state) {
     const std::uint64_t free_before = m.free_pages();
@@ -73,16 +75,21 @@ static void BM_Fork(benchmark::State& state) {
     state.ResumeTiming();
   }
   const double pages = static_cast<double>(len >> 12);
-  state.SetLabel(policy == 0 ? "classic" : policy == 1 ? "cow_pte" : "odf");
   state.counters["ns_per_page"] = benchmark::Counter(
       pages * state.iterations(), benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
   state.counters["child_VmPTE_kB"] = static_cast<double>(child_pte >> 10);
   state.counters["frames_allocated"] = static_cast<double>(frames);
 }
-BENCHMARK(BM_Fork)
-    ->ArgsProduct({{0, 1, 2}, {64, 1024}})
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime();
+[[maybe_unused]] static const bool kForkRegistered = [] {
+  for (const std::string& policy : fork_policy_names())
+    for (std::uint64_t mib : {64, 1024})
+      benchmark::RegisterBenchmark(
+          ("BM_Fork/policy:" + policy + "/mib:" + std::to_string(mib)).c_str(),
+          [policy, mib](benchmark::State& s) { BM_Fork(s, policy, mib); })
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+  return true;
+}();
 
 // Simulator speed against this machine's kernel, in one run: the host time of a simulated
 // classic fork with the full timing model (TLBs, caches, every kernel path charged), and the

@@ -199,12 +199,12 @@ void register_all(const Sweep& sw) {
         ->Iterations(sw.real_runs)
         ->Unit(benchmark::kMillisecond);
   for (const auto& f : sw.forks)
-    for (Policy p : kPolicies)
+    for (const Policy& p : policies())
       reg(fmt_fork(f, p),
           [f, p](benchmark::State& s) { fork_latency(s, f.layout, p, f.mib, f.timed); })
           ->Iterations(fork_iterations(f))
           ->Unit(benchmark::kMillisecond);
-  for (Policy p : kPolicies)
+  for (const Policy& p : policies())
     for (Pattern pat : {Pattern::sequential, Pattern::random})
       reg(std::string("write_after_fork/policy:") + name(p) + "/pattern:" + name(pat) +
               "/mib:" + mib_name(sw.write_mib),
@@ -214,7 +214,7 @@ void register_all(const Sweep& sw) {
           ->Iterations(1)
           ->Unit(benchmark::kMillisecond);
   for (const auto& fs : sw.fork_servers)
-    for (Policy p : kPolicies)
+    for (const Policy& p : policies())
       reg(std::string("fork_server/policy:") + name(p) + "/mib:" + mib_name(fs.mib) +
               "/touch:" + std::to_string(fs.touch),
           [p, fs](benchmark::State& s) { fork_server_bench(s, p, fs.mib, fs.touch); })
@@ -222,7 +222,7 @@ void register_all(const Sweep& sw) {
           ->Unit(benchmark::kMicrosecond);
   for (std::uint64_t mib : sw.snapshot_mib)
     for (std::uint64_t every : sw.snapshot_every)
-      for (Policy p : kPolicies)
+      for (const Policy& p : policies())
         reg(std::string("snapshot/policy:") + name(p) + "/mib:" + mib_name(mib) +
                 "/every:" + std::to_string(every),
             [p, mib, every](benchmark::State& s) { snapshot_bench(s, p, mib, every); })

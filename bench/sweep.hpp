@@ -36,7 +36,7 @@ struct Sweep {
   std::vector<std::uint64_t> snapshot_every{16, 1024};
 };
 
-inline std::string fmt_fork(const ForkPoint& f, Policy p) {
+inline std::string fmt_fork(const ForkPoint& f, const Policy& p) {
   return std::string("fork/layout:") + name(f.layout) + "/policy:" + name(p) +
          "/mib:" + std::to_string(f.mib) + "/timed:" + (f.timed ? "1" : "0");
 }

@@ -17,11 +17,11 @@
 
 namespace cowpte::bench {
 
-enum class Policy { classic, cow_pte, odf };  // fork, the seed's COW PTE, On-demand-fork
-inline constexpr std::array kPolicies{Policy::classic, Policy::cow_pte, Policy::odf};
-inline const char* name(Policy p) {
-  return p == Policy::classic ? "classic" : p == Policy::cow_pte ? "cow_pte" : "odf";
-}
+// A fork policy by its registry name ("classic", "seed", "on_demand_fork", "rfc_v2", ...).
+using Policy = std::string;
+// Every registered policy: a policy added to src/fork/policies/builtin.def is benchmarked too.
+inline std::vector<Policy> policies() { return fork_policy_names(); }
+inline const char* name(const Policy& p) { return p.c_str(); }
 
 // Where the populated memory lies: one mmap(NULL) VMA placed top-down (its ends are not
 // 2 MiB-aligned, as a program's large malloc), one VMA on 2 MiB boundaries, or 60 KiB VMAs on a
@@ -78,9 +78,8 @@ inline Region populate(Process& p, std::uint64_t len, Layout layout) {
 }
 
 // prctl(PR_SET_COW_PTE) for the chosen policy; classic fork leaves the process alone.
-inline void arm(Process& p, Policy policy) {
-  if (policy == Policy::cow_pte) p.set_cow_pte(CowPtePolicy::seed).value();
-  if (policy == Policy::odf) p.set_cow_pte(CowPtePolicy::on_demand_fork).value();
+inline void arm(Process& p, const Policy& policy) {
+  if (policy != "classic") p.set_cow_pte(policy).value();
 }
 
 inline std::uint64_t phase_cycles(const Process& p, Phase ph) {

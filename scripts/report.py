@@ -16,9 +16,27 @@ import statistics
 import sys
 from collections import defaultdict
 
-POLICIES = ["classic", "cow_pte", "odf"]
-LABEL = {"classic": "classic fork", "cow_pte": "COW PTE (seed, v3)", "odf": "On-demand-fork"}
-COLOR = {"classic": "C0", "cow_pte": "C1", "odf": "C2"}
+# Fork policies by their registry names (cowpte::fork_policy_names()). The built-in ones come
+# first, in this order, with these labels; any other policy in the JSON (a policy added to
+# src/fork/policies/builtin.def) follows under its own name.
+KNOWN = ["classic", "seed", "on_demand_fork", "rfc_v2"]
+LABEL = {"classic": "classic fork", "seed": "COW PTE (seed, v3)",
+         "on_demand_fork": "On-demand-fork", "rfc_v2": "COW PTE RFC v2"}
+POLICIES = list(KNOWN)  # set from the data by main()
+MARKERS = "os^vD<>ph"
+
+
+def label(p):
+    return LABEL.get(p, p)
+
+
+def color(p):
+    return f"C{POLICIES.index(p) % 10}"
+
+
+def nsof(ns, p):
+    """The value of policy p in a list aligned with POLICIES, or None."""
+    return ns[POLICIES.index(p)] if p in POLICIES else None
 
 
 def parse(path):
@@ -97,7 +115,7 @@ def fork_tables(d):
     sizes = sorted({k[2] for k in forks if k[0] == "plain" and k[3] == 1})
     own = max((r.get("own_rss_MiB", 0) for r in d["real_fork"]), default=0)
     t = Table("Fork latency, simulated, one VMA of populated 4 KiB anonymous memory",
-              ["size"] + [LABEL[p] for p in POLICIES] +
+              ["size"] + [label(p) for p in POLICIES] +
               ["COW PTE vs fork", "ODF speed-up", "real fork (this machine)",
                "simulated classic vs real"],
               note=f"Real: the median of this machine's kernel forking a process with the same "
@@ -108,10 +126,11 @@ def fork_tables(d):
     for s in sizes:
         ns = [forks.get(("plain", p, s, 1), {}).get("sim_ns") for p in POLICIES]
         r = real.get((s,), {}).get("median_ns")
-        rel = (ns[1] / ns[0] - 1) * 100 if ns[0] and ns[1] else None
+        c, sd, odf = nsof(ns, "classic"), nsof(ns, "seed"), nsof(ns, "on_demand_fork")
+        rel = (sd / c - 1) * 100 if c and sd else None
         t.add(size(s), *[fmt(v, "ns") for v in ns], fmt(rel, "%"),
-              fmt(ns[0] / ns[2], "x") if ns[0] and ns[2] else "-", fmt(r, "ns"),
-              fmt((ns[0] / r - 1) * 100, "%") if r and ns[0] else "-")
+              fmt(c / odf, "x") if c and odf else "-", fmt(r, "ns"),
+              fmt((c / r - 1) * 100, "%") if r and c else "-")
     m = Table("Page-table memory after fork (plain layout)",
               ["size"] + [f"child VmPTE, {p}" for p in POLICIES] +
               [f"table frames fork allocated, {p}" for p in POLICIES])
@@ -120,13 +139,13 @@ def fork_tables(d):
         m.add(size(s), *[f"{r.get('child_VmPTE_kB', 0):.0f} kB" for r in rs],
               *[f"{r.get('table_frames_allocated', 0):.0f}" for r in rs])
     lay = Table("Fork latency by layout (simulated)",
-                ["layout", "size"] + [LABEL[p] for p in POLICIES] + ["ODF speed-up"])
+                ["layout", "size"] + [label(p) for p in POLICIES] + ["ODF speed-up"])
     for (l, p0, s, tm) in sorted(forks, key=lambda k: (k[0], k[2])):
         if l == "plain" or p0 != "classic" or tm != 1:
             continue
         ns = [forks.get((l, p, s, 1), {}).get("sim_ns") for p in POLICIES]
-        lay.add(l, size(s), *[fmt(v, "ns") for v in ns],
-                fmt(ns[0] / ns[2], "x") if ns[0] and ns[2] else "-")
+        c, odf = nsof(ns, "classic"), nsof(ns, "on_demand_fork")
+        lay.add(l, size(s), *[fmt(v, "ns") for v in ns], fmt(c / odf, "x") if c and odf else "-")
     return [t, m, lay]
 
 
@@ -159,7 +178,7 @@ def write_tables(d):
             if not r:
                 continue
             extra = r["first_in_span_cycles"] - base if base is not None else None
-            t.add(pat, LABEL[p], *[fmt(r[k], "ns") for k in
+            t.add(pat, label(p), *[fmt(r[k], "ns") for k in
                                    ("mean_ns", "p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns")],
                   fmt(r["first_in_span_mean_ns"], "ns"),
                   f"{extra:+.0f} cycles" if extra is not None else "-")
@@ -177,7 +196,7 @@ def server_tables(d):
         for p in POLICIES:
             r = s.get((p, mib, k))
             if r:
-                t.add(size(mib), k, LABEL[p], f"{r['execs_per_sim_s']:.0f}",
+                t.add(size(mib), k, label(p), f"{r['execs_per_sim_s']:.0f}",
                       fmt(r["execs_per_sim_s"] / base, "x"),
                       *[fmt(r[c], "ns") for c in ("fork_ns", "child_ns", "exit_ns")])
     return [t]
@@ -195,7 +214,7 @@ def snapshot_tables(d):
         for p in POLICIES:
             r = s.get((p, mib, e))
             if r:
-                t.add(size(mib), e, LABEL[p], fmt(r["fork_ns"], "ns"),
+                t.add(size(mib), e, label(p), fmt(r["fork_ns"], "ns"),
                       *[fmt(r[c], "ns") for c in ("write_p50_ns", "write_p99_ns", "write_max_ns")],
                       f"{r['copied_pages']:.0f}", f"{r['copied_tables']:.0f}",
                       f"{r['extra_MiB']:.2f} MiB", f"{r['extra_table_kB']:.0f} kB")
@@ -205,10 +224,10 @@ def snapshot_tables(d):
 def plot_fork_latency(plt, d, forks, sizes):
     real = index(d["real_fork"], "mib")
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for p, mk in zip(POLICIES, "os^"):
+    for p, mk in zip(POLICIES, MARKERS):
         xs = [s for s in sizes if ("plain", p, s, 1) in forks]
         ax.plot(xs, [forks[("plain", p, s, 1)]["sim_ns"] / 1e6 for s in xs], marker=mk,
-                color=COLOR[p], label=f"{LABEL[p]} (simulated)")
+                color=color(p), label=f"{label(p)} (simulated)")
     xs = sorted(k[0] for k in real)
     ax.plot(xs, [real[(s,)]["median_ns"] / 1e6 for s in xs], "k--", marker="x",
             label="this machine's kernel (real)")
@@ -228,8 +247,9 @@ def plot_fault_latency(plt, d):
         for i, p in enumerate(POLICIES):
             r = w.get((p, pat))
             if r:
-                ax.bar([j + (i - 1) * 0.27 for j in range(len(qs))], [r[k] for k, _ in qs],
-                       width=0.27, color=COLOR[p], label=LABEL[p])
+                wd = 0.8 / len(POLICIES)
+                ax.bar([j + (i - (len(POLICIES) - 1) / 2) * wd for j in range(len(qs))],
+                       [r[k] for k, _ in qs], width=wd, color=color(p), label=label(p))
         ax.set_xticks(range(len(qs)), [q for _, q in qs])
         ax.set(yscale="log", ylabel="store latency (ns, simulated)",
                title=f"{pat} writes after fork")
@@ -240,13 +260,13 @@ def plot_fault_latency(plt, d):
 
 def plot_pgtable_memory(plt, forks, sizes):
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for p, mk in zip(POLICIES, "os^"):
+    for p, mk in zip(POLICIES, MARKERS):
         xs = [s for s in sizes if ("plain", p, s, 1) in forks]
         ax.plot(xs, [forks[("plain", p, s, 1)]["table_frames_allocated"] * 4 for s in xs],
-                marker=mk, color=COLOR[p], label=f"{LABEL[p]}: table memory fork allocated")
+                marker=mk, color=color(p), label=f"{label(p)}: table memory fork allocated")
         ax.plot(xs, [forks[("plain", p, s, 1)]["child_VmPTE_kB"] for s in xs], marker=mk,
-                color=COLOR[p], linestyle=":", fillstyle="none",
-                label=f"{LABEL[p]}: child's VmPTE")
+                color=color(p), linestyle=":", fillstyle="none",
+                label=f"{label(p)}: child's VmPTE")
     ax.set(xscale="log", yscale="log", xlabel="populated memory (MiB)", ylabel="kB",
            title="page-table memory of the child")
     ax.grid(True, which="both", alpha=0.3)
@@ -286,6 +306,8 @@ def main():
                     help="fail unless every kind of benchmark ran (a filtered run need not)")
     a = ap.parse_args()
     ctx, d = parse(a.json)
+    seen = {r["policy"] for recs in d.values() for r in recs if "policy" in r}
+    POLICIES[:] = [p for p in KNOWN if p in seen] + sorted(seen - set(KNOWN))
     errors = [r for recs in d.values() for r in recs if "error" in r]
     tables = (fork_tables(d) + write_tables(d) + server_tables(d) + snapshot_tables(d) +
               speed_table(d))
