@@ -1,5 +1,6 @@
-// The fork-latency comparison (issue 5): classic fork, the seed's COW PTE and On-demand-fork on
-// the timing model, with this machine's real fork beside them in the same run.
+// The fork-latency comparison (issue 5): every registered fork policy (fork_policy_names():
+// classic, seed, on_demand_fork, rfc_v2, ...) on the timing model, with this machine's real fork
+// beside them in the same run.
 //
 //   cowpte_bench_policies [--cowpte_sweep=smoke|short|full] [Google Benchmark flags]
 //

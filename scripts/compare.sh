@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # cowpte's first command (README): install the dependencies, build build-release/ in Release and
-# run the fork-latency comparison: classic fork, the seed's COW PTE and On-demand-fork on the
+# run the fork-latency comparison: every registered fork policy (classic, seed, on_demand_fork,
+# rfc_v2, ...: cowpte::fork_policy_names()) on the
 # timing model, with this machine's real fork beside them. Prints the tables and writes
 #   results/compare-<sweep>.json   Google Benchmark's JSON (every counter of every run)
 #   results/plots-<sweep>/*.png    fork latency, fault latency, page-table memory

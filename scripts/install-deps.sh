@@ -5,7 +5,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  cmake ninja-build g++ clang-format python3
+  cmake ninja-build g++ clang-format clang-tidy python3
   libboost-dev libfmt-dev libspdlog-dev libgtest-dev libbenchmark-dev nlohmann-json3-dev
   python3-matplotlib
 )

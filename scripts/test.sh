@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # cowpte's test command (README, .ci/run):
-#   1. build/       RelWithDebInfo with the benchmarks, ctest
+#   0. clang-format check of every C++ source (scripts/check-format.sh)
+#   1. build/       RelWithDebInfo with the benchmarks, -Werror, ctest; clang-tidy over src/
 #   2. build-asan/  Debug with AddressSanitizer + UndefinedBehaviorSanitizer, ctest
 #                   (COWPTE_SKIP_ASAN=1 skips this pass)
 #   3. the CMake package: install build/ into a temporary prefix, check that only the facade and
@@ -44,19 +45,27 @@ run_ctest() {
   passed=$((passed + ${n:-0}))
 }
 
-step "build/ (RelWithDebInfo, tests and benchmarks)"
+step "clang-format (.clang-format): every C++ source formatted"
+bash scripts/check-format.sh
+passed=$((passed + 1))
+
+step "build/ (RelWithDebInfo, tests and benchmarks, warnings are errors)"
 configure build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOWPTE_BUILD_TESTS=ON -DCOWPTE_BUILD_BENCH=ON \
-  -DCOWPTE_SANITIZE=OFF
+  -DCOWPTE_SANITIZE=OFF -DCOWPTE_WERROR=ON
 cmake --build build -j "$jobs"
 step "ctest build/"
 run_ctest build
+
+step "clang-tidy (.clang-tidy) over src/"
+bash scripts/tidy.sh build
+passed=$((passed + 1))
 
 if [[ ${COWPTE_SKIP_ASAN:-0} == 1 ]]; then
   step "build-asan/ skipped (COWPTE_SKIP_ASAN=1)"
 else
   step "build-asan/ (Debug, AddressSanitizer + UndefinedBehaviorSanitizer)"
   configure build-asan -DCMAKE_BUILD_TYPE=Debug -DCOWPTE_BUILD_TESTS=ON -DCOWPTE_BUILD_BENCH=OFF \
-    -DCOWPTE_SANITIZE=ON
+    -DCOWPTE_SANITIZE=ON -DCOWPTE_WERROR=ON
   cmake --build build-asan -j "$jobs"
   step "ctest build-asan/"
   export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}

@@ -535,9 +535,9 @@ void ExpectParentAsBeforeFork(World& w, const MachineSnapshot& before, bool tabl
   c.pte_entries = false;
   ExpectView(w, before, w.parent, c, "the parent");
   // The same tables at the same places, the same frames in use.
-  const ProcSnap* b = FindProc(before, w.parent->pid());
-  ASSERT_NE(b, nullptr);
-  for (const auto& pg : b->pages) {
+  const ProcSnap* parent_before = FindProc(before, w.parent->pid());
+  ASSERT_NE(parent_before, nullptr);
+  for (const auto& pg : parent_before->pages) {
     const cowpte::PtWalk now = w.m->walk(*w.parent, pg.va);
     EXPECT_TRUE(now.levels == pg.walk.levels && now.table == pg.walk.table)
         << "walk(" << Hex(pg.va) << ") " << cowpte_test::Describe(pg.walk) << " vs "

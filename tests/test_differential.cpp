@@ -264,7 +264,7 @@ struct RunConfig {
   std::uint64_t ops = kDefaultOps;
   std::string policy = "classic";
   ForkMode mode = ForkMode::classic;  // mode_of(policy)
-  bool timed = false;  // the timing model on, kTimedCpus CPUs, and set_cpu calls
+  bool timed = false;                 // the timing model on, kTimedCpus CPUs, and set_cpu calls
 };
 
 class DifferentialRun {
@@ -656,9 +656,9 @@ class DifferentialRun {
         }
         ++allowed_shmem_;
       } else {
-        if (const auto it = to_twin.find(e.pfn); it != to_twin.end()) {
-          return fail(here + "that frame is also mapped at " + seen_at(it->second) +
-                      " as another page (frame " + hex(it->second.other) +
+        if (const auto other = to_twin.find(e.pfn); other != to_twin.end()) {
+          return fail(here + "that frame is also mapped at " + seen_at(other->second) +
+                      " as another page (frame " + hex(other->second.other) +
                       " with the classic fork)");
         }
         const auto [kt, kfresh] = only_here.try_emplace(e.key, e.pfn);
@@ -686,8 +686,8 @@ class DifferentialRun {
                       " where both machines map it");
         }
       } else {
-        if (const auto it = from_twin.find(e.pfn); it != from_twin.end()) {
-          return fail(here + "that classic frame is also mapped at " + seen_at(it->second) +
+        if (const auto other = from_twin.find(e.pfn); other != from_twin.end()) {
+          return fail(here + "that classic frame is also mapped at " + seen_at(other->second) +
                       " as another page");
         }
         const auto [kt, kfresh] = only_twin.try_emplace(e.key, e.pfn);
@@ -1536,19 +1536,16 @@ std::string seed_name(const ::testing::TestParamInfo<SeedParam>& info) {
 }
 
 // 10 x 10,000 operations with the classic fork, 5 x 10,000 under each COW-PTE policy.
-INSTANTIATE_TEST_SUITE_P(
-    Differential, RandomOps,
-    ::testing::Values(SeedParam{1, "classic"}, SeedParam{2, "classic"},
-                      SeedParam{3, "classic"}, SeedParam{4, "classic"},
-                      SeedParam{5, "classic"}, SeedParam{6, "classic"},
-                      SeedParam{7, "classic"}, SeedParam{8, "classic"},
-                      SeedParam{9, "classic"}, SeedParam{10, "classic"}),
-    seed_name);
+INSTANTIATE_TEST_SUITE_P(Differential, RandomOps,
+                         ::testing::Values(SeedParam{1, "classic"}, SeedParam{2, "classic"},
+                                           SeedParam{3, "classic"}, SeedParam{4, "classic"},
+                                           SeedParam{5, "classic"}, SeedParam{6, "classic"},
+                                           SeedParam{7, "classic"}, SeedParam{8, "classic"},
+                                           SeedParam{9, "classic"}, SeedParam{10, "classic"}),
+                         seed_name);
 INSTANTIATE_TEST_SUITE_P(DifferentialCowPte, RandomOps,
-                         ::testing::Values(SeedParam{101, "seed"},
-                                           SeedParam{102, "seed"},
-                                           SeedParam{103, "seed"},
-                                           SeedParam{104, "seed"},
+                         ::testing::Values(SeedParam{101, "seed"}, SeedParam{102, "seed"},
+                                           SeedParam{103, "seed"}, SeedParam{104, "seed"},
                                            SeedParam{105, "seed"}),
                          seed_name);
 INSTANTIATE_TEST_SUITE_P(DifferentialOdf, RandomOps,

@@ -20,11 +20,13 @@ struct Forked {
   explicit Forked(const std::string& policy) {
     parent = &m.spawn();
     EXPECT_TRUE(parent->set_cow_pte(policy).has_value());
-    EXPECT_TRUE(parent->mmap(kBase, kLen, Prot::read | Prot::write,
-                             MapFlags::private_ | MapFlags::anonymous | MapFlags::fixed |
-                                 MapFlags::populate)
-                    .has_value());
-    for (vaddr_t a = kBase; a < kBase + kLen; a += 4096) EXPECT_TRUE(parent->store(a, a).has_value());
+    EXPECT_TRUE(
+        parent
+            ->mmap(kBase, kLen, Prot::read | Prot::write,
+                   MapFlags::private_ | MapFlags::anonymous | MapFlags::fixed | MapFlags::populate)
+            .has_value());
+    for (vaddr_t a = kBase; a < kBase + kLen; a += 4096)
+      EXPECT_TRUE(parent->store(a, a).has_value());
     child = *parent->fork();
     m.check_invariants();
   }

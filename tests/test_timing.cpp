@@ -6,8 +6,8 @@
 
 #include <cowpte/cowpte.hpp>
 
-#include "mmu/set_assoc.hpp"
 #include <stdexcept>
+#include "mmu/set_assoc.hpp"
 
 namespace cowpte {
 namespace {

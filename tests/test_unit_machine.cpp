@@ -8,13 +8,13 @@
 
 #include <cowpte/cowpte.hpp>
 #include <cowpte/model/format.hpp>
-#include "facade/access.hpp"
-#include "mm/kernel.hpp"
 #include <cstdint>
 #include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
+#include "facade/access.hpp"
+#include "mm/kernel.hpp"
 
 namespace cowpte {
 namespace {

@@ -1,4 +1,4 @@
-// The facade: a simulated machine and the processes on it (see shared/design/facade.md).
+// The facade: a simulated machine and the processes on it (the contract: docs/facade.md).
 #pragma once
 
 #include <cstdint>
@@ -28,10 +28,10 @@ std::vector<std::string> fork_policy_names();
 // A fork policy's name in MachineConfig; converts from the CowPtePolicy enum too.
 class PolicyName {
  public:
-  PolicyName(const char* name) : name_(name) {}               // NOLINT: implicit on purpose
-  PolicyName(std::string name) : name_(std::move(name)) {}    // NOLINT
-  PolicyName(std::string_view name) : name_(name) {}          // NOLINT
-  PolicyName(CowPtePolicy p) : name_(to_string(p)) {}         // NOLINT
+  PolicyName(const char* name) : name_(name) {}             // NOLINT: implicit on purpose
+  PolicyName(std::string name) : name_(std::move(name)) {}  // NOLINT
+  PolicyName(std::string_view name) : name_(name) {}        // NOLINT
+  PolicyName(CowPtePolicy p) : name_(to_string(p)) {}       // NOLINT
   const std::string& str() const noexcept { return name_; }
   operator std::string_view() const noexcept { return name_; }  // NOLINT
   friend bool operator==(const PolicyName&, const PolicyName&) = default;

@@ -1,6 +1,6 @@
 // The timing model's description of the machine: TLBs, paging-structure caches, data caches,
 // latencies and the cost of the kernel's basic operations. Every default names where it comes
-// from (reference/mmu-simulators.md sections 5 and 6 collect the sources); "estimate" marks a
+// from (docs/model.md, "Timing model", lists the sources); "estimate" marks a
 // figure no source pins down, and "calibrated" one set by `cowpte_calibrate` against this
 // machine's real fork. Loadable from JSON (config_io.hpp); `enabled = false` is the functional
 // model alone, at full speed.
@@ -42,7 +42,7 @@ struct TimingConfig {
   std::uint32_t lock_acquire = 19;   // uncontended spin_lock: one LOCK CMPXCHG (uops.info)
   std::uint32_t lock_release = 1;    // a plain store
   std::uint32_t page_zero = 720;     // 4 KiB at 13.7 GB/s = 300 ns (Arora, clear_pages)
-  std::uint32_t page_copy = 1440;    // twice a clear (mmu-simulators.md: 1-2x, estimate)
+  std::uint32_t page_copy = 1440;    // twice a clear (published: 1-2x, estimate)
   std::uint32_t page_alloc = 120;    // per-cpu free list fast path (estimate)
   std::uint32_t invlpg = 336;        // ~140 ns (Alex Shi, LKML 2012)
   std::uint32_t full_flush = 500;    // CR3 reload / INVPCID single-context (estimate)

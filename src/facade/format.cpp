@@ -55,7 +55,8 @@ std::string Machine::ptdump(const Process& p) const {
       }
       unsigned j = i;
       const pteval_t flags = e[i] & ~PTE_PFN_MASK;
-      while (j + 1 < 512 && (e[j + 1] & ~PTE_PFN_MASK) == flags && !pte_none(e[j + 1])) ++j;
+      while (j + 1 < PTRS_PER_TABLE && (e[j + 1] & ~PTE_PFN_MASK) == flags && !pte_none(e[j + 1]))
+        ++j;
       out += fmt::format("{:{}}pte {:#014x}-{:#014x} {:4} pages [{}] pfn {:#x}{}\n", "", 6, va,
                          base | (vaddr_t(j + 1) << shift), j - i + 1, decode_entry_flags(e[i], 3),
                          raw(pte_pfn(e[i])), j > i ? ".." : "");

@@ -55,7 +55,8 @@ Kernel::Kernel(Machine& m, const MachineConfig& c) : machine(m), cfg(c), mem(c.m
     tracer->set_level(spdlog::level::trace);
   }
   if (cfg.timing.enabled) {
-    if (cfg.cpus == 0 || cfg.cpus > 64) throw std::invalid_argument("cowpte: cpus must be 1..64");
+    if (cfg.cpus == 0 || cfg.cpus > kMaxCpus)
+      throw std::invalid_argument("cowpte: cpus must be 1.." + std::to_string(kMaxCpus));
     hw = std::make_unique<Hardware>(cfg.timing, cfg.cpus, cfg.memory_bytes);
     timed_locks = make_timed_locks(*this);
   }

@@ -85,14 +85,14 @@ class Checker {
       Page& pudt = k_.table_of(pgd[i]);
       claim_table(pudt, "pgd", pid);
       ++tables;
-      for (unsigned j = 0; j < 512; ++j) {
+      for (unsigned j = 0; j < PTRS_PER_TABLE; ++j) {
         const pteval_t pud = table_base(pudt)[j];
         if (pmd_none(pud)) continue;
         check_table_entry(pud, "pud", pid);
         Page& pmdt = k_.table_of(pud);
         claim_table(pmdt, "pud", pid);
         ++tables;
-        for (unsigned l = 0; l < 512; ++l) {
+        for (unsigned l = 0; l < PTRS_PER_TABLE; ++l) {
           const pteval_t pmd = table_base(pmdt)[l];
           if (pmd_none(pmd)) continue;
           const vaddr_t base =
@@ -101,7 +101,7 @@ class Checker {
         }
       }
     }
-    for (unsigned i = 256; i < 512; ++i)
+    for (unsigned i = PTRS_PER_TABLE / 2; i < PTRS_PER_TABLE; ++i)  // the kernel half
       if (pgd[i]) fail(fmt::format("pid {}: kernel-half pgd entry {} set", pid, i));
   }
 
@@ -169,7 +169,7 @@ class Checker {
 
   void check_pte_table(MmStruct& mm, Page& t, vaddr_t base, RssVec& rss, int pid) {
     const pteval_t* pte = table_base(t);
-    for (unsigned i = 0; i < 512; ++i) {
+    for (unsigned i = 0; i < PTRS_PER_TABLE; ++i) {
       const pteval_t v = pte[i];
       if (pte_none(v)) continue;
       const vaddr_t addr = base | (vaddr_t(i) << PAGE_SHIFT);

@@ -8,14 +8,14 @@
 #include <unordered_map>
 #include <vector>
 
-#include "mmu/hw.hpp"
 #include "cowpte/machine.hpp"
 #include "cowpte/model/fork_policy.hpp"
-#include "mm/errno.hpp"
 #include "cowpte/model/mm_types.hpp"
+#include "cowpte/model/mmu_gather.hpp"
 #include "cowpte/model/page.hpp"
 #include "cowpte/model/pgtable.hpp"
-#include "cowpte/model/mmu_gather.hpp"
+#include "mm/errno.hpp"
+#include "mmu/hw.hpp"
 
 namespace cowpte {
 
@@ -90,7 +90,7 @@ class Kernel final : public PolicyOps {
   Page* zero_page = nullptr;
   std::vector<std::unique_ptr<Process>> procs;            // index = pid - 1
   std::unordered_map<int, std::vector<GupRef>> gup_refs;  // by pid
-  TlbStats tlb;
+  TlbStats tlb_stats;
   std::shared_ptr<spdlog::logger> tracer;  // null when tracing is off
 
   // ---- the timing model (src/mmu/timing.cpp); hw is null when it is off ----
@@ -498,7 +498,6 @@ inline bool Kernel::user_access_hit_unentered(Process& p, vaddr_t addr, bool wri
 std::unique_ptr<LockTiming> make_timed_locks(Kernel& k);
 
 // ---- COW PTE state (include/linux/mm.h of the series) ----
-
 
 // copy_present_pte (mm/memory.c): share one present page with the child. Inline: both fork
 // paths (copy_pte_range, copy_cow_pte_range) run it once per PTE.

@@ -150,7 +150,8 @@ void Kernel::tlb_finish_mmu(MmGather& tlb) {
 
 // free_pte_range: the PMD entry goes and the PTE table with it (after the flush).
 // With COW PTE (v4) the fork policy lets a write-protected PMD drop this mm's reference; the
-// last holder frees the table like a private one. The clear is free_pgtables' (mmap_lock, detached VMAs).
+// last holder frees the table like a private one. The clear is free_pgtables' (mmap_lock, detached
+// VMAs).
 void Kernel::free_pte_range(MmGather& tlb, EntryRef pmd) {
   Page& table = table_of(pmd.get());
   if (pmd_cow_pte(*tlb.mm, pmd.get()) && fork_policy(*tlb.mm).free_table(*this, tlb, pmd))

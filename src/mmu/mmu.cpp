@@ -5,6 +5,11 @@
 
 namespace cowpte {
 
+// A user access whose fault the handler answered still faults after this many retries: the
+// handler made no progress (a model bug, reported as such). One retry is the normal case; a
+// break of a shared table, then the COW of the page, takes two.
+constexpr int kMaxFaultRetries = 8;
+
 namespace {
 struct HwWalk {
   Page* page = nullptr;     // the data frame, when the translation succeeded
@@ -109,7 +114,7 @@ Result<std::uint64_t> Kernel::timed_user_access(MmStruct& mm, vaddr_t addr, bool
     mem.store_word(page, off, val);
     return val;
   };
-  for (int attempt = 0; attempt < 8; ++attempt) {
+  for (int attempt = 0; attempt < kMaxFaultRetries; ++attempt) {
     cpu.clock += c.dtlb_4k.latency;
     TlbEntry e;
     bool hit = false;
@@ -162,7 +167,7 @@ Result<std::uint64_t> Kernel::timed_user_access(MmStruct& mm, vaddr_t addr, bool
 Result<std::uint64_t> Kernel::untimed_user_access(MmStruct& mm, vaddr_t addr, bool write,
                                                   std::uint64_t val) {
   const unsigned off = addr & (PAGE_SIZE - 1);
-  for (int attempt = 0; attempt < 8; ++attempt) {
+  for (int attempt = 0; attempt < kMaxFaultRetries; ++attempt) {
     HwWalk w = hw_walk(*this, mm, addr, write);
     if (w.page) {
       if (!write) return mem.load_word(*w.page, off);

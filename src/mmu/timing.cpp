@@ -100,7 +100,7 @@ void flush_on_cpus(Kernel& k, MmStruct& mm, Flush&& flush) {
 }  // namespace
 
 void Kernel::flush_tlb_range(MmStruct& mm, vaddr_t start, vaddr_t end) {
-  ++tlb.flush_range;
+  ++tlb_stats.flush_range;
   if (!hw) return;
   const std::uint64_t pages = (end - start) >> PAGE_SHIFT;
   flush_on_cpus(*this, mm, [&](Cpu& cpu) -> std::uint64_t {
@@ -114,7 +114,7 @@ void Kernel::flush_tlb_range(MmStruct& mm, vaddr_t start, vaddr_t end) {
 }
 
 void Kernel::flush_tlb_mm(MmStruct& mm) {
-  ++tlb.flush_mm;
+  ++tlb_stats.flush_mm;
   if (!hw) return;
   flush_on_cpus(*this, mm, [&](Cpu& cpu) -> std::uint64_t {
     hw->flush_pcid(cpu, mm.pcid);
@@ -123,7 +123,7 @@ void Kernel::flush_tlb_mm(MmStruct& mm) {
 }
 
 void Kernel::flush_tlb_page(MmStruct& mm, vaddr_t addr) {
-  ++tlb.flush_page;
+  ++tlb_stats.flush_page;
   if (!hw) return;
   flush_on_cpus(*this, mm, [&](Cpu& cpu) -> std::uint64_t {
     hw->invlpg(cpu, mm.pcid, addr);

@@ -110,6 +110,9 @@ inline bool vma_is_accessible(const Vma& v) noexcept { return v.vm_flags & VM_AC
 // CONFIG_MEM_SOFT_DIRTY: tracking is on for a VMA once clear_refs cleared its VM_SOFTDIRTY.
 inline bool vma_soft_dirty_enabled(const Vma& v) noexcept { return !(v.vm_flags & VM_SOFTDIRTY); }
 
+// The model's CPU limit: mm_cpumask is one 64-bit word (MmStruct::cpumask).
+inline constexpr unsigned kMaxCpus = 64;
+
 // struct mm_struct.
 struct MmStruct {
   VmaTree mm_mt;
@@ -130,6 +133,7 @@ struct MmStruct {
   // on, which a TLB flush must reach).
   unsigned pcid = 0;
   std::uint64_t cpumask = 0;
+  static_assert(kMaxCpus <= sizeof(cpumask) * 8, "mm_cpumask holds a bit for every CPU");
 
   bool test_flag(unsigned bit) const noexcept { return flags & (1ull << bit); }
   void set_flag(unsigned bit) noexcept { flags |= 1ull << bit; }
