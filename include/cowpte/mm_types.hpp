@@ -8,6 +8,7 @@
 #include <boost/smart_ptr/intrusive_ptr.hpp>
 #include <boost/smart_ptr/intrusive_ref_counter.hpp>
 #include <cstdint>
+#include <map>
 #include <vector>
 
 #include "cowpte/page.hpp"
@@ -63,9 +64,15 @@ struct AnonVma : boost::intrusive_ref_counter<AnonVma, boost::thread_unsafe_coun
 
 // The shmem inode behind MAP_SHARED|MAP_ANONYMOUS (shmem_zero_setup): a page cache indexed by
 // page offset. Each cached page holds one reference for the cache.
+// The cache is sparse: host memory grows with the pages cached, not with the length mapped.
 struct ShmemFile : boost::intrusive_ref_counter<ShmemFile, boost::thread_unsafe_counter> {
-  explicit ShmemFile(std::uint64_t pages) : cache(pages, nullptr) {}
-  std::vector<Page*> cache;  // index -> page, nullptr when not cached
+  explicit ShmemFile(std::uint64_t pages) : size(pages) {}
+  std::uint64_t size;                   // the file's length in pages
+  std::map<std::uint64_t, Page*> cache;  // index -> page, only the cached ones
+  Page* lookup(std::uint64_t index) const {  // nullptr when not cached
+    auto it = cache.find(index);
+    return it == cache.end() ? nullptr : it->second;
+  }
   class Kernel* kernel = nullptr;
   ~ShmemFile();  // shmem_evict_inode: truncate the cache
 };
