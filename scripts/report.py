@@ -285,7 +285,10 @@ def main():
     ap.add_argument("--require-all", action="store_true",
                     help="fail unless every kind of benchmark ran (a filtered run need not)")
     a = ap.parse_args()
-    ctx, d = parse(a.json)
+    try:
+        ctx, d = parse(a.json)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # no file, or not benchmark JSON
+        ap.error(f"cannot read {a.json} as Google Benchmark JSON: {e!r}")
     errors = [r for recs in d.values() for r in recs if "error" in r]
     tables = (fork_tables(d) + write_tables(d) + server_tables(d) + snapshot_tables(d) +
               speed_table(d))

@@ -10,6 +10,20 @@
 # Exits non-zero on the first failure.
 set -euo pipefail
 
+for a in "$@"; do
+  case $a in
+    -h | --help)
+      echo "usage: bash scripts/test.sh   (no arguments; COWPTE_SKIP_ASAN=1 skips the sanitizer pass)"
+      sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      exit 0
+      ;;
+    *)
+      echo "test.sh: unknown argument '$a' (see --help)" >&2
+      exit 2
+      ;;
+  esac
+done
+
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
