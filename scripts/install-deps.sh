@@ -22,6 +22,7 @@ PACKAGES=(
   cmake ninja-build g++ clang-format python3
   libboost-dev libfmt-dev libspdlog-dev libgtest-dev libbenchmark-dev nlohmann-json3-dev
   python3-matplotlib
+  clang-14 libclang-rt-14-dev  # the libFuzzer targets of tests/fuzz (docs/robustness.md)
 )
 
 missing=()
