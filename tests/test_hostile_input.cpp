@@ -192,6 +192,36 @@ TEST(HostileInput, HugeSharedAnonymousMappingIsSparse) {
   EXPECT_EQ(big.error(), Errno::nomem);
 }
 
+// Any length the address space allows maps at once, private or shared, and goes away at once.
+TEST(HostileInput, MappingsAsLongAsTheAddressSpaceAreCheap) {
+  Machine m({.memory_bytes = 16ull << 20});
+  Process& p = m.spawn();
+  constexpr vaddr_t kTaskSize = 0x7ffffffff000;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto a = p.mmap(0, kTaskSize - (1ull << 30), kRW, kPriv);
+  ASSERT_TRUE(a);
+  ASSERT_TRUE(p.store(*a + (1ull << 46), 6));
+  auto c = p.fork();
+  ASSERT_TRUE(c);
+  EXPECT_EQ(*(*c)->load(*a + (1ull << 46)), 6u);
+  ASSERT_TRUE(p.munmap(*a, kTaskSize - (1ull << 30)));
+  auto s = p.mmap(0, (1ull << 44) - kPage, kRW, kShared | MapFlags::populate);
+  ASSERT_TRUE(s);  // populating 16 TiB stops when memory runs out (errors ignored, as Linux)
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  EXPECT_NO_THROW(m.check_invariants());
+}
+
+// The largest memory allowed builds: 2^46 bytes (threw std::bad_alloc from calloc before).
+TEST(HostileInput, LargestMemoryBuilds) {
+  Machine m({.memory_bytes = 1ull << 46});
+  EXPECT_EQ(m.total_pages(), 1ull << 34);
+  Process& p = m.spawn();
+  const vaddr_t a = *p.mmap(0, 16 * kPage, kRW, kPriv);
+  ASSERT_TRUE(p.store(a, 1));
+  ASSERT_TRUE(p.fork());
+  EXPECT_NO_THROW(m.check_invariants());
+}
+
 // ---- item 5: the JSON loader checks types and ranges ----
 
 TEST(HostileInput, JsonValuesAreTypeAndRangeChecked) {

@@ -20,6 +20,7 @@
 #include <cowpte/cowpte.hpp>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -33,6 +34,18 @@ using namespace cowpte;
 constexpr std::uint64_t kPage = 4096;
 constexpr vaddr_t kTaskSize = 0x7ffffffff000;
 constexpr vaddr_t kBase = 0x10000000;  // most addresses fall in a 64 MiB window from here
+
+// COWPTE_FUZZ_STATS=1: print at exit how many loads the model checked (and how many of those
+// read a stored, non-zero value), to see that the harness reaches the checked paths.
+struct Stats {
+  std::uint64_t checked = 0, nonzero = 0, forks = 0, calls = 0;
+  ~Stats() {
+    if (std::getenv("COWPTE_FUZZ_STATS"))
+      std::fprintf(stderr, "fuzz_facade: %llu calls, %llu forks, %llu loads checked, %llu non-zero\n",
+                   (unsigned long long)calls, (unsigned long long)forks,
+                   (unsigned long long)checked, (unsigned long long)nonzero);
+  }
+} stats;
 
 [[noreturn]] void fail(const std::string& what) {
   std::fprintf(stderr, "fuzz_facade: %s\n", what.c_str());
@@ -242,6 +255,8 @@ struct Harness {
         if (r && md.valid && (a & 7) == 0 && md.priv.contains(a)) {
           auto w = md.words.find(a);
           const std::uint64_t want = w == md.words.end() ? 0 : w->second;
+          ++stats.checked;
+          stats.nonzero += want != 0;
           if (*r != want)
             fail("pid " + std::to_string(p.pid()) + " load " + std::to_string(a) + " read " +
                  std::to_string(*r) + ", the model says " + std::to_string(want));
@@ -272,6 +287,7 @@ struct Harness {
             fail("fork: unexpected errno");
           break;
         }
+        ++stats.forks;
         procs.push_back(*r);
         Model child = md;  // md may move when model grows
         child.valid = md.valid && !md.dontfork_used;
@@ -399,6 +415,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   for (int n = 0; n < 400 && in.remaining_bytes(); ++n) {
     h.step();
+    ++stats.calls;
     h.check();
   }
   m->fail_nth_allocation(0);
