@@ -28,8 +28,7 @@ inline std::uint64_t uint_arg(const char* prog, const std::string& name, const s
                               std::uint64_t lo, std::uint64_t hi) {
   if (auto v = parse_uint(s, lo, hi)) return *v;
   std::fprintf(stderr, "%s: bad %s '%s': expected an integer in %llu..%llu\n", prog, name.c_str(),
-               s.c_str(), static_cast<unsigned long long>(lo),
-               static_cast<unsigned long long>(hi));
+               s.c_str(), static_cast<unsigned long long>(lo), static_cast<unsigned long long>(hi));
   std::exit(2);
 }
 

@@ -71,8 +71,8 @@ TEST(HostileInput, CpusZeroIsRejectedWhenTheMachineIsBuilt) {
 }
 
 TEST(HostileInput, CpusThatDoNotFitAreNotTruncatedByTheLoader) {
-  for (const char* json : {R"({"cpus": 4294967296})", R"({"cpus": 0})", R"({"cpus": -1})",
-                           R"({"cpus": 65})"}) {
+  for (const char* json :
+       {R"({"cpus": 4294967296})", R"({"cpus": 0})", R"({"cpus": -1})", R"({"cpus": 65})"}) {
     const std::string what = LoadError(json);
     EXPECT_NE(what.find("cpus"), std::string::npos) << json << ": " << what;
   }
@@ -265,8 +265,7 @@ TEST(HostileInput, JsonValuesAreTypeAndRangeChecked) {
   }
   // The ranges are in the message.
   EXPECT_NE(LoadError(R"({"timing": {"l1d": {"ways": 0}}})").find("1..64"), std::string::npos);
-  EXPECT_NE(LoadError(R"({"memory_bytes": -1})").find("65536..70368744177664"),
-            std::string::npos);
+  EXPECT_NE(LoadError(R"({"memory_bytes": -1})").find("65536..70368744177664"), std::string::npos);
   // Good values still load, and every default round-trips.
   const MachineConfig def = cowpte::machine_config_from_json(cowpte::to_json(MachineConfig{}));
   EXPECT_EQ(cowpte::to_json(def), cowpte::to_json(MachineConfig{}));

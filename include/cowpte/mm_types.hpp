@@ -67,8 +67,8 @@ struct AnonVma : boost::intrusive_ref_counter<AnonVma, boost::thread_unsafe_coun
 // The cache is sparse: host memory grows with the pages cached, not with the length mapped.
 struct ShmemFile : boost::intrusive_ref_counter<ShmemFile, boost::thread_unsafe_counter> {
   explicit ShmemFile(std::uint64_t pages) : size(pages) {}
-  std::uint64_t size;                   // the file's length in pages
-  std::map<std::uint64_t, Page*> cache;  // index -> page, only the cached ones
+  std::uint64_t size;                        // the file's length in pages
+  std::map<std::uint64_t, Page*> cache;      // index -> page, only the cached ones
   Page* lookup(std::uint64_t index) const {  // nullptr when not cached
     auto it = cache.find(index);
     return it == cache.end() ? nullptr : it->second;

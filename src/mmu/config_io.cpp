@@ -43,7 +43,7 @@ std::pair<std::uint64_t, std::uint64_t> int_range(const std::string& path, std::
 }
 
 template <class T>
-  requires std::is_unsigned_v<T>
+requires std::is_unsigned_v<T>
 void get_value(const json& v, const std::string& path, T& out) {
   const auto [lo, hi] = int_range(path, std::numeric_limits<T>::max());
   const std::string range = std::to_string(lo) + ".." + std::to_string(hi);
@@ -140,7 +140,8 @@ void check_geometry(const ArrayGeometry& g, const std::string& path) {
 void check_machine_config(const MachineConfig& cfg) {
   check_range("memory_bytes", cfg.memory_bytes, kMinMemoryBytes, kMaxMemoryBytes);
   check_range("cpus", cfg.cpus, 1, kMaxCpus);
-  if (cfg.cow_pte_policy != CowPtePolicy::seed && cfg.cow_pte_policy != CowPtePolicy::on_demand_fork)
+  if (cfg.cow_pte_policy != CowPtePolicy::seed &&
+      cfg.cow_pte_policy != CowPtePolicy::on_demand_fork)
     bad("cow_pte_policy", "is neither seed nor on_demand_fork");
   const TimingConfig& t = cfg.timing;
   if (!(t.ghz >= kMinGhz && t.ghz <= kMaxGhz))  // also rejects NaN
@@ -164,8 +165,8 @@ MachineConfig machine_config_from_json(const std::string& text) {
     known.emplace_back("cow_pte_policy");
     if (auto it = j.find("cow_pte_policy"); it != j.end()) {
       if (!it->is_string())
-        bad("cow_pte_policy", std::string("must be \"seed\" or \"on_demand_fork\", not ") +
-                                  it->type_name());
+        bad("cow_pte_policy",
+            std::string("must be \"seed\" or \"on_demand_fork\", not ") + it->type_name());
       const std::string p = it->get<std::string>();
       if (p == "seed") {
         cfg.cow_pte_policy = CowPtePolicy::seed;

@@ -217,7 +217,8 @@ class Checker {
 
   void count_file(ShmemFile& f) {
     for (const auto& [i, p] : f.cache) {
-      if (!p || i >= f.size) fail(fmt::format("shmem page cache index {} is empty or past the end", i));
+      if (!p || i >= f.size)
+        fail(fmt::format("shmem page cache index {} is empty or past the end", i));
       if (p->mapping != &f || p->index != i || PageAnon(*p))
         fail(fmt::format("shmem page cache index {} holds a page that is not its own", i));
       ref_[raw(k_.mem.pfn(*p))] += 1;

@@ -17,6 +17,7 @@
 // broken invariant or a load that disagrees with the model (__builtin_trap).
 #include <fuzzer/FuzzedDataProvider.h>
 
+#include <algorithm>
 #include <cowpte/cowpte.hpp>
 #include <cstdint>
 #include <cstdio>
@@ -25,6 +26,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -38,12 +40,19 @@ constexpr vaddr_t kBase = 0x10000000;  // most addresses fall in a 64 MiB window
 // COWPTE_FUZZ_STATS=1: print at exit how many loads the model checked (and how many of those
 // read a stored, non-zero value), to see that the harness reaches the checked paths.
 struct Stats {
-  std::uint64_t checked = 0, nonzero = 0, forks = 0, calls = 0;
+  std::uint64_t checked = 0, nonzero = 0, forks = 0, calls = 0, mmaps = 0, priv_mmaps = 0,
+                loads = 0, loads_ok = 0, dead = 0, stores_ok = 0;
   ~Stats() {
     if (std::getenv("COWPTE_FUZZ_STATS"))
-      std::fprintf(stderr, "fuzz_facade: %llu calls, %llu forks, %llu loads checked, %llu non-zero\n",
+      std::fprintf(stderr,
+                   "fuzz_facade: %llu calls, %llu forks, %llu loads checked, %llu non-zero\n",
                    (unsigned long long)calls, (unsigned long long)forks,
                    (unsigned long long)checked, (unsigned long long)nonzero);
+    if (std::getenv("COWPTE_FUZZ_STATS"))
+      std::fprintf(stderr, "mmaps %llu priv %llu loads %llu ok %llu dead %llu stores ok %llu\n",
+                   (unsigned long long)mmaps, (unsigned long long)priv_mmaps,
+                   (unsigned long long)loads, (unsigned long long)loads_ok,
+                   (unsigned long long)dead, (unsigned long long)stores_ok);
   }
 } stats;
 
@@ -93,6 +102,7 @@ struct Model {
   bool valid = true;           // false: nothing about this process is checked
   bool dontfork_used = false;  // a child's model would need per-VMA VM_DONTCOPY
   Ranges priv;                 // private anonymous memory
+  std::vector<std::pair<vaddr_t, std::uint64_t>> regions;  // what mmap returned (inherited)
   std::map<vaddr_t, std::uint64_t> words;
 
   void forget(vaddr_t a, vaddr_t b) {  // [a, b) is no longer (known) private anonymous memory
@@ -108,7 +118,27 @@ struct Harness {
   std::vector<Process*> procs;  // every process made, live or exited
   std::vector<Model> model;     // by index in procs
 
+  std::vector<std::pair<vaddr_t, std::uint64_t>>* regions = nullptr;  // the current process's
+  std::uint64_t stores = 0;
+
+  // Usually an address inside something this process mapped: most calls should hit memory.
+  vaddr_t in_region(bool word) {
+    const auto& [start, len] =
+        in.ConsumeBool()
+            ? regions->back()
+            : (*regions)[in.ConsumeIntegralInRange<std::size_t>(0, regions->size() - 1)];
+    const std::uint64_t span = std::min<std::uint64_t>(len, 1u << 20);
+    if (word && in.ConsumeIntegralInRange<int>(0, 3)) {  // a few words: loads meet stores
+      const std::uint64_t pages = std::min<std::uint64_t>(span / kPage, 4);
+      return start + in.ConsumeIntegralInRange<std::uint64_t>(0, pages - 1) * kPage +
+             in.ConsumeIntegralInRange<std::uint64_t>(0, 3) * 8;
+    }
+    if (word) return start + in.ConsumeIntegralInRange<std::uint64_t>(0, span / 8 - 1) * 8;
+    return start + in.ConsumeIntegralInRange<std::uint64_t>(0, span / kPage - 1) * kPage;
+  }
+
   vaddr_t addr() {
+    if (!regions->empty() && in.ConsumeIntegralInRange<int>(0, 3)) return in_region(false);
     switch (in.ConsumeIntegralInRange<int>(0, 7)) {
       case 0:
         return in.ConsumeIntegral<std::uint64_t>();  // anything at all
@@ -123,7 +153,8 @@ struct Harness {
         return kBase + in.ConsumeIntegralInRange<std::uint64_t>(0, 16383) * kPage;
     }
   }
-  vaddr_t word_addr() {  // loads and stores: usually aligned, in the window
+  vaddr_t word_addr() {  // loads and stores: usually aligned, in a mapping
+    if (!regions->empty() && in.ConsumeIntegralInRange<int>(0, 7)) return in_region(true);
     vaddr_t a = addr();
     if (in.ConsumeIntegralInRange<int>(0, 7)) a &= ~7ull;
     return a;
@@ -143,7 +174,9 @@ struct Harness {
     }
   }
   Prot prot() {
-    if (in.ConsumeIntegralInRange<int>(0, 15) == 0) return Prot(in.ConsumeIntegral<std::uint32_t>());
+    if (in.ConsumeIntegralInRange<int>(0, 15) == 0)
+      return Prot(in.ConsumeIntegral<std::uint32_t>());
+    if (in.ConsumeBool()) return Prot::read | Prot::write;
     return Prot(in.ConsumeIntegralInRange<std::uint32_t>(0, 7));
   }
   MapFlags map_flags() {
@@ -181,12 +214,21 @@ struct Harness {
     }
     procs.push_back(*r);
     model.emplace_back();
+    // A private mapping to start from, so that the first loads and stores hit memory. With a
+    // small memory or an injected failure it may fail like any other call.
+    auto a = (*r)->mmap(kBase, 16 * kPage, Prot::read | Prot::write,
+                        MapFlags::private_ | MapFlags::anonymous);
+    if (a) {
+      model.back().priv.add(*a, *a + 16 * kPage);
+      model.back().regions.emplace_back(*a, 16 * kPage);
+    }
   }
 
   void step() {
     const std::size_t i = pick();
     Process& p = *procs[i];
     Model& md = model[i];
+    regions = &md.regions;
     const bool alive = p.alive();
     switch (in.ConsumeIntegralInRange<int>(0, 24)) {
       case 0:
@@ -204,6 +246,9 @@ struct Harness {
           if (!alive) fail("mmap on an exited process succeeded");
           if (*r & (kPage - 1) || *r >= kTaskSize || alen > kTaskSize - *r)
             fail("mmap returned a bad address");
+          ++stats.mmaps;
+          stats.priv_mmaps += (fl & 0x03) == 0x02;
+          if (md.regions.size() < 64) md.regions.emplace_back(*r, alen);
           if ((fl & 0x03) == 0x02) {
             md.forget(*r, *r + alen);
             md.priv.add(*r, *r + alen);
@@ -251,6 +296,9 @@ struct Harness {
       case 7: {
         const vaddr_t a = word_addr();
         auto r = p.load(a);
+        ++stats.loads;
+        stats.loads_ok += bool(r);
+        stats.dead += !alive;
         if (r && !alive) fail("load on an exited process succeeded");
         if (r && md.valid && (a & 7) == 0 && md.priv.contains(a)) {
           auto w = md.words.find(a);
@@ -267,8 +315,12 @@ struct Harness {
       case 9:
       case 10: {
         const vaddr_t a = word_addr();
-        const std::uint64_t v = in.ConsumeIntegral<std::uint64_t>();
+        // Mostly distinct non-zero values that cost no input; now and then any value.
+        const std::uint64_t v = in.ConsumeIntegralInRange<int>(0, 7)
+                                    ? ++stores * 0x9e3779b97f4a7c15ull
+                                    : in.ConsumeIntegral<std::uint64_t>();
         auto r = p.store(a, v);
+        stats.stores_ok += bool(r);
         if (r) {
           if (!alive) fail("store on an exited process succeeded");
           if (a & 7) {
@@ -401,7 +453,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     fail("Machine accepted a configuration check_machine_config refuses");
   }
   m = std::make_unique<Machine>(cfg);
-  Harness h{in, *m, {}, {}};
+  Harness h{in, *m, {}, {}, nullptr, 0};
   h.spawn();
   if (h.procs.empty()) return 0;
   if (in.ConsumeBool()) {

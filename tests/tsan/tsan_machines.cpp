@@ -24,8 +24,8 @@ int work(unsigned id) {
     cfg.cow_pte_policy = round / 2 ? CowPtePolicy::on_demand_fork : CowPtePolicy::seed;
     Machine m(cfg);
     Process& p = m.spawn();
-    const vaddr_t a = *p.mmap(0, 512 * kPage, Prot::read | Prot::write,
-                              MapFlags::private_ | MapFlags::anonymous);
+    const vaddr_t a =
+        *p.mmap(0, 512 * kPage, Prot::read | Prot::write, MapFlags::private_ | MapFlags::anonymous);
     for (std::uint64_t i = 0; i < 512; ++i) (void)p.store(a + i * kPage, id * 1000 + i);
     (void)p.set_cow_pte();
     std::vector<Process*> kids;
