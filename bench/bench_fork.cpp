@@ -188,4 +188,11 @@ static void BM_Footprint(benchmark::State& state) {
 }
 BENCHMARK(BM_Footprint)->Arg(1)->Arg(64)->Iterations(1)->Unit(benchmark::kSecond);
 
-BENCHMARK_MAIN();
+// BENCHMARK_MAIN, with exit status 2 for an argument Google Benchmark does not know.
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -237,10 +237,20 @@ int main(int argc, char** argv) {
   std::string sweep_name = "short";
   std::vector<char*> args;
   for (int i = 0; i < argc; ++i) {
-    if (std::strncmp(argv[i], "--cowpte_sweep=", 15) == 0)
+    if (std::strncmp(argv[i], "--cowpte_sweep=", 15) == 0) {
       sweep_name = argv[i] + 15;
-    else
+    } else {
+      if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
+        // Ours first; Google Benchmark then prints its flags and exits 0.
+        std::printf(
+            "usage: %s [--cowpte_sweep=smoke|short|full] [Google Benchmark flags]\n"
+            "  --cowpte_sweep=NAME  the sizes and workloads to run: smoke (CI), short (default),\n"
+            "                       full (1 MiB to 64 GiB)\n\n",
+            argv[0]);
+        std::fflush(stdout);
+      }
       args.push_back(argv[i]);
+    }
   }
   static const Sweep sw = make_sweep(sweep_name);
   if (sw.forks.empty()) {

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.hpp"
 #include "real_fork.hpp"
 
 using namespace cowpte;
@@ -45,16 +46,40 @@ double simulated_fork_ns(const MachineConfig& base, std::uint64_t mib, std::uint
   return cycles / cfg.timing.ghz;
 }
 
+// Sizes in MiB, 1..65536 each (a real mapping of that size is populated and forked).
 std::vector<std::uint64_t> parse_sizes(const std::string& s) {
   std::vector<std::uint64_t> out;
   std::stringstream in(s);
-  for (std::string item; std::getline(in, item, ',');) out.push_back(std::stoull(item));
+  for (std::string item; std::getline(in, item, ',');)
+    out.push_back(cowpte::bench::uint_arg("cowpte_calibrate", "--sizes item", item, 1, 65536));
+  if (out.empty() || s.back() == ',')
+    out.push_back(cowpte::bench::uint_arg("cowpte_calibrate", "--sizes item", "", 1, 65536));
   return out;
 }
 
+constexpr const char* kUsage =
+    "usage: %s [--sizes MiB,MiB,...] [--runs N] [--rounds N] [--config machine.json] "
+    "[--json out.json]\n"
+    "  --sizes   sizes to fork, MiB, 1..65536 each (default 16,64,256,1024,4096)\n"
+    "  --runs    real forks per size and round, median taken, 1..1000 (default 5)\n"
+    "  --rounds  rounds over the sizes, 1..1000 (default 3)\n"
+    "  --config  the simulated machine, JSON (config_io.hpp)\n"
+    "  --json    also write the rows as JSON\n";
+
 }  // namespace
 
+int run(int argc, char** argv);
+
 int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {  // a real mmap or fork the host refused, say
+    std::fprintf(stderr, "cowpte_calibrate: %s\n", e.what());
+    return 1;
+  }
+}
+
+int run(int argc, char** argv) {
   std::vector<std::uint64_t> sizes{16, 64, 256, 1024, 4096};
   int runs = 5, rounds = 3;
   MachineConfig cfg;
@@ -63,26 +88,33 @@ int main(int argc, char** argv) {
     const std::string arg = argv[i];
     auto next = [&]() -> std::string {
       if (i + 1 >= argc) {
-        std::fprintf(stderr, "%s needs a value\n", arg.c_str());
+        std::fprintf(stderr, "cowpte_calibrate: %s needs a value\n", arg.c_str());
         std::exit(2);
       }
       return argv[++i];
     };
-    if (arg == "--sizes") {
+    if (arg == "--help" || arg == "-h") {
+      std::printf(kUsage, argv[0]);
+      return 0;
+    } else if (arg == "--sizes") {
       sizes = parse_sizes(next());
     } else if (arg == "--runs") {
-      runs = std::atoi(next().c_str());
+      runs = int(cowpte::bench::uint_arg("cowpte_calibrate", arg, next(), 1, 1000));
     } else if (arg == "--rounds") {
-      rounds = std::max(1, std::atoi(next().c_str()));
+      rounds = int(cowpte::bench::uint_arg("cowpte_calibrate", arg, next(), 1, 1000));
     } else if (arg == "--config") {
-      cfg = load_machine_config(next());
+      const std::string path = next();
+      try {
+        cfg = load_machine_config(path);
+      } catch (const std::invalid_argument& e) {
+        std::fprintf(stderr, "cowpte_calibrate: bad --config '%s': %s\n", path.c_str(), e.what());
+        return 2;
+      }
     } else if (arg == "--json") {
       json_out = next();
     } else {
-      std::fprintf(stderr,
-                   "usage: %s [--sizes MiB,MiB,...] [--runs N] [--rounds N] "
-                   "[--config machine.json] [--json out.json]\n",
-                   argv[0]);
+      std::fprintf(stderr, "cowpte_calibrate: unknown argument '%s'\n", arg.c_str());
+      std::fprintf(stderr, kUsage, argv[0]);
       return 2;
     }
   }

@@ -4,11 +4,31 @@
 #include <cowpte/cowpte.hpp>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
+
+#include "cli.hpp"
 
 using namespace cowpte;
 
 int main(int argc, char** argv) {
-  const std::uint64_t mib = argc > 1 ? std::strtoull(argv[1], nullptr, 0) : 256;
+  // cowpte_demo [MiB]: MiB is 1..65536 (default 256).
+  std::uint64_t mib = 256;
+  if (argc > 1) {
+    const std::string arg = argv[1];
+    if (arg == "--help" || arg == "-h") {
+      std::printf(
+          "usage: %s [MiB]\n"
+          "  populate MiB of private anonymous memory (1..65536, default 256), fork, and print\n"
+          "  what the fork did to the page tables and struct pages\n",
+          argv[0]);
+      return 0;
+    }
+    if (argc > 2) {
+      std::fprintf(stderr, "cowpte_demo: unexpected argument '%s'\n", argv[2]);
+      return 2;
+    }
+    mib = cowpte::bench::uint_arg("cowpte_demo", "MiB", arg, 1, 65536);
+  }
   const std::uint64_t len = mib << 20;
   Machine m(MachineConfig{.memory_bytes = 2 * len + (64ull << 20)});
   Process& parent = m.spawn();

@@ -8,19 +8,46 @@
 #
 #   bash scripts/compare.sh           the short sweep, 1 MiB to 1 GiB (half a minute once built)
 #   bash scripts/compare.sh --full    1 MiB to 64 GiB and the larger workloads (three minutes)
-# Other arguments go to cowpte_bench_policies (for example --benchmark_filter=fork_server).
+#   bash scripts/compare.sh --help    usage; an unknown argument exits 2 before anything is built
+# --benchmark_* flags go to cowpte_bench_policies (for example --benchmark_filter=fork_server).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
+usage() {
+  cat <<'USAGE'
+usage: bash scripts/compare.sh [--smoke|--short|--full] [--benchmark_FLAG=VALUE...]
+  builds build-release/ and runs the fork-latency comparison, then prints its tables
+  --smoke   the CI sweep (seconds)
+  --short   1 MiB to 1 GiB (default; half a minute once built)
+  --full    1 MiB to 64 GiB and the larger workloads (three minutes)
+  --benchmark_*  passed to cowpte_bench_policies (for example --benchmark_filter=fork_server)
+writes results/compare-<sweep>.json, results/compare-<sweep>.log and results/plots-<sweep>/
+USAGE
+}
+
 sweep=short
 args=()
 for a in "$@"; do
   case $a in
+    -h | --help)
+      usage
+      exit 0
+      ;;
     --full) sweep=full ;;
     --smoke) sweep=smoke ;;
-    *) args+=("$a") ;;
+    --short) sweep=short ;;
+    --benchmark_list_tests | --benchmark_list_tests=*)
+      echo "compare.sh: $a lists nothing to compare; run build-release/bench/cowpte_bench_policies $a" >&2
+      exit 2
+      ;;
+    --benchmark_*=*) args+=("$a") ;;
+    *)
+      echo "compare.sh: unknown argument '$a'" >&2
+      usage >&2
+      exit 2
+      ;;
   esac
 done
 
@@ -42,9 +69,14 @@ mkdir -p results
 json=results/compare-$sweep.json
 log=results/compare-$sweep.log
 echo "compare.sh: running the '$sweep' sweep (Google Benchmark's console output: $log)"
+rm -f "$json"  # never report a previous run's results as this one's
 "$dir/bench/cowpte_bench_policies" --cowpte_sweep="$sweep" --benchmark_out="$json" \
   --benchmark_out_format=json "${args[@]}" >"$log" 2>&1 || {
   tail -n 20 "$log" >&2
   exit 1
 }
+if [[ ! -s $json ]]; then
+  echo "compare.sh: cowpte_bench_policies wrote no results to $json (see $log)" >&2
+  exit 1
+fi
 "$py" scripts/report.py "$json" --plots "results/plots-$sweep"

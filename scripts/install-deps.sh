@@ -4,10 +4,25 @@
 # Runs as root, or as a user with sudo (apt-get is then run through sudo).
 set -euo pipefail
 
+for a in "$@"; do
+  case $a in
+    -h | --help)
+      echo "usage: bash scripts/install-deps.sh   (no arguments)"
+      sed -n '2,4p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      exit 0
+      ;;
+    *)
+      echo "install-deps: unknown argument '$a' (see --help)" >&2
+      exit 2
+      ;;
+  esac
+done
+
 PACKAGES=(
   cmake ninja-build g++ clang-format clang-tidy python3
   libboost-dev libfmt-dev libspdlog-dev libgtest-dev libbenchmark-dev nlohmann-json3-dev
   python3-matplotlib
+  clang-14 libclang-rt-14-dev  # the libFuzzer targets of tests/fuzz (docs/robustness.md)
 )
 
 missing=()

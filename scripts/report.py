@@ -305,7 +305,10 @@ def main():
     ap.add_argument("--require-all", action="store_true",
                     help="fail unless every kind of benchmark ran (a filtered run need not)")
     a = ap.parse_args()
-    ctx, d = parse(a.json)
+    try:
+        ctx, d = parse(a.json)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # no file, or not benchmark JSON
+        ap.error(f"cannot read {a.json} as Google Benchmark JSON: {e!r}")
     seen = {r["policy"] for recs in d.values() for r in recs if "policy" in r}
     POLICIES[:] = [p for p in KNOWN if p in seen] + sorted(seen - set(KNOWN))
     errors = [r for recs in d.values() for r in recs if "error" in r]

@@ -10,8 +10,26 @@
 #      library) against it, then tests/consumer/add_subdirectory.
 #   4. the fork comparison's smoke sweep (bench/bench_policies.cpp) and its report and plots
 #      (scripts/report.py), which fails on a benchmark that failed or a workload that is missing.
+#   5. scripts/check-cli.sh: every program and script on --help and bad arguments.
+#   6. build-fuzz/  clang-14, libFuzzer + ASan + UBSan: each fuzz target of tests/fuzz for
+#                   COWPTE_FUZZ_SECONDS (60) from its seed corpus, both at once
+#   7. build-tsan/  ThreadSanitizer: two Machines on two threads (tests/tsan)
 # Exits non-zero on the first failure.
 set -euo pipefail
+
+for a in "$@"; do
+  case $a in
+    -h | --help)
+      echo "usage: bash scripts/test.sh   (no arguments; COWPTE_SKIP_ASAN=1 skips the sanitizer pass)"
+      sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      exit 0
+      ;;
+    *)
+      echo "test.sh: unknown argument '$a' (see --help)" >&2
+      exit 2
+      ;;
+  esac
+done
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -123,6 +141,51 @@ build/bench/cowpte_bench_policies --cowpte_sweep=smoke --benchmark_out="$tmp/smo
   exit 1
 }
 "$py" scripts/report.py "$tmp/smoke.json" --plots "$tmp/plots" --require-all >/dev/null
+passed=$((passed + 1))
+
+step "scripts/check-cli.sh: programs and scripts on hostile arguments"
+bash scripts/check-cli.sh build
+passed=$((passed + 1))
+
+step "build-fuzz/ (clang-14, libFuzzer + AddressSanitizer + UndefinedBehaviorSanitizer)"
+if [[ -f build-fuzz/CMakeCache.txt ]] && ! grep -q 'CMAKE_CXX_COMPILER:.*clang' build-fuzz/CMakeCache.txt; then
+  rm -rf build-fuzz
+fi
+CC=clang-14 CXX=clang++-14 configure build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOWPTE_FUZZ=ON \
+  -DCOWPTE_SANITIZE=ON -DCOWPTE_BUILD_TESTS=OFF -DCOWPTE_BUILD_BENCH=OFF
+cmake --build build-fuzz -j "$jobs"
+step "fuzzing: cowpte_fuzz_facade and cowpte_fuzz_config, ${COWPTE_FUZZ_SECONDS:-60} s each"
+# New inputs go to a scratch corpus; a crash is kept in build-fuzz/artifacts/ (docs/robustness.md
+# says how it becomes a corpus file and a regression test).
+mkdir -p build-fuzz/artifacts
+fuzz_pids=()
+for t in facade config; do
+  mkdir -p "$tmp/corpus-$t"
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    "build-fuzz/tests/fuzz/cowpte_fuzz_$t" "$tmp/corpus-$t" "tests/fuzz/corpus/$t" \
+    -dict="tests/fuzz/$t.dict" -max_total_time="${COWPTE_FUZZ_SECONDS:-60}" -timeout=30 \
+    -print_final_stats=1 -artifact_prefix="build-fuzz/artifacts/$t-" >"$tmp/fuzz-$t.log" 2>&1 &
+  fuzz_pids+=($!)
+done
+fuzz_failed=0
+for i in 0 1; do
+  t=$([[ $i == 0 ]] && echo facade || echo config)
+  if wait "${fuzz_pids[$i]}"; then
+    grep -E '^stat::number_of_executed_units|^Done' "$tmp/fuzz-$t.log" | sed "s/^/cowpte_fuzz_$t: /"
+    passed=$((passed + 1))
+  else
+    tail -n 60 "$tmp/fuzz-$t.log"
+    echo "cowpte_fuzz_$t failed; the input is in build-fuzz/artifacts/" >&2
+    fuzz_failed=1
+  fi
+done
+((fuzz_failed == 0)) || exit 1
+
+step "build-tsan/ (ThreadSanitizer): two Machines on two threads"
+configure build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOWPTE_TSAN=ON -DCOWPTE_BUILD_TESTS=OFF \
+  -DCOWPTE_BUILD_BENCH=OFF -DCOWPTE_SANITIZE=OFF
+cmake --build build-tsan -j "$jobs"
+TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/tsan/cowpte_tsan_machines
 passed=$((passed + 1))
 
 step "summary"

@@ -1,4 +1,8 @@
 // The facade: a simulated machine and the processes on it (the contract: docs/facade.md).
+//
+// Threads: a Machine and its Processes belong to one thread at a time (no call is safe
+// concurrently with another call on the same Machine or any of its Processes); different
+// Machines may run on different threads concurrently. docs/robustness.md has the details.
 #pragma once
 
 #include <cstdint>
@@ -40,6 +44,9 @@ class PolicyName {
   std::string name_;
 };
 
+// Every field is range-checked when a Machine is built (check_machine_config, config_io.hpp):
+// memory_bytes 64 KiB..2^46, cpus 1..64, the timing model's ghz and geometries; a value out of
+// range is a std::invalid_argument naming the field and the allowed range.
 struct MachineConfig {
   std::uint64_t memory_bytes = 4ull << 30;  // simulated physical memory
   unsigned cpus = 1;
@@ -53,12 +60,17 @@ struct MachineConfig {
 
 class Machine {
  public:
+  // Throws std::invalid_argument for a configuration out of range (check_machine_config).
   explicit Machine(const MachineConfig& = {});
   ~Machine();
   Machine(const Machine&) = delete;
   Machine& operator=(const Machine&) = delete;
 
-  Process& spawn();                   // a new process with an empty address space
+  // A new process with an empty address space. Throws std::runtime_error when no PCID is left
+  // (4,095 live processes) or the pgd cannot be allocated; nothing is leaked either way.
+  Process& spawn();
+  // spawn() without exceptions: EAGAIN at the PCID limit, ENOMEM when memory is short.
+  Result<Process*> try_spawn();
   Process* find(int pid);             // nullptr once the process has exited
   void check_invariants() const;      // throws InvariantViolation naming the first broken one
   std::uint64_t total_pages() const;  // frames of simulated memory
@@ -66,8 +78,10 @@ class Machine {
   // Frames holding page tables now, every level and the pgds (/proc/meminfo's PageTables).
   // Unlike the per-process VmPTE, a table shared by COW PTE counts once here.
   std::uint64_t pgtable_frames() const;
-  PageInfo page_info(pfn_t) const;             // the struct page of one frame, read-only
-  PtWalk walk(const Process&, vaddr_t) const;  // the page-table path of one address
+  PageInfo page_info(pfn_t) const;  // the struct page of one frame, read-only
+  // The page-table path of one address. Every call taking a Process throws
+  // std::invalid_argument for a Process of another Machine.
+  PtWalk walk(const Process&, vaddr_t) const;
 
   // --- extensions ---
   const MachineConfig& config() const;

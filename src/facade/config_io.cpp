@@ -4,20 +4,66 @@
 
 #include <algorithm>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
+#include <type_traits>
+#include <utility>
 
 namespace cowpte {
 
 namespace {
 using nlohmann::json;
 
-// Read obj[key] into v if present, and mark the key as known.
+[[noreturn]] void bad(const std::string& path, const std::string& what) {
+  throw std::invalid_argument("cowpte config: " + path + " " + what);
+}
+
+// The checked readers: obj[key], if present, must have the right JSON type and lie in the
+// allowed range; the error names the JSON path. Mark the key as known.
+void get_value(const json& v, const std::string& path, bool& out) {
+  if (!v.is_boolean()) bad(path, std::string("must be true or false, not ") + v.type_name());
+  out = v.get<bool>();
+}
+void get_value(const json& v, const std::string& path, double& out) {
+  if (!v.is_number()) bad(path, std::string("must be a number, not ") + v.type_name());
+  out = v.get<double>();
+}
+// The range of an integer field (the same as check_machine_config's), else its type's.
+std::pair<std::uint64_t, std::uint64_t> int_range(const std::string& path, std::uint64_t type_max) {
+  auto ends_with = [&](const char* tail) {
+    const std::string t(tail);
+    return path.size() >= t.size() && path.compare(path.size() - t.size(), t.size(), t) == 0;
+  };
+  if (path == "memory_bytes") return {kMinMemoryBytes, kMaxMemoryBytes};
+  if (path == "cpus") return {1, kMaxCpus};
+  if (path.starts_with("timing.") && ends_with(".sets")) return {1, kMaxSets};
+  if (path.starts_with("timing.") && ends_with(".ways")) return {1, kMaxWays};
+  return {0, type_max};
+}
+
 template <class T>
-void get(const json& obj, const char* key, T& v, std::vector<std::string>& known) {
+requires std::is_unsigned_v<T>
+void get_value(const json& v, const std::string& path, T& out) {
+  const auto [lo, hi] = int_range(path, std::numeric_limits<T>::max());
+  const std::string range = std::to_string(lo) + ".." + std::to_string(hi);
+  if (!v.is_number_integer()) bad(path, "must be an integer in " + range + ", not " + v.dump());
+  if (!v.is_number_unsigned() || v.get<std::uint64_t>() < lo || v.get<std::uint64_t>() > hi)
+    bad(path, "is " + v.dump() + ", out of range " + range);
+  out = static_cast<T>(v.get<std::uint64_t>());
+}
+
+template <class T>
+void get(const json& obj, const char* key, T& v, std::vector<std::string>& known,
+         const std::string& where) {
   known.emplace_back(key);
-  if (auto it = obj.find(key); it != obj.end()) it->get_to(v);
+  if (auto it = obj.find(key); it != obj.end())
+    get_value(*it, where.empty() ? key : where + "." + key, v);
+}
+
+void require_object(const json& j, const std::string& path) {
+  if (!j.is_object()) bad(path, std::string("must be a JSON object, not ") + j.type_name());
 }
 
 void reject_unknown(const json& obj, const std::vector<std::string>& known, const char* where) {
@@ -28,10 +74,11 @@ void reject_unknown(const json& obj, const std::vector<std::string>& known, cons
 }
 
 void from(const json& j, ArrayGeometry& g, const char* where) {
+  require_object(j, where);
   std::vector<std::string> known;
-  get(j, "sets", g.sets, known);
-  get(j, "ways", g.ways, known);
-  get(j, "latency", g.latency, known);
+  get(j, "sets", g.sets, known, where);
+  get(j, "ways", g.ways, known, where);
+  get(j, "latency", g.latency, known, where);
   reject_unknown(j, known, where);
 }
 json to(const ArrayGeometry& g) {
@@ -67,8 +114,9 @@ json to(const ArrayGeometry& g) {
 // clang-format on
 
 void from(const json& j, TimingConfig& t) {
+  require_object(j, "timing");
   std::vector<std::string> known;
-#define X(m) get(j, #m, t.m, known);
+#define X(m) get(j, #m, t.m, known, "timing");
   COWPTE_TIMING_SCALARS(X)
 #undef X
 #define X(m)              \
@@ -90,23 +138,59 @@ json to(const TimingConfig& t) {
 }
 }  // namespace
 
+namespace {
+void check_range(const std::string& path, std::uint64_t v, std::uint64_t lo, std::uint64_t hi) {
+  if (v < lo || v > hi)
+    bad(path, "is " + std::to_string(v) + ", out of range " + std::to_string(lo) + ".." +
+                  std::to_string(hi));
+}
+void check_geometry(const ArrayGeometry& g, const std::string& path) {
+  check_range(path + ".sets", g.sets, 1, kMaxSets);
+  if (g.sets & (g.sets - 1))
+    bad(path + ".sets", "is " + std::to_string(g.sets) + ", not a power of two (1.." +
+                            std::to_string(kMaxSets) + ")");
+  check_range(path + ".ways", g.ways, 1, kMaxWays);
+  check_range(path + ".sets * " + path + ".ways", std::uint64_t(g.sets) * g.ways, 1, kMaxEntries);
+}
+// For errors: the names a cow_pte_policy may take.
+std::string policy_list() {
+  std::string names;
+  for (const std::string& n : fork_policy_names()) names += (names.empty() ? "" : ", ") + n;
+  return "not a fork policy (" + names + ")";
+}
+
+}  // namespace
+
+void check_machine_config(const MachineConfig& cfg) {
+  check_range("memory_bytes", cfg.memory_bytes, kMinMemoryBytes, kMaxMemoryBytes);
+  check_range("cpus", cfg.cpus, 1, kMaxCpus);
+  if (!find_fork_policy(cfg.cow_pte_policy))
+    bad("cow_pte_policy", "\"" + cfg.cow_pte_policy.str() + "\" is " + policy_list());
+  const TimingConfig& t = cfg.timing;
+  if (!(t.ghz >= kMinGhz && t.ghz <= kMaxGhz))  // also rejects NaN
+    bad("timing.ghz", "is " + std::to_string(t.ghz) + ", out of range " + std::to_string(kMinGhz) +
+                          ".." + std::to_string(kMaxGhz));
+#define X(m) check_geometry(t.m, "timing." #m);
+  COWPTE_TIMING_GEOMETRY(X)
+#undef X
+}
+
 MachineConfig machine_config_from_json(const std::string& text) {
   MachineConfig cfg;
   try {
     const json j = json::parse(text);
+    if (!j.is_object())
+      bad("the machine", std::string("must be a JSON object, not ") + j.type_name());
     std::vector<std::string> known;
-    get(j, "memory_bytes", cfg.memory_bytes, known);
-    get(j, "cpus", cfg.cpus, known);
-    get(j, "trace", cfg.trace, known);
+    get(j, "memory_bytes", cfg.memory_bytes, known, "");
+    get(j, "cpus", cfg.cpus, known, "");
+    get(j, "trace", cfg.trace, known, "");
     known.emplace_back("cow_pte_policy");
     if (auto it = j.find("cow_pte_policy"); it != j.end()) {
+      if (!it->is_string())
+        bad("cow_pte_policy", std::string("must be a string, not ") + it->type_name());
       const std::string p = it->get<std::string>();
-      if (!find_fork_policy(p)) {
-        std::string names;
-        for (const std::string& n : fork_policy_names()) names += (names.empty() ? "" : ", ") + n;
-        throw std::invalid_argument("cowpte config: cow_pte_policy \"" + p +
-                                    "\" is not a fork policy (" + names + ")");
-      }
+      if (!find_fork_policy(p)) bad("cow_pte_policy", "\"" + p + "\" is " + policy_list());
       cfg.cow_pte_policy = p;
     }
     known.emplace_back("timing");
@@ -115,6 +199,7 @@ MachineConfig machine_config_from_json(const std::string& text) {
   } catch (const json::exception& e) {
     throw std::invalid_argument(std::string("cowpte config: ") + e.what());
   }
+  check_machine_config(cfg);  // the ranges, named by the same paths
   return cfg;
 }
 

@@ -1,6 +1,8 @@
 // Entry decoding and the ptdump listing (arch/x86/mm/dump_pagetables.c).
 #include "cowpte/model/format.hpp"
 
+#include <stdexcept>
+
 #include "mm/kernel.hpp"
 
 namespace cowpte {
@@ -34,6 +36,8 @@ const char* kLevel[] = {"pgd", "pud", "pmd", "pte"};
 }
 
 std::string Machine::ptdump(const Process& p) const {
+  if (&const_cast<Process&>(p).machine() != this)
+    throw std::invalid_argument("cowpte: Machine::ptdump: the Process belongs to another Machine");
   std::string out = fmt::format("---[ pid {} ]---\n", p.pid());
   const MmStruct* mm = p.mm();
   if (!mm) return out + "(exited)\n";

@@ -4,8 +4,10 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <mutex>
 #include <stdexcept>
 
+#include "cowpte/config_io.hpp"
 #include "mm/kernel.hpp"
 
 namespace cowpte {
@@ -50,13 +52,15 @@ Kernel::Kernel(Machine& m, const MachineConfig& c) : machine(m), cfg(c), mem(c.m
   zero_page->set(PG_zero);
   zero_page->set(PG_reserved);
   if (cfg.trace) {
+    // One "cowpte" logger for every Machine: lookup and creation under one lock, so that two
+    // Machines built on two threads do not both try to register it.
+    static std::mutex registry_lock;
+    std::lock_guard guard(registry_lock);
     tracer = spdlog::get("cowpte");
     if (!tracer) tracer = spdlog::stderr_color_mt("cowpte");
     tracer->set_level(spdlog::level::trace);
   }
   if (cfg.timing.enabled) {
-    if (cfg.cpus == 0 || cfg.cpus > kMaxCpus)
-      throw std::invalid_argument("cowpte: cpus must be 1.." + std::to_string(kMaxCpus));
     hw = std::make_unique<Hardware>(cfg.timing, cfg.cpus, cfg.memory_bytes);
     timed_locks = make_timed_locks(*this);
   }
@@ -64,16 +68,13 @@ Kernel::Kernel(Machine& m, const MachineConfig& c) : machine(m), cfg(c), mem(c.m
 
 Kernel::~Kernel() { procs.clear(); }
 
+// Machine::try_spawn does the work; spawn() turns its errors into exceptions.
 Process& Kernel::spawn() {
-  auto mm = std::make_unique<MmStruct>();
-  if (!pgd_alloc(*mm)) throw std::runtime_error("cowpte: out of memory for a new pgd");
-  const int pid = static_cast<int>(procs.size()) + 1;
-  mm->pid = pid;
-  mm->pcid = alloc_pcid();
-  if (!mm->pcid) throw std::runtime_error("cowpte: no free PCID (4095 live processes)");
-  procs.push_back(std::unique_ptr<Process>(new Process(machine, pid, std::move(mm))));
-  proc_stats.emplace_back();
-  return *procs.back();
+  auto r = machine.try_spawn();
+  if (!r && r.error() == Errno::again)
+    throw std::runtime_error("cowpte: no free PCID (4095 live processes)");
+  if (!r) throw std::runtime_error("cowpte: out of memory for a new pgd");
+  return **r;
 }
 
 void Kernel::release_gup_refs(int pid) {
@@ -104,10 +105,28 @@ void Kernel::do_exit(Process& p) {
 
 // ---------------- Machine ----------------
 
-Machine::Machine(const MachineConfig& cfg) : kernel_(std::make_unique<Kernel>(*this, cfg)) {}
+Machine::Machine(const MachineConfig& cfg)
+    : kernel_((check_machine_config(cfg), std::make_unique<Kernel>(*this, cfg))) {}
 Machine::~Machine() = default;
 
 Process& Machine::spawn() { return kernel_->spawn(); }
+
+// The PCID first, then the pgd: a failure gives back what was taken, so nothing leaks.
+Result<Process*> Machine::try_spawn() {
+  Kernel& k = *kernel_;
+  auto mm = std::make_unique<MmStruct>();
+  mm->pcid = k.alloc_pcid();
+  if (!mm->pcid) return Errno::again;  // the model's process limit: 4095 live processes
+  if (!k.pgd_alloc(*mm)) {
+    k.pcid_used[mm->pcid] = false;
+    return Errno::nomem;
+  }
+  const int pid = static_cast<int>(k.procs.size()) + 1;
+  mm->pid = pid;
+  k.procs.push_back(std::unique_ptr<Process>(new Process(*this, pid, std::move(mm))));
+  k.proc_stats.emplace_back();
+  return k.procs.back().get();
+}
 
 Process* Machine::find(int pid) {
   if (pid < 1 || pid > static_cast<int>(kernel_->procs.size())) return nullptr;
@@ -147,7 +166,15 @@ PageInfo Machine::page_info(pfn_t pfn) const {
                   p.test(PG_zero), p.test(PG_swapcache),      p.test(PG_dirty)};
 }
 
+// A Process belongs to the Machine that made it: one from another Machine is refused.
+static void check_owner(const Machine& m, const Process& p, const char* call) {
+  if (&const_cast<Process&>(p).machine() != &m)
+    throw std::invalid_argument(std::string("cowpte: Machine::") + call +
+                                ": the Process belongs to another Machine");
+}
+
 PtWalk Machine::walk(const Process& proc, vaddr_t va) const {
+  check_owner(*this, proc, "walk");
   PtWalk w{0, {}, {}};
   const MmStruct* mm = proc.mm();
   if (!mm || !is_canonical(va) || va >= TASK_SIZE) return w;

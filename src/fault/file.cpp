@@ -13,12 +13,11 @@ ShmemFile::~ShmemFile() {
 
 // shmem_evict_inode -> shmem_truncate_range: the cache drops its reference on every page.
 void Kernel::shmem_truncate(ShmemFile& file) {
-  for (Page*& p : file.cache) {
-    if (!p) continue;
+  for (auto& [index, p] : file.cache) {
     p->mapping = nullptr;
     mem.put_page(*p);
-    p = nullptr;
   }
+  file.cache.clear();
 }
 
 // shmem_fault: find the page in the cache or allocate a zeroed one there. The caller gets a
@@ -27,7 +26,7 @@ vm_fault_t Kernel::shmem_fault(VmFault& vmf) {
   Vma& vma = *vmf.vma;
   ShmemFile& file = *vma.vm_file;
   const std::uint64_t index = vma.vm_pgoff + ((vmf.address - vma.vm_start) >> PAGE_SHIFT);
-  Page* page = file.cache[index];
+  Page* page = file.lookup(index);
   if (!page) {
     page = mem.alloc_page();  // shmem_alloc_and_acct_folio; the cache's reference
     if (!page) return VM_FAULT_OOM;
@@ -101,7 +100,7 @@ vm_fault_t Kernel::do_fault_around(VmFault& vmf) {
   SpinGuard ptl(pte_lockptr(*pte.table));
   vaddr_t addr = address;
   for (std::uint64_t pgoff = start_pgoff; pgoff <= end_pgoff; ++pgoff, ++pte.p, addr += PAGE_SIZE) {
-    Page* page = file.cache[pgoff];
+    Page* page = file.lookup(pgoff);
     if (!page || !pte_none(pte.get())) continue;
     if (addr == vmf.address) ret = VM_FAULT_NOPAGE;
     get_page(*page);

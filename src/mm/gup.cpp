@@ -1,9 +1,18 @@
 // get_user_pages and pinning (mm/gup.c): follow the tables, fault pages in where they are
 // missing or must be unshared, and take a reference (FOLL_GET) or a pin (FOLL_PIN).
+#include <limits>
+
 #include "mm/errno.hpp"
 #include "mm/kernel.hpp"
 
 namespace cowpte {
+
+namespace {
+// try_grab_page refuses (-ENOMEM) a reference that would overflow page_ref_count. Linux notices
+// the overflow once the count has gone negative; the model refuses before it, keeping a margin
+// for the unchecked references that mappings take (get_page at fault and fork time).
+constexpr std::int32_t kGrabLimit = std::numeric_limits<std::int32_t>::max() - (1 << 20);
+}  // namespace
 
 // check_vma_flags: may GUP access this VMA this way?
 int Kernel::check_vma_flags(const Vma& vma, unsigned gup_flags) noexcept {
@@ -55,7 +64,12 @@ Page* Kernel::follow_page_pte(Vma& vma, vaddr_t addr, unsigned flags, bool& unsh
     unshare = true;
     return nullptr;
   }
-  page->_refcount += (flags & FOLL_PIN) ? GUP_PIN_COUNTING_BIAS : 1;  // try_grab_page
+  const std::int32_t refs = (flags & FOLL_PIN) ? GUP_PIN_COUNTING_BIAS : 1;  // try_grab_page
+  if (page->_refcount <= 0 || page->_refcount > kGrabLimit - refs) {
+    oom = true;  // -ENOMEM: __get_user_pages returns what it grabbed so far, or the error
+    return nullptr;
+  }
+  page->_refcount += refs;
   if (flags & FOLL_TOUCH) {  // mark_page_accessed / set_page_dirty on a write
     if ((flags & FOLL_WRITE) && !PageAnon(*page)) page->set(PG_dirty);
   }

@@ -51,7 +51,7 @@ class Checker {
       if (v.vm_mm != &mm)
         fail(fmt::format("pid {}: VMA {:#x} has a foreign vm_mm", pid, v.vm_start));
       if (v.vm_file) {
-        if (v.vm_pgoff + v.pages() > v.vm_file->cache.size())
+        if (v.vm_pgoff + v.pages() > v.vm_file->size)
           fail(fmt::format("pid {}: VMA {:#x} beyond its shmem file", pid, v.vm_start));
         files_.insert(v.vm_file.get());
       }
@@ -205,7 +205,7 @@ class Checker {
     if (vma.vm_file) {
       const std::uint64_t index = vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT);
       if (PageAnon(page) || page.mapping != vma.vm_file.get() || page.index != index ||
-          vma.vm_file->cache[index] != &page)
+          vma.vm_file->lookup(index) != &page)
         fail(fmt::format("pid {}: shmem PTE at {:#x} maps a page not cached at index {}", pid, addr,
                          index));
     } else {
@@ -217,9 +217,9 @@ class Checker {
   }
 
   void count_file(ShmemFile& f) {
-    for (std::uint64_t i = 0; i < f.cache.size(); ++i) {
-      Page* p = f.cache[i];
-      if (!p) continue;
+    for (const auto& [i, p] : f.cache) {
+      if (!p || i >= f.size)
+        fail(fmt::format("shmem page cache index {} is empty or past the end", i));
       if (p->mapping != &f || p->index != i || PageAnon(*p))
         fail(fmt::format("shmem page cache index {} holds a page that is not its own", i));
       ref_[raw(k_.mem.pfn(*p))] += 1;

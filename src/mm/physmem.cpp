@@ -1,4 +1,6 @@
 // Simulated physical memory: mem_map, the free list and order-0 allocation (mm/page_alloc.c).
+#include <sys/mman.h>
+
 #include <cstdlib>
 #include <new>
 
@@ -6,17 +8,38 @@
 
 namespace cowpte {
 
+namespace {
+// Up to 32 GiB of simulated memory (256 MiB of mem_map) mem_map comes from calloc, where the
+// sanitizers see its bounds; above, from an mmap with MAP_NORESERVE: the largest memory
+// allowed (2^46 bytes) reserves 512 GiB of address space, which calloc's accounted mapping is
+// refused under the default overcommit heuristic.
+constexpr std::uint64_t kCallocMax = 256ull << 20;
+std::uint64_t map_bytes(std::uint64_t frames) { return (frames ? frames : 1) * sizeof(Page); }
+}  // namespace
+
 PhysMem::PhysMem(std::uint64_t memory_bytes) : nr_frames_(memory_bytes >> PAGE_SHIFT) {
-  // calloc leaves the untouched part of mem_map to the host's zero pages, so a large simulated
+  // Either way the untouched part of mem_map stays the host's zero pages, so a large simulated
   // memory costs host memory only for the frames that were ever handed out.
-  mem_map_ = static_cast<Page*>(std::calloc(nr_frames_ ? nr_frames_ : 1, sizeof(Page)));
-  if (!mem_map_) throw std::bad_alloc();
+  const std::uint64_t bytes = map_bytes(nr_frames_);
+  if (bytes <= kCallocMax) {
+    mem_map_ = static_cast<Page*>(std::calloc(bytes / sizeof(Page), sizeof(Page)));
+    if (!mem_map_) throw std::bad_alloc();
+    return;
+  }
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  mem_map_ = static_cast<Page*>(p);
 }
 
 PhysMem::~PhysMem() {
   free_list_.clear();
   for (std::uint64_t i = 0; i < watermark_; ++i) mem_map_[i].~Page();
-  std::free(mem_map_);
+  if (map_bytes(nr_frames_) <= kCallocMax) {
+    std::free(mem_map_);
+  } else {
+    ::munmap(mem_map_, map_bytes(nr_frames_));
+  }
 }
 
 Page* PhysMem::alloc_page() {

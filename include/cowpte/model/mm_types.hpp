@@ -8,8 +8,10 @@
 #include <boost/smart_ptr/intrusive_ptr.hpp>
 #include <boost/smart_ptr/intrusive_ref_counter.hpp>
 #include <cstdint>
+#include <map>
 #include <vector>
 
+#include "cowpte/config_io.hpp"  // kMaxCpus
 #include "cowpte/model/page.hpp"
 #include "cowpte/model/pgtable_types.hpp"
 #include "cowpte/model/spinlock.hpp"
@@ -60,9 +62,15 @@ struct AnonVma : boost::intrusive_ref_counter<AnonVma, boost::thread_unsafe_coun
 
 // The shmem inode behind MAP_SHARED|MAP_ANONYMOUS (shmem_zero_setup): a page cache indexed by
 // page offset. Each cached page holds one reference for the cache.
+// The cache is sparse: host memory grows with the pages cached, not with the length mapped.
 struct ShmemFile : boost::intrusive_ref_counter<ShmemFile, boost::thread_unsafe_counter> {
-  explicit ShmemFile(std::uint64_t pages) : cache(pages, nullptr) {}
-  std::vector<Page*> cache;  // index -> page, nullptr when not cached
+  explicit ShmemFile(std::uint64_t pages) : size(pages) {}
+  std::uint64_t size;                        // the file's length in pages
+  std::map<std::uint64_t, Page*> cache;      // index -> page, only the cached ones
+  Page* lookup(std::uint64_t index) const {  // nullptr when not cached
+    auto it = cache.find(index);
+    return it == cache.end() ? nullptr : it->second;
+  }
   class Kernel* kernel = nullptr;
   ~ShmemFile();  // shmem_evict_inode: truncate the cache
 };
@@ -109,9 +117,6 @@ inline bool is_cow_mapping(std::uint64_t flags) noexcept {
 inline bool vma_is_accessible(const Vma& v) noexcept { return v.vm_flags & VM_ACCESS_FLAGS; }
 // CONFIG_MEM_SOFT_DIRTY: tracking is on for a VMA once clear_refs cleared its VM_SOFTDIRTY.
 inline bool vma_soft_dirty_enabled(const Vma& v) noexcept { return !(v.vm_flags & VM_SOFTDIRTY); }
-
-// The model's CPU limit: mm_cpumask is one 64-bit word (MmStruct::cpumask).
-inline constexpr unsigned kMaxCpus = 64;
 
 // struct mm_struct.
 struct MmStruct {
