@@ -46,7 +46,8 @@ std::string_view to_string(Errno e) noexcept {
 
 // ---------------- Kernel: boot, processes ----------------
 
-Kernel::Kernel(Machine& m, const MachineConfig& c) : machine(m), cfg(c), mem(c.memory_bytes) {
+Kernel::Kernel(Machine& m, const MachineConfig& c)
+    : CostModel(&mem), machine(m), cfg(c), mem(c.memory_bytes) {
   if (mem.total_pages() < 16) throw std::invalid_argument("cowpte: memory_bytes below 64 KiB");
   zero_page = mem.alloc_page();  // empty_zero_page: reserved, never freed
   zero_page->set(PG_zero);

@@ -145,7 +145,7 @@ int Kernel::tfork_one_pte_table(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
       }
       set_pte_at(dst, pte_mkold(v));
       tm_entry(dst);
-      tm_cycles(hw ? hw->cfg.pte_op : 0);
+      tm_op(Op::pte);
     }
   }
   ++mm.write_protect_seq;

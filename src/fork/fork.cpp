@@ -14,7 +14,7 @@ int Kernel::dup_mmap(MmStruct& mm, MmStruct& oldmm) {
   cow_pte_recover = {};
   for (Vma& mpnt : oldmm.mm_mt) {
     if (mpnt.vm_flags & VM_DONTCOPY) continue;
-    if (hw) tm_cycles(hw->cfg.vma_op);
+    tm_op(Op::vma);
     Vma* tmp = vm_area_dup(mpnt);
     if (!tmp) {
       retval = -ENOMEM;
@@ -46,7 +46,7 @@ int Kernel::dup_mmap(MmStruct& mm, MmStruct& oldmm) {
 Result<Process*> Kernel::kernel_clone(Process& parent) {
   MmStruct& oldmm = *parent.mm();
   COWPTE_TRACE(*this, "fork: pid {} start", oldmm.pid);
-  if (hw) tm_cycles(hw->cfg.fork_base);  // copy_process: task, creds, files, signals, pid
+  tm_op(Op::fork_base);  // copy_process: task, creds, files, signals, pid
   if (oldmm.test_flag(MMF_COW_PTE_READY)) {
     oldmm.clear_flag(MMF_COW_PTE_READY);
     oldmm.set_flag(MMF_COW_PTE);

@@ -15,6 +15,7 @@
 #include "cowpte/model/page.hpp"
 #include "cowpte/model/pgtable.hpp"
 #include "mm/errno.hpp"
+#include "mmu/cost_model.hpp"
 #include "mmu/hw.hpp"
 
 namespace cowpte {
@@ -79,7 +80,7 @@ struct GupRef {
 
 // Kernel is the PolicyOps a fork policy gets (final: its own calls of table_of and
 // copy_pte_range are direct calls).
-class Kernel final : public PolicyOps {
+class Kernel final : public PolicyOps, public CostModel {
  public:
   Kernel(Machine& machine, const MachineConfig& cfg);
   ~Kernel();
@@ -93,58 +94,6 @@ class Kernel final : public PolicyOps {
   TlbStats tlb_stats;
   std::shared_ptr<spdlog::logger> tracer;  // null when tracing is off
 
-  // ---- the timing model (src/mmu/timing.cpp); hw is null when it is off ----
-  std::unique_ptr<Hardware> hw;
-  Cpu* cur_cpu = nullptr;           // the CPU the current kernel path runs on, while timed
-  std::vector<HwStats> proc_stats;  // per process (index pid - 1)
-  std::unique_ptr<LockTiming> timed_locks;
-  // Charge cycles, a data access to an entry, the struct page line of a frame (with an atomic
-  // read-modify-write of its counters), to the current CPU. One branch when timing is off.
-  void tm_cycles(std::uint64_t c) noexcept {
-    if (cur_cpu) [[unlikely]]
-      cur_cpu->clock += c;
-  }
-  void tm_entry(EntryRef e) noexcept {
-    if (cur_cpu) [[unlikely]]
-      hw->access(*cur_cpu, (raw(mem.pfn(*e.table)) << PAGE_SHIFT) |
-                               std::uint64_t(e.p - table_base(*e.table)) * 8);
-  }
-  void tm_page(const Page& p, unsigned atomics = 0) noexcept {
-    if (cur_cpu) [[unlikely]] {
-      hw->access(*cur_cpu, hw->struct_page_addr(raw(mem.pfn(p))));
-      cur_cpu->clock += std::uint64_t(atomics) * hw->cfg.atomic_rmw;
-    }
-  }
-  void tm_page_alloc(const Page* p, bool zero) noexcept {
-    if (cur_cpu && p) [[unlikely]] {
-      tm_page(*p, 1);
-      cur_cpu->clock += hw->cfg.page_alloc + (zero ? hw->cfg.page_zero : 0);
-    }
-  }
-  void tm_page_copy() noexcept { tm_cycles(hw ? hw->cfg.page_copy : 0); }
-  // Time a path: count it and add its cycles to the CPU's and the process's phase.
-  class PhaseScope {
-   public:
-    PhaseScope(Kernel& k, Phase p) noexcept
-        : k_(k), p_(p), start_(k.cur_cpu ? k.cur_cpu->clock : 0) {}
-    ~PhaseScope() {
-      if (k_.cur_cpu) [[unlikely]]
-        k_.end_phase(p_, start_);
-    }
-    PhaseScope(const PhaseScope&) = delete;
-    PhaseScope& operator=(const PhaseScope&) = delete;
-
-   private:
-    Kernel& k_;
-    Phase p_;
-    std::uint64_t start_;
-  };
-  void end_phase(Phase p, std::uint64_t start) noexcept { end_phase(*cur_cpu, p, start); }
-  static void end_phase(Cpu& cpu, Phase p, std::uint64_t start) noexcept {
-    PhaseStat& s = cpu.stats.phase[std::size_t(p)];
-    ++s.count;
-    s.cycles += cpu.clock - start;
-  }
   // A facade call entering the kernel on process p's CPU: sets cur_cpu and the lock timing
   // for its duration and credits the process with what its CPU counted meanwhile.
   class Entry {
@@ -158,7 +107,6 @@ class Kernel final : public PolicyOps {
     Kernel& k_;
     Cpu* prev_;
   };
-  void settle_stats(Cpu& cpu, int new_owner) noexcept;  // credit the CPU's owner, switch
   // PCIDs: x86 has 12 bits; each live mm holds one (1..4095), and exit flushes it from every
   // CPU before it is handed out again. 0 when all are taken.
   std::vector<bool> pcid_used = std::vector<bool>(4096, false);
@@ -175,8 +123,6 @@ class Kernel final : public PolicyOps {
   void flush_tlb_range(MmStruct& mm, vaddr_t start, vaddr_t end);
   void flush_tlb_mm(MmStruct& mm);
   void flush_tlb_page(MmStruct& mm, vaddr_t addr);
-  Result<std::uint64_t> timed_user_access(MmStruct& mm, vaddr_t addr, bool write,
-                                          std::uint64_t val);
 
   // ---- src/mmu/pgtable.cpp: table frames and the walk to an entry (mm/memory.c,
   //      include/linux/pgtable.h, arch/x86/mm/pgtable.c) ----
@@ -363,8 +309,8 @@ class Kernel final : public PolicyOps {
   // The same access from the facade before any Entry: true (val loaded or stored) if it hit
   // the DTLB way used last on a CPU p already owns; false to take Entry and user_access.
   bool user_access_hit_unentered(Process& p, vaddr_t addr, bool write, std::uint64_t& val);
-  Result<std::uint64_t> untimed_user_access(MmStruct& mm, vaddr_t addr, bool write,
-                                            std::uint64_t val);
+  // The rest of a user access, timed or not: the TLBs (timed), one walk, the fault handler.
+  Result<std::uint64_t> user_access_walk(MmStruct& mm, vaddr_t addr, bool write, std::uint64_t val);
 
   // ---- src/mmu/task_mmu.cpp (fs/proc/task_mmu.c) ----
   PagemapEntry pagemap(MmStruct& mm, vaddr_t addr);
@@ -446,9 +392,8 @@ inline Result<std::uint64_t> Kernel::user_access(MmStruct& mm, vaddr_t addr, boo
   if (addr & 7) return Errno::inval;
   if (!is_canonical(addr) || addr >= TASK_SIZE) return Errno::fault;  // kernel half: SIGSEGV
   Cpu* cpu = cur_cpu;
-  if (!cpu) return untimed_user_access(mm, addr, write, val);
-  if (!dtlb_mru_access(*cpu, mm, addr, write, val)) [[unlikely]]
-    return timed_user_access(mm, addr, write, val);
+  if (!cpu || !dtlb_mru_access(*cpu, mm, addr, write, val))
+    return user_access_walk(mm, addr, write, val);
   return val;
 }
 
@@ -506,10 +451,8 @@ inline int Kernel::copy_present_pte(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte
   const std::uint64_t vm_flags = src_vma.vm_flags;
   pteval_t pte = src_pte.get();
   Page* page = vm_normal_page(src_vma, pte);
-  if (cur_cpu) [[unlikely]] {  // the entry is read; the page's refcount and mapcount go up
-    tm_cycles(hw->cfg.pte_op);
-    if (page) tm_page(*page, 2);
-  }
+  tm_op(Op::pte);  // the entry is read; the page's refcount and mapcount go up
+  if (page) tm_page(*page, 2);
   if (page && PageAnon(*page)) {
     get_page(*page);
     if (page_try_dup_anon_rmap(*page, src_vma)) [[unlikely]] {

@@ -27,7 +27,7 @@ long Kernel::change_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t add
     const pteval_t oldpte = pte.get();
     tm_entry(pte);
     if (!pte_present(oldpte)) continue;  // no swap or migration entries in the model
-    tm_cycles(hw ? hw->cfg.pte_op : 0);
+    tm_op(Op::pte);
     ptep_get_and_clear(pte);  // ptep_modify_prot_start
     pteval_t ptent = pte_modify(oldpte, newprot);
     if (try_writable && !pte_write(ptent) && can_change_pte_writable(vma, ptent))

@@ -22,11 +22,9 @@ void Kernel::zap_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, 
     if (!pte_present(v)) [[unlikely]]
       throw InvariantViolation("zap_pte_range: swap entry, but the model has no swap device");
     Page* page = vm_normal_page(vma, v);
-    if (cur_cpu) [[unlikely]] {
-      tm_cycles(hw->cfg.pte_op);
-      if (page) tm_page(*page, 1);  // page_remove_rmap; the reference goes after the flush
-    }
-    ptep_get_and_clear(pte);  // ptep_get_and_clear_full
+    tm_op(Op::pte);
+    if (page) tm_page(*page, 1);  // page_remove_rmap; the reference goes after the flush
+    ptep_get_and_clear(pte);      // ptep_get_and_clear_full
     tlb.tlb_remove_tlb_entry(addr, PAGE_SIZE);
     if (!page) continue;                                        // the zero page
     if (!PageAnon(*page) && pte_dirty(v)) page->set(PG_dirty);  // set_page_dirty

@@ -29,64 +29,48 @@ inline bool entry_allows(pteval_t e, bool write, unsigned& error_code) {
 }
 }  // namespace
 
-// The walk the MMU does for a user access. The hardware sets A (and D on a write) with an
-// atomic update of the entry, taking no kernel lock.
-static HwWalk hw_walk(Kernel& k, MmStruct& mm, vaddr_t addr, bool write) {
-  HwWalk w;
-  w.error_code = X86_PF_USER | (write ? unsigned(X86_PF_WRITE) : 0u);
-  pteval_t* table = table_base(*mm.pgd);
-  const unsigned idx[3] = {pgd_index(addr), pud_index(addr), pmd_index(addr)};
-  for (unsigned level = 0; level < 3; ++level) {
-    pteval_t& e = table[idx[level]];
-    if (!entry_allows(e, write, w.error_code)) return w;
-    e |= _PAGE_ACCESSED;
-    table = table_base(k.table_of(e));
-  }
-  pteval_t& pte = table[pte_index(addr)];
-  if (!entry_allows(pte, write, w.error_code)) return w;
-  pte |= _PAGE_ACCESSED | (write ? _PAGE_DIRTY : 0);
-  w.page = &k.mem.page(pte_pfn(pte));
-  return w;
-}
-
-// The same walk, timed (the timing model): the paging-structure caches let it skip the upper
-// levels (the PDE cache all three), every entry it reads is a data access through the caches,
-// and setting A or D is a locked update. Functionally it is hw_walk: the entries are always
-// read from the tables, so the structure caches only ever change the time.
-static HwWalk timed_hw_walk(Kernel& k, Cpu& cpu, MmStruct& mm, vaddr_t addr, bool write) {
-  Hardware& hw = *k.hw;
+// The walk the MMU does for a user access, read from the real entries in their table frames;
+// the hardware sets A (and D on a write) with an atomic update of the entry, taking no kernel
+// lock. With the timing model (cpu non-null) the same walk is also timed: the paging-structure
+// caches let it skip the upper levels (the PDE cache all three), every entry it reads is a data
+// access through the caches, and setting A or D is a locked update. The structure caches only
+// ever change the time: the entries are always read from the tables.
+static HwWalk hw_walk(Kernel& k, Cpu* cpu, MmStruct& mm, vaddr_t addr, bool write) {
   const unsigned pcid = mm.pcid;
-  unsigned first = 0;  // the first level whose entry must be read
-  if (cpu.pde.lookup(tlb_key(pcid, addr, PMD_SHIFT))) {
-    first = 3, ++cpu.stats.pwc_pde_hits;
-  } else if (cpu.pdpte.lookup(tlb_key(pcid, addr, PUD_SHIFT))) {
-    first = 2, ++cpu.stats.pwc_pdpte_hits;
-  } else if (cpu.pml4e.lookup(tlb_key(pcid, addr, PGDIR_SHIFT))) {
-    first = 1, ++cpu.stats.pwc_pml4e_hits;
+  unsigned first = 0;  // the first level whose entry costs a data access
+  if (cpu) {
+    if (cpu->pde.lookup(tlb_key(pcid, addr, PMD_SHIFT))) {
+      first = 3, ++cpu->stats.pwc_pde_hits;
+    } else if (cpu->pdpte.lookup(tlb_key(pcid, addr, PUD_SHIFT))) {
+      first = 2, ++cpu->stats.pwc_pdpte_hits;
+    } else if (cpu->pml4e.lookup(tlb_key(pcid, addr, PGDIR_SHIFT))) {
+      first = 1, ++cpu->stats.pwc_pml4e_hits;
+    }
+    cpu->clock += k.hw->cfg.pwc_pde.latency;
   }
-  cpu.clock += hw.cfg.pwc_pde.latency;
   HwWalk w;
   w.error_code = X86_PF_USER | (write ? unsigned(X86_PF_WRITE) : 0u);
   Page* table = mm.pgd;
   bool writable = true;
   const unsigned idx[4] = {pgd_index(addr), pud_index(addr), pmd_index(addr), pte_index(addr)};
-  SetAssoc<PwcEntry>* pwc[3] = {&cpu.pml4e, &cpu.pdpte, &cpu.pde};
-  const unsigned shift[3] = {PGDIR_SHIFT, PUD_SHIFT, PMD_SHIFT};
   for (unsigned level = 0; level < 4; ++level) {
     pteval_t& e = table_base(*table)[idx[level]];
-    if (level >= first) hw.access(cpu, (raw(k.mem.pfn(*table)) << PAGE_SHIFT) | idx[level] * 8);
+    const bool timed = cpu && level >= first;
+    if (timed) k.hw->access(*cpu, (raw(k.mem.pfn(*table)) << PAGE_SHIFT) | idx[level] * 8);
     if (!entry_allows(e, write, w.error_code)) return w;
     const pteval_t set = _PAGE_ACCESSED | (level == 3 && write ? _PAGE_DIRTY : 0);
     if ((e & set) != set) {
       e |= set;
-      cpu.clock += hw.cfg.atomic_rmw;
+      if (cpu) cpu->clock += k.hw->cfg.atomic_rmw;
     }
     writable &= (e & _PAGE_RW) != 0;
     if (level == 3) break;
     Page& next = k.table_of(e);
-    if (level >= first) {
-      const PwcEntry pe{raw(k.mem.pfn(next)), writable};
-      pwc[level]->insert(tlb_key(pcid, addr, shift[level]), pe);
+    if (timed) {
+      static constexpr unsigned kShift[3] = {PGDIR_SHIFT, PUD_SHIFT, PMD_SHIFT};
+      SetAssoc<PwcEntry>* pwc[3] = {&cpu->pml4e, &cpu->pdpte, &cpu->pde};
+      pwc[level]->insert(tlb_key(pcid, addr, kShift[level]),
+                         PwcEntry{raw(k.mem.pfn(next)), writable});
     }
     table = &next;
   }
@@ -96,83 +80,69 @@ static HwWalk timed_hw_walk(Kernel& k, Cpu& cpu, MmStruct& mm, vaddr_t addr, boo
   return w;
 }
 
-// A user access with the timing model: the DTLB, then the STLB, then a timed walk that fills
-// both. A TLB entry serves a read, and a write if it is writable and was filled with D set
-// (otherwise the walk runs again, so that D gets set: blitz/vmmu issue #3). A fault drops the
-// translation, pays the exception and the handler, and the instruction retries.
-Result<std::uint64_t> Kernel::timed_user_access(MmStruct& mm, vaddr_t addr, bool write,
-                                                std::uint64_t val) {
-  Cpu& cpu = *cur_cpu;
-  const TimingConfig& c = hw->cfg;
+// A user load or store that did not hit the DTLB way used last: with the timing model the
+// DTLB, then the STLB, then a walk that fills both; without it, the walk alone. A TLB entry
+// serves a read, and a write if it is writable and was filled with D set (otherwise the walk
+// runs again, so that D gets set: blitz/vmmu issue #3). A fault drops the translation, pays the
+// exception, and the kernel's handler runs (arch/x86/mm/fault.c exc_page_fault); then the
+// instruction retries.
+Result<std::uint64_t> Kernel::user_access_walk(MmStruct& mm, vaddr_t addr, bool write,
+                                               std::uint64_t val) {
+  Cpu* const cpu = cur_cpu;
   PhaseScope phase(*this, Phase::user_access);
   const std::uint64_t key = tlb_key(mm.pcid, addr, PAGE_SHIFT);
   const unsigned off = addr & (PAGE_SIZE - 1);
-  auto data_access = [&](std::uint64_t pfn) -> std::uint64_t {
-    hw->access(cpu, (pfn << PAGE_SHIFT) | off);
-    Page& page = mem.page(Pfn{pfn});
+  auto data_access = [&](Page& page) -> std::uint64_t {
+    if (cpu) hw->access(*cpu, (raw(mem.pfn(page)) << PAGE_SHIFT) | off);
     if (!write) return mem.load_word(page, off);
     mem.store_word(page, off, val);
     return val;
   };
   for (int attempt = 0; attempt < kMaxFaultRetries; ++attempt) {
-    cpu.clock += c.dtlb_4k.latency;
-    TlbEntry e;
-    bool hit = false;
-    bool in_stlb = false;
-    if (const std::size_t slot = cpu.dtlb_4k.find(key); slot != cpu.dtlb_4k.npos) {
-      e = cpu.dtlb_4k.value_at(slot), hit = true;
-      cpu.mru_key = key, cpu.mru_slot = slot;
-    } else {
-      cpu.clock += c.stlb.latency;
-      if (const TlbEntry* s = cpu.stlb.lookup(key)) {
-        e = *s, hit = in_stlb = true;
-        cpu.dtlb_4k.insert(key, e);
-        cpu.mru_key = key, cpu.mru_slot = cpu.dtlb_4k.find(key);
+    if (cpu) {
+      const TimingConfig& c = hw->cfg;
+      cpu->clock += c.dtlb_4k.latency;
+      TlbEntry e;
+      bool hit = false;
+      bool in_stlb = false;
+      if (const std::size_t slot = cpu->dtlb_4k.find(key); slot != cpu->dtlb_4k.npos) {
+        e = cpu->dtlb_4k.value_at(slot), hit = true;
+        cpu->mru_key = key, cpu->mru_slot = slot;
+      } else {
+        cpu->clock += c.stlb.latency;
+        if (const TlbEntry* s = cpu->stlb.lookup(key)) {
+          e = *s, hit = in_stlb = true;
+          cpu->dtlb_4k.insert(key, e);
+          cpu->mru_key = key, cpu->mru_slot = cpu->dtlb_4k.find(key);
+        }
       }
+      // A hit counts only when the entry serves the access; one that can't serve a write (read
+      // only, or filled without D) walks again and counts as such.
+      if (hit && (!write || (e.writable && e.dirty))) {
+        ++(in_stlb ? cpu->stats.stlb_hits : cpu->stats.dtlb_hits);
+        return data_access(mem.page(Pfn{e.pfn}));
+      }
+      ++(hit ? cpu->stats.walk_dirty_rewalks : cpu->stats.tlb_misses);
     }
-    // A hit counts only when the entry serves the access; one that can't serve a write (read
-    // only, or filled without D) walks again and counts as such.
-    if (hit && (!write || (e.writable && e.dirty))) {
-      ++(in_stlb ? cpu.stats.stlb_hits : cpu.stats.dtlb_hits);
-      return data_access(e.pfn);
+    const std::uint64_t t0 = cpu ? cpu->clock : 0;
+    const HwWalk w = hw_walk(*this, cpu, mm, addr, write);
+    if (cpu) {
+      ++cpu->stats.walks;
+      cpu->stats.walk_cycles += cpu->clock - t0;
     }
-    if (hit) {
-      ++cpu.stats.walk_dirty_rewalks;
-    } else {
-      ++cpu.stats.tlb_misses;
-    }
-    const std::uint64_t t0 = cpu.clock;
-    const HwWalk w = timed_hw_walk(*this, cpu, mm, addr, write);
-    ++cpu.stats.walks;
-    cpu.stats.walk_cycles += cpu.clock - t0;
     if (w.page) {
-      const TlbEntry fill{raw(mem.pfn(*w.page)), w.writable, (w.pte & _PAGE_DIRTY) != 0};
-      cpu.stlb.insert(key, fill);
-      cpu.dtlb_4k.insert(key, fill);
-      cpu.mru_key = key, cpu.mru_slot = cpu.dtlb_4k.find(key);
-      return data_access(fill.pfn);
+      if (cpu) {
+        const TlbEntry fill{raw(mem.pfn(*w.page)), w.writable, (w.pte & _PAGE_DIRTY) != 0};
+        cpu->stlb.insert(key, fill);
+        cpu->dtlb_4k.insert(key, fill);
+        cpu->mru_key = key, cpu->mru_slot = cpu->dtlb_4k.find(key);
+      }
+      return data_access(*w.page);
     }
-    cpu.dtlb_4k.invalidate(key);  // a #PF invalidates the faulting translation
-    cpu.stlb.invalidate(key);
-    cpu.clock += c.exception;
-    const vm_fault_t f = do_user_addr_fault(mm, addr, w.error_code);
-    if (f & VM_FAULT_OOM) return Errno::nomem;
-    if (f & (VM_FAULT_SIGSEGV | VM_FAULT_SIGBUS)) return Errno::fault;
-  }
-  throw InvariantViolation("user access: the fault handler did not make progress");
-}
-
-// A user load or store without the timing model: walk; on a fault let the kernel handle it and
-// retry the instruction.
-Result<std::uint64_t> Kernel::untimed_user_access(MmStruct& mm, vaddr_t addr, bool write,
-                                                  std::uint64_t val) {
-  const unsigned off = addr & (PAGE_SIZE - 1);
-  for (int attempt = 0; attempt < kMaxFaultRetries; ++attempt) {
-    HwWalk w = hw_walk(*this, mm, addr, write);
-    if (w.page) {
-      if (!write) return mem.load_word(*w.page, off);
-      mem.store_word(*w.page, off, val);
-      return val;
+    if (cpu) {
+      cpu->dtlb_4k.invalidate(key);  // a #PF invalidates the faulting translation
+      cpu->stlb.invalidate(key);
+      cpu->clock += hw->cfg.exception;
     }
     const vm_fault_t f = do_user_addr_fault(mm, addr, w.error_code);
     if (f & VM_FAULT_OOM) return Errno::nomem;  // Linux would OOM-kill; the model reports

@@ -64,7 +64,7 @@ class TimedLocks final : public LockTiming {
 
 std::unique_ptr<LockTiming> make_timed_locks(Kernel& k) { return std::make_unique<TimedLocks>(k); }
 
-void Kernel::settle_stats(Cpu& cpu, int new_owner) noexcept {
+void CostModel::settle_stats(Cpu& cpu, int new_owner) noexcept {
   if (cpu.owner) {
     HwStats delta = cpu.stats;
     delta -= cpu.at_switch;
