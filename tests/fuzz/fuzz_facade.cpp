@@ -31,6 +31,17 @@
 
 namespace {
 
+// Any registered fork policy (fork_policy_names(): classic, seed, on_demand_fork, rfc_v2, ...).
+std::string registered_policy(FuzzedDataProvider& in) {
+  static const std::vector<std::string> names = cowpte::fork_policy_names();
+  return names[in.ConsumeIntegralInRange<std::size_t>(0, names.size() - 1)];
+}
+// A registered policy, or now and then a name no policy has (set_cow_pte must answer EINVAL).
+std::string any_policy(FuzzedDataProvider& in) {
+  return in.ConsumeIntegralInRange<int>(0, 7) == 0 ? in.ConsumeRandomLengthString(12)
+                                                   : registered_policy(in);
+}
+
 using namespace cowpte;
 
 constexpr std::uint64_t kPage = 4096;
@@ -350,7 +361,7 @@ struct Harness {
         if (in.ConsumeBool()) {
           (void)p.set_cow_pte();
         } else {
-          (void)p.set_cow_pte(CowPtePolicy(in.ConsumeIntegralInRange<int>(0, 2)));
+          (void)p.set_cow_pte(any_policy(in));
         }
         break;
       case 13: {
@@ -435,7 +446,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // out of range, which the Machine must refuse.
   cfg.memory_bytes = in.ConsumeIntegralInRange<std::uint64_t>(16, 1024) * kPage;
   cfg.cpus = in.ConsumeIntegralInRange<unsigned>(1, 4);
-  cfg.cow_pte_policy = in.ConsumeBool() ? CowPtePolicy::on_demand_fork : CowPtePolicy::seed;
+  cfg.cow_pte_policy = registered_policy(in);
   const std::uint8_t knobs = in.ConsumeIntegral<std::uint8_t>();
   if ((knobs & 0x1f) == 1) cfg.timing.enabled = true;  // slower: now and then
   if ((knobs & 0x3f) == 2) cfg.memory_bytes = in.ConsumeIntegral<std::uint64_t>();
@@ -457,12 +468,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   h.spawn();
   if (h.procs.empty()) return 0;
   if (in.ConsumeBool()) {
-    // Every process arms COW PTE with the machine's policy, or the other one.
+    // Every process arms COW PTE with the machine's policy, or another registered one.
     if (in.ConsumeBool()) {
       (void)h.procs[0]->set_cow_pte();
     } else {
-      (void)h.procs[0]->set_cow_pte(in.ConsumeBool() ? CowPtePolicy::on_demand_fork
-                                                     : CowPtePolicy::seed);
+      (void)h.procs[0]->set_cow_pte(registered_policy(in));
     }
   }
   for (int n = 0; n < 400 && in.remaining_bytes(); ++n) {
