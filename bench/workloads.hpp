@@ -1,6 +1,6 @@
 // The workloads of the fork-latency comparison (issue 5), as plain functions on the facade so
-// that the benchmarks (bench_policies.cpp) and the tests (tests/test_workloads.cpp) run the
-// same code: a populated parent under one fork policy, fork, and the cost moved to later
+// that the benchmarks (bench_policies.cpp) and the tests (tests/scenarios/test_workloads.cpp) run
+// the same code: a populated parent under one fork policy, fork, and the cost moved to later
 // (writes after fork, a fuzzer's fork server, a Redis-style snapshot). Every latency is in
 // simulated cycles of the timing model, read from Machine::cycles() of the CPU that ran it.
 #pragma once
