@@ -1,6 +1,6 @@
 // The kernel paths return errors as Linux does: 0 or a negative errno (-ENOMEM), from <cerrno>.
 // The facade's Errno enum carries the same numbers; this header ties the two together, so that
-// `Errno(-ret)` is right wherever a kernel path's result reaches the facade.
+// a kernel path's -ENOMEM is Errno::nomem wherever its result reaches the facade.
 #pragma once
 
 #include <cerrno>
@@ -16,8 +16,5 @@ static_assert(EPERM == int(Errno::perm) && ENOENT == int(Errno::noent) &&
                   EEXIST == int(Errno::exist) && EINVAL == int(Errno::inval) &&
                   ENOSPC == int(Errno::nospc),
               "the host's errno values are Linux's x86-64 ones");
-
-// A kernel path's negative errno as the facade's Errno.
-constexpr Errno errno_of(int ret) noexcept { return Errno(-ret); }
 
 }  // namespace cowpte

@@ -1,6 +1,6 @@
 // Unit tests of the lock model (include/cowpte/spinlock.hpp) and of the lock checker on entry
-// writes (include/cowpte/pgtable.hpp): a PTE is guarded by its PTE table's split lock, a PMD by
-// its PMD table's split lock, a PUD/PGD entry by mm->page_table_lock, and free_pgtables by
+// writes (include/cowpte/model/pgtable.hpp): a PTE is guarded by its PTE table's split lock, a PMD
+// by its PMD table's split lock, a PUD/PGD entry by mm->page_table_lock, and free_pgtables by
 // mmap_lock (reference linux-cow-semantics.md section 6).
 
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-// Unit tests of the x86-64 entry layout (include/cowpte/pgtable_types.hpp): predicates and
+// Unit tests of the x86-64 entry layout (include/cowpte/model/pgtable_types.hpp): predicates and
 // modifiers, pfn_pte/pte_pfn, pte_modify with the L1TF PROT_NONE inversion, the swap-entry
 // encoding of reference linux-cow-semantics.md section 7, the address split and is_canonical.
 

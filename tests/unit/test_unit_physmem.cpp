@@ -1,5 +1,5 @@
-// Unit tests of struct page and PhysMem (include/cowpte/page.hpp): order-0 allocation, the free
-// list, fault injection and the lazily allocated frame contents.
+// Unit tests of struct page and PhysMem (include/cowpte/model/page.hpp): order-0 allocation, the
+// free list, fault injection and the lazily allocated frame contents.
 
 #include <gtest/gtest.h>
 

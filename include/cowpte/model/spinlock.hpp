@@ -2,7 +2,7 @@
 // rw-semaphore. The simulation runs on one host thread, so a lock is its held state; taking a
 // held lock is a self-deadlock in the modelled kernel and is reported as a LockViolation.
 // With COWPTE_LOCK_CHECKS, every page-table entry write checks the lock that guards it
-// (include/cowpte/pgtable.hpp).
+// (include/cowpte/model/pgtable.hpp).
 #pragma once
 
 #include <cstdint>
@@ -25,7 +25,7 @@ inline constexpr bool kLockChecks = false;
 
 // The timing model's view of locks. While a timed kernel path runs, every acquire and release
 // reports the lock, so that simulated time can make one CPU wait for a lock that another CPU's
-// path held until later (include/cowpte/kernel.hpp, TimedLocks). Null otherwise: one branch.
+// path held until later (src/mmu/timing.cpp, TimedLocks). Null otherwise: one branch.
 struct LockTiming {
   virtual void acquire(const void* lock, bool exclusive) = 0;
   virtual void release(const void* lock, bool exclusive) = 0;

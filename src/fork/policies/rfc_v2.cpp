@@ -44,7 +44,11 @@ class RfcV2Policy final : public ForkPolicy {
   }
 
  private:
-  static const ForkPolicy& odf() noexcept { return *find_fork_policy("on_demand_fork"); }
+  // Looked up once: copy_pmd runs for every PMD of a fork.
+  static const ForkPolicy& odf() noexcept {
+    static const ForkPolicy& policy = *find_fork_policy("on_demand_fork");
+    return policy;
+  }
 };
 
 }  // namespace

@@ -36,7 +36,10 @@ class LargeVmasOnly final : public ForkPolicy {
   }
 
  private:
-  static const ForkPolicy& odf() { return *find_fork_policy("on_demand_fork"); }
+  static const ForkPolicy& odf() {
+    static const ForkPolicy& policy = *find_fork_policy("on_demand_fork");  // once, not per PMD
+    return policy;
+  }
 };
 
 const LargeVmasOnly kPolicy;
