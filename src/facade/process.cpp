@@ -116,6 +116,7 @@ Process& Machine::spawn() { return kernel_->spawn(); }
 Result<Process*> Machine::try_spawn() {
   Kernel& k = *kernel_;
   auto mm = std::make_unique<MmStruct>();
+  mm->lock_timing = k.timed_locks.get();
   mm->pcid = k.alloc_pcid();
   if (!mm->pcid) return Errno::again;  // the model's process limit: 4095 live processes
   if (!k.pgd_alloc(*mm)) {
@@ -315,13 +316,13 @@ static Result<void> facade_gup(Kernel& k, MmStruct& mm, int pid, vaddr_t addr, s
   if (!nr) return nr.error();
   if (*nr == 0) return {};
   {
-    MmapReadGuard lock(mm.mmap_lock);
+    MmapReadGuard lock(mm);
     if (!gup_vmas_ok(mm, addr, *nr, gup_flags)) return Errno::fault;
   }
   std::vector<Page*> pages;
   long got;
   {
-    MmapReadGuard lock(mm.mmap_lock);
+    MmapReadGuard lock(mm);
     got = k.get_user_pages(mm, addr, *nr, gup_flags, &pages);
   }
   const bool pin = gup_flags & FOLL_PIN;

@@ -75,7 +75,7 @@ void Kernel::dereference_pte_table(MmStruct& mm, Page& table, vaddr_t span, MmGa
     throw InvariantViolation("dereference_pte_table: the last holder is not the owner");
   RssVec rss{};
   {
-    SpinGuard ptl(pte_lockptr(table));
+    SpinGuard ptl(pte_lockptr(mm, table));
     EntryRef pte{&table, table_base(table)};
     for (unsigned i = 0; i < PTRS_PER_TABLE; ++i, ++pte.p) {
       const pteval_t v = pte.get();
@@ -121,9 +121,9 @@ int Kernel::tfork_one_pte_table(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
   RssVec rss{};
   ++mm.write_protect_seq;  // as fork: page_try_dup_anon_rmap's pin check needs it
   {
-    SpinGuard optl(pte_lockptr(old));
+    SpinGuard optl(pte_lockptr(mm, old));
     SharedPteWrites shared;  // write-protecting what the other holders map too
-    SpinGuard nptl(pte_lockptr(*nw));
+    SpinGuard nptl(pte_lockptr(mm, *nw));
     EntryRef src{&old, table_base(old)}, dst{nw, table_base(*nw)};
     for (unsigned i = 0; i < PTRS_PER_TABLE; ++i, ++src.p, ++dst.p) {
       pteval_t v = src.get();
@@ -152,7 +152,7 @@ int Kernel::tfork_one_pte_table(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
   add_mm_rss_vec(mm, rss);
   mm.pgtables_bytes += PAGE_SIZE;  // the copy is mm's own table
   {
-    SpinGuard pl(pmd_lockptr(*pmd.table));
+    SpinGuard pl(pmd_lockptr(mm, *pmd.table));
     set_pmd_at(mm, pmd, mk_table_entry(mem.pfn(*nw)));
   }
   dereference_pte_table(mm, old, span, nullptr);

@@ -66,7 +66,7 @@ vm_fault_t Kernel::finish_fault(VmFault& vmf) {
     }
   }
   vmf.pte = pte_offset_map(vmf.pmd, vmf.address);
-  SpinGuard ptl(pte_lockptr(*vmf.pte.table));
+  SpinGuard ptl(pte_lockptr(mm, *vmf.pte.table));
   if (!pte_none(vmf.pte.get())) return VM_FAULT_NOPAGE;  // vmf_pte_changed
   do_set_pte(vmf, *vmf.page, vmf.address, vmf.pte);
   return 0;
@@ -97,7 +97,7 @@ vm_fault_t Kernel::do_fault_around(VmFault& vmf) {
   vm_fault_t ret = 0;
   const ShmemFile& file = *vma.vm_file;
   EntryRef pte = pte_offset_map(vmf.pmd, address);
-  SpinGuard ptl(pte_lockptr(*pte.table));
+  SpinGuard ptl(pte_lockptr(mm, *pte.table));
   vaddr_t addr = address;
   for (std::uint64_t pgoff = start_pgoff; pgoff <= end_pgoff; ++pgoff, ++pte.p, addr += PAGE_SIZE) {
     Page* page = file.lookup(pgoff);

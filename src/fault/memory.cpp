@@ -16,7 +16,7 @@ vm_fault_t Kernel::do_anonymous_page(VmFault& vmf) {
   if (!(vmf.flags & FAULT_FLAG_WRITE)) {
     const pteval_t entry = pte_mkspecial(pfn_pte(mem.pfn(*zero_page), vma.vm_page_prot));
     vmf.pte = pte_offset_map(vmf.pmd, vmf.address);
-    SpinGuard ptl(pte_lockptr(*vmf.pte.table));  // pte_offset_map_lock
+    SpinGuard ptl(pte_lockptr(*vmf.vma->vm_mm, *vmf.pte.table));  // pte_offset_map_lock
     if (!pte_none(vmf.pte.get())) return 0;      // someone else mapped it
     set_pte_at(vmf.pte, entry);
     tm_entry(vmf.pte);
@@ -30,7 +30,7 @@ vm_fault_t Kernel::do_anonymous_page(VmFault& vmf) {
   pteval_t entry = pfn_pte(mem.pfn(*page), vma.vm_page_prot);
   if (vma.vm_flags & VM_WRITE) entry = pte_mkwrite(pte_mkdirty(entry));
   vmf.pte = pte_offset_map(vmf.pmd, vmf.address);
-  SpinGuard ptl(pte_lockptr(*vmf.pte.table));
+  SpinGuard ptl(pte_lockptr(*vmf.vma->vm_mm, *vmf.pte.table));
   if (!pte_none(vmf.pte.get())) {
     mem.put_page(*page);
     return 0;
@@ -57,7 +57,7 @@ vm_fault_t Kernel::handle_pte_fault(VmFault& vmf) {
     throw InvariantViolation("handle_pte_fault: swap entry, but the model has no swap device");
   if (pte_protnone(vmf.orig_pte)) return VM_FAULT_SIGSEGV;  // no NUMA balancing in the model
 
-  SpinLock& ptl = pte_lockptr(*vmf.pte.table);
+  SpinLockRef ptl = pte_lockptr(*vmf.vma->vm_mm, *vmf.pte.table);
   ptl.lock();
   pteval_t entry = vmf.pte.get();
   if (entry != vmf.orig_pte) {  // !pte_same: raced, retry the access

@@ -15,7 +15,7 @@ bool Kernel::access_error(unsigned error_code, const Vma& vma) noexcept {
 vm_fault_t Kernel::do_user_addr_fault(MmStruct& mm, vaddr_t address, unsigned error_code) {
   unsigned flags = FAULT_FLAG_USER;
   if (error_code & X86_PF_WRITE) flags |= FAULT_FLAG_WRITE;
-  MmapReadGuard lock(mm.mmap_lock);
+  MmapReadGuard lock(mm);
   Vma* vma = mm.vma_lookup(address);
   if (!vma || access_error(error_code, *vma)) return VM_FAULT_SIGSEGV;  // bad_area
   return handle_mm_fault(*vma, address, flags);

@@ -10,7 +10,7 @@ void Kernel::wp_page_reuse(VmFault& vmf) {
   entry = pte_mkdirty(entry);
   if (vmf.vma->vm_flags & VM_WRITE) entry = pte_mkwrite(entry);  // maybe_mkwrite
   set_pte_at(vmf.pte, entry);                                    // ptep_set_access_flags
-  pte_lockptr(*vmf.pte.table).unlock();
+  pte_lockptr(*vmf.vma->vm_mm, *vmf.pte.table).unlock();
 }
 
 // wp_page_copy: give the faulting process its own copy (or a fresh zeroed page in place of
@@ -36,7 +36,7 @@ vm_fault_t Kernel::wp_page_copy(VmFault& vmf) {
   if (old_page) tm_page_copy();
   if (old_page) mem.copy_page(*new_page, *old_page);  // else: zero-filled, like the zero page
 
-  SpinLock& ptl = pte_lockptr(*vmf.pte.table);
+  SpinLockRef ptl = pte_lockptr(*vmf.vma->vm_mm, *vmf.pte.table);
   ptl.lock();
   if (vmf.pte.get() != vmf.orig_pte) {  // the PTE changed meanwhile: drop the copy
     ptl.unlock();
@@ -89,7 +89,7 @@ vm_fault_t Kernel::do_wp_page(VmFault& vmf) {
   PhaseScope phase(*this, Phase::fault_wp);
   Vma& vma = *vmf.vma;
   const bool unshare = vmf.flags & FAULT_FLAG_UNSHARE;
-  SpinLock& ptl = pte_lockptr(*vmf.pte.table);
+  SpinLockRef ptl = pte_lockptr(*vmf.vma->vm_mm, *vmf.pte.table);
   vmf.page = vm_normal_page(vma, vmf.orig_pte);
 
   if (vma.vm_flags & (VM_SHARED | VM_MAYSHARE)) return wp_page_shared(vmf);

@@ -24,7 +24,7 @@ int Kernel::copy_cow_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, Ent
   addr &= PMD_MASK;
 
   {  // One reference per child per table; pmd_install charges the child's nr_ptes.
-    SpinGuard ptl(pte_lockptr(*pte_table));
+    SpinGuard ptl(pte_lockptr(dst_mm, *pte_table));
     pmd_get_pte(*pte_table);
     tm_page(*pte_table, 1);
     Page* t = pte_table;
@@ -46,7 +46,7 @@ int Kernel::copy_cow_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, Ent
     EntryRef pte = pte_offset_map(src_pmd, addr);
     int ret = 0;
     {
-      SpinGuard ptl(pte_lockptr(*pte_table));
+      SpinGuard ptl(pte_lockptr(dst_mm, *pte_table));
       SharedPteWrites shared;  // dst == src: the "child-side" changes land in the parent's entries
       Page* no_prealloc = nullptr;
       do {
@@ -70,10 +70,10 @@ int Kernel::copy_cow_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, Ent
   // All the entries can be COW-ed: share. Fork holds both mmap_locks; the model also takes
   // the PMD locks its checker asks for.
   {
-    SpinGuard pl(pmd_lockptr(*src_pmd.table));
+    SpinGuard pl(pmd_lockptr(dst_mm, *src_pmd.table));
     pmdp_set_wrprotect(src_mm, src_pmd);
   }
-  SpinGuard pl(pmd_lockptr(*dst_pmd.table));
+  SpinGuard pl(pmd_lockptr(dst_mm, *dst_pmd.table));
   set_pmd_at(dst_mm, dst_pmd, pmd_wrprotect(src_pmd.get()));
   COWPTE_TRACE(*this, "cow_pte: pid {} shares table {:#x} at {:#x}, count {}", src_mm.pid,
                raw(mem.pfn(*pte_table)), end - PMD_SIZE, cow_pte_count(*pte_table));
@@ -90,7 +90,7 @@ void Kernel::uncharge_cow_pte_range(Vma& src_vma, MmStruct& dst_mm, EntryRef dst
   vaddr_t addr = end & PMD_MASK;
   RssVec rss{};
   {
-    SpinGuard ptl(pte_lockptr(table));
+    SpinGuard ptl(pte_lockptr(dst_mm, table));
     for (EntryRef pte = pte_offset_map(src_pmd, addr); addr != end; ++pte.p, addr += PAGE_SIZE) {
       const pteval_t v = pte.get();
       if (pte_none(v)) continue;
@@ -103,7 +103,7 @@ void Kernel::uncharge_cow_pte_range(Vma& src_vma, MmStruct& dst_mm, EntryRef dst
     pmd_put_pte(table);
   }
   add_mm_rss_vec(dst_mm, rss);
-  SpinGuard pl(pmd_lockptr(*dst_pmd.table));
+  SpinGuard pl(pmd_lockptr(dst_mm, *dst_pmd.table));
   set_pmd_at(dst_mm, dst_pmd, 0);      // pmd_clear
   dst_mm.pgtables_bytes -= PAGE_SIZE;  // mm_dec_nr_ptes
 }
@@ -122,12 +122,12 @@ int Kernel::recover_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, Entr
   }
   Page& src_table = table_of(src_pmd.get());
   {  // pmd_clear + pte_alloc: nr_ptes -1 +1
-    SpinGuard pl(pmd_lockptr(*dst_pmd.table));
+    SpinGuard pl(pmd_lockptr(dst_mm, *dst_pmd.table));
     set_pmd_at(dst_mm, dst_pmd, mk_table_entry(mem.pfn(*table)));
   }
   vaddr_t addr = end & PMD_MASK;
-  SpinGuard dst_ptl(pte_lockptr(*table));
-  SpinGuard src_ptl(pte_lockptr(src_table));
+  SpinGuard dst_ptl(pte_lockptr(dst_mm, *table));
+  SpinGuard src_ptl(pte_lockptr(dst_mm, src_table));
   EntryRef dst_pte = pte_offset_map(dst_pmd, addr), src_pte = pte_offset_map(src_pmd, addr);
   for (; addr != end; ++dst_pte.p, ++src_pte.p, addr += PAGE_SIZE) {
     const pteval_t v = src_pte.get();

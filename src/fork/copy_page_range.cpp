@@ -44,8 +44,8 @@ again:
   if (!pte_alloc(dst_mm, dst_pmd)) return -ENOMEM;  // pte_alloc_map_lock
   EntryRef dst_pte = pte_offset_map(dst_pmd, addr);
   EntryRef src_pte = pte_offset_map(src_pmd, addr);
-  SpinLock& dst_ptl = pte_lockptr(*dst_pte.table);
-  SpinLock& src_ptl = pte_lockptr(*src_pte.table);
+  SpinLockRef dst_ptl = pte_lockptr(dst_mm, *dst_pte.table);
+  SpinLockRef src_ptl = pte_lockptr(dst_mm, *src_pte.table);
   dst_ptl.lock();
   src_ptl.lock();  // spin_lock_nested(src_ptl, SINGLE_DEPTH_NESTING)
   do {

@@ -34,16 +34,16 @@ bool Kernel::copy_pmd_range_tfork(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, 
   if (!pmd_none(dst_pmd.get())) [[unlikely]]
     throw InvariantViolation("copy_pmd_range_tfork: the child's PMD is already populated");
   Page& table = table_of(src_pmd.get());
-  SpinGuard ptl(pte_lockptr(table));
+  SpinGuard ptl(pte_lockptr(src_mm, table));
   if (pmd_write(src_pmd.get())) {
     // A private table becomes shared: its pages and its 4 KiB stay charged to the parent.
     table.pt_owner = &src_mm;
-    SpinGuard pl(pmd_lockptr(*src_pmd.table));
+    SpinGuard pl(pmd_lockptr(src_mm, *src_pmd.table));
     pmdp_set_wrprotect(src_mm, src_pmd);
   }
   pmd_get_pte(table);
   tm_page(table, 1);  // the table's refcount
-  SpinGuard pl(pmd_lockptr(*dst_pmd.table));
+  SpinGuard pl(pmd_lockptr(src_mm, *dst_pmd.table));
   set_pmd_at(dst_mm, dst_pmd, src_pmd.get());  // no nr_ptes: the owner carries the table
   tm_entry(dst_pmd);
   return true;

@@ -8,8 +8,8 @@ namespace cowpte {
 // write-locked (the child's nested) for the whole copy; the parent's TLB is flushed at the end
 // because copy_present_pte write-protected its PTEs.
 int Kernel::dup_mmap(MmStruct& mm, MmStruct& oldmm) {
-  MmapWriteGuard old_lock(oldmm.mmap_lock);
-  MmapWriteGuard new_lock(mm.mmap_lock);  // mmap_write_lock_nested(SINGLE_DEPTH_NESTING)
+  MmapWriteGuard old_lock(oldmm);
+  MmapWriteGuard new_lock(mm);  // mmap_write_lock_nested(SINGLE_DEPTH_NESTING)
   int retval = 0;
   cow_pte_recover = {};
   for (Vma& mpnt : oldmm.mm_mt) {
@@ -52,6 +52,7 @@ Result<Process*> Kernel::kernel_clone(Process& parent) {
     oldmm.set_flag(MMF_COW_PTE);
   }
   auto mm = std::make_unique<MmStruct>();
+  mm->lock_timing = timed_locks.get();
   mm->pcid = alloc_pcid();
   if (!mm->pcid) return Errno::again;  // the model's process limit: 4095 live processes
   if (!pgd_alloc(*mm)) {               // mm_alloc -> mm_init -> pgd_alloc

@@ -55,7 +55,7 @@ Page* Kernel::follow_page_pte(Vma& vma, vaddr_t addr, unsigned flags, bool& unsh
     }
   }
   EntryRef pte = pte_offset_map(pmd, addr);
-  SpinGuard ptl(pte_lockptr(*pte.table));  // pte_offset_map_lock
+  SpinGuard ptl(pte_lockptr(*vma.vm_mm, *pte.table));  // pte_offset_map_lock
   const pteval_t v = pte.get();
   if (!pte_present(v) || pte_protnone(v)) return nullptr;
   if ((flags & FOLL_WRITE) && !pte_write(v)) return nullptr;  // can_follow_write_pte
@@ -137,7 +137,7 @@ long Kernel::populate_vma_page_range(Vma& vma, vaddr_t start, vaddr_t end) {
 
 // __mm_populate: VMA by VMA; errors are the caller's to ignore.
 void Kernel::mm_populate(MmStruct& mm, vaddr_t start, std::uint64_t len) {
-  MmapReadGuard lock(mm.mmap_lock);
+  MmapReadGuard lock(mm);
   const vaddr_t end = start + len;
   for (vaddr_t nstart = start; nstart < end;) {
     Vma* vma = mm.find_vma(nstart);

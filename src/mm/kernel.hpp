@@ -11,6 +11,7 @@
 #include "cowpte/machine.hpp"
 #include "cowpte/model/fork_policy.hpp"
 #include "cowpte/model/mm_types.hpp"
+#include "cowpte/model/mmap_lock.hpp"
 #include "cowpte/model/mmu_gather.hpp"
 #include "cowpte/model/page.hpp"
 #include "cowpte/model/pgtable.hpp"
@@ -94,8 +95,8 @@ class Kernel final : public PolicyOps, public CostModel {
   TlbStats tlb_stats;
   std::shared_ptr<spdlog::logger> tracer;  // null when tracing is off
 
-  // A facade call entering the kernel on process p's CPU: sets cur_cpu and the lock timing
-  // for its duration and credits the process with what its CPU counted meanwhile.
+  // A facade call entering the kernel on process p's CPU: sets cur_cpu (which the timing of
+  // every lock and access charges) for its duration and credits the process with what its CPU counted meanwhile.
   class Entry {
    public:
     Entry(Kernel& k, Process& p, bool syscall);
@@ -376,13 +377,11 @@ inline Kernel::Entry::Entry(Kernel& k, Process& p, bool syscall) : k_(k), prev_(
   k.cur_cpu = &cpu;
   if (MmStruct* mm = p.mm()) mm->cpumask |= 1ull << p.cpu();
   if (syscall) cpu.clock += k.hw->cfg.syscall;
-  lock_timing = k.timed_locks.get();
 }
 
 inline Kernel::Entry::~Entry() {
   if (!k_.hw) return;
   k_.cur_cpu = prev_;
-  if (!prev_) lock_timing = nullptr;
 }
 
 // A user load or store (src/mmu/mmu.cpp has the walks). The common case first: with the timing
@@ -427,7 +426,7 @@ inline Result<std::uint64_t> Kernel::user_access(MmStruct& mm, vaddr_t addr, boo
 
 // Process::load and store try this before building an Entry. An Entry outside any other
 // (cur_cpu null) on a CPU p owns already (no context switch to settle) would only set the
-// mm's cpumask bit, then set cur_cpu and lock_timing and reset both on the way out; a DTLB
+// mm's cpumask bit, then set cur_cpu and reset it on the way out; a DTLB
 // hit reads neither, so the bit is all of Entry it needs. Errors and misses take the full path.
 inline bool Kernel::user_access_hit_unentered(Process& p, vaddr_t addr, bool write,
                                               std::uint64_t& val) {

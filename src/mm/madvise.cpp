@@ -21,7 +21,7 @@ bool Kernel::madvise_update_vma(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t e
 // before faulting anything, so a refused call changes nothing.
 Result<void> Kernel::madvise_populate(MmStruct& mm, vaddr_t start, vaddr_t end, bool write) {
   const unsigned gup_flags = FOLL_TOUCH | (write ? FOLL_WRITE : 0u);
-  MmapReadGuard lock(mm.mmap_lock);
+  MmapReadGuard lock(mm);
   bool hole = false;
   for (vaddr_t a = start; a < end;) {
     Vma* v = mm.find_vma(a);
@@ -64,7 +64,7 @@ Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_i
   if (advice == Advice::populate_read || advice == Advice::populate_write)
     return madvise_populate(mm, start, end, advice == Advice::populate_write);
   {
-    MmapReadGuard lock(mm.mmap_lock);
+    MmapReadGuard lock(mm);
     for (vaddr_t a = start; a < end;) {  // madvise_walk_vmas: unmapped_error
       Vma* v = mm.vma_lookup(a);
       if (!v) return Errno::nomem;
@@ -75,7 +75,7 @@ Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_i
                static_cast<int>(advice));
   switch (advice) {
     case Advice::dontneed: {
-      MmapReadGuard lock(mm.mmap_lock);
+      MmapReadGuard lock(mm);
       // A shared table only partly in the range must be broken before the zap changes
       // entries others map (the series relies on zap_pte_range breaking it; see zap_cow_pte).
       auto break_partial = [&](vaddr_t a) {
@@ -88,7 +88,7 @@ Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_i
     }
     case Advice::dontfork:
     case Advice::dofork: {
-      MmapWriteGuard lock(mm.mmap_lock);
+      MmapWriteGuard lock(mm);
       for (vaddr_t a = start; a < end;) {
         Vma* v = mm.vma_lookup(a);
         const vaddr_t e = std::min(end, v->vm_end);

@@ -192,7 +192,7 @@ Result<vaddr_t> Kernel::do_mmap(MmStruct& mm, vaddr_t addr, std::uint64_t len, P
   if (flags & MAP_FIXED_NOREPLACE) flags |= MAP_FIXED;
   if (!(flags & MAP_FIXED) && addr < MMAP_MIN_ADDR && addr) addr = MMAP_MIN_ADDR;  // round_hint
   {
-    MmapWriteGuard lock(mm.mmap_lock);
+    MmapWriteGuard lock(mm);
     auto r = mmap_region(mm, addr, len, flags, static_cast<std::uint64_t>(prot));
     if (!r) return r;
     addr = *r;
@@ -248,7 +248,7 @@ Result<void> Kernel::do_munmap(MmStruct& mm, vaddr_t start, std::uint64_t len) {
   if ((start & ~PAGE_MASK) || start > TASK_SIZE || len > TASK_SIZE - start) return Errno::inval;
   len = (len + PAGE_SIZE - 1) & PAGE_MASK;
   if (!len) return Errno::inval;
-  MmapWriteGuard lock(mm.mmap_lock);
+  MmapWriteGuard lock(mm);
   return do_vmi_munmap(mm, start, start + len);
 }
 

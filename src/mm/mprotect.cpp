@@ -22,7 +22,7 @@ long Kernel::change_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t add
                               pteval_t newprot, bool try_writable) {
   long pages = 0;
   EntryRef pte = pte_offset_map(pmd, addr);
-  SpinGuard ptl(pte_lockptr(*pte.table));  // pte_offset_map_lock
+  SpinGuard ptl(pte_lockptr(*vma.vm_mm, *pte.table));  // pte_offset_map_lock
   do {
     const pteval_t oldpte = pte.get();
     tm_entry(pte);
@@ -82,7 +82,7 @@ Result<void> Kernel::do_mprotect_pkey(MmStruct& mm, vaddr_t start, std::uint64_t
   const vaddr_t end = start + len;
   if (end <= start) return Errno::nomem;
   if (static_cast<std::uint32_t>(prot) & ~7u) return Errno::inval;
-  MmapWriteGuard lock(mm.mmap_lock);
+  MmapWriteGuard lock(mm);
   for (vaddr_t a = start; a < end;) {  // every page must be mapped
     Vma* v = mm.vma_lookup(a);
     if (!v) return Errno::nomem;

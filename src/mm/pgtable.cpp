@@ -57,7 +57,7 @@ EntryRef Kernel::pud_alloc(MmStruct& mm, EntryRef pgd, vaddr_t a) {
   if (pmd_none(pgd.get())) {
     Page* nw = pud_alloc_one(mm);
     if (!nw) return {};
-    SpinGuard g(mm.page_table_lock);
+    SpinGuard g(pud_lockptr(mm));  // &mm->page_table_lock
     if (pmd_none(pgd.get())) {
       mm.pgtables_bytes += PAGE_SIZE;  // mm_inc_nr_puds
       set_pud(mm, pgd, mk_table_entry(mem.pfn(*nw)));
@@ -86,7 +86,7 @@ EntryRef Kernel::pmd_alloc(MmStruct& mm, EntryRef pud, vaddr_t a) {
 
 // pmd_install: under the PMD lock, populate the pmd unless someone else did meanwhile.
 void Kernel::pmd_install(MmStruct& mm, EntryRef pmd, Page*& pte_table) {
-  SpinGuard g(pmd_lockptr(*pmd.table));
+  SpinGuard g(pmd_lockptr(mm, *pmd.table));
   if (pmd_none(pmd.get())) {
     mm.pgtables_bytes += PAGE_SIZE;  // mm_inc_nr_ptes
     set_pmd_at(mm, pmd, mk_table_entry(mem.pfn(*pte_table)));

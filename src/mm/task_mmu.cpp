@@ -22,7 +22,7 @@ PagemapEntry decode_pagemap(std::uint64_t raw) {
 
 // pagemap_pte_range / pte_to_pagemap_entry; a hole in a VMA reports the VMA's soft-dirty bit.
 PagemapEntry Kernel::pagemap(MmStruct& mm, vaddr_t addr) {
-  MmapReadGuard lock(mm.mmap_lock);
+  MmapReadGuard lock(mm);
   const Vma* vma = mm.vma_lookup(addr);
   std::uint64_t word = 0;
   if (vma && (vma->vm_flags & VM_SOFTDIRTY)) word |= PM_SOFT_DIRTY;
@@ -43,7 +43,7 @@ PagemapEntry Kernel::pagemap(MmStruct& mm, vaddr_t addr) {
 // show_smap: smaps_pte_entry + smaps_account per VMA, with PSS in 1/4096 fixed point and every
 // figure rounded down to kB as seq_put_decimal_ull_width prints it.
 std::vector<SmapsEntry> Kernel::smaps(MmStruct& mm) {
-  MmapReadGuard lock(mm.mmap_lock);
+  MmapReadGuard lock(mm);
   std::vector<SmapsEntry> out;
   for (Vma& vma : mm.mm_mt) {
     SmapsEntry e{vma.vm_start, vma.vm_end, 0, 0, 0, 0, 0, 0, 0, 0};
@@ -82,7 +82,7 @@ std::vector<SmapsEntry> Kernel::smaps(MmStruct& mm) {
 // VM_SOFTDIRTY; each present PTE is write-protected and loses soft-dirty, except a writable
 // PTE of a page that may be pinned (pte_is_pinned).
 Result<void> Kernel::clear_refs_soft_dirty(MmStruct& mm) {
-  MmapWriteGuard lock(mm.mmap_lock);
+  MmapWriteGuard lock(mm);
   // [PATCH 12/14] (v4: CLEAR_REFS_SOFT_DIRTY only): break COW PTE before write-protecting. The
   // model breaks every shared table first, so that ENOMEM leaves everything as it was.
   for (Vma& vma : mm.mm_mt)
@@ -101,7 +101,7 @@ Result<void> Kernel::clear_refs_soft_dirty(MmStruct& mm) {
         continue;
       }
       EntryRef pte = pte_offset_map(pmd, a);
-      SpinGuard ptl(pte_lockptr(*pte.table));
+      SpinGuard ptl(pte_lockptr(mm, *pte.table));
       for (; a < next; a += PAGE_SIZE, ++pte.p) {
         const pteval_t v = pte.get();
         if (!pte_present(v)) continue;

@@ -14,7 +14,7 @@ void Kernel::zap_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, 
   MmStruct& mm = *tlb.mm;
   RssVec rss{};
   EntryRef pte = pte_offset_map(pmd, addr);
-  SpinGuard ptl(pte_lockptr(*pte.table));  // pte_offset_map_lock
+  SpinGuard ptl(pte_lockptr(*tlb.mm, *pte.table));  // pte_offset_map_lock
   do {
     const pteval_t v = pte.get();
     tm_entry(pte);
@@ -42,7 +42,7 @@ void Kernel::zap_cow_pte_range(MmGather& tlb, EntryRef pmd, vaddr_t addr, vaddr_
   tlb.tlb_remove_tlb_entry(addr, end - addr);  // this mm's translations of the range go
   RssVec rss{};
   EntryRef pte = pte_offset_map(pmd, addr);
-  SpinGuard ptl(pte_lockptr(*pte.table));
+  SpinGuard ptl(pte_lockptr(*tlb.mm, *pte.table));
   do {
     const pteval_t v = pte.get();
     tm_entry(pte);
@@ -245,7 +245,7 @@ void Kernel::free_pgtables(MmGather& tlb, const std::vector<Vma*>& vmas, vaddr_t
 // exit_mmap: zap everything, free every table, drop the VMAs. At the end every RSS counter and
 // pgtables_bytes must be zero ("BUG: Bad rss-counter state" otherwise).
 void Kernel::exit_mmap(MmStruct& mm) {
-  MmapWriteGuard lock(mm.mmap_lock);
+  MmapWriteGuard lock(mm);
   std::vector<Vma*> vmas;
   for (Vma& v : mm.mm_mt) vmas.push_back(&v);
   MmGather tlb(mm, true);

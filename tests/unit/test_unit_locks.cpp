@@ -5,10 +5,12 @@
 
 #include <gtest/gtest.h>
 
+#include <cowpte/model/mmap_lock.hpp>
 #include <cowpte/model/pgtable.hpp>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace cowpte {
 namespace {
@@ -58,9 +60,9 @@ TEST(UnitLocks, LockViolationIsALogicError) {
 TEST(UnitLocks, SpinGuardIsScoped) {
   SpinLock l;
   {
-    SpinGuard g(l);
+    SpinGuard g({l, nullptr});
     EXPECT_TRUE(l.is_locked());
-    EXPECT_THROW(SpinGuard g2(l), LockViolation) << "nested guard on the same lock";
+    EXPECT_THROW(SpinGuard g2({l, nullptr}), LockViolation) << "nested guard on the same lock";
     EXPECT_TRUE(l.is_locked());
   }
   EXPECT_FALSE(l.is_locked());
@@ -122,24 +124,84 @@ TEST(UnitLocks, RwSemDowngrade) {
 }
 
 TEST(UnitLocks, MmapGuards) {
-  RwSem s;
+  MmStruct mm;
+  const RwSem& s = mm.mmap_lock;
   {
-    MmapReadGuard r1(s);
-    MmapReadGuard r2(s);
+    MmapReadGuard r1(mm);
+    MmapReadGuard r2(mm);
     EXPECT_TRUE(s.is_locked());
-    EXPECT_THROW(MmapWriteGuard w(s), LockViolation);
+    EXPECT_THROW(MmapWriteGuard w(mm), LockViolation);
   }
   EXPECT_FALSE(s.is_locked());
   {
-    MmapWriteGuard w(s);
+    MmapWriteGuard w(mm);
     EXPECT_TRUE(s.is_write_locked());
     w.downgrade();
     EXPECT_FALSE(s.is_write_locked());
     EXPECT_TRUE(s.is_locked());
   }
   EXPECT_FALSE(s.is_locked()) << "the guard releases the downgraded read lock";
-  { MmapWriteGuard w(s); }
+  { MmapWriteGuard w(mm); }
   EXPECT_FALSE(s.is_locked());
+}
+
+// The lock helpers report every acquire and release to the LockTiming of the mm they are given
+// (the timing model of its Machine), in the order the kernel path takes them; an mm without
+// one (timing off) reports nothing.
+struct RecordingTiming final : LockTiming {
+  struct Event {
+    const void* lock;
+    bool acquire, exclusive;
+    bool operator==(const Event&) const = default;
+  };
+  std::vector<Event> events;
+  void acquire(const void* lock, bool exclusive) override {
+    events.push_back({lock, true, exclusive});
+  }
+  void release(const void* lock, bool exclusive) override {
+    events.push_back({lock, false, exclusive});
+  }
+};
+
+TEST(UnitLocks, LockHelpersReportToTheMmsLockTiming) {
+  PhysMem mem{4 * PAGE_SIZE};
+  Page* table = mem.alloc_page();
+  ASSERT_NE(table, nullptr);
+  MmStruct mm;
+  RecordingTiming timing;
+  mm.lock_timing = &timing;
+  {
+    MmapWriteGuard w(mm);
+    SpinGuard pl(pmd_lockptr(mm, *table));
+    w.downgrade();
+  }
+  { SpinGuard g(pud_lockptr(mm)); }
+  SpinLockRef ptl = pte_lockptr(mm, *table);
+  ptl.lock();
+  EXPECT_TRUE(table->ptl.is_locked());
+  ptl.unlock();
+  using E = RecordingTiming::Event;
+  const void* mmap = &mm.mmap_lock;
+  const void* ptlock = &table->ptl;
+  const void* ptl_mm = &mm.page_table_lock;
+  const std::vector<E> want = {
+      {mmap, true, true},     {ptlock, true, true},   {mmap, false, true},
+      {mmap, true, false},    {ptlock, false, true},  {mmap, false, false},
+      {ptl_mm, true, true},   {ptl_mm, false, true},  {ptlock, true, true},
+      {ptlock, false, true},
+  };
+  EXPECT_EQ(timing.events, want);
+  EXPECT_EQ(&pte_lockptr(mm, *table).get(), &table->ptl);
+  EXPECT_EQ(&pud_lockptr(mm).get(), &mm.page_table_lock);
+
+  MmStruct untimed;  // timing off: the same calls report nothing
+  timing.events.clear();
+  {
+    MmapReadGuard r(untimed);
+    SpinGuard ptl2(pte_lockptr(untimed, *table));
+  }
+  EXPECT_TRUE(timing.events.empty());
+  mem.put_page(*table);
 }
 
 // ---- the entry-write checker ----
@@ -177,33 +239,32 @@ TEST_F(UnitLocksChecker, SetPteAtNeedsTheTablesLock) {
   EXPECT_THROW(set_pte_at(pte, v), LockViolation);
   EXPECT_EQ(pte.get(), 0u) << "a refused write leaves the entry alone";
   {
-    SpinGuard other(tables_[1]->ptl);  // another table's lock does not count
+    SpinGuard other(pte_lockptr(mm_, *tables_[1]));  // another table's lock does not count
     EXPECT_THROW(set_pte_at(pte, v), LockViolation);
   }
   {
-    SpinGuard wrong(mm_.page_table_lock);  // nor does mm->page_table_lock
+    SpinGuard wrong(pud_lockptr(mm_));  // nor does mm->page_table_lock
     EXPECT_THROW(set_pte_at(pte, v), LockViolation);
   }
   {
-    SpinGuard ptl(pte_lockptr(*tables_[0]));
+    SpinGuard ptl(pte_lockptr(mm_, *tables_[0]));
     EXPECT_NO_THROW(set_pte_at(pte, v));
     EXPECT_EQ(pte.get(), v);
   }
-  EXPECT_EQ(&pte_lockptr(*tables_[0]), &tables_[0]->ptl);
 }
 
 TEST_F(UnitLocksChecker, OtherPteWritersNeedTheTablesLock) {
   const EntryRef pte = entry(0, 9);
   const pteval_t v = pfn_pte(Pfn{4}, _PAGE_PRESENT | _PAGE_RW | _PAGE_USER);
   {
-    SpinGuard ptl(tables_[0]->ptl);
+    SpinGuard ptl(pte_lockptr(mm_, *tables_[0]));
     set_pte_at(pte, v);
   }
   EXPECT_THROW(ptep_set_wrprotect(pte), LockViolation);
   EXPECT_THROW(ptep_get_and_clear(pte), LockViolation);
   EXPECT_THROW(pte_clear(pte), LockViolation);
   EXPECT_EQ(pte.get(), v);
-  SpinGuard ptl(tables_[0]->ptl);
+  SpinGuard ptl(pte_lockptr(mm_, *tables_[0]));
   ptep_set_wrprotect(pte);
   EXPECT_EQ(pte.get(), v & ~_PAGE_RW);
   EXPECT_EQ(ptep_get_and_clear(pte), v & ~_PAGE_RW);
@@ -218,17 +279,17 @@ TEST_F(UnitLocksChecker, SetPmdAtNeedsThePmdTablesLock) {
   const pteval_t v = mk_table_entry(Pfn{5});
   EXPECT_THROW(set_pmd_at(mm_, pmd, v), LockViolation);
   {
-    SpinGuard g(mm_.page_table_lock);  // split PMD locks: page_table_lock is not it
+    SpinGuard g(pud_lockptr(mm_));  // split PMD locks: page_table_lock is not it
     EXPECT_THROW(set_pmd_at(mm_, pmd, v), LockViolation);
   }
   {
-    MmapWriteGuard g(mm_.mmap_lock);  // nor is mmap_lock, outside free_pgtables
+    MmapWriteGuard g(mm_);  // nor is mmap_lock, outside free_pgtables
     EXPECT_THROW(set_pmd_at(mm_, pmd, v), LockViolation);
     EXPECT_THROW(pmdp_set_wrprotect(mm_, pmd), LockViolation);
   }
   EXPECT_EQ(pmd.get(), 0u);
   {
-    SpinGuard g(pmd_lockptr(*tables_[0]));
+    SpinGuard g(pmd_lockptr(mm_, *tables_[0]));
     set_pmd_at(mm_, pmd, v);
     EXPECT_EQ(pmd.get(), v);
     pmdp_set_wrprotect(mm_, pmd);
@@ -239,16 +300,16 @@ TEST_F(UnitLocksChecker, SetPmdAtNeedsThePmdTablesLock) {
 TEST_F(UnitLocksChecker, PmdClearForFreeNeedsMmapLock) {
   const EntryRef pmd = entry(0, 4);
   {
-    SpinGuard g(tables_[0]->ptl);
+    SpinGuard g(pmd_lockptr(mm_, *tables_[0]));
     set_pmd_at(mm_, pmd, mk_table_entry(Pfn{6}));
   }
   {
-    SpinGuard g(tables_[0]->ptl);  // the PMD lock does not stand in for mmap_lock
+    SpinGuard g(pmd_lockptr(mm_, *tables_[0]));  // the PMD lock does not stand in for mmap_lock
     EXPECT_THROW(pmd_clear_for_free(mm_, pmd), LockViolation);
   }
   EXPECT_NE(pmd.get(), 0u);
   {
-    MmapReadGuard g(mm_.mmap_lock);  // read or write: the VMAs are detached
+    MmapReadGuard g(mm_);  // read or write: the VMAs are detached
     pmd_clear_for_free(mm_, pmd);
   }
   EXPECT_EQ(pmd.get(), 0u);
@@ -259,11 +320,11 @@ TEST_F(UnitLocksChecker, SetPudNeedsPageTableLock) {
   const pteval_t v = mk_table_entry(Pfn{8});
   EXPECT_THROW(set_pud(mm_, pud, v), LockViolation);
   {
-    SpinGuard g(tables_[1]->ptl);  // the table frame's own lock is not pud_lock
+    SpinGuard g(pmd_lockptr(mm_, *tables_[1]));  // the table frame's own lock is not pud_lock
     EXPECT_THROW(set_pud(mm_, pud, v), LockViolation);
   }
   {
-    MmapWriteGuard g(mm_.mmap_lock);
+    MmapWriteGuard g(mm_);
     EXPECT_THROW(set_pud(mm_, pud, v), LockViolation);
   }
   EXPECT_EQ(pud.get(), 0u);
@@ -272,16 +333,16 @@ TEST_F(UnitLocksChecker, SetPudNeedsPageTableLock) {
     set_pud(mm_, pud, v);
   }
   EXPECT_EQ(pud.get(), v);
-  EXPECT_EQ(&pud_lockptr(mm_), &mm_.page_table_lock);
+  EXPECT_EQ(&pud_lockptr(mm_).get(), &mm_.page_table_lock);
 
   EXPECT_THROW(pud_clear_for_free(mm_, pud), LockViolation);
   {
-    SpinGuard g(mm_.page_table_lock);
+    SpinGuard g(pud_lockptr(mm_));
     EXPECT_THROW(pud_clear_for_free(mm_, pud), LockViolation) << "freeing needs mmap_lock";
   }
   EXPECT_EQ(pud.get(), v);
   {
-    MmapWriteGuard g(mm_.mmap_lock);
+    MmapWriteGuard g(mm_);
     pud_clear_for_free(mm_, pud);
   }
   EXPECT_EQ(pud.get(), 0u);

@@ -67,7 +67,7 @@ class UnitMachine : public ::testing::Test {
     EntryRef pmd = k.walk_to_pmd(mm, va);
     ASSERT_TRUE(pmd);
     EntryRef e = k.pte_offset_map(pmd, va);
-    SpinGuard ptl(pte_lockptr(*e.table));
+    SpinGuard ptl(pte_lockptr(mm, *e.table));
     set_pte_at(e, pte_mkold(pte_mkclean(e.get())));
   }
 

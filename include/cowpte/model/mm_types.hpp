@@ -131,6 +131,9 @@ struct MmStruct {
   std::int64_t pgtables_bytes = 0;  // PUD, PMD and PTE tables; the pgd is not counted
   SpinLock page_table_lock;         // guards pgd and pud entries (and pmd_install's recheck)
   RwSem mmap_lock;
+  // The timing model of this mm's Machine, which every lock taken for the mm reports to (null
+  // when timing is off; spinlock.hpp). Not Linux's.
+  LockTiming* lock_timing = nullptr;
   int pid = 0;
   // Odd while fork copies (write_protect_seq): page_needs_cow_for_dma is only valid then.
   unsigned write_protect_seq = 0;

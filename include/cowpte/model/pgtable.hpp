@@ -23,12 +23,19 @@ struct EntryRef {
 inline pteval_t* table_base(Page& t) noexcept { return t.data; }
 
 // --- lock lookup ---
+// Each takes the mm a kernel path works for, as Linux's do: its LockTiming times the lock.
 // pte_lockptr: the split lock in the struct page of the PTE table.
-inline SpinLock& pte_lockptr(Page& pte_table) noexcept { return pte_table.ptl; }
+inline SpinLockRef pte_lockptr(const MmStruct& mm, Page& pte_table) noexcept {
+  return {pte_table.ptl, mm.lock_timing};
+}
 // pmd_lockptr: the split lock of the PMD table frame (USE_SPLIT_PMD_PTLOCKS on x86-64).
-inline SpinLock& pmd_lockptr(Page& pmd_table) noexcept { return pmd_table.ptl; }
+inline SpinLockRef pmd_lockptr(const MmStruct& mm, Page& pmd_table) noexcept {
+  return {pmd_table.ptl, mm.lock_timing};
+}
 // pud_lockptr: mm->page_table_lock.
-inline SpinLock& pud_lockptr(MmStruct& mm) noexcept { return mm.page_table_lock; }
+inline SpinLockRef pud_lockptr(MmStruct& mm) noexcept {
+  return {mm.page_table_lock, mm.lock_timing};
+}
 
 // --- the checker ---
 // A PTE table whose frame has _refcount above 1 is shared by several mms (COW PTE). Nothing

@@ -23,15 +23,17 @@ inline constexpr bool kLockChecks = true;
 inline constexpr bool kLockChecks = false;
 #endif
 
-// The timing model's view of locks. While a timed kernel path runs, every acquire and release
-// reports the lock, so that simulated time can make one CPU wait for a lock that another CPU's
-// path held until later (src/mmu/timing.cpp, TimedLocks). Null otherwise: one branch.
+// The timing model's view of locks. On a timed Machine every acquire and release a kernel path
+// makes is reported, so that simulated time can make one CPU wait for a lock that another CPU's
+// path held until later (src/mmu/timing.cpp, TimedLocks). Each mm carries its Machine's
+// LockTiming (MmStruct::lock_timing, null when timing is off: one branch), and the lock helpers
+// that take a lock for a kernel path (pte_lockptr(mm, ...), MmapReadGuard(mm), ...) pass it on,
+// so that Machines on different threads never share it.
 struct LockTiming {
   virtual void acquire(const void* lock, bool exclusive) = 0;
   virtual void release(const void* lock, bool exclusive) = 0;
   virtual ~LockTiming() = default;
 };
-inline thread_local LockTiming* lock_timing = nullptr;
 
 // spinlock_t: 4 bytes, so that it fits the struct page of a table frame (ptlock_init with
 // !ALLOC_SPLIT_PTLOCKS embeds the lock in struct page).
@@ -40,14 +42,10 @@ class SpinLock {
   void lock() {
     if (held_) lock_violation("spin_lock: lock already held (self-deadlock)");
     held_ = 1;
-    if (lock_timing) [[unlikely]]
-      lock_timing->acquire(this, true);
   }
   void unlock() {
     if (!held_) lock_violation("spin_unlock: lock not held");
     held_ = 0;
-    if (lock_timing) [[unlikely]]
-      lock_timing->release(this, true);
   }
   bool is_locked() const noexcept { return held_ != 0; }
 
@@ -61,26 +59,18 @@ class RwSem {
   void down_read() {
     if (writer_) lock_violation("mmap_read_lock: held for write");
     ++readers_;
-    if (lock_timing) [[unlikely]]
-      lock_timing->acquire(this, false);
   }
   void up_read() {
     if (readers_ == 0) lock_violation("mmap_read_unlock: not held");
     --readers_;
-    if (lock_timing) [[unlikely]]
-      lock_timing->release(this, false);
   }
   void down_write() {
     if (writer_ || readers_) lock_violation("mmap_write_lock: already held");
     writer_ = true;
-    if (lock_timing) [[unlikely]]
-      lock_timing->acquire(this, true);
   }
   void up_write() {
     if (!writer_) lock_violation("mmap_write_unlock: not held for write");
     writer_ = false;
-    if (lock_timing) [[unlikely]]
-      lock_timing->release(this, true);
   }
   void downgrade_write() {  // mmap_write_downgrade
     up_write();
@@ -94,45 +84,40 @@ class RwSem {
   bool writer_ = false;
 };
 
-// RAII guards named after the kernel helpers.
+// A spinlock as a kernel path takes it: the lock, and the LockTiming of the Machine whose mm it
+// guards (null when timing is off). The lock helpers (pte_lockptr, pmd_lockptr, pud_lockptr in
+// pgtable.hpp) return one; spin_lock and spin_unlock go through it.
+class SpinLockRef {
+ public:
+  SpinLockRef(SpinLock& lock, LockTiming* timing) noexcept : lock_(&lock), timing_(timing) {}
+  void lock() {
+    lock_->lock();
+    if (timing_) [[unlikely]]
+      timing_->acquire(lock_, true);
+  }
+  void unlock() {
+    lock_->unlock();
+    if (timing_) [[unlikely]]
+      timing_->release(lock_, true);
+  }
+  SpinLock& get() const noexcept { return *lock_; }
+  bool is_locked() const noexcept { return lock_->is_locked(); }
+
+ private:
+  SpinLock* lock_;
+  LockTiming* timing_;
+};
+
+// spin_lock(ptl) ... spin_unlock(ptl) as a scope.
 class SpinGuard {
  public:
-  explicit SpinGuard(SpinLock& l) : l_(l) { l_.lock(); }
+  explicit SpinGuard(SpinLockRef l) : l_(l) { l_.lock(); }
   ~SpinGuard() { l_.unlock(); }
   SpinGuard(const SpinGuard&) = delete;
   SpinGuard& operator=(const SpinGuard&) = delete;
 
  private:
-  SpinLock& l_;
-};
-
-class MmapReadGuard {
- public:
-  explicit MmapReadGuard(RwSem& s) : s_(s) { s_.down_read(); }
-  ~MmapReadGuard() { s_.up_read(); }
-  MmapReadGuard(const MmapReadGuard&) = delete;
-  MmapReadGuard& operator=(const MmapReadGuard&) = delete;
-
- private:
-  RwSem& s_;
-};
-
-class MmapWriteGuard {
- public:
-  explicit MmapWriteGuard(RwSem& s) : s_(s) { s_.down_write(); }
-  ~MmapWriteGuard() {
-    if (s_.is_write_locked()) {
-      s_.up_write();
-    } else {
-      s_.up_read();  // downgraded on the way
-    }
-  }
-  void downgrade() { s_.downgrade_write(); }
-  MmapWriteGuard(const MmapWriteGuard&) = delete;
-  MmapWriteGuard& operator=(const MmapWriteGuard&) = delete;
-
- private:
-  RwSem& s_;
+  SpinLockRef l_;
 };
 
 }  // namespace cowpte

@@ -38,7 +38,7 @@ class OnDemandForkPolicy final : public ForkPolicy {
     const vaddr_t span = addr & PMD_MASK;
     (void)k.cow_pte_zap_whole_mm(tlb, span);  // throws for a zap that should have broken it
     {
-      SpinGuard pl(pmd_lockptr(*pmd.table));
+      SpinGuard pl(pmd_lockptr(mm, *pmd.table));
       set_pmd_at(mm, pmd, 0);  // pmd_clear
     }
     tlb.tlb_remove_tlb_entry(span, PMD_SIZE);  // tlb_flush_pmd_range

@@ -29,9 +29,9 @@ class RfcV2Policy final : public ForkPolicy {
     if (cow_pte_count(table) > 1) return odf().break_table(ops, mm, pmd, addr);
     if (table.pt_owner != &mm)
       throw InvariantViolation("rfc_v2: the last holder of a shared table is not its owner");
-    SpinGuard ptl(pte_lockptr(table));
+    SpinGuard ptl(pte_lockptr(mm, table));
     table.pt_owner = nullptr;
-    SpinGuard pl(pmd_lockptr(*pmd.table));
+    SpinGuard pl(pmd_lockptr(mm, *pmd.table));
     set_pmd_at(mm, pmd, pmd_mkwrite(pmd.get()));  // an upgrade: no flush needed
     return 0;
   }

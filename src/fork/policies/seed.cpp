@@ -67,12 +67,12 @@ class SeedPolicy final : public ForkPolicy {
     }
     ++mm.write_protect_seq;  // write_seqcount_begin: GUP-fast backs off
     {
-      SpinGuard ptl(pte_lockptr(old));
+      SpinGuard ptl(pte_lockptr(mm, old));
       if (!nw) {
-        SpinGuard pl(pmd_lockptr(*pmd.table));
+        SpinGuard pl(pmd_lockptr(mm, *pmd.table));
         set_pmd_at(mm, pmd, pmd_mkwrite(pmd.get()));  // reuse: refcount 1
       } else {
-        SpinGuard nptl(pte_lockptr(*nw));
+        SpinGuard nptl(pte_lockptr(mm, *nw));
         const pteval_t* src = table_base(old);
         EntryRef dst{nw, table_base(*nw)};
         for (unsigned i = 0; i < PTRS_PER_TABLE; ++i, ++dst.p) {
@@ -82,7 +82,7 @@ class SeedPolicy final : public ForkPolicy {
           k.tm_entry(dst);
         }
         pmd_put_pte(old);
-        SpinGuard pl(pmd_lockptr(*pmd.table));
+        SpinGuard pl(pmd_lockptr(mm, *pmd.table));
         set_pmd_at(mm, pmd, mk_table_entry(k.mem.pfn(*nw)));  // nr_ptes -1 +1
       }
     }
@@ -106,7 +106,7 @@ class SeedPolicy final : public ForkPolicy {
     Page& table = k.table_of(pmd.get());
     const vaddr_t span = addr & PMD_MASK;
     if (cow_pte_count(table) == 1) {
-      SpinGuard pl(pmd_lockptr(*pmd.table));
+      SpinGuard pl(pmd_lockptr(mm, *pmd.table));
       set_pmd_at(mm, pmd, pmd_mkwrite(pmd.get()));  // an upgrade: no flush needed
       return false;
     }
@@ -119,11 +119,11 @@ class SeedPolicy final : public ForkPolicy {
     }
     k.zap_cow_pte_range(tlb, pmd, span, span + PMD_SIZE);
     {
-      SpinGuard pl(pmd_lockptr(*pmd.table));
+      SpinGuard pl(pmd_lockptr(mm, *pmd.table));
       set_pmd_at(mm, pmd, 0);  // pmd_clear
     }
     tlb.tlb_remove_tlb_entry(span, PMD_SIZE);  // tlb_flush_pmd_range
-    SpinGuard ptl(pte_lockptr(table));
+    SpinGuard ptl(pte_lockptr(mm, table));
     pmd_put_pte(table);
     mm.pgtables_bytes -= PAGE_SIZE;  // mm_dec_nr_ptes
     return true;
@@ -134,7 +134,7 @@ class SeedPolicy final : public ForkPolicy {
   bool free_table(PolicyOps& ops, MmGather& tlb, EntryRef pmd) const override {
     Page& table = ops.table_of(pmd.get());
     {
-      SpinGuard ptl(pte_lockptr(table));
+      SpinGuard ptl(pte_lockptr(*tlb.mm, table));
       if (!pmd_put_pte(table)) return false;
     }
     pmd_clear_for_free(*tlb.mm, pmd);
