@@ -17,7 +17,7 @@ vm_fault_t Kernel::do_anonymous_page(VmFault& vmf) {
     const pteval_t entry = pte_mkspecial(pfn_pte(mem.pfn(*zero_page), vma.vm_page_prot));
     vmf.pte = pte_offset_map(vmf.pmd, vmf.address);
     SpinGuard ptl(pte_lockptr(*vmf.vma->vm_mm, *vmf.pte.table));  // pte_offset_map_lock
-    if (!pte_none(vmf.pte.get())) return 0;      // someone else mapped it
+    if (!pte_none(vmf.pte.get())) return 0;                       // someone else mapped it
     set_pte_at(vmf.pte, entry);
     tm_entry(vmf.pte);
     return 0;

@@ -96,7 +96,8 @@ class Kernel final : public PolicyOps, public CostModel {
   std::shared_ptr<spdlog::logger> tracer;  // null when tracing is off
 
   // A facade call entering the kernel on process p's CPU: sets cur_cpu (which the timing of
-  // every lock and access charges) for its duration and credits the process with what its CPU counted meanwhile.
+  // every lock and access charges) for its duration and credits the process with what its CPU
+  // counted meanwhile.
   class Entry {
    public:
     Entry(Kernel& k, Process& p, bool syscall);

@@ -185,10 +185,9 @@ TEST(UnitLocks, LockHelpersReportToTheMmsLockTiming) {
   const void* ptlock = &table->ptl;
   const void* ptl_mm = &mm.page_table_lock;
   const std::vector<E> want = {
-      {mmap, true, true},     {ptlock, true, true},   {mmap, false, true},
-      {mmap, true, false},    {ptlock, false, true},  {mmap, false, false},
-      {ptl_mm, true, true},   {ptl_mm, false, true},  {ptlock, true, true},
-      {ptlock, false, true},
+      {mmap, true, true},    {ptlock, true, true},  {mmap, false, true},  {mmap, true, false},
+      {ptlock, false, true}, {mmap, false, false},  {ptl_mm, true, true}, {ptl_mm, false, true},
+      {ptlock, true, true},  {ptlock, false, true},
   };
   EXPECT_EQ(timing.events, want);
   EXPECT_EQ(&pte_lockptr(mm, *table).get(), &table->ptl);
