@@ -3,7 +3,6 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include <algorithm>
 #include <mutex>
 #include <stdexcept>
 
@@ -69,6 +68,35 @@ Kernel::Kernel(Machine& m, const MachineConfig& c)
 
 Kernel::~Kernel() { procs.clear(); }
 
+// The PCID first, then the pgd: a failure gives back what was taken, so nothing leaks.
+Result<std::unique_ptr<MmStruct>> Kernel::mm_alloc() {
+  auto mm = std::make_unique<MmStruct>();
+  mm->lock_timing = timed_locks.get();
+  mm->pcid = pcids_.alloc();
+  if (!mm->pcid) return Errno::again;  // the model's process limit: 4095 live processes
+  if (!pgd_alloc(*mm)) {
+    pcids_.free(mm->pcid);  // never loaded into CR3: nothing to flush
+    return Errno::nomem;
+  }
+  return mm;
+}
+
+// The PCID will be reused: drop whatever any CPU still caches for it.
+void Kernel::mm_free_pcid(MmStruct& mm) {
+  if (hw)
+    for (Cpu& cpu : hw->cpus) hw->flush_pcid(cpu, mm.pcid);
+  pcids_.free(mm.pcid);
+}
+
+Process& Kernel::add_process(std::unique_ptr<MmStruct> mm, unsigned cpu) {
+  const int pid = procs.next_pid();
+  mm->pid = pid;
+  Process& p = procs.add(std::unique_ptr<Process>(new Process(machine, pid, std::move(mm))));
+  p.cpu_ = cpu;
+  proc_stats.emplace_back();
+  return p;
+}
+
 // Machine::try_spawn does the work; spawn() turns its errors into exceptions.
 Process& Kernel::spawn() {
   auto r = machine.try_spawn();
@@ -79,25 +107,20 @@ Process& Kernel::spawn() {
 }
 
 void Kernel::release_gup_refs(int pid) {
-  auto it = gup_refs.find(pid);
-  if (it == gup_refs.end()) return;
-  for (GupRef& r : it->second) {
+  for (const GupRef& r : gup_refs.take_all(pid)) {
     if (r.pin) {
       unpin_user_page(*r.page);
     } else {
       mem.put_page(*r.page);
     }
   }
-  gup_refs.erase(it);
 }
 
 // do_exit -> exit_mm -> mmput -> exit_mmap; the pins the process's "driver" held (io_uring
 // buffers, vmsplice pipes) are released with it.
 void Kernel::do_exit(Process& p) {
   exit_mmap(*p.mm_);
-  if (hw)  // the PCID will be reused: drop whatever any CPU still caches for it
-    for (Cpu& cpu : hw->cpus) hw->flush_pcid(cpu, p.mm_->pcid);
-  pcid_used[p.mm_->pcid] = false;
+  mm_free_pcid(*p.mm_);
   release_gup_refs(p.pid());
   pgd_free(*p.mm_);
   p.mm_.reset();
@@ -112,34 +135,21 @@ Machine::~Machine() = default;
 
 Process& Machine::spawn() { return kernel_->spawn(); }
 
-// The PCID first, then the pgd: a failure gives back what was taken, so nothing leaks.
 Result<Process*> Machine::try_spawn() {
-  Kernel& k = *kernel_;
-  auto mm = std::make_unique<MmStruct>();
-  mm->lock_timing = k.timed_locks.get();
-  mm->pcid = k.alloc_pcid();
-  if (!mm->pcid) return Errno::again;  // the model's process limit: 4095 live processes
-  if (!k.pgd_alloc(*mm)) {
-    k.pcid_used[mm->pcid] = false;
-    return Errno::nomem;
-  }
-  const int pid = static_cast<int>(k.procs.size()) + 1;
-  mm->pid = pid;
-  k.procs.push_back(std::unique_ptr<Process>(new Process(*this, pid, std::move(mm))));
-  k.proc_stats.emplace_back();
-  return k.procs.back().get();
+  auto mm = kernel_->mm_alloc();
+  if (!mm) return mm.error();
+  return &kernel_->add_process(std::move(*mm), 0);
 }
 
 Process* Machine::find(int pid) {
-  if (pid < 1 || pid > static_cast<int>(kernel_->procs.size())) return nullptr;
-  Process* p = kernel_->procs[pid - 1].get();
-  return p->alive() ? p : nullptr;
+  Process* p = kernel_->procs.find(pid);
+  return p && p->alive() ? p : nullptr;
 }
 
 std::vector<Process*> Machine::processes() {
   std::vector<Process*> out;
-  for (auto& p : kernel_->procs)
-    if (p->alive()) out.push_back(p.get());
+  for (Process& p : kernel_->procs)
+    if (p.alive()) out.push_back(&p);
   return out;
 }
 
@@ -330,9 +340,8 @@ static Result<void> facade_gup(Kernel& k, MmStruct& mm, int pid, vaddr_t addr, s
     for (Page* p : pages) pin ? k.unpin_user_page(*p) : k.mem.put_page(*p);
     return got == -EFAULT ? Errno::fault : Errno::nomem;
   }
-  auto& refs = k.gup_refs[pid];
   for (std::uint64_t i = 0; i < pages.size(); ++i)
-    refs.push_back(GupRef{addr + (i << PAGE_SHIFT), pages[i], pin});
+    k.gup_refs.add(pid, GupRef{addr + (i << PAGE_SHIFT), pages[i], pin});
   return {};
 }
 
@@ -343,24 +352,9 @@ static Result<void> facade_gup_release(Kernel& k, int pid, vaddr_t addr, std::ui
   auto nr = gup_range(addr, length);
   if (!nr) return nr.error() == Errno::fault ? Errno::inval : nr.error();
   if (*nr == 0) return {};
-  auto it = k.gup_refs.find(pid);
-  if (it == k.gup_refs.end()) return Errno::inval;
-  auto& refs = it->second;
-  std::vector<std::size_t> victims;
-  for (std::uint64_t i = 0; i < *nr; ++i) {
-    const vaddr_t a = addr + (i << PAGE_SHIFT);
-    auto r = std::find_if(refs.rbegin(), refs.rend(),
-                          [&](const GupRef& g) { return g.addr == a && g.pin == pin; });
-    if (r == refs.rend()) return Errno::inval;
-    victims.push_back(static_cast<std::size_t>(refs.rend() - r - 1));
-  }
-  std::sort(victims.rbegin(), victims.rend());
-  for (std::size_t v : victims) {
-    Page& page = *refs[v].page;
-    refs.erase(refs.begin() + static_cast<std::ptrdiff_t>(v));
-    pin ? k.unpin_user_page(page) : k.mem.put_page(page);
-  }
-  if (refs.empty()) k.gup_refs.erase(it);
+  const std::vector<GupRef> victims = k.gup_refs.take_range(pid, addr, *nr, pin);
+  if (victims.empty()) return Errno::inval;
+  for (const GupRef& r : victims) pin ? k.unpin_user_page(*r.page) : k.mem.put_page(*r.page);
   return {};
 }
 
@@ -394,11 +388,9 @@ Result<std::uint64_t> Process::read_gup(vaddr_t addr) const {
   if (!alive()) return Errno::srch;
   if (addr & 7) return Errno::inval;
   const Kernel& k = machine_->kernel();
-  auto it = k.gup_refs.find(pid_);
-  if (it == k.gup_refs.end()) return Errno::inval;
-  for (auto r = it->second.rbegin(); r != it->second.rend(); ++r)
-    if (r->addr == (addr & PAGE_MASK)) return k.mem.load_word(*r->page, addr & (PAGE_SIZE - 1));
-  return Errno::inval;
+  const GupRef* r = k.gup_refs.newest(pid_, addr & PAGE_MASK);
+  if (!r) return Errno::inval;
+  return k.mem.load_word(*r->page, addr & (PAGE_SIZE - 1));
 }
 
 Result<void> Process::clear_soft_dirty() {

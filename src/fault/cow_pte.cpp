@@ -45,8 +45,8 @@ RssVec Kernel::pte_table_rss(Page& table) {
 // charge, so that a process's RSS never goes negative when it exits (the paper decrements the
 // RSS of whichever mm drops the last reference, which may never have been charged).
 void Kernel::odf_transfer_owner(Page& table, MmStruct& from, vaddr_t span) {
-  for (auto& p : procs) {
-    MmStruct* to = p->mm();
+  for (Process& p : procs) {
+    MmStruct* to = p.mm();
     if (!to || to == &from) continue;
     EntryRef pmd = walk_to_pmd(*to, span);
     if (!pmd || pmd_none(pmd.get()) || &table_of(pmd.get()) != &table) continue;

@@ -51,34 +51,24 @@ Result<Process*> Kernel::kernel_clone(Process& parent) {
     oldmm.clear_flag(MMF_COW_PTE_READY);
     oldmm.set_flag(MMF_COW_PTE);
   }
-  auto mm = std::make_unique<MmStruct>();
-  mm->lock_timing = timed_locks.get();
-  mm->pcid = alloc_pcid();
-  if (!mm->pcid) return Errno::again;  // the model's process limit: 4095 live processes
-  if (!pgd_alloc(*mm)) {               // mm_alloc -> mm_init -> pgd_alloc
-    pcid_used[mm->pcid] = false;
-    return Errno::nomem;
-  }
+  auto new_mm = mm_alloc();
+  if (!new_mm) return new_mm.error();
+  std::unique_ptr<MmStruct>& mm = *new_mm;
   mm->flags = oldmm.flags & MMF_INIT_MASK;
   mm->cow_pte_policy = oldmm.cow_pte_policy;
   const int err = dup_mmap(*mm, oldmm);
   if (err) {
     exit_mmap(*mm);  // mmput
     pgd_free(*mm);
-    if (hw)
-      for (Cpu& cpu : hw->cpus) hw->flush_pcid(cpu, mm->pcid);
-    pcid_used[mm->pcid] = false;
+    mm_free_pcid(*mm);
     COWPTE_TRACE(*this, "fork: pid {} failed {}", oldmm.pid, err);
     return Errno::nomem;
   }
-  const int pid = static_cast<int>(procs.size()) + 1;  // alloc_pid, after copy_mm
-  mm->pid = pid;
-  procs.push_back(std::unique_ptr<Process>(new Process(machine, pid, std::move(mm))));
-  proc_stats.emplace_back();
-  // The child starts on the next CPU (the scheduler spreads them); its mm has run nowhere yet.
-  procs.back()->cpu_ = (parent.cpu() + 1) % cfg.cpus;
-  COWPTE_TRACE(*this, "fork: pid {} -> child {}", oldmm.pid, pid);
-  return procs.back().get();
+  // alloc_pid, after copy_mm. The child starts on the next CPU (the scheduler spreads them); its
+  // mm has run nowhere yet.
+  Process& child = add_process(std::move(mm), (parent.cpu() + 1) % cfg.cpus);
+  COWPTE_TRACE(*this, "fork: pid {} -> child {}", oldmm.pid, child.pid());
+  return &child;
 }
 
 }  // namespace cowpte

@@ -26,15 +26,15 @@ class Checker {
   void run() {
     const Pfn zero = k_.mem.pfn(*k_.zero_page);
     ref_[raw(zero)] += 1;  // the zero page's own reference (never freed)
-    for (const auto& p : k_.procs)
-      if (detail::Access::mm(*p)) check_mm(*detail::Access::mm(*p), p->pid());
+    for (Process& p : k_.procs)
+      if (MmStruct* mm = detail::Access::mm(p)) check_mm(*mm, p.pid());
     check_shared_tables();
-    for (const auto& p : k_.procs)
-      if (detail::Access::mm(*p)) check_counters(*detail::Access::mm(*p), p->pid());
+    for (Process& p : k_.procs)
+      if (MmStruct* mm = detail::Access::mm(p)) check_counters(*mm, p.pid());
     for (ShmemFile* f : files_) count_file(*f);
-    for (const auto& [pid, refs] : k_.gup_refs)
-      for (const GupRef& r : refs)
-        ref_[raw(k_.mem.pfn(*r.page))] += r.pin ? GUP_PIN_COUNTING_BIAS : 1;
+    k_.gup_refs.for_each([&](int, const GupRef& r) {
+      ref_[raw(k_.mem.pfn(*r.page))] += r.pin ? GUP_PIN_COUNTING_BIAS : 1;
+    });
     check_frames();
     if (k_.hw) check_hw();
   }
@@ -274,10 +274,10 @@ class Checker {
   // flush Linux does leaves an entry that breaks this.
   void check_hw() {
     std::map<unsigned, MmStruct*> by_pcid;
-    for (const auto& p : k_.procs)
-      if (MmStruct* mm = detail::Access::mm(*p))
+    for (Process& p : k_.procs)
+      if (MmStruct* mm = detail::Access::mm(p))
         if (!by_pcid.emplace(mm->pcid, mm).second)
-          fail(fmt::format("pid {}: PCID {} is another live process's too", p->pid(), mm->pcid));
+          fail(fmt::format("pid {}: PCID {} is another live process's too", p.pid(), mm->pcid));
     const std::uint64_t vpn_mask = (1ull << 36) - 1;
     for (std::size_t c = 0; c < k_.hw->cpus.size(); ++c) {
       const Cpu& cpu = k_.hw->cpus[c];

@@ -5,7 +5,6 @@
 
 #include <spdlog/logger.h>
 #include <memory>
-#include <unordered_map>
 #include <vector>
 
 #include "cowpte/machine.hpp"
@@ -16,8 +15,11 @@
 #include "cowpte/model/page.hpp"
 #include "cowpte/model/pgtable.hpp"
 #include "mm/errno.hpp"
+#include "mm/gup_refs.hpp"
+#include "mm/pid_table.hpp"
 #include "mmu/cost_model.hpp"
 #include "mmu/hw.hpp"
+#include "mmu/pcid.hpp"
 
 namespace cowpte {
 
@@ -72,13 +74,6 @@ struct VmFault {
 // fault_around_bytes (mm/memory.c): read faults on file/shmem VMAs map up to 16 cached pages.
 inline constexpr std::uint64_t kFaultAroundBytes = 65536;
 
-// One reference that GUP handed to the process's "driver": a pin (FOLL_PIN) or a FOLL_GET.
-struct GupRef {
-  vaddr_t addr;  // page address
-  Page* page;
-  bool pin;
-};
-
 // Kernel is the PolicyOps a fork policy gets (final: its own calls of table_of and
 // copy_pte_range are direct calls).
 class Kernel final : public PolicyOps, public CostModel {
@@ -86,12 +81,17 @@ class Kernel final : public PolicyOps, public CostModel {
   Kernel(Machine& machine, const MachineConfig& cfg);
   ~Kernel();
 
+  // The Kernel's state is a set of components, each keeping its own state private: the frames
+  // (PhysMem), the processes (PidTable), the references GUP handed out (GupRefs), the PCIDs
+  // (PcidAllocator, private: only mm_alloc and mm_free_pcid hand them out and back) and the
+  // timing model (the CostModel base, with the Hardware). The kernel paths below are members,
+  // named after the Linux functions they model.
   Machine& machine;
   MachineConfig cfg;
   PhysMem mem;
   Page* zero_page = nullptr;
-  std::vector<std::unique_ptr<Process>> procs;            // index = pid - 1
-  std::unordered_map<int, std::vector<GupRef>> gup_refs;  // by pid
+  PidTable procs;
+  GupRefs gup_refs;
   TlbStats tlb_stats;
   std::shared_ptr<spdlog::logger> tracer;  // null when tracing is off
 
@@ -109,24 +109,25 @@ class Kernel final : public PolicyOps, public CostModel {
     Kernel& k_;
     Cpu* prev_;
   };
-  // PCIDs: x86 has 12 bits; each live mm holds one (1..4095), and exit flushes it from every
-  // CPU before it is handed out again. 0 when all are taken.
-  std::vector<bool> pcid_used = std::vector<bool>(4096, false);
-  unsigned alloc_pcid() noexcept {
-    for (unsigned i = 1; i < pcid_used.size(); ++i)
-      if (!pcid_used[i]) {
-        pcid_used[i] = true;
-        return i;
-      }
-    return 0;
-  }
+  // ---- src/facade/process.cpp and src/fork/fork.cpp: process lifetime (kernel/fork.c mm_alloc,
+  //      kernel/pid.c alloc_pid, kernel/exit.c) ----
+  // mm_alloc -> mm_init: a new mm with its PCID and pgd; EAGAIN when no PCID is left (the
+  // model's limit of 4095 live processes), ENOMEM without a frame for the pgd. Nothing leaks.
+  Result<std::unique_ptr<MmStruct>> mm_alloc();
+  // Flush mm's PCID from every CPU and give it back (exit, or a fork that failed).
+  void mm_free_pcid(MmStruct& mm);
+  // alloc_pid: a new process with mm, starting on cpu.
+  Process& add_process(std::unique_ptr<MmStruct> mm, unsigned cpu);
+  Process& spawn();
+  void release_gup_refs(int pid);
+  void do_exit(Process& p);
   // TLB maintenance (arch/x86/mm/tlb.c): INVLPG up to flush_ceiling pages, else a PCID flush,
   // on this CPU, and a shootdown IPI to every other CPU in mm_cpumask.
   void flush_tlb_range(MmStruct& mm, vaddr_t start, vaddr_t end);
   void flush_tlb_mm(MmStruct& mm);
   void flush_tlb_page(MmStruct& mm, vaddr_t addr);
 
-  // ---- src/mmu/pgtable.cpp: table frames and the walk to an entry (mm/memory.c,
+  // ---- src/mm/pgtable.cpp: table frames and the walk to an entry (mm/memory.c,
   //      include/linux/pgtable.h, arch/x86/mm/pgtable.c) ----
   Page* pte_alloc_one(MmStruct& mm);  // with pgtable_pte_page_ctor
   Page* pmd_alloc_one(MmStruct& mm);  // with pgtable_pmd_page_ctor
@@ -158,7 +159,7 @@ class Kernel final : public PolicyOps, public CostModel {
   // Read-only lookup of the PMD entry for a, or an empty ref if a level is missing.
   EntryRef walk_to_pmd(MmStruct& mm, vaddr_t a) noexcept;
 
-  // ---- src/mmu/rmap.cpp (mm/rmap.c, include/linux/rmap.h) ----
+  // ---- src/mm/rmap.cpp (mm/rmap.c, include/linux/rmap.h) ----
   void page_add_new_anon_rmap(Page& page, Vma& vma);
   void page_add_file_rmap(Page& page);
   void page_remove_rmap(Page& page);
@@ -169,7 +170,7 @@ class Kernel final : public PolicyOps, public CostModel {
   Page* vm_normal_page(const Vma& vma, pteval_t pte) noexcept;
   static unsigned mm_counter(const Page& page) noexcept;
 
-  // ---- src/mmu/mmap.cpp (mm/mmap.c, mm/util.c, mm/shmem.c shmem_zero_setup) ----
+  // ---- src/mm/mmap.cpp (mm/mmap.c, mm/util.c, mm/shmem.c shmem_zero_setup) ----
   Result<vaddr_t> do_mmap(MmStruct& mm, vaddr_t addr, std::uint64_t len, Prot prot, MapFlags flags);
   Result<vaddr_t> get_unmapped_area(MmStruct& mm, vaddr_t addr, std::uint64_t len, MapFlags flags);
   Result<vaddr_t> mmap_region(MmStruct& mm, vaddr_t addr, std::uint64_t len, std::uint64_t flags,
@@ -188,7 +189,7 @@ class Kernel final : public PolicyOps, public CostModel {
                     vaddr_t floor, vaddr_t ceiling);
   void remove_vma(Vma* vma);
 
-  // ---- src/mmu/mprotect.cpp (mm/mprotect.c) ----
+  // ---- src/mm/mprotect.cpp (mm/mprotect.c) ----
   Result<void> do_mprotect_pkey(MmStruct& mm, vaddr_t start, std::uint64_t len, Prot prot);
   bool mprotect_fixup(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end, std::uint64_t newflags);
   long change_protection(MmGather& tlb, Vma& vma, vaddr_t start, vaddr_t end, bool try_writable);
@@ -196,13 +197,13 @@ class Kernel final : public PolicyOps, public CostModel {
                         pteval_t newprot, bool try_writable);
   bool can_change_pte_writable(Vma& vma, pteval_t pte);
 
-  // ---- src/mmu/madvise.cpp (mm/madvise.c) ----
+  // ---- src/mm/madvise.cpp (mm/madvise.c) ----
   Result<void> do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len, Advice advice);
   Result<void> madvise_populate(MmStruct& mm, vaddr_t start, vaddr_t end, bool write);
   bool madvise_update_vma(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end,
                           std::uint64_t newflags);
 
-  // ---- src/mmu/gup.cpp (mm/gup.c) ----
+  // ---- src/mm/gup.cpp (mm/gup.c) ----
   long get_user_pages(MmStruct& mm, vaddr_t start, std::uint64_t nr_pages, unsigned gup_flags,
                       std::vector<Page*>* pages);  // pages grabbed, or -errno
   Page* follow_page_pte(Vma& vma, vaddr_t addr, unsigned flags, bool& unshare, bool& oom);
@@ -213,7 +214,7 @@ class Kernel final : public PolicyOps, public CostModel {
   long populate_vma_page_range(Vma& vma, vaddr_t start, vaddr_t end);
   void mm_populate(MmStruct& mm, vaddr_t start, std::uint64_t len);
 
-  // ---- src/mmu/zap.cpp (mm/memory.c zap paths, mm/mmap.c free_pgtables and exit_mmap) ----
+  // ---- src/mm/zap.cpp (mm/memory.c zap paths, mm/mmap.c free_pgtables and exit_mmap) ----
   void zap_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, vaddr_t end);
   void zap_pmd_range(MmGather& tlb, Vma& vma, EntryRef pud, vaddr_t addr, vaddr_t end);
   void zap_pud_range(MmGather& tlb, Vma& vma, EntryRef pgd, vaddr_t addr, vaddr_t end);
@@ -314,18 +315,16 @@ class Kernel final : public PolicyOps, public CostModel {
   // The rest of a user access, timed or not: the TLBs (timed), one walk, the fault handler.
   Result<std::uint64_t> user_access_walk(MmStruct& mm, vaddr_t addr, bool write, std::uint64_t val);
 
-  // ---- src/mmu/task_mmu.cpp (fs/proc/task_mmu.c) ----
+  // ---- src/mm/task_mmu.cpp (fs/proc/task_mmu.c) ----
   PagemapEntry pagemap(MmStruct& mm, vaddr_t addr);
   std::vector<SmapsEntry> smaps(MmStruct& mm);
   Result<void> clear_refs_soft_dirty(MmStruct& mm);
 
-  // ---- src/mmu/invariants.cpp ----
+  // ---- src/mm/invariants.cpp ----
   void check_invariants() const;
 
-  // ---- src/mmu/process.cpp: process lifetime ----
-  Process& spawn();
-  void release_gup_refs(int pid);
-  void do_exit(Process& p);
+ private:
+  PcidAllocator pcids_;
 };
 
 // ---- hot per-PTE helpers, inline (include/linux/rmap.h, mm/memory.c, include/linux/mm.h) ----
