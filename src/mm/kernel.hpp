@@ -121,8 +121,10 @@ class Kernel final : public PolicyOps, public CostModel {
   Process& spawn();
   void release_gup_refs(int pid);
   void do_exit(Process& p);
-  // TLB maintenance (arch/x86/mm/tlb.c): INVLPG up to flush_ceiling pages, else a PCID flush,
-  // on this CPU, and a shootdown IPI to every other CPU in mm_cpumask.
+
+  // ---- src/mmu/tlb.cpp: TLB maintenance (arch/x86/mm/tlb.c). INVLPG up to flush_ceiling
+  //      pages, else a PCID flush, on this CPU, and a shootdown IPI to every other CPU in
+  //      mm_cpumask ----
   void flush_tlb_range(MmStruct& mm, vaddr_t start, vaddr_t end);
   void flush_tlb_mm(MmStruct& mm);
   void flush_tlb_page(MmStruct& mm, vaddr_t addr);

@@ -1,5 +1,5 @@
-// The timing model's kernel side: entering the kernel on a CPU, phases, lock timing in
-// simulated time, and TLB flushes with shootdowns (arch/x86/mm/tlb.c).
+// The timing model's kernel side: statistics settled at a context switch, lock timing in
+// simulated time, the hardware statistics as JSON. TLB flushes are in src/mmu/tlb.cpp.
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -72,63 +72,6 @@ void CostModel::settle_stats(Cpu& cpu, int new_owner) noexcept {
   }
   cpu.at_switch = cpu.stats;
   cpu.owner = new_owner;
-}
-
-namespace {
-// Run a flush on every CPU of mm_cpumask: the current CPU pays it, every other one takes a
-// shootdown IPI (the initiator sends and waits for the acknowledgement; the target runs the
-// interrupt and the flush).
-template <class Flush>
-void flush_on_cpus(Kernel& k, MmStruct& mm, Flush&& flush) {
-  Hardware& hw = *k.hw;
-  for (unsigned i = 0; i < hw.cpus.size(); ++i) {
-    if (!(mm.cpumask & (1ull << i))) continue;
-    Cpu& cpu = hw.cpus[i];
-    const std::uint64_t cost = flush(cpu);
-    if (&cpu == k.cur_cpu) {
-      cpu.clock += cost;
-      continue;
-    }
-    cpu.clock += hw.cfg.ipi_handle + cost;
-    ++cpu.stats.shootdowns_received;
-    if (k.cur_cpu) {
-      k.cur_cpu->clock += hw.cfg.ipi_send;
-      ++k.cur_cpu->stats.shootdowns_sent;
-    }
-  }
-}
-}  // namespace
-
-void Kernel::flush_tlb_range(MmStruct& mm, vaddr_t start, vaddr_t end) {
-  ++tlb_stats.flush_range;
-  if (!hw) return;
-  const std::uint64_t pages = (end - start) >> PAGE_SHIFT;
-  flush_on_cpus(*this, mm, [&](Cpu& cpu) -> std::uint64_t {
-    if (pages > hw->cfg.flush_ceiling) {
-      hw->flush_pcid(cpu, mm.pcid);
-      return hw->cfg.full_flush;
-    }
-    for (vaddr_t a = start; a < end; a += PAGE_SIZE) hw->invlpg(cpu, mm.pcid, a);
-    return pages * hw->cfg.invlpg;
-  });
-}
-
-void Kernel::flush_tlb_mm(MmStruct& mm) {
-  ++tlb_stats.flush_mm;
-  if (!hw) return;
-  flush_on_cpus(*this, mm, [&](Cpu& cpu) -> std::uint64_t {
-    hw->flush_pcid(cpu, mm.pcid);
-    return hw->cfg.full_flush;
-  });
-}
-
-void Kernel::flush_tlb_page(MmStruct& mm, vaddr_t addr) {
-  ++tlb_stats.flush_page;
-  if (!hw) return;
-  flush_on_cpus(*this, mm, [&](Cpu& cpu) -> std::uint64_t {
-    hw->invlpg(cpu, mm.pcid, addr);
-    return hw->cfg.invlpg;
-  });
 }
 
 nlohmann::json hw_stats_to_json(const HwStats& s);  // src/mmu/hw.cpp
