@@ -62,7 +62,7 @@ std::string Machine::ptdump(const Process& p) const {
       while (j + 1 < PTRS_PER_TABLE && (e[j + 1] & ~PTE_PFN_MASK) == flags && !pte_none(e[j + 1]))
         ++j;
       out += fmt::format("{:{}}pte {:#014x}-{:#014x} {:4} pages [{}] pfn {:#x}{}\n", "", 6, va,
-                         base | (vaddr_t(j + 1) << shift), j - i + 1, decode_entry_flags(e[i], 3),
+                         base + (vaddr_t(j + 1) << shift), j - i + 1, decode_entry_flags(e[i], 3),
                          raw(pte_pfn(e[i])), j > i ? ".." : "");
       i = j;
     }

@@ -477,10 +477,9 @@ inline int Kernel::copy_present_pte(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte
     if (dst_pte.p == src_pte.p && page && pte_dirty(pte)) page->set(PG_dirty);
     pte = pte_mkclean(pte);
   }
+  // Soft-dirty stays, as in classic fork and the seed's code: a shared table's soft-dirty bits
+  // are every sharer's, and clear_refs breaks the table before it clears them.
   pte = pte_mkold(pte);
-  // A shared table can't keep one process's soft-dirty state (the seed's comment above
-  // copy_cow_pte_range): the parent's entries lose it.
-  if (dst_pte.p == src_pte.p) pte = pte_clear_soft_dirty(pte);
   pte = pte_clear_uffd_wp(pte);  // the child VMA is never uffd-wp in the model
   set_pte_at(dst_pte, pte);
   tm_entry(dst_pte);

@@ -58,12 +58,8 @@
 //     one extra mapping (or, on the twin, one mapping of (c)) somewhere; in a full comparison
 //     that frame's mapcount must be the twin frame's (0 where a machine maps that shmem page
 //     nowhere) plus its extra mappings minus its mappings of (c).
-//   - Soft-dirty (bit 55) may differ only in processes that took part in a COW-PTE fork, as
-//     parent or child: the seed's fork clears soft-dirty in the shared entries on purpose (a
-//     shared table can't keep one process's soft-dirty state; copy_present_pte clears it when
-//     dst == src). In these runs every VMA stays VM_SOFTDIRTY (nobody calls clear_soft_dirty),
-//     and pagemap reports the VMA's bit too, so this allowance is not exercised (count 0).
-//   - Every other pagemap bit is equal.
+//   - Every other pagemap bit is equal, soft-dirty (bit 55) included: fork keeps it in shared
+//     entries as classic fork does.
 // summary() counts each allowed difference per page compared, so a reader sees how often each
 // happened. ODF charges a shared table's pages to one owner, so it has no such equivalence.
 //
@@ -341,8 +337,7 @@ class DifferentialRun {
                      std::to_string(allowed_shmem_unmapped_) +
                      ", only on the twin a shmem page its fault-around mapped " +
                      std::to_string(allowed_missing_) + ", exclusive bit " +
-                     std::to_string(allowed_exclusive_) + ", soft-dirty " +
-                     std::to_string(allowed_soft_dirty_) + ", RSS shmem (process checks) " +
+                     std::to_string(allowed_exclusive_) + ", RSS shmem (process checks) " +
                      std::to_string(allowed_rss_shmem_)
                : "") +
         "; ";
@@ -553,7 +548,6 @@ class DifferentialRun {
 
     for (const Live& l : live_) {
       const int pid = l.proc->pid();
-      const bool soft_dirty_may_differ = cow_pte_forked_.count(pid) != 0;
       for (const auto& [s, v] : model_.proc(l.mid).vmas) {
         for (vaddr_t va = v.start; va < v.end; va += kPageSize) {
           if (!full) {
@@ -570,13 +564,6 @@ class DifferentialRun {
                  show(q, twin_->zero_pfn()) + " with the classic fork" + why);
           };
           std::uint64_t diff = (p.raw ^ q.raw) & kFlagBits;
-          if (diff & kSoftDirty) {
-            if (!soft_dirty_may_differ)
-              return mismatch(
-                  ": soft-dirty differs in a process that took part in no COW-PTE fork");
-            ++allowed_soft_dirty_;
-            diff &= ~kSoftDirty;
-          }
           const ShmPage key{v.obj, v.pgoff + (va - v.start) / kPageSize};
           if (p.present && !q.present) {  // a page the classic child would fault in later
             if (!v.shared) {
@@ -1246,13 +1233,7 @@ class DifferentialRun {
     for (const auto& o : live_)
       if (o.proc->pid() == child->pid()) return fail(d + ": the child reuses a live pid");
     const Live parent = l;  // push_back moves `l`
-    // MMF_COW_PTE (or READY, which this fork turns into it): a COW-PTE fork.
-    const bool cow_pte_fork = model_.proc(l.mid).cow_pte != flat::CowPte::off;
     const int mid = model_.fork(l.mid);
-    if (cow_pte_fork) {
-      cow_pte_forked_.insert(parent.proc->pid());
-      cow_pte_forked_.insert(child->pid());
-    }
     live_.push_back({mid, child, *t});
     ++forks_;
     // A classic fork never shares a PTE table (nor does the twin, which forks classically).
@@ -1273,7 +1254,6 @@ class DifferentialRun {
     if (l.twin) l.twin->exit();
     twin_full_next_ = true;
     model_.exit(l.mid);
-    cow_pte_forked_.erase(pid);
     live_.erase(live_.begin() + static_cast<std::ptrdiff_t>(idx));
     dead_.push_back(l.proc);
     if (l.proc->alive() || m_.find(pid) != nullptr)
@@ -1480,14 +1460,12 @@ class DifferentialRun {
   // pid -> span -> shmem pages the twin maps there (its fault-around) and this process does not.
   std::unordered_map<int, std::map<vaddr_t, std::uint64_t>> missing_shmem_;
   // The pids of the processes that took part in a COW-PTE fork, as parent or child.
-  std::set<int> cow_pte_forked_;
   // The allowed differences from the twin, counted per page compared (see the header comment):
   // the zero page mapped only here, a shmem page mapped only here (that the twin maps
   // elsewhere, or nowhere), the exclusive bit, soft-dirty; and the RSS comparisons where a
   // process maps extra shmem pages.
   std::uint64_t allowed_zero_ = 0, allowed_shmem_ = 0, allowed_shmem_unmapped_ = 0,
-                allowed_exclusive_ = 0, allowed_soft_dirty_ = 0, allowed_rss_shmem_ = 0,
-                allowed_missing_ = 0;
+                allowed_exclusive_ = 0, allowed_rss_shmem_ = 0, allowed_missing_ = 0;
   std::array<vaddr_t, 24> hot_{};
   std::size_t hot_next_ = 0, hot_count_ = 0;
   bool failed_ = false;
