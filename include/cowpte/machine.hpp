@@ -54,6 +54,10 @@ struct MachineConfig {
   // What Process::set_cow_pte() arms when called without a policy, by name (fork_policy_names).
   // A process can also choose for itself with set_cow_pte(name).
   PolicyName cow_pte_policy = "seed";
+  // false: anonymous read faults allocate a zeroed page of their own instead of mapping the
+  // shared zero page, as kernels with mm_forbids_zeropage do (s390 with KVM; this project's CI
+  // hosts boot without the zero page). The zero page's frame exists either way.
+  bool zero_page = true;
   // The cycle-level timing model (TLBs, caches, kernel path costs); off by default.
   TimingConfig timing{};
 };

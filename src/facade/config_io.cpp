@@ -185,6 +185,7 @@ MachineConfig machine_config_from_json(const std::string& text) {
     get(j, "memory_bytes", cfg.memory_bytes, known, "");
     get(j, "cpus", cfg.cpus, known, "");
     get(j, "trace", cfg.trace, known, "");
+    get(j, "zero_page", cfg.zero_page, known, "");
     known.emplace_back("cow_pte_policy");
     if (auto it = j.find("cow_pte_policy"); it != j.end()) {
       if (!it->is_string())
@@ -216,6 +217,7 @@ std::string to_json(const MachineConfig& cfg) {
   j["memory_bytes"] = cfg.memory_bytes;
   j["cpus"] = cfg.cpus;
   j["trace"] = cfg.trace;
+  j["zero_page"] = cfg.zero_page;
   j["cow_pte_policy"] = cfg.cow_pte_policy.str();
   j["timing"] = to(cfg.timing);
   return j.dump(2);

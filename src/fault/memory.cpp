@@ -4,7 +4,8 @@
 
 namespace cowpte {
 
-// do_anonymous_page: a read maps the shared zero page read-only; a write maps a new zeroed
+// do_anonymous_page: a read maps the shared zero page read-only (unless mm_forbids_zeropage:
+// MachineConfig::zero_page false); a write, or a read without the zero page, maps a new zeroed
 // page, exclusive to this process.
 vm_fault_t Kernel::do_anonymous_page(VmFault& vmf) {
   PhaseScope phase(*this, Phase::fault_anonymous);
@@ -13,7 +14,7 @@ vm_fault_t Kernel::do_anonymous_page(VmFault& vmf) {
   if (vma.vm_flags & VM_SHARED) return VM_FAULT_SIGBUS;
   if (!pte_alloc(mm, vmf.pmd)) return VM_FAULT_OOM;
 
-  if (!(vmf.flags & FAULT_FLAG_WRITE)) {
+  if (!(vmf.flags & FAULT_FLAG_WRITE) && !mm_forbids_zeropage()) {
     const pteval_t entry = pte_mkspecial(pfn_pte(mem.pfn(*zero_page), vma.vm_page_prot));
     vmf.pte = pte_offset_map(vmf.pmd, vmf.address);
     SpinGuard ptl(pte_lockptr(*vmf.vma->vm_mm, *vmf.pte.table));  // pte_offset_map_lock

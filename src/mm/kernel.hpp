@@ -279,6 +279,7 @@ class Kernel final : public PolicyOps, public CostModel {
   vm_fault_t __handle_mm_fault(Vma& vma, vaddr_t address, unsigned flags);
   vm_fault_t handle_pte_fault(VmFault& vmf);
   vm_fault_t do_anonymous_page(VmFault& vmf);
+  bool mm_forbids_zeropage() const noexcept { return !cfg.zero_page; }
   // ---- src/fault/wp.cpp (mm/memory.c) ----
   vm_fault_t do_wp_page(VmFault& vmf);
   vm_fault_t wp_page_copy(VmFault& vmf);

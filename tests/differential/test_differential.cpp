@@ -239,8 +239,8 @@ std::string mode_tag(const std::string& policy) {
 // then serve translations, so a missing flush shows up in check_invariants() or as a wrong load.
 constexpr unsigned kTimedCpus = 2;
 
-MachineConfig machine_config(bool timed) {
-  MachineConfig c{.memory_bytes = kMachineBytes};
+MachineConfig machine_config(bool timed, bool zero_page = true) {
+  MachineConfig c{.memory_bytes = kMachineBytes, .zero_page = zero_page};
   if (timed) {
     c.cpus = kTimedCpus;
     c.timing.enabled = true;
@@ -248,11 +248,12 @@ MachineConfig machine_config(bool timed) {
   return c;
 }
 
-std::string run_tag(const std::string& policy, bool timed) {
-  return mode_tag(policy) + (timed ? "_timed" : "");
+std::string run_tag(const std::string& policy, bool timed, bool zero_page = true) {
+  return mode_tag(policy) + (timed ? "_timed" : "") + (zero_page ? "" : "_nozeropage");
 }
-std::string run_name(const std::string& policy, bool timed) {
-  return mode_name(policy) + (timed ? ", timed on " + std::to_string(kTimedCpus) + " CPUs" : "");
+std::string run_name(const std::string& policy, bool timed, bool zero_page = true) {
+  return mode_name(policy) + (timed ? ", timed on " + std::to_string(kTimedCpus) + " CPUs" : "") +
+         (zero_page ? "" : ", without the zero page");
 }
 
 struct RunConfig {
@@ -261,13 +262,15 @@ struct RunConfig {
   std::string policy = "classic";
   ForkMode mode = ForkMode::classic;  // mode_of(policy)
   bool timed = false;                 // the timing model on, kTimedCpus CPUs, and set_cpu calls
+  bool zero_page = true;              // MachineConfig::zero_page of the machine and its twin
 };
 
 class DifferentialRun {
  public:
   explicit DifferentialRun(const RunConfig& cfg)
-      : cfg_(cfg), m_(machine_config(cfg.timed)), rng_(cfg.seed) {
-    if (cfg.mode == ForkMode::seed) twin_ = std::make_unique<Machine>(machine_config(cfg.timed));
+      : cfg_(cfg), m_(machine_config(cfg.timed, cfg.zero_page)), rng_(cfg.seed) {
+    if (cfg.mode == ForkMode::seed)
+      twin_ = std::make_unique<Machine>(machine_config(cfg.timed, cfg.zero_page));
   }
 
   // Runs the operations; returns false (after printing the reproducer) on the first mismatch.
@@ -313,7 +316,7 @@ class DifferentialRun {
     };
     put("\ndifferential run crashed with signal " + std::to_string(sig) + ": seed " +
         std::to_string(cfg_.seed) + ", operation " + std::to_string(op_) + " (" +
-        run_name(cfg_.policy, cfg_.timed) + ")\noperation log up to the crash:\n");
+        run_name(cfg_.policy, cfg_.timed, cfg_.zero_page) + ")\noperation log up to the crash:\n");
     for (const auto& l : log_) put("  " + l + "\n");
     put("rerun: " + rerun_command() + "\n");
   }
@@ -410,12 +413,12 @@ class DifferentialRun {
   void report() {
     std::ostringstream os;
     os << "differential mismatch: seed " << cfg_.seed << ", operation " << op_ << " ("
-       << run_name(cfg_.policy, cfg_.timed) << ")\n  " << failure_ << "\noperation log ("
-       << log_.size() << " lines):\n";
+       << run_name(cfg_.policy, cfg_.timed, cfg_.zero_page) << ")\n  " << failure_
+       << "\noperation log (" << log_.size() << " lines):\n";
     for (const auto& l : log_) os << "  " << l << "\n";
     os << "rerun: " << rerun_command() << "\n";
     const std::string path = "/tmp/cowpte_diff_seed" + std::to_string(cfg_.seed) + "_" +
-                             run_tag(cfg_.policy, cfg_.timed) + ".log";
+                             run_tag(cfg_.policy, cfg_.timed, cfg_.zero_page) + ".log";
     std::ofstream(path) << os.str();
     ADD_FAILURE() << os.str() << "(also written to " << path << ")";
   }
@@ -1478,10 +1481,11 @@ struct SeedParam {
   std::uint64_t seed;
   std::string policy;
   bool timed = false;
+  bool zero_page = true;
 };
 
 void PrintTo(const SeedParam& p, std::ostream* os) {
-  *os << "seed " << p.seed << " with the " << run_name(p.policy, p.timed);
+  *os << "seed " << p.seed << " with the " << run_name(p.policy, p.timed, p.zero_page);
 }
 
 class RandomOps : public ::testing::TestWithParam<SeedParam> {};
@@ -1492,6 +1496,7 @@ TEST_P(RandomOps, MatchesFlatModel) {
   cfg.policy = GetParam().policy;
   cfg.mode = mode_of(cfg.policy);
   cfg.timed = GetParam().timed;
+  cfg.zero_page = GetParam().zero_page;
   bool set = false;
   if (std::uint64_t s = env_u64("COWPTE_DIFF_SEED", &set); set) cfg.seed = s;
   if (std::uint64_t n = env_u64("COWPTE_DIFF_OPS", &set); set) cfg.ops = n;
@@ -1505,12 +1510,13 @@ TEST_P(RandomOps, MatchesFlatModel) {
   EXPECT_TRUE(run.run());
   RecordProperty("ops", std::to_string(run.ops_done()));
   std::printf("[ calls    ] seed %" PRIu64 ", %s, %" PRIu64 " ops (kind ok/errors): %s\n", cfg.seed,
-              run_name(cfg.policy, cfg.timed).c_str(), run.ops_done(), run.summary().c_str());
+              run_name(cfg.policy, cfg.timed, cfg.zero_page).c_str(), run.ops_done(),
+              run.summary().c_str());
 }
 
 std::string seed_name(const ::testing::TestParamInfo<SeedParam>& info) {
   return "seed" + std::to_string(info.param.seed) + "_" +
-         run_tag(info.param.policy, info.param.timed);
+         run_tag(info.param.policy, info.param.timed, info.param.zero_page);
 }
 
 // 10 x 10,000 operations with the classic fork, 5 x 10,000 under each COW-PTE policy.
@@ -1540,6 +1546,14 @@ INSTANTIATE_TEST_SUITE_P(DifferentialTimed, RandomOps,
                                            SeedParam{302, "classic", true},
                                            SeedParam{303, "seed", true},
                                            SeedParam{304, "on_demand_fork", true}),
+                         seed_name);
+// Without the zero page (MachineConfig::zero_page false, as on this project's CI hosts and under
+// mm_forbids_zeropage): read faults allocate. Classic and seed, one of them timed.
+INSTANTIATE_TEST_SUITE_P(DifferentialNoZeroPage, RandomOps,
+                         ::testing::Values(SeedParam{501, "classic", false, false},
+                                           SeedParam{502, "classic", true, false},
+                                           SeedParam{503, "seed", false, false},
+                                           SeedParam{504, "seed", true, false}),
                          seed_name);
 
 // Every registered fork policy, by name, from the registry: a policy added to builtin.def runs

@@ -240,6 +240,7 @@ TEST(HostileInput, JsonValuesAreTypeAndRangeChecked) {
       {R"({"cpus": -1})", "cpus"},
       {R"({"cpus": 2.0})", "cpus"},
       {R"({"trace": 1})", "trace"},
+      {R"({"zero_page": "no"})", "zero_page"},
       {R"({"cow_pte_policy": 3})", "cow_pte_policy"},
       {R"({"timing": {"l1d": {"ways": -1}}})", "timing.l1d.ways"},
       {R"({"timing": {"l1d": {"ways": 0}}})", "timing.l1d.ways"},

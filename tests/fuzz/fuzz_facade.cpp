@@ -452,6 +452,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if ((knobs & 0x3f) == 2) cfg.memory_bytes = in.ConsumeIntegral<std::uint64_t>();
   if ((knobs & 0x3f) == 3) cfg.cpus = in.ConsumeIntegral<unsigned>();
   if ((knobs & 0x3f) == 4) cfg.timing.l1d.ways = in.ConsumeIntegralInRange<std::uint32_t>(0, 3);
+  cfg.zero_page = !(knobs & 0x80);  // half the machines without the zero page
   std::unique_ptr<Machine> m;
   try {
     check_machine_config(cfg);

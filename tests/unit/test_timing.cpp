@@ -248,9 +248,12 @@ TEST(TimingConfigJson, RoundTripsAndRejectsTypos) {
   MachineConfig cfg = timed(4);
   cfg.timing.stlb = {256, 8, 9};
   cfg.cow_pte_policy = CowPtePolicy::on_demand_fork;
+  cfg.zero_page = false;
   const std::string j = to_json(cfg);
   const MachineConfig back = machine_config_from_json(j);
   EXPECT_EQ(to_json(back), j);
+  EXPECT_FALSE(back.zero_page);
+  EXPECT_TRUE(machine_config_from_json("{}").zero_page);
   EXPECT_EQ(back.timing.stlb.entries(), 2048u);
   EXPECT_EQ(back.cpus, 4u);
   const MachineConfig partial = machine_config_from_json(R"({"timing": {"dram_latency": 300}})");

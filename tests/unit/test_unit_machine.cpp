@@ -171,6 +171,41 @@ TEST_F(UnitMachine, ReadFaultMapsTheZeroPage) {
   EXPECT_EQ(load(p, a), 5u);
 }
 
+// mm_forbids_zeropage (MachineConfig::zero_page false): a read fault allocates a zeroed page of
+// its own, writable and dirty in a writable VMA (the word a write fault makes), counted in RSS;
+// a store to it then needs no fault. MADV_POPULATE_READ does the same.
+TEST(UnitMachineNoZeroPage, ReadFaultAllocatesAZeroedPage) {
+  Machine m{MachineConfig{.memory_bytes = 64ull << 20, .zero_page = false}};
+  Process& p = m.spawn();
+  const vaddr_t a =
+      *p.mmap(0, 4 * 4096, Prot::read | Prot::write, MapFlags::private_ | MapFlags::anonymous);
+  const std::uint64_t free_before = m.free_pages();
+  EXPECT_EQ(*p.load(a), 0u);
+  m.check_invariants();
+  const PtWalk w = m.walk(p, a);
+  ASSERT_EQ(w.levels, 4);
+  const pfn_t pfn = w.entry[3] >> 12 & ((1ull << 40) - 1);
+  EXPECT_NE(pfn, m.zero_pfn());
+  EXPECT_EQ(w.entry[3], kWriteFaultFlags | (pfn << 12)) << std::hex << w.entry[3];
+  const PageInfo pi = m.page_info(pfn);
+  EXPECT_TRUE(pi.anon && pi.anon_exclusive);
+  EXPECT_EQ(pi.mapcount, 1);
+  EXPECT_EQ(p.rss().anon, 1);
+  EXPECT_TRUE(p.pagemap(a).exclusive);
+  EXPECT_EQ(free_before - m.free_pages(), 4u) << "a PUD, a PMD, a PTE table and the page";
+  ASSERT_TRUE(p.store(a, 9).has_value());
+  EXPECT_EQ(m.walk(p, a).entry[3] >> 12 & ((1ull << 40) - 1), pfn) << "no COW: it is ours";
+  ASSERT_TRUE(p.madvise(a + 4096, 3 * 4096, Advice::populate_read).has_value());
+  EXPECT_EQ(p.rss().anon, 4);
+  EXPECT_EQ(m.page_info(m.zero_pfn()).mapcount, 0) << "the zero page is mapped nowhere";
+  // Read-only VMA: a read fault still allocates, read-only.
+  const vaddr_t r = *p.mmap(0, 4096, Prot::read, MapFlags::private_ | MapFlags::anonymous);
+  EXPECT_EQ(*p.load(r), 0u);
+  EXPECT_NE(m.walk(p, r).entry[3] >> 12 & ((1ull << 40) - 1), m.zero_pfn());
+  EXPECT_FALSE(m.walk(p, r).entry[3] & 2) << "not writable";
+  m.check_invariants();
+}
+
 // ---- the hardware's A and D bits ----
 
 TEST_F(UnitMachine, ChildEntryIsOldAndChildLoadSetsAccessed) {
