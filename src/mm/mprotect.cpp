@@ -73,8 +73,9 @@ bool Kernel::mprotect_fixup(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end,
   return true;
 }
 
-// do_mprotect_pkey. The whole range is checked before anything changes: a hole gives ENOMEM
-// with nothing changed (Linux would have changed the VMAs before the hole).
+// do_mprotect_pkey (v6.1): VMA after VMA from start, each changed (split, its PTEs changed,
+// merged) before the next is looked up. A hole ends the call with ENOMEM, and the VMAs before it
+// stay changed, as in Linux; no VMA at start changes nothing.
 Result<void> Kernel::do_mprotect_pkey(MmStruct& mm, vaddr_t start, std::uint64_t len, Prot prot) {
   if (start & ~PAGE_MASK) return Errno::inval;
   if (!len) return {};
@@ -83,27 +84,16 @@ Result<void> Kernel::do_mprotect_pkey(MmStruct& mm, vaddr_t start, std::uint64_t
   if (end <= start) return Errno::nomem;
   if (static_cast<std::uint32_t>(prot) & ~7u) return Errno::inval;
   MmapWriteGuard lock(mm);
-  for (vaddr_t a = start; a < end;) {  // every page must be mapped
-    Vma* v = mm.vma_lookup(a);
-    if (!v) return Errno::nomem;
-    a = v->vm_end;
-  }
   const std::uint64_t newbits = static_cast<std::uint32_t>(prot);
-  // [PATCH 09/14]: change_pte_range breaks COW PTE first and silently skips the PMD when that
-  // fails, leaving the old protection in place (David suspected it wrong). The model breaks
-  // every shared table the change will touch before changing anything, and fails with ENOMEM.
   for (vaddr_t a = start; a < end;) {
     Vma* v = mm.vma_lookup(a);
-    const vaddr_t vend = std::min(end, v->vm_end);
-    if (((v->vm_flags & ~VM_ACCESS_FLAGS) | newbits) != v->vm_flags &&
-        break_cow_pte_range(mm, a, vend))
-      return Errno::nomem;
-    a = vend;
-  }
-  for (vaddr_t a = start; a < end;) {
-    Vma* v = mm.vma_lookup(a);
+    if (!v) return Errno::nomem;  // a hole (or nothing at start)
     const vaddr_t vend = std::min(end, v->vm_end);
     const std::uint64_t newflags = (v->vm_flags & ~VM_ACCESS_FLAGS) | newbits;
+    // [PATCH 09/14]: change_pte_range breaks COW PTE and silently skips the PMD when that fails,
+    // leaving the old protection in place (David suspected it wrong). The model breaks the shared
+    // tables of this VMA's part before changing it, and fails with ENOMEM.
+    if (newflags != v->vm_flags && break_cow_pte_range(mm, a, vend)) return Errno::nomem;
     if (!mprotect_fixup(mm, *v, a, vend, newflags)) return Errno::nomem;
     a = vend;
   }

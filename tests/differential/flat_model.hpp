@@ -4,9 +4,9 @@
 // page to its 512 words. Private pages belong to the process and fork deep-copies them;
 // MAP_SHARED|MAP_ANONYMOUS regions are backed by a shared object (shmem) that fork shares. The
 // model answers every facade call with the result Linux (v6.1/v6.2) gives, which the test then
-// compares against the simulator. Where the facade contract is stricter than Linux (a range
-// with a hole makes mprotect/madvise fail with ENOMEM and change nothing), the model follows
-// the facade.
+// compares against the simulator, on the way to an error too: mprotect over a hole changes the
+// VMAs before it and then fails with ENOMEM; madvise applies the advice to every mapped part and
+// then fails with ENOMEM.
 #pragma once
 
 #include <algorithm>
@@ -215,13 +215,19 @@ class FlatModel {
     if (len == 0) return {};
     len = page_align(len);
     if (a + len <= a) return {Errno::nomem};
-    bool hole = false;
-    vmas_in(p, a, len, &hole);
-    if (hole) return {Errno::nomem};
+    // v6.1's do_mprotect_pkey: VMA after VMA from a, each changed before the next is looked up;
+    // the first hole ends the call with ENOMEM and what came before it stays changed.
+    vaddr_t done = a;
+    while (done < a + len) {
+      const FlatVma* v = vma_at(p, done);
+      if (!v) break;
+      done = std::min(a + len, v->end);
+    }
     // mprotect never replaces a page, so pins stay coherent (the facade brief counted it as a
     // change to be safe; Linux's can_change_pte_writable/do_wp_page keep a pinned exclusive
     // page in place, which is exactly what the test checks).
-    for_range(p, a, len, [&](FlatVma& v) { v.prot = prot; });
+    if (done > a) for_range(p, a, done - a, [&](FlatVma& v) { v.prot = prot; });
+    if (done < a + len) return {Errno::nomem};
     return {};
   }
 
@@ -245,28 +251,36 @@ class FlatModel {
     bool hole = false;
     auto vs = vmas_in(p, a, len, &hole);
     if (advice == Advice::populate_read || advice == Advice::populate_write) {
-      // v6.1/v6.2 run madvise_populate per VMA inside madvise_walk_vmas: the first VMA that
-      // forbids the access fails the call with EINVAL at once; holes give ENOMEM at the end.
+      // Linux since 6.10 (the hosts run 6.18): VMA after VMA in address order, the first hole
+      // gives ENOMEM and the first VMA that forbids the access EINVAL, whichever comes first.
       const Prot need = advice == Advice::populate_read ? Prot::read : Prot::write;
-      for (const FlatVma* v : vs)
+      for (vaddr_t va = a; va < a + len;) {
+        const FlatVma* v = vma_at(p, va);
+        if (!v) return {Errno::nomem};
         if (!has(v->prot, need)) return {Errno::inval};
-      if (hole) return {Errno::nomem};
+        va = std::min(a + len, v->end);
+      }
       return {};  // contents do not change
     }
-    if (hole) return {Errno::nomem};
+    // madvise_walk_vmas: the advice goes to every mapped part of the range, then a hole gives
+    // ENOMEM.
     auto& pr = procs_.at(p);
     if (advice == Advice::dontneed) {
-      // Private pages are dropped and read back as zeros; shmem keeps its pages.
-      detach_pins(p, a, len);
-      for (vaddr_t va = a; va < a + len; va += kPageSize) {
-        const FlatVma* v = vma_at(p, va);
-        if (v && !v->shared) pr.priv.erase(vpn(va));
+      // Private pages are dropped and read back as zeros; shmem keeps its pages. Per VMA: a
+      // range may span huge holes.
+      for (const FlatVma* v : vs) {
+        const vaddr_t s = std::max(a, v->start), e = std::min(a + len, v->end);
+        const bool priv = !v->shared;
+        detach_pins(p, s, e - s);
+        if (priv)
+          for (vaddr_t va = s; va < e; va += kPageSize) pr.priv.erase(vpn(va));
+        mark_changed(p, s, e - s);
       }
-      mark_changed(p, a, len);
     } else {
       const bool dontfork = advice == Advice::dontfork;
       for_range(p, a, len, [&](FlatVma& v) { v.dontfork = dontfork; });
     }
+    if (hole) return {Errno::nomem};
     return {};
   }
 
