@@ -299,7 +299,8 @@ struct Harness {
             md.forget(s, e);
           }
         }
-        if (r && (adv == Advice::dontfork || adv == Advice::dofork)) md.dontfork_used = true;
+        // A failed call over a hole still marks the mapped parts (partial application).
+        if (adv == Advice::dontfork || adv == Advice::dofork) md.dontfork_used = true;
         break;
       }
       case 5:
