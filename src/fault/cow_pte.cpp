@@ -19,8 +19,10 @@ int Kernel::break_cow_pte(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
 // break_cow_pte_range: break every shared table over [start, end).
 int Kernel::break_cow_pte_range(MmStruct& mm, vaddr_t start, vaddr_t end) {
   if (!mm_cow_pte(mm)) return 0;
-  for (vaddr_t a = start & PMD_MASK; a < end; a += PMD_SIZE)
-    if (break_cow_pte(mm, walk_to_pmd(mm, a), a)) return -ENOMEM;
+  for (vaddr_t a = start & PMD_MASK, next; a < end; a = next) {
+    EntryRef pmd = walk_to_pmd(mm, a, end, next);
+    if (pmd && break_cow_pte(mm, pmd, a)) return -ENOMEM;
+  }
   return 0;
 }
 

@@ -160,6 +160,10 @@ class Kernel final : public PolicyOps, public CostModel {
   void pmd_install(MmStruct& mm, EntryRef pmd, Page*& pte_table);
   // Read-only lookup of the PMD entry for a, or an empty ref if a level is missing.
   EntryRef walk_to_pmd(MmStruct& mm, vaddr_t a) noexcept;
+  // The same for a walk over [a, end), as walk_page_range's levels do: next is where the walk
+  // goes on (the end of a's PMD, or of the missing PUD or PGD entry's whole range), so that a
+  // range call costs what the tables hold, not what the range spans.
+  EntryRef walk_to_pmd(MmStruct& mm, vaddr_t a, vaddr_t end, vaddr_t& next) noexcept;
 
   // ---- src/mm/rmap.cpp (mm/rmap.c, include/linux/rmap.h) ----
   void page_add_new_anon_rmap(Page& page, Vma& vma);

@@ -44,8 +44,8 @@ long Kernel::change_protection(MmGather& tlb, Vma& vma, vaddr_t start, vaddr_t e
                                bool try_writable) {
   long pages = 0;
   for (vaddr_t addr = start; addr < end;) {
-    const vaddr_t next = pmd_addr_end(addr, end);
-    EntryRef pmd = walk_to_pmd(*vma.vm_mm, addr);
+    vaddr_t next;
+    EntryRef pmd = walk_to_pmd(*vma.vm_mm, addr, end, next);
     if (pmd && !pmd_none(pmd.get()))
       pages += change_pte_range(tlb, vma, pmd, addr, next, vma.vm_page_prot, try_writable);
     addr = next;

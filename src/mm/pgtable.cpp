@@ -104,6 +104,21 @@ bool Kernel::pte_alloc(MmStruct& mm, EntryRef pmd) {
   return true;
 }
 
+EntryRef Kernel::walk_to_pmd(MmStruct& mm, vaddr_t a, vaddr_t end, vaddr_t& next) noexcept {
+  EntryRef pgd = pgd_offset(mm, a);
+  if (pmd_none(pgd.get())) {
+    next = pgd_addr_end(a, end);
+    return {};
+  }
+  EntryRef pud = pud_offset(pgd, a);
+  if (pmd_none(pud.get())) {
+    next = pud_addr_end(a, end);
+    return {};
+  }
+  next = pmd_addr_end(a, end);
+  return pmd_offset(pud, a);
+}
+
 EntryRef Kernel::walk_to_pmd(MmStruct& mm, vaddr_t a) noexcept {
   EntryRef pgd = pgd_offset(mm, a);
   if (pmd_none(pgd.get())) return {};

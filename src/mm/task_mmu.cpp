@@ -49,8 +49,8 @@ std::vector<SmapsEntry> Kernel::smaps(MmStruct& mm) {
     SmapsEntry e{vma.vm_start, vma.vm_end, 0, 0, 0, 0, 0, 0, 0, 0};
     std::uint64_t pss = 0;
     for (vaddr_t a = vma.vm_start; a < vma.vm_end;) {
-      EntryRef pmd = walk_to_pmd(mm, a);
-      const vaddr_t next = pmd_addr_end(a, vma.vm_end);
+      vaddr_t next;
+      EntryRef pmd = walk_to_pmd(mm, a, vma.vm_end, next);
       if (!pmd || pmd_none(pmd.get())) {
         a = next;
         continue;
@@ -94,8 +94,8 @@ Result<void> Kernel::clear_refs_soft_dirty(MmStruct& mm) {
   }
   for (Vma& vma : mm.mm_mt) {
     for (vaddr_t a = vma.vm_start; a < vma.vm_end;) {
-      const vaddr_t next = pmd_addr_end(a, vma.vm_end);
-      EntryRef pmd = walk_to_pmd(mm, a);
+      vaddr_t next;
+      EntryRef pmd = walk_to_pmd(mm, a, vma.vm_end, next);
       if (!pmd || pmd_none(pmd.get())) {
         a = next;
         continue;
