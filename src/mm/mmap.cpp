@@ -215,7 +215,10 @@ Result<vaddr_t> Kernel::mmap_region(MmStruct& mm, vaddr_t addr, std::uint64_t le
   if (flags & MAP_NORESERVE) vm_flags |= VM_NORESERVE;
 
   if (shared && (len >> PAGE_SHIFT) > 0xffffffffull) return Errno::nomem;  // page->index is 32-bit
-  // Allocate first, so that a failure leaves the old mappings in place.
+  // MAP_FIXED replaces what is there: unmap first, then allocate, in v6.1's order, so that an
+  // allocation failure after the unmap loses the old mapping, as in Linux.
+  if (range_intersects(mm, addr, addr + len))
+    if (auto r = do_vmi_munmap(mm, addr, addr + len); !r) return Errno::nomem;
   Vma* vma = vm_area_alloc(mm);
   if (!vma) return Errno::nomem;
   if (shared) {  // shmem_zero_setup
@@ -225,12 +228,6 @@ Result<vaddr_t> Kernel::mmap_region(MmStruct& mm, vaddr_t addr, std::uint64_t le
     }
     vma->vm_file = new ShmemFile(len >> PAGE_SHIFT);
     vma->vm_file->kernel = this;
-  }
-  if (range_intersects(mm, addr, addr + len)) {  // MAP_FIXED replaces what is there
-    if (auto r = do_vmi_munmap(mm, addr, addr + len); !r) {
-      vm_area_free(vma);
-      return r.error();
-    }
   }
   vma->vm_start = addr;
   vma->vm_end = addr + len;

@@ -122,6 +122,28 @@ TEST_P(PartialFailure, PopulateFillsTheVmasBeforeTheHole) {
   l.m.check_invariants();
 }
 
+// mmap(MAP_FIXED) unmaps what it replaces before it allocates (v6.1's mmap_region): when the
+// shmem object cannot be allocated, the call fails with ENOMEM and the old mapping is gone,
+// with its pages freed (nothing leaks).
+TEST_P(PartialFailure, MapFixedThatFailsAfterTheUnmapLosesTheOldMapping) {
+  Layout l(GetParam(), true);
+  // A store breaks a shared table first, so that the first allocation of the mmap is the shmem
+  // object's (a break that fails instead makes the munmap fail, with nothing changed).
+  ASSERT_TRUE(l.p->store(kB + kPage, 9).has_value());
+  const std::uint64_t free_before = l.m.free_pages();
+  l.m.fail_nth_allocation(1);
+  const auto r =
+      l.p->mmap(kB, 4 * kPage, kRW, MapFlags::shared | MapFlags::anonymous | MapFlags::fixed);
+  l.m.fail_nth_allocation(0);
+  EXPECT_EQ(r.error(), Errno::nomem);
+  l.m.check_invariants();
+  EXPECT_EQ(l.p->load(kB + 3 * kPage).error(), Errno::fault) << "B was unmapped first";
+  EXPECT_EQ(*l.p->load(kA + 3 * kPage), kA + 3 * kPage) << "A is not in the range";
+  using V = std::vector<std::pair<vaddr_t, vaddr_t>>;
+  EXPECT_EQ(l.vmas(), (V{{kA, kA + 4 * kPage}}));
+  EXPECT_GE(l.m.free_pages(), free_before) << "B's pages (if the child held the last ref) freed";
+}
+
 INSTANTIATE_TEST_SUITE_P(EveryPolicy, PartialFailure, ::testing::ValuesIn(fork_policy_names()),
                          [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
 
