@@ -1,0 +1,633 @@
+// The differential test against this machine's real kernel: random sequences of mmap, munmap,
+// mprotect, madvise, loads, stores, fork and exit run in real processes and on cowpte side by
+// side, and after every step the two must agree on
+//   - every result and errno, and every loaded value;
+//   - the VMAs inside the test's arena (/proc/PID/maps against Process::smaps());
+// and, with the classic fork (which the real kernel runs), on the structure:
+//   - which pages are present (bit 63 of /proc/PID/pagemap) and which processes map the same
+//     frame (pagemap PFNs, grouped; root only), and each VMA's Rss and Anonymous (smaps).
+// With a COW PTE policy the real kernel still forks classically; a policy must match it in what
+// a process can observe (results, values, VMAs), not in its page tables.
+//
+// Real processes ("agents") are forked from the test; each waits on its slot of a mailbox in
+// MAP_SHARED memory (inherited across fork) for a call to make in its own address space:
+// mmap, munmap, mprotect, madvise, a load or a store (a SIGSEGV or SIGBUS answers EFAULT),
+// fork (the child takes another slot), exit. (process_vm_readv would not do: its FOLL_PIN
+// unshares a COW-shared anonymous page, which a load never does.) Every mapping is MAP_FIXED inside
+// the arena, so that both sides use the same addresses; THP is off in the agents
+// (PR_SET_THP_DISABLE), and the Machine has the zero page only if the host maps it.
+//
+// Environment: COWPTE_REAL_SEQUENCES (20 per policy), COWPTE_REAL_STEPS (400), COWPTE_REAL_SEED
+// (the first seed). A divergence prints the step log and a one-line reproducer.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <linux/futex.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cinttypes>
+#include <csetjmp>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cowpte/cowpte.hpp"
+
+namespace cowpte {
+namespace {
+
+constexpr vaddr_t kPage = 4096;
+constexpr vaddr_t kArena = 0x600000000000;      // free in the test process and under ASan
+constexpr std::uint64_t kArenaPages = 8 * 512;  // 16 MiB: eight 2 MiB spans
+constexpr vaddr_t kArenaEnd = kArena + kArenaPages * kPage;
+constexpr unsigned kMaxAgents = 64;
+constexpr unsigned kMaxLive = 6;
+
+std::uint64_t env_or(const char* name, std::uint64_t def) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::strtoull(v, nullptr, 0) : def;
+}
+
+// ---- the agents ----
+
+enum class Op : std::uint32_t { none, mmap, munmap, mprotect, madvise, load, store, fork, exit };
+
+struct Slot {
+  std::atomic<std::uint32_t> seq{0};  // the test posts a command by bumping it
+  std::atomic<std::uint32_t> ack{0};  // the agent answers by setting it to seq
+  Op op = Op::none;
+  std::uint64_t a = 0, b = 0, c = 0, d = 0;
+  std::int64_t ret = 0;
+  int err = 0;
+  std::atomic<pid_t> pid{0};  // set by the agent once it waits on this slot
+};
+
+struct Mailbox {
+  Slot slots[kMaxAgents];
+};
+
+// A load or store is the agent's own access (not process_vm_readv, whose FOLL_PIN unshares a
+// COW-shared anonymous page): SIGSEGV or SIGBUS jumps back and answers EFAULT.
+sigjmp_buf g_access_env;
+extern "C" void on_access_fault(int) { siglongjmp(g_access_env, 1); }
+
+long agent_access(Slot& s) {
+  if (sigsetjmp(g_access_env, 1)) {
+    errno = EFAULT;
+    return -1;
+  }
+  auto* p = reinterpret_cast<volatile std::uint64_t*>(s.a);
+  if (s.op == Op::store) {
+    *p = s.b;
+  } else {
+    s.d = *p;
+  }
+  return 0;
+}
+
+// Wait while w == old, at most `seconds`; false on the timeout.
+bool futex_wait(std::atomic<std::uint32_t>& w, std::uint32_t old, long seconds = 30) {
+  timespec t{seconds, 0};
+  const long r =
+      syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&w), FUTEX_WAIT, old, &t, nullptr, 0);
+  return !(r == -1 && errno == ETIMEDOUT);
+}
+void futex_wake(std::atomic<std::uint32_t>& w) {
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&w), FUTEX_WAKE, 1, nullptr, nullptr, 0);
+}
+
+// The agent's loop: make each posted syscall in this address space, answer, repeat.
+[[noreturn]] void agent_main(Mailbox* mb, unsigned slot) {
+  signal(SIGCHLD, SIG_IGN);  // children are reaped by the kernel
+  struct sigaction sa {};
+  sa.sa_handler = on_access_fault;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGSEGV, &sa, nullptr);
+  sigaction(SIGBUS, &sa, nullptr);
+  prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
+  Slot* s = &mb->slots[slot];
+  std::uint32_t seen = 0;  // a fresh slot: the test posts its first command as seq 1
+  s->pid.store(getpid());
+  for (;;) {
+    std::uint32_t now;
+    // An agent left waiting by a test that died goes away on its own.
+    while ((now = s->seq.load()) == seen)
+      if (!futex_wait(s->seq, seen) && s->seq.load() == seen) _exit(1);
+    seen = now;
+    long r = 0;
+    errno = 0;
+    switch (s->op) {
+      case Op::mmap: {
+        void* p = ::mmap(reinterpret_cast<void*>(s->a), s->b, static_cast<int>(s->c),
+                         static_cast<int>(s->d), -1, 0);
+        r = p == MAP_FAILED ? -1 : static_cast<long>(reinterpret_cast<std::uintptr_t>(p));
+        break;
+      }
+      case Op::munmap:
+        r = ::munmap(reinterpret_cast<void*>(s->a), s->b);
+        break;
+      case Op::mprotect:
+        r = ::mprotect(reinterpret_cast<void*>(s->a), s->b, static_cast<int>(s->c));
+        break;
+      case Op::madvise:
+        r = ::madvise(reinterpret_cast<void*>(s->a), s->b, static_cast<int>(s->c));
+        break;
+      case Op::load:
+      case Op::store:
+        r = agent_access(*s);
+        break;
+      case Op::fork: {
+        const unsigned child_slot = static_cast<unsigned>(s->a);
+        const pid_t pid = ::fork();
+        if (pid == 0) agent_main(mb, child_slot);
+        r = pid;
+        break;
+      }
+      case Op::exit:
+        s->ret = 0;
+        s->ack.store(seen);
+        futex_wake(s->ack);
+        _exit(0);
+      case Op::none:
+        break;
+    }
+    s->ret = r;
+    s->err = r == -1 ? errno : 0;
+    s->ack.store(seen);
+    futex_wake(s->ack);
+  }
+}
+
+// ---- reading a real process ----
+
+struct RealVma {
+  vaddr_t start, end;
+  std::string perms;
+  std::uint64_t rss = 0, anon = 0;  // bytes
+};
+
+// The VMAs of pid inside the arena, with Rss and Anonymous from smaps.
+std::vector<RealVma> real_vmas(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/smaps");
+  std::vector<RealVma> out;
+  std::string line;
+  bool ours = false;
+  while (std::getline(in, line)) {
+    unsigned long s, e;
+    char perms[8];
+    if (std::sscanf(line.c_str(), "%lx-%lx %7s", &s, &e, perms) == 3 &&
+        line.find('-') < line.find(' ')) {
+      ours = s >= kArena && e <= kArenaEnd;
+      if (ours) out.push_back({s, e, perms});
+      continue;
+    }
+    if (!ours) continue;
+    unsigned long kb;
+    if (std::sscanf(line.c_str(), "Rss: %lu kB", &kb) == 1) out.back().rss = kb << 10;
+    if (std::sscanf(line.c_str(), "Anonymous: %lu kB", &kb) == 1) out.back().anon = kb << 10;
+  }
+  return out;
+}
+
+// /proc/pid/pagemap words for [start, end).
+std::vector<std::uint64_t> real_pagemap(pid_t pid, vaddr_t start, vaddr_t end) {
+  std::vector<std::uint64_t> w((end - start) / kPage);
+  const int fd = open(("/proc/" + std::to_string(pid) + "/pagemap").c_str(), O_RDONLY);
+  if (fd < 0) return w;
+  const ssize_t n = pread(fd, w.data(), w.size() * 8, static_cast<off_t>(start / kPage * 8));
+  close(fd);
+  if (n != static_cast<ssize_t>(w.size() * 8)) w.assign(w.size(), 0);
+  return w;
+}
+
+// Does the host map the zero page for anonymous read faults? (This project's CI hosts boot
+// without it.) Two pages read from fresh anonymous memory map one frame if it does.
+bool host_maps_zero_page() {
+  void* p = ::mmap(nullptr, 2 * kPage, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  volatile const char* c = static_cast<const char*>(p);
+  (void)c[0];
+  (void)c[kPage];
+  const auto w = real_pagemap(getpid(), reinterpret_cast<vaddr_t>(p),
+                              reinterpret_cast<vaddr_t>(p) + 2 * kPage);
+  ::munmap(p, 2 * kPage);
+  const std::uint64_t pfn_mask = (1ull << 55) - 1;
+  return (w[0] & pfn_mask) && (w[0] & pfn_mask) == (w[1] & pfn_mask);
+}
+
+bool pfns_visible() {
+  void* p = ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  static_cast<volatile char*>(p)[0] = 1;
+  const auto w =
+      real_pagemap(getpid(), reinterpret_cast<vaddr_t>(p), reinterpret_cast<vaddr_t>(p) + kPage);
+  ::munmap(p, kPage);
+  return (w[0] >> 63) && (w[0] & ((1ull << 55) - 1));
+}
+
+// ---- one sequence ----
+
+struct Agent {
+  unsigned slot;
+  pid_t pid;
+  Process* proc;
+};
+
+class RealRun {
+ public:
+  RealRun(std::string policy, std::uint64_t seed, std::uint64_t steps, bool zero_page,
+          bool structure)
+      : policy_(std::move(policy)),
+        seed_(seed),
+        steps_(steps),
+        structure_(structure && policy_ == "classic"),
+        m_(MachineConfig{.memory_bytes = 512ull << 20, .zero_page = zero_page}),
+        rng_(seed) {}
+
+  ~RealRun() {
+    for (const Agent& a : live_) post(a, Op::exit);
+    if (mb_) ::munmap(mb_, sizeof(Mailbox));
+    if (first_pid_ > 0) waitpid(first_pid_, nullptr, 0);
+  }
+
+  bool run() {
+    void* p =
+        ::mmap(nullptr, sizeof(Mailbox), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return fail("mailbox mmap failed");
+    mb_ = new (p) Mailbox;
+    // The arena must be free in the test process, whose address space the first agent inherits.
+    if (const std::vector<RealVma> taken = real_vmas(getpid()); !taken.empty())
+      return fail("the test process maps " + hex(taken[0].start) + "-" + hex(taken[0].end) +
+                  " inside the arena");
+    const pid_t pid = ::fork();
+    if (pid == 0) agent_main(mb_, 0);
+    first_pid_ = pid;
+    wait_ready(mb_->slots[0]);
+    Process& proc = m_.spawn();
+    if (policy_ != "classic" && !proc.set_cow_pte(policy_))
+      return fail("set_cow_pte(" + policy_ + ") failed");
+    live_.push_back({0, pid, &proc});
+    next_slot_ = 1;
+    for (step_ = 0; step_ < steps_; ++step_) {
+      if (!one_step()) return false;
+      if (!compare()) return false;
+    }
+    return true;
+  }
+
+  const std::string& failure() const { return failure_; }
+  // kind -> (ok, errors), over the run.
+  const std::map<std::string, std::pair<std::uint64_t, std::uint64_t>>& tally() const {
+    return tally_;
+  }
+  std::string report() const {
+    std::ostringstream os;
+    os << "real-kernel divergence: policy " << policy_ << ", seed " << seed_ << ", step " << step_
+       << "\n  " << failure_ << "\nsteps:\n";
+    for (const std::string& l : log_) os << "  " << l << "\n";
+    os << "rerun: COWPTE_REAL_SEED=" << seed_
+       << " COWPTE_REAL_SEQUENCES=1 COWPTE_REAL_STEPS=" << step_ + 1
+       << " cowpte_tests --gtest_filter='RealKernel/*" << policy_ << "*'\n";
+    return os.str();
+  }
+
+ private:
+  bool fail(const std::string& why) {
+    failure_ = why;
+    return false;
+  }
+
+  // The agent on slot s is up (it may have missed nothing: its first command is seq 1).
+  static void wait_ready(const Slot& s) {
+    for (int i = 0; s.pid.load() == 0; ++i) {
+      if (i > 200000) {
+        std::fprintf(stderr, "real-kernel test: an agent did not start in 20 s\n");
+        std::abort();
+      }
+      usleep(100);
+    }
+  }
+
+  void wait_ack(Slot& s, std::uint32_t want) {
+    std::uint32_t now;
+    while ((now = s.ack.load()) != want)
+      if (!futex_wait(s.ack, now, 20) && s.ack.load() != want) {
+        std::fprintf(stderr, "real-kernel test: an agent did not answer in 20 s\n");
+        std::abort();
+      }
+  }
+  void post(const Agent& a, Op op, std::uint64_t x = 0, std::uint64_t y = 0, std::uint64_t z = 0,
+            std::uint64_t w = 0) {
+    Slot& s = mb_->slots[a.slot];
+    s.op = op;
+    s.a = x;
+    s.b = y;
+    s.c = z;
+    s.d = w;
+    const std::uint32_t seq = s.seq.load() + 1;
+    s.seq.store(seq);
+    futex_wake(s.seq);
+    if (op == Op::exit) {
+      wait_ack(s, seq);
+      return;
+    }
+    wait_ack(s, seq);
+  }
+
+  std::uint64_t below(std::uint64_t n) { return rng_() % n; }
+  vaddr_t page_addr() { return kArena + below(kArenaPages) * kPage; }
+  std::uint64_t length() {
+    switch (below(4)) {
+      case 0:
+        return kPage;
+      case 1:
+        return (1 + below(16)) * kPage;
+      case 2:
+        return (1 + below(600)) * kPage;
+      default:
+        return (1 + below(64)) * kPage;
+    }
+  }
+  // Keep [a, a + len) inside the arena.
+  std::uint64_t clip(vaddr_t a, std::uint64_t len) { return std::min(len, kArenaEnd - a); }
+
+  static const char* errname(int e) {
+    switch (e) {
+      case 0:
+        return "ok";
+      case EINVAL:
+        return "EINVAL";
+      case ENOMEM:
+        return "ENOMEM";
+      case EFAULT:
+        return "EFAULT";
+      case EEXIST:
+        return "EEXIST";
+      case EAGAIN:
+        return "EAGAIN";
+      default:
+        return "errno";
+    }
+  }
+  template <class T>
+  static int err_of(const Result<T>& r) {
+    return r ? 0 : static_cast<int>(r.error());
+  }
+  static std::string hex(std::uint64_t v) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%#" PRIx64, v);
+    return b;
+  }
+  std::string who(const Agent& a) const { return "p" + std::to_string(a.proc->pid()); }
+
+  bool same(const std::string& what, int real, int model) {
+    const std::string kind = what.substr(what.find('.') + 1, what.find('(') - what.find('.') - 1);
+    auto& t = tally_[kind];
+    ++(real ? t.second : t.first);
+    log_.push_back(what + " -> " + errname(real) +
+                   (real == model ? "" : " / model " + std::string(errname(model))));
+    if (real != model)
+      return fail(what + ": the kernel says " + errname(real) + ", cowpte " + errname(model));
+    return true;
+  }
+
+  bool one_step() {
+    Agent& a = live_[below(live_.size())];
+    const unsigned kind = static_cast<unsigned>(below(100));
+    if (kind < 14) return do_mmap(a);
+    if (kind < 20) return do_munmap(a);
+    if (kind < 30) return do_mprotect(a);
+    if (kind < 40) return do_madvise(a);
+    if (kind < 62) return do_store(a);
+    if (kind < 88) return do_load(a);
+    if (kind < 96) return do_fork(a);
+    return do_exit(a);
+  }
+
+  bool do_mmap(const Agent& a) {
+    const vaddr_t addr = page_addr();
+    const std::uint64_t len = clip(addr, length());
+    static constexpr int kProts[] = {PROT_NONE, PROT_READ, PROT_READ | PROT_WRITE,
+                                     PROT_READ | PROT_WRITE};
+    const int prot = kProts[below(4)];
+    int flags = MAP_FIXED | MAP_ANONYMOUS | (below(4) == 0 ? MAP_SHARED : MAP_PRIVATE);
+    if (below(5) == 0) flags |= MAP_POPULATE;
+    post(a, Op::mmap, addr, len, static_cast<std::uint64_t>(prot),
+         static_cast<std::uint64_t>(flags));
+    const Slot& s = mb_->slots[a.slot];
+    auto r = a.proc->mmap(addr, len, static_cast<Prot>(prot), static_cast<MapFlags>(flags));
+    const std::string what = who(a) + ".mmap(" + hex(addr) + ", " + hex(len) + ", prot " +
+                             std::to_string(prot) + ", flags " + hex(flags) + ")";
+    if (!same(what, s.err, err_of(r))) return false;
+    if (r && static_cast<vaddr_t>(s.ret) != *r) return fail(what + ": address differs");
+    return true;
+  }
+
+  bool do_munmap(const Agent& a) {
+    const vaddr_t addr = page_addr();
+    const std::uint64_t len = clip(addr, length());
+    post(a, Op::munmap, addr, len);
+    return same(who(a) + ".munmap(" + hex(addr) + ", " + hex(len) + ")", mb_->slots[a.slot].err,
+                err_of(a.proc->munmap(addr, len)));
+  }
+
+  bool do_mprotect(const Agent& a) {
+    const vaddr_t addr = page_addr();
+    const std::uint64_t len = clip(addr, length());
+    static constexpr int kProts[] = {PROT_NONE, PROT_READ, PROT_READ | PROT_WRITE};
+    const int prot = kProts[below(3)];
+    post(a, Op::mprotect, addr, len, static_cast<std::uint64_t>(prot));
+    return same(
+        who(a) + ".mprotect(" + hex(addr) + ", " + hex(len) + ", " + std::to_string(prot) + ")",
+        mb_->slots[a.slot].err, err_of(a.proc->mprotect(addr, len, static_cast<Prot>(prot))));
+  }
+
+  bool do_madvise(const Agent& a) {
+    const vaddr_t addr = page_addr();
+    const std::uint64_t len = clip(addr, length());
+    static constexpr Advice kAdvice[] = {Advice::dontneed,      Advice::dontneed,
+                                         Advice::dontfork,      Advice::dofork,
+                                         Advice::populate_read, Advice::populate_write};
+    const Advice adv = kAdvice[below(6)];
+    post(a, Op::madvise, addr, len, static_cast<std::uint64_t>(static_cast<int>(adv)));
+    return same(who(a) + ".madvise(" + hex(addr) + ", " + hex(len) + ", " +
+                    std::to_string(static_cast<int>(adv)) + ")",
+                mb_->slots[a.slot].err, err_of(a.proc->madvise(addr, len, adv)));
+  }
+
+  // Mostly an address inside a VMA of this process (a random one would mostly miss).
+  vaddr_t access_addr(const Agent& a) {
+    const std::vector<SmapsEntry> vmas = a.proc->smaps();
+    if (vmas.empty() || below(8) == 0) return page_addr() + below(512) * 8;
+    const SmapsEntry& v = vmas[below(vmas.size())];
+    return v.start + below((v.end - v.start) / 8) * 8;
+  }
+
+  bool do_store(const Agent& a) {
+    const vaddr_t addr = access_addr(a);
+    const std::uint64_t v = rng_();
+    post(a, Op::store, addr, v);
+    return same(who(a) + ".store(" + hex(addr) + ")", mb_->slots[a.slot].err,
+                err_of(a.proc->store(addr, v)));
+  }
+
+  bool do_load(const Agent& a) {
+    const vaddr_t addr = access_addr(a);
+    post(a, Op::load, addr);
+    const int real = mb_->slots[a.slot].err;
+    const std::uint64_t v = mb_->slots[a.slot].d;
+    auto r = a.proc->load(addr);
+    const std::string what = who(a) + ".load(" + hex(addr) + ")";
+    if (!same(what, real, err_of(r))) return false;
+    if (r && *r != v) return fail(what + ": the kernel read " + hex(v) + ", cowpte " + hex(*r));
+    return true;
+  }
+
+  bool do_fork(const Agent& a) {
+    if (live_.size() >= kMaxLive || next_slot_ >= kMaxAgents) return do_load(a);
+    const unsigned slot = next_slot_++;
+    post(a, Op::fork, slot);
+    const Slot& s = mb_->slots[a.slot];
+    if (s.ret <= 0) return fail(who(a) + ".fork(): the real fork failed");
+    wait_ready(mb_->slots[slot]);
+    auto r = a.proc->fork();
+    if (!same(who(a) + ".fork()", 0, err_of(r))) return false;
+    live_.push_back({slot, static_cast<pid_t>(s.ret), *r});
+    return true;
+  }
+
+  bool do_exit(const Agent& a) {
+    if (live_.size() < 2) return do_load(a);
+    log_.push_back(who(a) + ".exit()");
+    post(a, Op::exit);
+    a.proc->exit();
+    for (auto it = live_.begin(); it != live_.end(); ++it)
+      if (it->slot == a.slot) {
+        live_.erase(it);
+        break;
+      }
+    return true;
+  }
+
+  // After every step: the VMAs (and with the classic fork the pages) agree.
+  bool compare() {
+    try {
+      m_.check_invariants();
+    } catch (const std::exception& e) {
+      return fail(std::string("check_invariants: ") + e.what());
+    }
+    std::map<std::uint64_t, std::string> real_owner, model_owner;  // frame -> first mapper
+    for (const Agent& a : live_) {
+      const std::vector<RealVma> rv = real_vmas(a.pid);
+      std::vector<SmapsEntry> mv;
+      for (const SmapsEntry& e : a.proc->smaps())
+        if (e.start >= kArena && e.end <= kArenaEnd) mv.push_back(e);
+      auto show = [&] {
+        std::string s = "\n    kernel:";
+        for (const RealVma& v : rv) s += " " + hex(v.start) + "-" + hex(v.end) + " " + v.perms;
+        s += "\n    cowpte:";
+        for (const SmapsEntry& v : mv) s += " " + hex(v.start) + "-" + hex(v.end);
+        return s;
+      };
+      if (rv.size() != mv.size()) return fail(who(a) + ": VMAs differ" + show());
+      for (std::size_t i = 0; i < rv.size(); ++i) {
+        if (rv[i].start != mv[i].start || rv[i].end != mv[i].end)
+          return fail(who(a) + ": VMAs differ" + show());
+        if (!structure_) continue;
+        if (rv[i].rss != mv[i].rss || rv[i].anon != mv[i].anonymous)
+          return fail(who(a) + ": smaps of " + hex(rv[i].start) + ": kernel Rss " +
+                      std::to_string(rv[i].rss) + " Anonymous " + std::to_string(rv[i].anon) +
+                      ", cowpte " + std::to_string(mv[i].rss) + " / " +
+                      std::to_string(mv[i].anonymous));
+        const std::vector<std::uint64_t> words = real_pagemap(a.pid, rv[i].start, rv[i].end);
+        for (std::size_t j = 0; j < words.size(); ++j) {
+          const vaddr_t va = rv[i].start + j * kPage;
+          const bool rp = words[j] >> 63;
+          const PagemapEntry pm = a.proc->pagemap(va);
+          if (rp != pm.present)
+            return fail(who(a) + " pagemap(" + hex(va) + "): present " + std::to_string(rp) +
+                        " in the kernel, " + std::to_string(pm.present) + " in cowpte");
+          if (!rp) continue;
+          const std::string here = who(a) + " " + hex(va);
+          const std::uint64_t rpfn = words[j] & ((1ull << 55) - 1);
+          const std::string& r1 = real_owner.try_emplace(rpfn, here).first->second;
+          const std::string& m1 = model_owner.try_emplace(pm.pfn, here).first->second;
+          if (r1 != m1)
+            return fail(here + ": shares its frame with " + r1 + " in the kernel, with " + m1 +
+                        " in cowpte (kernel pagemap " + hex(words[j]) + ", cowpte pfn " +
+                        hex(pm.pfn) + (pm.pfn == m_.zero_pfn() ? " (zero page)" : "") +
+                        (pm.file_or_shared_anon ? " shmem" : "") + ")");
+        }
+      }
+    }
+    return true;
+  }
+
+  std::string policy_;
+  std::uint64_t seed_, steps_, step_ = 0;
+  bool structure_;
+  Machine m_;
+  std::mt19937_64 rng_;
+  Mailbox* mb_ = nullptr;
+  pid_t first_pid_ = -1;
+  std::vector<Agent> live_;
+  unsigned next_slot_ = 0;
+  std::vector<std::string> log_;
+  std::string failure_;
+  std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> tally_;
+};
+
+class RealKernel : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(RealKernel, MatchesTheHostKernel) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root: /proc/PID/pagemap hides PFNs otherwise";
+  if (!pfns_visible()) GTEST_SKIP() << "/proc/self/pagemap shows no PFNs";
+  const bool zero_page = host_maps_zero_page();
+  const std::uint64_t sequences = env_or("COWPTE_REAL_SEQUENCES", 20);
+  const std::uint64_t steps = env_or("COWPTE_REAL_STEPS", 400);
+  const std::uint64_t first = env_or("COWPTE_REAL_SEED", 1000);
+  std::uint64_t done = 0;
+  std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> tally;
+  for (std::uint64_t i = 0; i < sequences; ++i) {
+    RealRun run(GetParam(), first + i, steps, zero_page, true);
+    if (!run.run()) {
+      ADD_FAILURE() << run.report();
+      return;
+    }
+    done += steps;
+    for (const auto& [k, v] : run.tally()) {
+      tally[k].first += v.first;
+      tally[k].second += v.second;
+    }
+  }
+  std::string kinds;
+  for (const auto& [k, v] : tally)
+    kinds += " " + k + " " + std::to_string(v.first) + "/" + std::to_string(v.second);
+  std::printf("[ real     ] %s: %" PRIu64 " sequences, %" PRIu64
+              " steps, zero divergences (host zero page: %s); ok/errors:%s\n",
+              GetParam().c_str(), sequences, done, zero_page ? "yes" : "no", kinds.c_str());
+}
+
+// Every registered policy but "seed_exact", which is the series as posted, bugs included.
+std::vector<std::string> policies() {
+  std::vector<std::string> out;
+  for (const std::string& p : fork_policy_names())
+    if (p != "seed_exact") out.push_back(p);
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(RealKernel, RealKernel, ::testing::ValuesIn(policies()),
+                         [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
+
+}  // namespace
+}  // namespace cowpte
