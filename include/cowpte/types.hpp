@@ -33,10 +33,15 @@ enum class MapFlags : std::uint32_t {
   populate = 0x8000,
   fixed_noreplace = 0x100000,
 };
-enum class Advice : int {
+enum class Advice : int {  // Linux's values
   dontneed = 4,
+  free_ = 8,   // MADV_FREE: clean private anon pages may be dropped by reclaim (MADV_PAGEOUT)
+  remove = 9,  // MADV_REMOVE: punch a hole in shared (shmem) memory
   dontfork = 10,
   dofork = 11,
+  wipeonfork = 18,  // the child gets this private anon range empty
+  keeponfork = 19,
+  cold = 20,  // deactivate: the model has no LRU; clears the accessed bit of exclusive pages
   pageout = 21,
   populate_read = 22,
   populate_write = 23
@@ -67,6 +72,7 @@ enum class Errno : int {
   badf = 9,
   again = 11,
   nomem = 12,
+  acces = 13,
   fault = 14,
   busy = 16,
   exist = 17,

@@ -29,6 +29,8 @@ std::string_view to_string(Errno e) noexcept {
       return "EAGAIN";
     case Errno::nomem:
       return "ENOMEM";
+    case Errno::acces:
+      return "EACCES";
     case Errno::fault:
       return "EFAULT";
     case Errno::busy:

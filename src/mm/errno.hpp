@@ -12,9 +12,9 @@ namespace cowpte {
 static_assert(EPERM == int(Errno::perm) && ENOENT == int(Errno::noent) &&
                   ESRCH == int(Errno::srch) && EIO == int(Errno::io) && EBADF == int(Errno::badf) &&
                   EAGAIN == int(Errno::again) && ENOMEM == int(Errno::nomem) &&
-                  EFAULT == int(Errno::fault) && EBUSY == int(Errno::busy) &&
-                  EEXIST == int(Errno::exist) && EINVAL == int(Errno::inval) &&
-                  ENOSPC == int(Errno::nospc),
+                  EACCES == int(Errno::acces) && EFAULT == int(Errno::fault) &&
+                  EBUSY == int(Errno::busy) && EEXIST == int(Errno::exist) &&
+                  EINVAL == int(Errno::inval) && ENOSPC == int(Errno::nospc),
               "the host's errno values are Linux's x86-64 ones");
 
 }  // namespace cowpte

@@ -208,6 +208,14 @@ class Kernel final : public PolicyOps, public CostModel {
   Result<void> madvise_populate(MmStruct& mm, vaddr_t start, vaddr_t end, bool write);
   bool madvise_update_vma(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end,
                           std::uint64_t newflags);
+  void madvise_free_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, vaddr_t end);
+  void madvise_cold_or_pageout_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr,
+                                         vaddr_t end, bool pageout);
+  template <class PteRange>
+  Result<void> madvise_walk_ptes(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end,
+                                 PteRange&& range);
+  Result<void> madvise_remove(Vma& vma, vaddr_t start, vaddr_t end);
+  void shmem_punch_hole(ShmemFile& file, std::uint64_t first, std::uint64_t last);
 
   // ---- src/mm/gup.cpp (mm/gup.c) ----
   long get_user_pages(MmStruct& mm, vaddr_t start, std::uint64_t nr_pages, unsigned gup_flags,

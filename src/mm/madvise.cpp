@@ -63,14 +63,160 @@ Result<void> Kernel::madvise_populate(MmStruct& mm, vaddr_t start, vaddr_t end, 
   return {};
 }
 
+// madvise_free_pte_range: MADV_FREE. A private anonymous page this process alone maps (or one
+// that is not dirty) becomes lazily freeable: its PTE clean and old, the page no longer
+// swap-backed (mark_page_lazyfree). Reclaim may then drop it instead of swapping it, unless a
+// write dirtied it again. A dirty page others map too is left alone.
+void Kernel::madvise_free_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr,
+                                    vaddr_t end) {
+  EntryRef pte = pte_offset_map(pmd, addr);
+  SpinGuard ptl(pte_lockptr(*tlb.mm, *pte.table));
+  for (; addr != end; ++pte.p, addr += PAGE_SIZE) {
+    const pteval_t v = pte.get();
+    tm_entry(pte);
+    if (!pte_present(v)) continue;  // none: the model has no swap entries to free
+    Page* page = vm_normal_page(vma, v);
+    if (!page || !PageAnon(*page)) continue;  // the zero page
+    if (page->test(PG_dirty)) {
+      if (page_mapcount(*page) != 1) continue;  // shared: PG_dirty is not ours to clear
+      page->clear(PG_dirty);
+    }
+    if (pte_young(v) || pte_dirty(v)) {
+      ptep_get_and_clear(pte);  // ptep_get_and_clear_full, then remap old and clean
+      set_pte_at(pte, pte_mkclean(pte_mkold(v)));
+      tlb.tlb_remove_tlb_entry(addr, PAGE_SIZE);
+    }
+    page->clear(PG_swapbacked);  // mark_page_lazyfree
+  }
+}
+
+// madvise_cold_or_pageout_pte_range: MADV_COLD and MADV_PAGEOUT over pages this process alone
+// maps: the accessed bit goes (the model has no LRU lists to deactivate them on); PAGEOUT then
+// reclaims them (reclaim_pages -> shrink_folio_list -> try_to_unmap_one). With no swap device a
+// shmem page is unmapped and stays cached, an anonymous page stays, but a lazily freeable one
+// is dropped if no PTE dirtied it since MADV_FREE and nothing else holds a reference (else it
+// is swap-backed again and kept, dirty).
+void Kernel::madvise_cold_or_pageout_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr,
+                                               vaddr_t end, bool pageout) {
+  MmStruct& mm = *tlb.mm;
+  EntryRef pte = pte_offset_map(pmd, addr);
+  SpinGuard ptl(pte_lockptr(mm, *pte.table));
+  for (; addr != end; ++pte.p, addr += PAGE_SIZE) {
+    pteval_t v = pte.get();
+    tm_entry(pte);
+    if (!pte_present(v)) continue;
+    Page* page = vm_normal_page(vma, v);
+    if (!page || page_mapcount(*page) != 1) continue;  // other mappings are left alone
+    if (pte_young(v)) {
+      ptep_get_and_clear(pte);
+      v = pte_mkold(v);
+      set_pte_at(pte, v);
+      tlb.tlb_remove_tlb_entry(addr, PAGE_SIZE);
+    }
+    if (!pageout) continue;
+    if (!PageAnon(*page)) {
+      // shmem: unmapped (try_to_unmap). A dirty page then has no swap to be written to and
+      // stays in the file's cache; a clean one (never written: zeros) leaves the cache too
+      // (__remove_mapping), unless a reference besides the cache's and this mapping's holds it.
+      const bool dirty = pte_dirty(v) || page->test(PG_dirty);
+      if (dirty) page->set(PG_dirty);
+      ptep_get_and_clear(pte);
+      tlb.tlb_remove_tlb_entry(addr, PAGE_SIZE);
+      --mm.rss_stat[mm_counter(*page)];
+      page_remove_rmap(*page);
+      tlb.pages.push_back(page);
+      if (!dirty && page->mapping && page_count(*page) == 2 && page_mapcount(*page) == 0) {
+        page->mapping->cache.erase(page->index);
+        page->mapping = nullptr;
+        mem.put_page(*page);  // the cache's reference; the mapping's goes after the flush
+      }
+      continue;
+    }
+    if (page->test(PG_swapbacked)) continue;  // anon with no swap device: it stays
+    if (pte_dirty(v)) page->set(PG_dirty);    // try_to_unmap_one: the dirty bit goes to the page
+    if (page_count(*page) == page_mapcount(*page) && !page->test(PG_dirty)) {
+      ptep_get_and_clear(pte);  // discard: the data was not needed
+      tlb.tlb_remove_tlb_entry(addr, PAGE_SIZE);
+      --mm.rss_stat[MM_ANONPAGES];
+      page_remove_rmap(*page);
+      tlb.pages.push_back(page);
+    } else {
+      page->set(PG_swapbacked);  // redirtied (or held): it stays
+    }
+  }
+}
+
+// Run a PTE-level pass of madvise over [start, end) of one VMA, with the tables it writes
+// private first (COW PTE: broken before anything changes) and one TLB flush at the end.
+template <class PteRange>
+Result<void> Kernel::madvise_walk_ptes(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end,
+                                       PteRange&& range) {
+  if (break_cow_pte_range(mm, start, end)) return Errno::nomem;
+  MmGather tlb(mm, false);
+  for (vaddr_t a = start, next; a < end; a = next) {
+    EntryRef pmd = walk_to_pmd(mm, a, end, next);
+    if (pmd && !pmd_none(pmd.get())) range(tlb, vma, pmd, a, next);
+  }
+  tlb_finish_mmu(tlb);
+  return {};
+}
+
+// shmem_punch_hole: shmem_truncate_range over [first, last) of the file: the cached pages
+// leave the cache (a page someone still pins lives on, detached).
+void Kernel::shmem_punch_hole(ShmemFile& file, std::uint64_t first, std::uint64_t last) {
+  for (auto it = file.cache.lower_bound(first); it != file.cache.end() && it->first < last;) {
+    it->second->mapping = nullptr;
+    mem.put_page(*it->second);
+    it = file.cache.erase(it);
+  }
+}
+
+// madvise_remove: MADV_REMOVE, fallocate(FALLOC_FL_PUNCH_HOLE) on the shmem behind a shared
+// writable VMA: unmap_mapping_range zaps the range's pages in every process that maps them,
+// then the pages leave the file, so that every mapper reads zeros again.
+Result<void> Kernel::madvise_remove(Vma& vma, vaddr_t start, vaddr_t end) {
+  if (!vma.vm_file) return Errno::inval;
+  // vma_is_shared_maywrite, as this project's hosts (6.18) check; v6.1 wanted VM_WRITE itself.
+  if ((vma.vm_flags & (VM_SHARED | VM_MAYWRITE)) != (VM_SHARED | VM_MAYWRITE)) return Errno::acces;
+  ShmemFile& file = *vma.vm_file;
+  const std::uint64_t first = vma.vm_pgoff + ((start - vma.vm_start) >> PAGE_SHIFT);
+  const std::uint64_t last = first + ((end - start) >> PAGE_SHIFT);
+  for (Process& p : procs) {  // unmap_mapping_range: the file's i_mmap, every mapper
+    MmStruct* mm = p.mm();
+    if (!mm) continue;
+    for (Vma& v : mm->mm_mt) {
+      if (v.vm_file.get() != &file) continue;
+      const std::uint64_t vfirst = std::max(first, v.vm_pgoff);
+      const std::uint64_t vlast = std::min(last, v.vm_pgoff + v.pages());
+      if (vfirst >= vlast) continue;
+      const vaddr_t s = v.vm_start + ((vfirst - v.vm_pgoff) << PAGE_SHIFT);
+      const vaddr_t e = v.vm_start + ((vlast - v.vm_pgoff) << PAGE_SHIFT);
+      // A shared table the zap only partly covers is broken first (as for MADV_DONTNEED).
+      for (const vaddr_t a : {s, e - 1}) {
+        const vaddr_t span = a & PMD_MASK;
+        if ((span < s || span + PMD_SIZE > e) && break_cow_pte_range(*mm, span, span + 1))
+          return Errno::nomem;
+      }
+      zap_page_range(*mm, s, e);
+    }
+  }
+  shmem_punch_hole(file, first, last);
+  return {};
+}
+
 // do_madvise (v6.1): the advice goes to every mapped part of the range in address order
 // (madvise_walk_vmas), then a hole gives ENOMEM: the mapped parts are changed either way, as
 // in Linux.
 Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_in, Advice advice) {
   switch (advice) {
     case Advice::dontneed:
+    case Advice::free_:
+    case Advice::remove:
     case Advice::dontfork:
     case Advice::dofork:
+    case Advice::wipeonfork:
+    case Advice::keeponfork:
+    case Advice::cold:
     case Advice::pageout:
     case Advice::populate_read:
     case Advice::populate_write:
@@ -119,11 +265,44 @@ Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_i
         return {};
       });
     }
+    case Advice::wipeonfork:
+    case Advice::keeponfork: {
+      MmapWriteGuard lock(mm);
+      return madvise_walk_vmas(mm, start, end, [&](Vma& v, vaddr_t s, vaddr_t e) -> Result<void> {
+        if (advice == Advice::wipeonfork && (v.vm_file || (v.vm_flags & VM_SHARED)))
+          return Errno::inval;  // private anonymous memory only
+        const std::uint64_t nf = advice == Advice::wipeonfork ? (v.vm_flags | VM_WIPEONFORK)
+                                                              : (v.vm_flags & ~VM_WIPEONFORK);
+        if (!madvise_update_vma(mm, v, s, e, nf)) return Errno::nomem;
+        return {};
+      });
+    }
+    case Advice::free_: {
+      MmapReadGuard lock(mm);
+      return madvise_walk_vmas(mm, start, end, [&](Vma& v, vaddr_t s, vaddr_t e) -> Result<void> {
+        if (!vma_is_anonymous(v)) return Errno::inval;  // madvise_free_single_vma
+        return madvise_walk_ptes(mm, v, s, e,
+                                 [&](MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t a, vaddr_t n) {
+                                   madvise_free_pte_range(tlb, vma, pmd, a, n);
+                                 });
+      });
+    }
+    case Advice::cold:
     case Advice::pageout: {
       MmapReadGuard lock(mm);
-      // No swap device: reclaim finds nothing it could page out; a hole is still ENOMEM.
-      return madvise_walk_vmas(mm, start, end,
-                               [](Vma&, vaddr_t, vaddr_t) -> Result<void> { return {}; });
+      const bool pageout = advice == Advice::pageout;
+      return madvise_walk_vmas(mm, start, end, [&](Vma& v, vaddr_t s, vaddr_t e) -> Result<void> {
+        return madvise_walk_ptes(mm, v, s, e,
+                                 [&](MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t a, vaddr_t n) {
+                                   madvise_cold_or_pageout_pte_range(tlb, vma, pmd, a, n, pageout);
+                                 });
+      });
+    }
+    case Advice::remove: {
+      MmapReadGuard lock(mm);
+      return madvise_walk_vmas(mm, start, end, [&](Vma& v, vaddr_t s, vaddr_t e) -> Result<void> {
+        return madvise_remove(v, s, e);
+      });
     }
     default:
       break;

@@ -17,6 +17,7 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -56,6 +57,7 @@ struct FlatVma {
   std::uint64_t obj = 0;    // shm object id (shared only)
   std::uint64_t pgoff = 0;  // page offset of `start` in the object (shared only)
   bool dontfork = false;    // VM_DONTCOPY
+  bool wipe = false;        // VM_WIPEONFORK: the child gets this range empty
 };
 
 // One page's reference from one pin call. unpin(addr, len) drops the newest pin of every page
@@ -236,11 +238,14 @@ class FlatModel {
       case Advice::dontneed:
       case Advice::dontfork:
       case Advice::dofork:
+      case Advice::wipeonfork:
+      case Advice::keeponfork:
+      case Advice::cold:
       case Advice::populate_read:
       case Advice::populate_write:
         break;
       default:
-        return {Errno::inval};  // the test sends nothing else
+        return {Errno::inval};  // the test sends nothing else (FREE and REMOVE: test_real_kernel)
     }
     if (a % kPageSize) return {Errno::inval};
     const std::uint64_t alen = page_align(len);
@@ -264,6 +269,20 @@ class FlatModel {
     }
     // madvise_walk_vmas: the advice goes to every mapped part of the range, then a hole gives
     // ENOMEM.
+    if (advice == Advice::wipeonfork || advice == Advice::keeponfork) {
+      // In address order; WIPEONFORK stops with EINVAL at a shared VMA, the parts before it
+      // already marked.
+      std::vector<std::tuple<vaddr_t, vaddr_t, bool>> parts;
+      for (const FlatVma* v : vs)
+        parts.emplace_back(std::max(a, v->start), std::min(a + len, v->end), v->shared);
+      for (const auto& [s, e, shared] : parts) {
+        if (advice == Advice::wipeonfork && shared) return {Errno::inval};
+        for_range(p, s, e - s, [&](FlatVma& v) { v.wipe = advice == Advice::wipeonfork; });
+      }
+      if (hole) return {Errno::nomem};
+      return {};
+    }
+    if (advice == Advice::cold) return {hole ? Errno::nomem : kOk};  // no content changes
     auto& pr = procs_.at(p);
     if (advice == Advice::dontneed) {
       // Private pages are dropped and read back as zeros; shmem keeps its pages. Per VMA: a
@@ -330,7 +349,7 @@ class FlatModel {
     for (const auto& [s, v] : parent.vmas) {
       if (v.dontfork) continue;
       child.vmas[s] = v;
-      if (v.shared) continue;
+      if (v.shared || v.wipe) continue;  // a VM_WIPEONFORK range starts empty in the child
       for (auto it = parent.priv.begin(); it != parent.priv.end(); ++it)
         if (it->first >= vpn(v.start) && it->first < vpn(v.end)) child.priv.insert(*it);
     }

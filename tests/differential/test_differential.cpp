@@ -183,6 +183,16 @@ std::string advice_name(Advice a) {
       return "DONTFORK";
     case Advice::dofork:
       return "DOFORK";
+    case Advice::free_:
+      return "FREE";
+    case Advice::remove:
+      return "REMOVE";
+    case Advice::wipeonfork:
+      return "WIPEONFORK";
+    case Advice::keeponfork:
+      return "KEEPONFORK";
+    case Advice::cold:
+      return "COLD";
     case Advice::pageout:
       return "PAGEOUT";
     case Advice::populate_read:
@@ -1207,9 +1217,10 @@ class DifferentialRun {
   }
 
   void do_madvise(Live& l) {
-    static constexpr Advice kAdvice[] = {Advice::dontneed, Advice::dontfork, Advice::dofork,
-                                         Advice::populate_read, Advice::populate_write};
-    Advice adv = kAdvice[rng_.weighted({35, 14, 14, 17, 20})];
+    static constexpr Advice kAdvice[] = {
+        Advice::dontneed,       Advice::dontfork,   Advice::dofork,     Advice::populate_read,
+        Advice::populate_write, Advice::wipeonfork, Advice::keeponfork, Advice::cold};
+    Advice adv = kAdvice[rng_.weighted({35, 14, 14, 17, 20, 6, 4, 3})];
     auto [a, len] = pick_range(l.mid);
     spoil_range(a, len);
     std::string d =

@@ -375,6 +375,8 @@ class RealRun {
         return "EEXIST";
       case EAGAIN:
         return "EAGAIN";
+      case EACCES:
+        return "EACCES";
       default:
         return "errno";
     }
@@ -441,9 +443,20 @@ class RealRun {
                 err_of(a.proc->munmap(addr, len)));
   }
 
+  // Half the time a range inside one VMA of the process (a random range mostly meets a hole).
+  std::pair<vaddr_t, std::uint64_t> range(const Agent& a) {
+    const std::vector<SmapsEntry> vmas = a.proc->smaps();
+    if (vmas.empty() || below(2) == 0) {
+      const vaddr_t addr = page_addr();
+      return {addr, clip(addr, length())};
+    }
+    const SmapsEntry& v = vmas[below(vmas.size())];
+    const vaddr_t addr = v.start + below((v.end - v.start) / kPage) * kPage;
+    return {addr, std::min(length(), v.end - addr)};
+  }
+
   bool do_mprotect(const Agent& a) {
-    const vaddr_t addr = page_addr();
-    const std::uint64_t len = clip(addr, length());
+    const auto [addr, len] = range(a);
     static constexpr int kProts[] = {PROT_NONE, PROT_READ, PROT_READ | PROT_WRITE};
     const int prot = kProts[below(3)];
     post(a, Op::mprotect, addr, len, static_cast<std::uint64_t>(prot));
@@ -453,12 +466,13 @@ class RealRun {
   }
 
   bool do_madvise(const Agent& a) {
-    const vaddr_t addr = page_addr();
-    const std::uint64_t len = clip(addr, length());
-    static constexpr Advice kAdvice[] = {Advice::dontneed,      Advice::dontneed,
-                                         Advice::dontfork,      Advice::dofork,
-                                         Advice::populate_read, Advice::populate_write};
-    const Advice adv = kAdvice[below(6)];
+    const auto [addr, len] = range(a);
+    static constexpr Advice kAdvice[] = {
+        Advice::dontneed,      Advice::dontneed,       Advice::dontfork, Advice::dofork,
+        Advice::populate_read, Advice::populate_write, Advice::free_,    Advice::free_,
+        Advice::pageout,       Advice::pageout,        Advice::cold,     Advice::remove,
+        Advice::wipeonfork,    Advice::keeponfork};
+    const Advice adv = kAdvice[below(std::size(kAdvice))];
     post(a, Op::madvise, addr, len, static_cast<std::uint64_t>(static_cast<int>(adv)));
     return same(who(a) + ".madvise(" + hex(addr) + ", " + hex(len) + ", " +
                     std::to_string(static_cast<int>(adv)) + ")",

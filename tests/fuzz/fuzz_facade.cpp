@@ -203,9 +203,9 @@ struct Harness {
     return MapFlags(f);
   }
   Advice advice() {
-    static constexpr int kAdvice[] = {4, 10, 11, 21, 22, 23};
+    static constexpr int kAdvice[] = {4, 8, 9, 10, 11, 18, 19, 20, 21, 22, 23};
     if (in.ConsumeIntegralInRange<int>(0, 15) == 0) return Advice(in.ConsumeIntegral<int>());
-    return Advice(kAdvice[in.ConsumeIntegralInRange<int>(0, 5)]);
+    return Advice(kAdvice[in.ConsumeIntegralInRange<std::size_t>(0, std::size(kAdvice) - 1)]);
   }
   std::size_t pick() { return in.ConsumeIntegralInRange<std::size_t>(0, procs.size() - 1); }
 
@@ -300,7 +300,11 @@ struct Harness {
           }
         }
         // A failed call over a hole still marks the mapped parts (partial application).
-        if (adv == Advice::dontfork || adv == Advice::dofork) md.dontfork_used = true;
+        if (adv == Advice::dontfork || adv == Advice::dofork || adv == Advice::wipeonfork ||
+            adv == Advice::keeponfork)
+          md.dontfork_used = true;
+        // MADV_FREE: a later MADV_PAGEOUT may drop what was stored (unless written again).
+        if (adv == Advice::free_ && a < kTaskSize) md.forget(s, e);
         break;
       }
       case 5:

@@ -144,6 +144,66 @@ TEST_P(PartialFailure, MapFixedThatFailsAfterTheUnmapLosesTheOldMapping) {
   EXPECT_GE(l.m.free_pages(), free_before) << "B's pages (if the child held the last ref) freed";
 }
 
+// MADV_FREE then MADV_PAGEOUT (no swap device): a clean lazily freeable page this process alone
+// maps is dropped (reads zero); one written again after MADV_FREE stays; a page a child shares
+// is left alone; anonymous pages never freed stay (nowhere to swap them). What this machine's
+// kernel does too (test_real_kernel.cpp compares it step by step).
+TEST_P(PartialFailure, FreeThenPageoutDropsOnlyCleanExclusivePages) {
+  Layout l(GetParam(), true);    // A and B populated, shared with the parent
+  for (int i = 0; i < 4; ++i) {  // written by the child: its own copies now
+    ASSERT_TRUE(l.p->store(kA + i * kPage, kA + i * kPage).has_value());
+    ASSERT_TRUE(l.p->store(kB + i * kPage, kB + i * kPage).has_value());
+  }
+  ASSERT_TRUE(l.p->madvise(kA, 4 * kPage, Advice::free_).has_value());
+  ASSERT_TRUE(l.p->store(kA + kPage, 5).has_value());  // redirtied
+  ASSERT_TRUE(l.p->madvise(kA, 4 * kPage, Advice::pageout).has_value());
+  ASSERT_TRUE(l.p->madvise(kB, 4 * kPage, Advice::pageout).has_value());  // never freed
+  l.m.check_invariants();
+  EXPECT_FALSE(l.present(kA));
+  EXPECT_EQ(*l.p->load(kA + 8), 0u) << "dropped: reads zero";
+  EXPECT_EQ(*l.p->load(kA + kPage), 5u) << "written after MADV_FREE: kept";
+  EXPECT_EQ(*l.p->load(kB + 3 * kPage), kB + 3 * kPage) << "no swap: anonymous pages stay";
+  EXPECT_TRUE(l.present(kB + 3 * kPage));
+  // Shared with a child: MADV_PAGEOUT leaves it alone.
+  ASSERT_TRUE(l.p->store(kA + 2 * kPage, 7).has_value());
+  ASSERT_TRUE(l.p->madvise(kA + 2 * kPage, kPage, Advice::free_).has_value());
+  Process& c = **l.p->fork();
+  ASSERT_TRUE(l.p->madvise(kA + 2 * kPage, kPage, Advice::pageout).has_value());
+  EXPECT_EQ(*l.p->load(kA + 2 * kPage), 7u);
+  EXPECT_EQ(*c.load(kA + 2 * kPage), 7u);
+  l.m.check_invariants();
+}
+
+// MADV_REMOVE punches a hole in shared memory: every process that maps it reads zeros; on
+// private memory it is EINVAL. MADV_WIPEONFORK: the child gets the range empty (EINVAL on
+// shared memory); KEEPONFORK undoes it.
+TEST_P(PartialFailure, RemoveAndWipeonfork) {
+  Layout l(GetParam(), true);
+  const vaddr_t s = kR + 64 * kPage;
+  ASSERT_TRUE(l.p->mmap(s, 4 * kPage, kRW, MapFlags::shared | MapFlags::anonymous | MapFlags::fixed)
+                  .has_value());
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(l.p->store(s + i * kPage, 40 + i).has_value());
+  Process& c = **l.p->fork();
+  EXPECT_EQ(*c.load(s + kPage), 41u);
+  ASSERT_TRUE(l.p->madvise(s + kPage, 2 * kPage, Advice::remove).has_value());
+  l.m.check_invariants();
+  EXPECT_EQ(*c.load(s + kPage), 0u) << "the child's mapping of the hole reads zeros";
+  EXPECT_EQ(*l.p->load(s + 2 * kPage), 0u);
+  EXPECT_EQ(*c.load(s + 3 * kPage), 43u);
+  EXPECT_EQ(l.p->madvise(kA, kPage, Advice::remove).error(), Errno::inval);
+  EXPECT_EQ(l.p->madvise(s, kPage, Advice::wipeonfork).error(), Errno::inval);
+  ASSERT_TRUE(l.p->madvise(kA, 2 * kPage, Advice::wipeonfork).has_value());
+  Process& g = **l.p->fork();
+  l.m.check_invariants();
+  EXPECT_EQ(*g.load(kA), 0u) << "wiped in the child";
+  EXPECT_EQ(*g.load(kA + 3 * kPage), kA + 3 * kPage) << "outside the range";
+  EXPECT_EQ(*l.p->load(kA), kA) << "the parent keeps it";
+  ASSERT_TRUE(l.p->madvise(kA, 2 * kPage, Advice::keeponfork).has_value());
+  Process& h = **l.p->fork();
+  EXPECT_EQ(*h.load(kA), kA);
+  l.m.check_invariants();
+}
+
 INSTANTIATE_TEST_SUITE_P(EveryPolicy, PartialFailure, ::testing::ValuesIn(fork_policy_names()),
                          [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
 
