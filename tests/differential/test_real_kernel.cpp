@@ -49,7 +49,7 @@ namespace cowpte {
 namespace {
 
 constexpr vaddr_t kPage = 4096;
-constexpr vaddr_t kArena = 0x500000000000;  // free, also under ASan (its heap: 0x6000...)
+constexpr vaddr_t kArena = 0x500000000000;      // free, also under ASan (its heap: 0x6000...)
 constexpr std::uint64_t kArenaPages = 8 * 512;  // 16 MiB: eight 2 MiB spans
 constexpr vaddr_t kArenaEnd = kArena + kArenaPages * kPage;
 constexpr unsigned kMaxAgents = 64;
