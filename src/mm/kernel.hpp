@@ -251,6 +251,7 @@ class Kernel final : public PolicyOps, public CostModel {
   // ---- src/fork/fork.cpp (kernel/fork.c) ----
   Result<Process*> kernel_clone(Process& parent);
   int dup_mmap(MmStruct& mm, MmStruct& oldmm);
+  void zap_unlinked_ptes(MmStruct& mm);
 
   // ---- src/fork/copy_page_range.cpp (mm/memory.c) ----
   int copy_page_range(Vma& dst_vma, Vma& src_vma);
