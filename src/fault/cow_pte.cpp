@@ -28,6 +28,22 @@ int Kernel::break_cow_pte_range(MmStruct& mm, vaddr_t start, vaddr_t end) {
 
 // handle_cow_pte_fault: the fault path's break, for the faults the policy breaks on;
 // VM_FAULT_OOM with nothing changed on failure.
+// break_cow_pte_partial: before a zap of [start, end) (MADV_DONTNEED, MADV_REMOVE), break the
+// shared table of a span at either end that the range covers only partly, if a VMA of mm lies
+// in its part of the range: the zap would change entries the other holders still map (the
+// series relies on zap_pte_range breaking it; here the break comes first, so that its failure
+// changes nothing). A span the range covers whole is left to zap_cow_pte.
+int Kernel::break_cow_pte_partial(MmStruct& mm, vaddr_t start, vaddr_t end) {
+  for (const vaddr_t a : {start, end - 1}) {
+    const vaddr_t span = a & PMD_MASK;
+    const vaddr_t s = std::max(span, start), e = std::min(span + PMD_SIZE, end);
+    if ((span < start || span + PMD_SIZE > end) && mm.find_vma_intersection(s, e) &&
+        break_cow_pte_range(mm, span, span + 1))
+      return -ENOMEM;
+  }
+  return 0;
+}
+
 vm_fault_t Kernel::handle_cow_pte_fault(VmFault& vmf) {
   MmStruct& mm = *vmf.vma->vm_mm;
   if (!fork_policy(mm).fault_breaks_table(*vmf.vma, vmf.flags)) return 0;

@@ -302,6 +302,7 @@ class Kernel final : public PolicyOps, public CostModel {
   //      break COW PTE fault and helper functions; On-demand-fork's tfork_one_pte_table) ----
   int break_cow_pte(MmStruct& mm, EntryRef pmd, vaddr_t addr);  // 0 or -ENOMEM
   int break_cow_pte_range(MmStruct& mm, vaddr_t start, vaddr_t end);
+  int break_cow_pte_partial(MmStruct& mm, vaddr_t start, vaddr_t end);
   vm_fault_t handle_cow_pte_fault(VmFault& vmf);
   int tfork_one_pte_table(MmStruct& mm, EntryRef pmd, vaddr_t addr);
   void dereference_pte_table(MmStruct& mm, Page& table, vaddr_t span, MmGather* tlb);

@@ -191,12 +191,7 @@ Result<void> Kernel::madvise_remove(Vma& vma, vaddr_t start, vaddr_t end) {
       if (vfirst >= vlast) continue;
       const vaddr_t s = v.vm_start + ((vfirst - v.vm_pgoff) << PAGE_SHIFT);
       const vaddr_t e = v.vm_start + ((vlast - v.vm_pgoff) << PAGE_SHIFT);
-      // A shared table the zap only partly covers is broken first (as for MADV_DONTNEED).
-      for (const vaddr_t a : {s, e - 1}) {
-        const vaddr_t span = a & PMD_MASK;
-        if ((span < s || span + PMD_SIZE > e) && break_cow_pte_range(*mm, span, span + 1))
-          return Errno::nomem;
-      }
+      if (break_cow_pte_partial(*mm, s, e)) return Errno::nomem;
       zap_page_range(*mm, s, e);
     }
   }
@@ -237,16 +232,7 @@ Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_i
   switch (advice) {
     case Advice::dontneed: {
       MmapReadGuard lock(mm);
-      // A shared table only partly in the range must be broken before the zap changes
-      // entries others map (the series relies on zap_pte_range breaking it; see zap_cow_pte).
-      // Both ends first, so that a failed break changes nothing.
-      auto break_partial = [&](vaddr_t a) {
-        const vaddr_t span = a & PMD_MASK;
-        const vaddr_t s = std::max(span, start), e = std::min(span + PMD_SIZE, end);
-        return (span < start || span + PMD_SIZE > end) && mm.find_vma_intersection(s, e) &&
-               break_cow_pte_range(mm, span, span + 1);
-      };
-      if (break_partial(start) || break_partial(end - 1)) return Errno::nomem;
+      if (break_cow_pte_partial(mm, start, end)) return Errno::nomem;
       // madvise_dontneed_free zaps each VMA's part in turn; one gather over the range zaps the
       // same entries (a hole has none), and lets a shared table whose whole span goes be
       // dropped at once (zap_cow_pte).
