@@ -118,6 +118,12 @@ class Process {
   Result<void> munmap(vaddr_t addr, std::uint64_t length);
   Result<void> mprotect(vaddr_t addr, std::uint64_t length, Prot);
   Result<void> madvise(vaddr_t addr, std::uint64_t length, Advice);
+  // mremap(2), v6.1's rules: shrink in place, grow in place when the next VMA leaves room, else
+  // move (maymove) to a free range or to new_addr (fixed, which unmaps what is there first);
+  // dontunmap leaves the old range mapped and empty. Page tables move whole where both ends are
+  // 2 MiB aligned (move_page_tables). The new address, or Linux's errno.
+  Result<vaddr_t> mremap(vaddr_t old_addr, std::uint64_t old_len, std::uint64_t new_len,
+                         MremapFlags flags, vaddr_t new_addr = 0);
 
   Result<std::uint64_t> load(vaddr_t addr);               // 8-byte aligned user load
   Result<void> store(vaddr_t addr, std::uint64_t value);  // 8-byte aligned user store

@@ -64,6 +64,8 @@ constexpr std::string_view to_string(CowPtePolicy p) noexcept {
 }
 
 enum class PinFlags : std::uint32_t { none = 0, write = 0x1, longterm = 0x10000 };  // FOLL_*
+// mremap(2) flags, Linux's values: MREMAP_MAYMOVE, MREMAP_FIXED, MREMAP_DONTUNMAP.
+enum class MremapFlags : std::uint32_t { none = 0, maymove = 1, fixed = 2, dontunmap = 4 };
 enum class Errno : int {
   perm = 1,
   noent = 2,
@@ -84,7 +86,8 @@ std::string_view to_string(Errno) noexcept;
 // | and & for the flag enums; `any(x)` tests for a non-empty set.
 template <class E>
 concept FlagEnum =
-    std::is_same_v<E, Prot> || std::is_same_v<E, MapFlags> || std::is_same_v<E, PinFlags>;
+    std::is_same_v<E, Prot> || std::is_same_v<E, MapFlags> || std::is_same_v<E, PinFlags> ||
+    std::is_same_v<E, MremapFlags>;
 template <FlagEnum E>
 constexpr E operator|(E a, E b) noexcept {
   using U = std::underlying_type_t<E>;

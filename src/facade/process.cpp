@@ -245,6 +245,14 @@ Result<void> Process::madvise(vaddr_t addr, std::uint64_t length, Advice advice)
   return k.do_madvise(*mm_, addr, length, advice);
 }
 
+Result<vaddr_t> Process::mremap(vaddr_t old_addr, std::uint64_t old_len, std::uint64_t new_len,
+                                MremapFlags flags, vaddr_t new_addr) {
+  if (!alive()) return Errno::srch;
+  COWPTE_SYSCALL(Phase::other_syscall);
+  return k.do_mremap(*mm_, old_addr, old_len, new_len, static_cast<std::uint64_t>(flags),
+                     new_addr);
+}
+
 Result<std::uint64_t> Process::load(vaddr_t addr) {
   if (!alive()) return Errno::srch;
   Kernel& k = machine_->kernel();

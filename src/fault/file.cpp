@@ -26,6 +26,8 @@ vm_fault_t Kernel::shmem_fault(VmFault& vmf) {
   Vma& vma = *vmf.vma;
   ShmemFile& file = *vma.vm_file;
   const std::uint64_t index = vma.vm_pgoff + ((vmf.address - vma.vm_start) >> PAGE_SHIFT);
+  // Past the end of the file (a shared mapping mremap grew): shmem_get_folio_gfp's -EINVAL.
+  if (index >= file.size) return VM_FAULT_SIGBUS;
   Page* page = file.lookup(index);
   if (!page) {
     page = mem.alloc_page();  // shmem_alloc_and_acct_folio; the cache's reference

@@ -89,21 +89,25 @@ int Kernel::faultin_page(Vma& vma, vaddr_t addr, unsigned flags, bool unshare) {
 
 // __get_user_pages under mmap_lock: returns the number of pages grabbed, or -errno if none.
 long Kernel::get_user_pages(MmStruct& mm, vaddr_t start, std::uint64_t nr_pages, unsigned gup_flags,
-                            std::vector<Page*>* pages) {
+                            std::vector<Page*>* pages, int* stopped) {
   if (gup_flags & FOLL_PIN) mm.set_flag(MMF_HAS_PINNED);  // mm_set_has_pinned_flag
   long done = 0;
+  const auto stop = [&](int e) -> long {  // what cut the count short
+    if (stopped) *stopped = e;
+    return done ? done : e;
+  };
   Vma* vma = nullptr;
   while (nr_pages) {
     if (!vma || start >= vma->vm_end) {
       vma = mm.vma_lookup(start);
-      if (!vma) return done ? done : -EFAULT;
-      if (int e = check_vma_flags(*vma, gup_flags)) return done ? done : e;
+      if (!vma) return stop(-EFAULT);
+      if (int e = check_vma_flags(*vma, gup_flags)) return stop(e);
     }
     bool unshare = false, oom = false;
     Page* page = follow_page_pte(*vma, start, gup_flags, unshare, oom);
-    if (oom) return done ? done : -ENOMEM;
+    if (oom) return stop(-ENOMEM);
     if (!page) {
-      if (int e = faultin_page(*vma, start, gup_flags, unshare)) return done ? done : e;
+      if (int e = faultin_page(*vma, start, gup_flags, unshare)) return stop(e);
       continue;  // retry the lookup
     }
     if (pages) {

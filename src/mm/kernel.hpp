@@ -195,6 +195,25 @@ class Kernel final : public PolicyOps, public CostModel {
                     vaddr_t floor, vaddr_t ceiling);
   void remove_vma(Vma* vma);
 
+  // ---- src/mm/mremap.cpp (mm/mremap.c) ----
+  Result<vaddr_t> do_mremap(MmStruct& mm, vaddr_t addr, std::uint64_t old_len,
+                            std::uint64_t new_len, std::uint64_t flags, vaddr_t new_addr);
+  Result<Vma*> vma_to_resize(MmStruct& mm, vaddr_t addr, std::uint64_t old_len,
+                             std::uint64_t new_len, std::uint64_t flags);
+  Result<vaddr_t> mremap_to(MmStruct& mm, vaddr_t addr, std::uint64_t old_len, vaddr_t new_addr,
+                            std::uint64_t new_len, std::uint64_t flags);
+  Result<vaddr_t> move_vma(MmStruct& mm, Vma& vma, vaddr_t old_addr, std::uint64_t old_len,
+                           std::uint64_t new_len, vaddr_t new_addr, std::uint64_t flags);
+  Vma* copy_vma(MmStruct& mm, Vma& vma, vaddr_t addr, std::uint64_t len, std::uint64_t pgoff);
+  bool vma_expandable(MmStruct& mm, Vma& vma, std::uint64_t delta);
+  std::uint64_t move_page_tables(MmStruct& mm, vaddr_t old_addr, Vma& new_vma, vaddr_t new_addr,
+                                 std::uint64_t len);
+  bool move_normal_pmd(MmStruct& mm, vaddr_t old_addr, EntryRef old_pmd, EntryRef new_pmd);
+  bool move_normal_pud(MmStruct& mm, vaddr_t old_addr, EntryRef old_pud, EntryRef new_pud);
+  void move_ptes(MmStruct& mm, EntryRef old_pmd, vaddr_t old_addr, vaddr_t old_end, Vma& new_vma,
+                 EntryRef new_pmd, vaddr_t new_addr);
+  Result<void> do_mas_munmap(MmStruct& mm, vaddr_t start, std::uint64_t len);
+
   // ---- src/mm/mprotect.cpp (mm/mprotect.c) ----
   Result<void> do_mprotect_pkey(MmStruct& mm, vaddr_t start, std::uint64_t len, Prot prot);
   bool mprotect_fixup(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end, std::uint64_t newflags);
@@ -218,8 +237,9 @@ class Kernel final : public PolicyOps, public CostModel {
   void shmem_punch_hole(ShmemFile& file, std::uint64_t first, std::uint64_t last);
 
   // ---- src/mm/gup.cpp (mm/gup.c) ----
+  // Pages grabbed, or -errno if none; *stopped (if given) gets the -errno that cut a short count.
   long get_user_pages(MmStruct& mm, vaddr_t start, std::uint64_t nr_pages, unsigned gup_flags,
-                      std::vector<Page*>* pages);  // pages grabbed, or -errno
+                      std::vector<Page*>* pages, int* stopped = nullptr);
   Page* follow_page_pte(Vma& vma, vaddr_t addr, unsigned flags, bool& unshare, bool& oom);
   int faultin_page(Vma& vma, vaddr_t addr, unsigned flags, bool unshare);
   static int check_vma_flags(const Vma& vma, unsigned gup_flags) noexcept;

@@ -52,12 +52,14 @@ Result<void> Kernel::madvise_populate(MmStruct& mm, vaddr_t start, vaddr_t end, 
     if (!v) return Errno::nomem;
     if (check_vma_flags(*v, gup_flags)) return Errno::inval;  // faultin_page_range
     const vaddr_t e = std::min(end, v->vm_end);
+    // A short count stopped at a page whose fault failed: Linux calls GUP again from there,
+    // which fails at once with that page's error (memory that ran short stays short: an
+    // injected failure is that), so the error that cut the count decides.
     const std::uint64_t nr = (e - a) >> PAGE_SHIFT;
-    const long r = get_user_pages(mm, a, nr, gup_flags, nullptr);
-    if (r == -EFAULT) return Errno::fault;  // VM_FAULT_SIGBUS or VM_FAULT_SIGSEGV
-    // A short count is a fault that ran out of memory: Linux calls GUP again from that page,
-    // which fails the same way while memory stays short (an injected failure is that).
-    if (r < 0 || static_cast<std::uint64_t>(r) < nr) return Errno::nomem;
+    int stopped = 0;
+    const long r = get_user_pages(mm, a, nr, gup_flags, nullptr, &stopped);
+    if (r < 0 || static_cast<std::uint64_t>(r) < nr)
+      return stopped == -EFAULT ? Errno::fault : Errno::nomem;  // VM_FAULT_SIGBUS/SIGSEGV, OOM
     a = e;
   }
   return {};

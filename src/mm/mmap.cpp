@@ -116,7 +116,9 @@ bool can_merge(const Vma& a, const Vma& b, const Vma& neighbour, const Vma& chan
   if (a.vm_end != b.vm_start) return false;
   if ((a.vm_flags ^ b.vm_flags) & ~VM_SOFTDIRTY) return false;
   if (a.vm_file != b.vm_file) return false;
-  if (a.vm_file && a.vm_pgoff + a.pages() != b.vm_pgoff) return false;
+  // Offsets must run on: anonymous VMAs too (their offset is the address they were mapped at,
+  // and a VMA mremap moved keeps its old one).
+  if (a.vm_pgoff + a.pages() != b.vm_pgoff) return false;
   return mergeable_anon_vma(neighbour, changed);
 }
 }  // namespace

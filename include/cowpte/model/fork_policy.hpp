@@ -75,6 +75,18 @@ enum class TableAccounting : std::uint8_t {
   owner,
 };
 
+// Where the series as posted and cowpte's fixed paths part ways outside the policy's own hooks
+// ("seed_exact" sets every one; the built-in policies none). Each names the path that reads it.
+struct SeriesQuirks {
+  // mprotect (change_pte_range of [PATCH 09/14]) and mremap (move_page_tables of [PATCH 03/14])
+  // go on when a break fails: mprotect skips the span and succeeds, mremap moves the entries
+  // out of the still-shared table. Otherwise the call fails with ENOMEM and changes nothing.
+  bool ignore_failed_breaks = false;
+  // move_page_tables breaks the source table only: entries moved into a destination span
+  // whose table another process shares land in that table. Otherwise both are broken.
+  bool move_breaks_source_only = false;
+};
+
 class ForkPolicy {
  public:
   virtual ~ForkPolicy() = default;
@@ -95,6 +107,8 @@ class ForkPolicy {
     (void)vma, (void)fault_flags;
     return true;
   }
+  // The series' behaviours outside these hooks that this policy keeps (SeriesQuirks).
+  virtual SeriesQuirks quirks() const noexcept { return {}; }
   // A zap (munmap, exit, MADV_DONTNEED) meets a shared table at addr. True when the table is
   // dealt with and zap_pte_range has nothing left to do there.
   virtual bool zap_table(PolicyOps& ops, MmGather& tlb, EntryRef pmd, vaddr_t addr) const = 0;

@@ -81,6 +81,7 @@ constexpr pteval_t pte_mkclean(pteval_t v) noexcept { return v & ~_PAGE_DIRTY; }
 constexpr pteval_t pte_mkdirty(pteval_t v) noexcept { return v | _PAGE_DIRTY | _PAGE_SOFT_DIRTY; }
 constexpr pteval_t pte_mkspecial(pteval_t v) noexcept { return v | _PAGE_SPECIAL; }
 constexpr pteval_t pte_clear_soft_dirty(pteval_t v) noexcept { return v & ~_PAGE_SOFT_DIRTY; }
+constexpr pteval_t pte_mksoft_dirty(pteval_t v) noexcept { return v | _PAGE_SOFT_DIRTY; }
 constexpr pteval_t pte_clear_uffd_wp(pteval_t v) noexcept { return v & ~_PAGE_UFFD_WP; }
 
 // L1TF inversion (pgtable-invert.h): a non-present, non-zero entry stores its pfn inverted.
