@@ -85,9 +85,8 @@ std::string_view to_string(Errno) noexcept;
 
 // | and & for the flag enums; `any(x)` tests for a non-empty set.
 template <class E>
-concept FlagEnum =
-    std::is_same_v<E, Prot> || std::is_same_v<E, MapFlags> || std::is_same_v<E, PinFlags> ||
-    std::is_same_v<E, MremapFlags>;
+concept FlagEnum = std::is_same_v<E, Prot> || std::is_same_v<E, MapFlags> ||
+    std::is_same_v<E, PinFlags> || std::is_same_v<E, MremapFlags>;
 template <FlagEnum E>
 constexpr E operator|(E a, E b) noexcept {
   using U = std::underlying_type_t<E>;

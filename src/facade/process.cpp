@@ -249,8 +249,7 @@ Result<vaddr_t> Process::mremap(vaddr_t old_addr, std::uint64_t old_len, std::ui
                                 MremapFlags flags, vaddr_t new_addr) {
   if (!alive()) return Errno::srch;
   COWPTE_SYSCALL(Phase::other_syscall);
-  return k.do_mremap(*mm_, old_addr, old_len, new_len, static_cast<std::uint64_t>(flags),
-                     new_addr);
+  return k.do_mremap(*mm_, old_addr, old_len, new_len, static_cast<std::uint64_t>(flags), new_addr);
 }
 
 Result<std::uint64_t> Process::load(vaddr_t addr) {
