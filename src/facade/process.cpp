@@ -340,14 +340,15 @@ static Result<void> facade_gup(Kernel& k, MmStruct& mm, int pid, vaddr_t addr, s
   }
   std::vector<Page*> pages;
   long got;
+  int stopped = 0;
   {
     MmapReadGuard lock(mm);
-    got = k.get_user_pages(mm, addr, *nr, gup_flags, &pages);
+    got = k.get_user_pages(mm, addr, *nr, gup_flags, &pages, &stopped);
   }
   const bool pin = gup_flags & FOLL_PIN;
   if (got < 0 || static_cast<std::uint64_t>(got) != *nr) {
     for (Page* p : pages) pin ? k.unpin_user_page(*p) : k.mem.put_page(*p);
-    return got == -EFAULT ? Errno::fault : Errno::nomem;
+    return stopped == -EFAULT ? Errno::fault : Errno::nomem;  // a SIGBUS or SIGSEGV, or OOM
   }
   for (std::uint64_t i = 0; i < pages.size(); ++i)
     k.gup_refs.add(pid, GupRef{addr + (i << PAGE_SHIFT), pages[i], pin});

@@ -36,6 +36,7 @@ inline constexpr Errno kOk = Errno{0};
 inline bool has(Prot p, Prot bit) { return any(p & bit); }
 inline bool has(MapFlags f, MapFlags bit) { return any(f & bit); }
 inline bool has(PinFlags f, PinFlags bit) { return any(f & bit); }
+inline bool has(MremapFlags f, MremapFlags bit) { return any(f & bit); }
 // x86 has no write-only or exec-only pages: any access right lets a user load.
 inline bool user_readable(Prot p) { return any(p & (Prot::read | Prot::write | Prot::exec)); }
 inline std::uint64_t page_align(std::uint64_t len) {
@@ -67,8 +68,10 @@ struct FlatVma {
 // What a pin reads is known once a FOLL_LONGTERM pin holds the page (the COW-vs-pin property):
 // while the process keeps the page mapped, the pinned page is the one it maps (`live`); after
 // munmap, MADV_DONTNEED or MAP_FIXED take it away, a private page is held only by the pin and
-// nobody can write it any more (`frozen`), and a shmem page stays in its object (`shm`).
-enum class PinView { live, frozen, shm };
+// nobody can write it any more (`frozen`), and a shmem page stays in its object (`shm`). After
+// mremap moved the page, or MADV_REMOVE took it out of its object, the model stops predicting
+// what the pin reads (`unknown`).
+enum class PinView { live, frozen, shm, unknown };
 
 struct FlatPin {
   std::uint64_t vpn = 0;
@@ -263,7 +266,9 @@ class FlatModel {
         const FlatVma* v = vma_at(p, va);
         if (!v) return {Errno::nomem};
         if (!has(v->prot, need)) return {Errno::inval};
-        va = std::min(a + len, v->end);
+        const vaddr_t e = std::min(a + len, v->end);
+        if (past_eof(*v, e - kPageSize)) return {Errno::fault};  // SIGBUS
+        va = e;
       }
       return {};  // contents do not change
     }
@@ -303,9 +308,81 @@ class FlatModel {
     return {};
   }
 
+  // A shared VMA mremap grew in place reaches past the end of its object: SIGBUS there.
+  bool past_eof(const FlatVma& v, vaddr_t a) const {
+    return v.shared && v.pgoff + (a - v.start) / kPageSize >= shms_.at(v.obj).pages;
+  }
+
+  // ---- mremap: Linux's steps, each applied as it happens (v6.1, growing in place as v6.3+) ----
+  struct MremapOutcome {
+    Errno err = kOk;
+    vaddr_t addr = 0;      // the address Linux returns, unless `any`
+    bool any = false;      // a move to a free range of Linux's choosing: the simulator's (`got`)
+    bool bad_got = false;  // ...which was not a free range
+  };
+
+  // `got` is the simulator's result: its address decides a move to "anywhere", its errno the
+  // cases the flat model cannot decide (resize_check).
+  MremapOutcome mremap(int p, vaddr_t a, std::uint64_t old_len, std::uint64_t new_len,
+                       MremapFlags f, vaddr_t na, const Result<vaddr_t>& sim_result) {
+    const vaddr_t got = sim_result ? *sim_result : 0;
+    const Errno sim = sim_result ? kOk : sim_result.error();
+    const bool maymove = has(f, MremapFlags::maymove), fixed = has(f, MremapFlags::fixed),
+               dontunmap = has(f, MremapFlags::dontunmap);
+    const auto err = [](Errno e) { return MremapOutcome{e}; };
+    if (any(f & ~(MremapFlags::maymove | MremapFlags::fixed | MremapFlags::dontunmap)))
+      return err(Errno::inval);
+    if (fixed && !maymove) return err(Errno::inval);
+    if (dontunmap && (!maymove || old_len != new_len)) return err(Errno::inval);
+    if (a % kPageSize) return err(Errno::inval);
+    old_len = page_align(old_len);
+    new_len = page_align(new_len);
+    if (!new_len) return err(Errno::inval);
+    if (!vma_at(p, a)) return err(Errno::fault);
+    if (fixed || dontunmap) {  // mremap_to
+      if (na % kPageSize) return err(Errno::inval);
+      if (new_len > kTaskSize || na > kTaskSize - new_len) return err(Errno::inval);
+      if (a + old_len > na && na + new_len > a) return err(Errno::inval);
+      if (fixed) remove_range(p, na, new_len);
+      if (old_len > new_len) {
+        if (!munmap(p, a + new_len, old_len - new_len).ok()) return err(Errno::inval);
+        old_len = new_len;
+      }
+      if (Errno e = resize_check(p, a, old_len, sim); e != kOk) return err(e);
+      vaddr_t to = na;  // MREMAP_FIXED's address, or DONTUNMAP's hint if that range is free
+      bool anywhere = false;
+      if (fixed) {
+        if (na < kMmapMinAddr) return err(Errno::perm);
+      } else if (!(na >= kMmapMinAddr && na <= kTaskSize - new_len && range_free(p, na, new_len))) {
+        if (!usable(p, got, new_len)) return {kOk, got, true, true};
+        to = got;
+        anywhere = true;
+      }
+      move(p, a, old_len, new_len, to, dontunmap);
+      return {kOk, to, anywhere};
+    }
+    if (old_len >= new_len) {
+      if (old_len != new_len)
+        if (Outcome o = munmap(p, a + new_len, old_len - new_len); !o.ok()) return err(o.err);
+      return {kOk, a};
+    }
+    if (Errno e = resize_check(p, a, old_len, sim); e != kOk) return err(e);
+    FlatVma& v = vma_ref(p, a);
+    const std::uint64_t delta = new_len - old_len;
+    if (old_len == v.end - a && v.end + delta > v.end && v.end + delta <= kTaskSize &&
+        range_free(p, v.end, delta)) {
+      v.end += delta;  // grows in place
+      return {kOk, a};
+    }
+    if (!maymove) return err(Errno::nomem);
+    if (!usable(p, got, new_len)) return {kOk, got, true, true};
+    move(p, a, old_len, new_len, got, false);
+    return {kOk, got, true};
+  }
+
   Outcome load(int p, vaddr_t a) const {
     const FlatVma* v = vma_at(p, a);
-    if (!v || !user_readable(v->prot)) return {Errno::fault};
+    if (!v || !user_readable(v->prot) || past_eof(*v, a)) return {Errno::fault};
     const std::uint64_t w = (a % kPageSize) / 8;
     if (v->shared) {
       const auto& d = shms_.at(v->obj).data;
@@ -319,7 +396,7 @@ class FlatModel {
 
   Outcome store(int p, vaddr_t a, std::uint64_t value) {
     const FlatVma* v = vma_at(p, a);
-    if (!v || !has(v->prot, Prot::write)) return {Errno::fault};
+    if (!v || !has(v->prot, Prot::write) || past_eof(*v, a)) return {Errno::fault};
     const std::uint64_t w = (a % kPageSize) / 8;
     PageWords* page;
     if (v->shared) {
@@ -370,7 +447,8 @@ class FlatModel {
     if (hole) return {Errno::fault};
     const Prot need = has(flags, PinFlags::write) ? Prot::write : Prot::read;
     for (const FlatVma* v : vs)
-      if (!has(v->prot, need)) return {Errno::fault};
+      if (!has(v->prot, need) || past_eof(*v, std::min(a + len, v->end) - kPageSize))
+        return {Errno::fault};
     auto& pr = procs_.at(p);
     for (vaddr_t va = a; va < a + len; va += kPageSize) {
       FlatPin pin;
@@ -415,6 +493,8 @@ class FlatModel {
       case PinView::live:
         if (!pin_coherent(p, a)) return std::nullopt;
         return content(p, a);
+      case PinView::unknown:
+        return std::nullopt;
     }
     return std::nullopt;
   }
@@ -493,6 +573,71 @@ class FlatModel {
   void mark_changed(int p, vaddr_t a, std::uint64_t len) {
     auto& ch = procs_.at(p).changed;
     for (vaddr_t va = a; va < a + len; va += kPageSize) ch[vpn(va)] = stamp_;
+  }
+
+  // vma_to_resize's checks of the VMA at a. The flat model never merges VMAs, and whether
+  // Linux merged two neighbours depends on anon_vma history it does not keep: a range across
+  // neighbours that Linux may have merged (same protection and flags, the same object at
+  // consecutive offsets) is EFAULT or not as the simulator says (the real-kernel test checks
+  // the merges themselves); on success the model joins them.
+  Errno resize_check(int p, vaddr_t a, std::uint64_t old_len, Errno sim) {
+    const FlatVma* v = vma_at(p, a);
+    if (!v) return Errno::fault;
+    if (!old_len && !v->shared) return Errno::inval;  // "duplicating" a private mapping
+    if (old_len <= v->end - a) return kOk;
+    for (const FlatVma* prev = v; prev->end < a + old_len;) {
+      const FlatVma* n = vma_at(p, prev->end);
+      if (!n || !mergeable(*prev, *n)) return Errno::fault;  // across a VMA boundary
+      prev = n;
+    }
+    if (sim == Errno::fault) return Errno::fault;
+    for (const FlatVma* n; (n = vma_at(p, v->end)) && v->end < a + old_len;) {
+      FlatVma& vv = vma_ref(p, a);
+      vv.end = n->end;
+      procs_.at(p).vmas.erase(n->start);
+      v = &vv;
+    }
+    return kOk;
+  }
+  static bool mergeable(const FlatVma& l, const FlatVma& r) {
+    return l.prot == r.prot && l.shared == r.shared && l.dontfork == r.dontfork &&
+           l.wipe == r.wipe &&
+           (!l.shared || (l.obj == r.obj && l.pgoff + (l.end - l.start) / kPageSize == r.pgoff));
+  }
+  FlatVma& vma_ref(int p, vaddr_t a) {
+    auto& vmas = procs_.at(p).vmas;
+    return std::prev(vmas.upper_bound(a))->second;
+  }
+  bool usable(int p, vaddr_t at, std::uint64_t len) const {
+    return at % kPageSize == 0 && at >= kMmapMinAddr && at <= kTaskSize - len &&
+           range_free(p, at, len);
+  }
+
+  // move_vma: [a, a + old_len) of one VMA moves to [to, to + new_len): its private pages go
+  // with it, a shared range maps the same object pages there; the old range is unmapped, or
+  // (MREMAP_DONTUNMAP) stays mapped with its private pages gone.
+  void move(int p, vaddr_t a, std::uint64_t old_len, std::uint64_t new_len, vaddr_t to,
+            bool dontunmap) {
+    FlatProc& pr = procs_.at(p);
+    const FlatVma& src = *vma_at(p, a);
+    FlatVma nv = src;
+    nv.start = to;
+    nv.end = to + new_len;
+    if (src.shared) nv.pgoff = src.pgoff + (a - src.start) / kPageSize;
+    for (auto& pin : pr.pins)  // the pinned pages moved with the range
+      if (pin.vpn >= vpn(a) && pin.vpn < vpn(a + old_len) && pin.view == PinView::live)
+        pin.view = PinView::unknown;
+    std::vector<std::pair<std::uint64_t, PageWords>> moved;
+    for (std::uint64_t i = 0; i < old_len / kPageSize; ++i)
+      if (auto it = pr.priv.find(vpn(a) + i); it != pr.priv.end()) {
+        moved.emplace_back(vpn(to) + i, it->second);
+        pr.priv.erase(it);
+      }
+    mark_changed(p, a, old_len);
+    if (!dontunmap && old_len) remove_range(p, a, old_len);
+    pr.vmas[to] = nv;
+    for (auto& [page, words] : moved) pr.priv[page] = words;
+    mark_changed(p, to, new_len);
   }
 
   // Split the VMA containing `a` (if any) so that a VMA starts at `a`.

@@ -496,11 +496,14 @@ class DifferentialRun {
   // process (fork keeps addresses and the test never maps an object twice), so a partial
   // comparison sees all the mappings of the shmem pages of its spans; the extra shmem pages of
   // the spans it skips are remembered from the comparison that last saw them (extra_shmem_),
-  // for the RSS check. Should that RSS check fail in a partial comparison, it is redone in full
-  // before reporting, so a span this bookkeeping missed can't make a false mismatch.
+  // for the RSS check. Should that RSS check or the exclusive bit fail in a partial comparison,
+  // it is redone in full before reporting, so a span this bookkeeping missed can't make a false
+  // mismatch.
   void compare_twin() {
     if (!twin_) return;
-    const bool full = twin_full_next_ || op_ % kTwinFullEvery == 0;
+    // COWPTE_TWIN_FULL=1: every span after every step (slow; to find where a difference began).
+    static const bool always_full = std::getenv("COWPTE_TWIN_FULL") != nullptr;
+    const bool full = twin_full_next_ || op_ % kTwinFullEvery == 0 || always_full;
     twin_full_next_ = false;
     compare_twin_once(full);
     if (!failed_) twin_spans_.clear();
@@ -706,6 +709,9 @@ class DifferentialRun {
     // full comparison, its mapcount must exceed the twin frame's by exactly those mappings.
     for (const ExclusiveDiff& d : exclusive_diffs) {
       if (!extra_maps.count(d.p.pfn) && !missing_maps.count(d.q.pfn)) {
+        // The extra mapping may be in a span this partial comparison skipped (mremap maps a
+        // shmem page at different addresses in related processes): look at everything.
+        if (!full) return compare_twin_once(true);
         return fail("pagemap(" + pname(*d.l) + " " + hex(d.va) + "): " + show(d.p, m_.zero_pfn()) +
                     ", but " + show(d.q, twin_->zero_pfn()) +
                     " with the classic fork: the exclusive bit differs on a frame that no process "
@@ -990,14 +996,15 @@ class DifferentialRun {
       kDead,
       kCowPte,
       kSetCpu,
+      kMremap,
       kCount
     };
     // set_cpu only in the timed runs (a zero weight is never drawn, so the untimed runs draw
     // what they drew before it existed).
-    static const unsigned kWeights[kCount] = {260, 220, 90, 50, 60, 80, 40,
-                                              28,  50,  40, 30, 6,  0,  0};
-    static const unsigned kWeightsCowPte[kCount] = {260, 220, 90, 50, 60, 80, 40,
-                                                    28,  50,  40, 30, 6,  10, 0};
+    static const unsigned kWeights[kCount] = {260, 220, 90, 50, 60, 80, 40, 28,
+                                              50,  40,  30, 6,  0,  0,  45};
+    static const unsigned kWeightsCowPte[kCount] = {260, 220, 90, 50, 60, 80, 40, 28,
+                                                    50,  40,  30, 6,  10, 0,  45};
     unsigned weights[kCount];
     std::copy_n(cfg_.mode == ForkMode::classic ? kWeights : kWeightsCowPte, kCount, weights);
     if (cfg_.timed) weights[kSetCpu] = kSetCpuWeight;
@@ -1037,6 +1044,8 @@ class DifferentialRun {
         return set_cow_pte(l);
       case kSetCpu:
         return do_set_cpu(l);
+      case kMremap:
+        return do_mremap(l);
       case kCount:
         break;
     }
@@ -1231,6 +1240,61 @@ class DifferentialRun {
     if (l.twin) twin_same(d, r, l.twin->madvise(a, len, adv));
     twin_dirty(a, len);
     if (len && a % kPageSize == 0) touch(a);
+  }
+
+  // mremap: mostly a range inside one VMA, shrunk, kept or grown; in place, moved anywhere,
+  // moved to a fixed address (PMD-aligned now and then, so that whole tables move), or with
+  // MREMAP_DONTUNMAP; now and then bad flags or a range across VMAs.
+  void do_mremap(Live& l) {
+    auto [a, old_len] = pick_range(l.mid);
+    if (rng_.chance(3)) a += rng_.range(1, kPageSize - 1);
+    const std::uint64_t old_pages = old_len / kPageSize;
+    std::uint64_t new_len = old_len;
+    switch (rng_.weighted({30, 25, 45})) {
+      case 0:
+        new_len = rng_.range(old_pages > 1 ? 1 : 0, old_pages > 1 ? old_pages - 1 : 0) * kPageSize;
+        break;
+      case 1:
+        break;
+      default:
+        new_len = (old_pages + rng_.range(1, 32)) * kPageSize;
+    }
+    if (footprint() + new_len / kPageSize + 64 > kFootprintCap) new_len = old_len;
+    static constexpr MremapFlags kFlags[] = {
+        MremapFlags::none,
+        MremapFlags::maymove,
+        MremapFlags::maymove | MremapFlags::fixed,
+        MremapFlags::maymove | MremapFlags::fixed | MremapFlags::dontunmap,
+        MremapFlags::maymove | MremapFlags::dontunmap,
+        MremapFlags::fixed,
+        MremapFlags(8)};
+    const MremapFlags f = kFlags[rng_.weighted({25, 25, 30, 8, 4, 4, 4})];
+    if (any(f & MremapFlags::dontunmap) && rng_.chance(85)) new_len = old_len;
+    if (rng_.chance(4)) old_len = 0;
+    vaddr_t na = 0;
+    if (any(f & (MremapFlags::fixed | MremapFlags::dontunmap)) || rng_.chance(10)) {
+      na = place(l.mid, std::max<std::uint64_t>(new_len / kPageSize, 1));
+      if (rng_.chance(20)) {  // a 2 MiB boundary of the arena: whole PTE tables may move
+        na = kArenaBase + rng_.below(kArenaPages / kSpanPages) * kSpanPages * kPageSize;
+        if (rng_.chance(50)) a &= ~(kSpanPages * kPageSize - 1);
+      }
+    }
+    std::string d = pname(l) + ".mremap(" + hex(a) + ", " + hex(old_len) + ", " + hex(new_len) +
+                    ", " + std::to_string(unsigned(f)) + ", " + hex(na) + ")";
+    auto r = l.proc->mremap(a, old_len, new_len, f, na);
+    note(d, r.error(), r ? hex(*r) : errname(r.error()));
+    if (l.twin) twin_same(d, r, l.twin->mremap(a, old_len, new_len, f, na));
+    twin_dirty(a, old_len);
+    const auto o = model_.mremap(l.mid, a, old_len, new_len, f, na, r);
+    if (!expect_err(d, r.error(), o.err) || !r) return;
+    twin_dirty(*r, new_len);
+    if (o.bad_got) return fail(d + ": simulator moved to " + hex(*r) + ", not a free range");
+    if (!o.any && *r != o.addr)
+      return fail(d + ": simulator returned " + hex(*r) + ", Linux returns " + hex(o.addr));
+    // A moved range maps its pages at other addresses than the relatives' do, which the
+    // comparison of recent spans alone cannot follow.
+    if (*r != a) twin_full_next_ = true;
+    touch(*r);
   }
 
   void do_fork(Live& l) {
