@@ -215,6 +215,9 @@ Result<vaddr_t> Kernel::mmap_region(MmStruct& mm, vaddr_t addr, std::uint64_t le
   std::uint64_t vm_flags = prot | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC;
   if (shared) vm_flags |= VM_SHARED | VM_MAYSHARE;
   if (flags & MAP_NORESERVE) vm_flags |= VM_NORESERVE;
+  // accountable_mapping: private writable memory is charged, and the VMA says so (it then
+  // merges only with charged neighbours).
+  if ((vm_flags & (VM_NORESERVE | VM_SHARED | VM_WRITE)) == VM_WRITE) vm_flags |= VM_ACCOUNT;
 
   if (shared && (len >> PAGE_SHIFT) > 0xffffffffull) return Errno::nomem;  // page->index is 32-bit
   // MAP_FIXED replaces what is there: unmap first, then allocate, in v6.1's order, so that an

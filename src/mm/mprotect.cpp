@@ -57,6 +57,14 @@ long Kernel::change_protection(MmGather& tlb, Vma& vma, vaddr_t start, vaddr_t e
 bool Kernel::mprotect_fixup(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end,
                             std::uint64_t newflags) {
   if (newflags == vma.vm_flags) return true;
+  // Memory that turns into writable private data is charged from now on. VM_ACCOUNT stays when
+  // it turns read-only again (which keeps it from merging with a never-charged neighbour),
+  // unless it is anonymous memory never faulted: v6.3+ (the hosts) un-charge that.
+  if ((newflags & VM_WRITE) && !(vma.vm_flags & (VM_ACCOUNT | VM_WRITE | VM_SHARED | VM_NORESERVE)))
+    newflags |= VM_ACCOUNT;
+  else if (!(newflags & VM_WRITE) && (vma.vm_flags & VM_ACCOUNT) && vma_is_anonymous(vma) &&
+           !vma.anon_vma)
+    newflags &= ~VM_ACCOUNT;
   Vma* v = split_vma_range(mm, vma, start, end);
   if (!v) return false;
   v->vm_flags = newflags;

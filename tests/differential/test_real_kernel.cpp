@@ -52,6 +52,7 @@ constexpr vaddr_t kPage = 4096;
 constexpr vaddr_t kArena = 0x500000000000;      // free, also under ASan (its heap: 0x6000...)
 constexpr std::uint64_t kArenaPages = 8 * 512;  // 16 MiB: eight 2 MiB spans
 constexpr vaddr_t kArenaEnd = kArena + kArenaPages * kPage;
+constexpr std::uint64_t kSpan = 2ull << 20;
 constexpr unsigned kMaxAgents = 64;
 constexpr unsigned kMaxLive = 6;
 
@@ -62,13 +63,24 @@ std::uint64_t env_or(const char* name, std::uint64_t def) {
 
 // ---- the agents ----
 
-enum class Op : std::uint32_t { none, mmap, munmap, mprotect, madvise, load, store, fork, exit };
+enum class Op : std::uint32_t {
+  none,
+  mmap,
+  munmap,
+  mprotect,
+  madvise,
+  mremap,
+  load,
+  store,
+  fork,
+  exit
+};
 
 struct Slot {
   std::atomic<std::uint32_t> seq{0};  // the test posts a command by bumping it
   std::atomic<std::uint32_t> ack{0};  // the agent answers by setting it to seq
   Op op = Op::none;
-  std::uint64_t a = 0, b = 0, c = 0, d = 0;
+  std::uint64_t a = 0, b = 0, c = 0, d = 0, e = 0;
   std::int64_t ret = 0;
   int err = 0;
   std::atomic<pid_t> pid{0};  // set by the agent once it waits on this slot
@@ -144,6 +156,12 @@ void futex_wake(std::atomic<std::uint32_t>& w) {
       case Op::madvise:
         r = ::madvise(reinterpret_cast<void*>(s->a), s->b, static_cast<int>(s->c));
         break;
+      case Op::mremap: {
+        void* p = ::mremap(reinterpret_cast<void*>(s->a), s->b, s->c, static_cast<int>(s->d),
+                           reinterpret_cast<void*>(s->e));
+        r = p == MAP_FAILED ? -1 : static_cast<long>(reinterpret_cast<std::uintptr_t>(p));
+        break;
+      }
       case Op::load:
       case Op::store:
         r = agent_access(*s);
@@ -327,13 +345,14 @@ class RealRun {
       }
   }
   void post(const Agent& a, Op op, std::uint64_t x = 0, std::uint64_t y = 0, std::uint64_t z = 0,
-            std::uint64_t w = 0) {
+            std::uint64_t w = 0, std::uint64_t v = 0) {
     Slot& s = mb_->slots[a.slot];
     s.op = op;
     s.a = x;
     s.b = y;
     s.c = z;
     s.d = w;
+    s.e = v;
     const std::uint32_t seq = s.seq.load() + 1;
     s.seq.store(seq);
     futex_wake(s.seq);
@@ -409,7 +428,8 @@ class RealRun {
     if (kind < 14) return do_mmap(a);
     if (kind < 20) return do_munmap(a);
     if (kind < 30) return do_mprotect(a);
-    if (kind < 40) return do_madvise(a);
+    if (kind < 37) return do_madvise(a);
+    if (kind < 43) return do_mremap(a);
     if (kind < 62) return do_store(a);
     if (kind < 88) return do_load(a);
     if (kind < 96) return do_fork(a);
@@ -477,6 +497,82 @@ class RealRun {
     return same(who(a) + ".madvise(" + hex(addr) + ", " + hex(len) + ", " +
                     std::to_string(static_cast<int>(adv)) + ")",
                 mb_->slots[a.slot].err, err_of(a.proc->madvise(addr, len, adv)));
+  }
+
+  // mremap, inside the arena: mostly a range of one VMA, shrunk, kept or grown, in place or
+  // moved with MREMAP_FIXED (to a 2 MiB boundary now and then, so that whole tables move), with
+  // or without MREMAP_DONTUNMAP; sometimes bad flags or a random range. A move to an address of
+  // the kernel's choosing would leave the arena, so MREMAP_MAYMOVE alone comes only where the
+  // range can grow in place or shrinks. Linux 6.17+ moves a range across several VMAs where
+  // v6.1 says EFAULT: the moves here stay inside one VMA.
+  bool do_mremap(const Agent& a) {
+    const std::vector<SmapsEntry> vmas = a.proc->smaps();
+    vaddr_t addr = page_addr();
+    std::uint64_t old_len = clip(addr, length());
+    const SmapsEntry* v = nullptr;
+    if (!vmas.empty() && below(10) != 0) {
+      v = &vmas[below(vmas.size())];
+      addr = v->start + below((v->end - v->start) / kPage) * kPage;
+      if (below(5) == 0 && (addr & ~(kSpan - 1)) >= v->start) addr &= ~(kSpan - 1);
+      old_len = std::min(length(), v->end - addr);
+    }
+    std::uint64_t new_len = old_len;
+    const std::uint64_t pages = old_len / kPage;
+    switch (below(3)) {
+      case 0:
+        if (pages > 1) new_len = (1 + below(pages - 1)) * kPage;
+        break;
+      case 1:
+        break;
+      default:
+        new_len = old_len + (1 + below(32)) * kPage;
+    }
+    std::uint64_t flags = 0;  // MREMAP_MAYMOVE 1, MREMAP_FIXED 2, MREMAP_DONTUNMAP 4
+    vaddr_t na = 0;
+    const vaddr_t next = [&] {  // where the next VMA starts
+      vaddr_t n = kArenaEnd;
+      for (const SmapsEntry& e : vmas)
+        if (e.start >= addr + old_len) n = std::min(n, e.start);
+      return n;
+    }();
+    const bool in_place =
+        new_len <= old_len || (v && addr + old_len == v->end && addr + new_len <= next);
+    switch (v ? below(10) : 0) {
+      case 0:
+      case 1:
+        new_len = std::min(new_len, kArenaEnd - addr);
+        break;  // none: shrink, keep, grow in place or ENOMEM
+      case 2:
+        flags = in_place ? 1 : 0;
+        new_len = std::min(new_len, kArenaEnd - addr);
+        break;
+      case 3:
+        flags = below(2) ? 8 : 2;  // an unknown flag; MREMAP_FIXED without MREMAP_MAYMOVE
+        na = page_addr();
+        break;
+      case 4:
+        new_len = old_len;
+        flags = 1 | 2 | 4;
+        [[fallthrough]];
+      default:
+        flags |= 1 | 2;
+        na = below(4) == 0 ? kArena + below(kArenaPages / 512) * kSpan : page_addr();
+        new_len = std::min(new_len, kArenaEnd - na);
+        if (flags & 4) new_len = old_len = std::min(old_len, new_len);
+    }
+    // old_len 0 duplicates a shared mapping (EINVAL for a private one): not with MAYMOVE alone,
+    // which would place the copy outside the arena, and not with MREMAP_FIXED, whose unmap of
+    // the destination v6.1 does before that EINVAL and 6.17+ (the hosts) not at all.
+    if (below(40) == 0 && !(flags & 3)) old_len = 0;
+    if (!new_len) new_len = kPage;
+    post(a, Op::mremap, addr, old_len, new_len, flags, na);
+    const Slot& s = mb_->slots[a.slot];
+    auto r = a.proc->mremap(addr, old_len, new_len, static_cast<MremapFlags>(flags), na);
+    const std::string what = who(a) + ".mremap(" + hex(addr) + ", " + hex(old_len) + ", " +
+                             hex(new_len) + ", " + std::to_string(flags) + ", " + hex(na) + ")";
+    if (!same(what, s.err, err_of(r))) return false;
+    if (r && static_cast<vaddr_t>(s.ret) != *r) return fail(what + ": address differs");
+    return true;
   }
 
   // Mostly an address inside a VMA of this process (a random one would mostly miss).

@@ -31,6 +31,7 @@ enum VmFlags : std::uint64_t {
   VM_MAYSHARE = 0x80,
   VM_LOCKED = 0x2000,
   VM_DONTCOPY = 0x20000,
+  VM_ACCOUNT = 0x100000,  // charged to the overcommit count: private writable memory
   VM_NORESERVE = 0x200000,
   VM_WIPEONFORK = 0x2000000,
   VM_SOFTDIRTY = 0x8000000,
