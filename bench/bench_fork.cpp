@@ -81,7 +81,7 @@ static void BM_Fork(benchmark::State& state, const std::string& policy, std::uin
   state.counters["frames_allocated"] = static_cast<double>(frames);
 }
 [[maybe_unused]] static const bool kForkRegistered = [] {
-  for (const std::string& policy : fork_policy_names())
+  for (const std::string& policy : sound_fork_policy_names())
     for (std::uint64_t mib : {64, 1024})
       benchmark::RegisterBenchmark(
           ("BM_Fork/policy:" + policy + "/mib:" + std::to_string(mib)).c_str(),

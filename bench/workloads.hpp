@@ -20,7 +20,7 @@ namespace cowpte::bench {
 // A fork policy by its registry name ("classic", "seed", "on_demand_fork", "rfc_v2", ...).
 using Policy = std::string;
 // Every registered policy: a policy added to src/fork/policies/builtin.def is benchmarked too.
-inline std::vector<Policy> policies() { return fork_policy_names(); }
+inline std::vector<Policy> policies() { return sound_fork_policy_names(); }
 inline const char* name(const Policy& p) { return p.c_str(); }
 
 // Where the populated memory lies: one mmap(NULL) VMA placed top-down (its ends are not

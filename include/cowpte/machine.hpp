@@ -26,8 +26,12 @@ struct Access;  // the library's own way to the model behind the facade (src/fac
 }
 
 // The names of the registered fork policies: the built-in ones ("classic", "seed",
-// "on_demand_fork", "rfc_v2"), then those registered with register_fork_policy().
+// "seed_exact", "on_demand_fork", "rfc_v2"), then those registered with register_fork_policy().
 std::vector<std::string> fork_policy_names();
+// The same without the policies that reproduce a posted patch's bugs on purpose ("seed_exact":
+// ForkPolicy::as_posted): those every process can rely on to behave as Linux does. The
+// differential tests, the fuzzers and the fork-latency comparison run these.
+std::vector<std::string> sound_fork_policy_names();
 
 // A fork policy's name in MachineConfig; converts from the CowPtePolicy enum too.
 class PolicyName {
@@ -96,6 +100,9 @@ class Machine {
   void fail_nth_allocation(std::uint64_t n);
   std::uint64_t allocations() const;         // allocations made so far (frames, VMAs, anon_vmas)
   std::string ptdump(const Process&) const;  // ptdump-style listing of a process's tables
+  // The kernel's log: what Linux would print with pr_alert/WARN, oldest first. Only "seed_exact"
+  // writes to it, when the series' accounting bugs reach exit ("BUG: Bad rss-counter state").
+  std::vector<std::string> dmesg() const;
   // The timing model (null statistics when MachineConfig::timing.enabled is false).
   bool timed() const;
   std::uint64_t cycles(unsigned cpu) const;  // simulated cycles CPU cpu has run

@@ -156,6 +156,7 @@ std::vector<Process*> Machine::processes() {
 }
 
 void Machine::check_invariants() const { kernel_->check_invariants(); }
+std::vector<std::string> Machine::dmesg() const { return kernel_->kernel_log; }
 std::uint64_t Machine::total_pages() const { return kernel_->mem.total_pages(); }
 std::uint64_t Machine::free_pages() const { return kernel_->mem.free_pages(); }
 std::uint64_t Machine::pgtable_frames() const { return kernel_->mem.table_frames(); }

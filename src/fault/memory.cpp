@@ -1,5 +1,7 @@
 // The generic fault path: handle_mm_fault, __handle_mm_fault, handle_pte_fault and
 // do_anonymous_page (mm/memory.c).
+#include <optional>
+
 #include "mm/kernel.hpp"
 
 namespace cowpte {
@@ -99,6 +101,8 @@ vm_fault_t Kernel::__handle_mm_fault(Vma& vma, vaddr_t address, unsigned flags) 
 }
 
 vm_fault_t Kernel::handle_mm_fault(Vma& vma, vaddr_t address, unsigned flags) {
+  std::optional<SharedPteWrites> unchecked;  // the series' read faults write into shared tables
+  if (fork_policy(*vma.vm_mm).quirks().unchecked_shared_writes) unchecked.emplace();
   const vm_fault_t ret = __handle_mm_fault(vma, address, flags);
   COWPTE_TRACE(*this, "fault: pid {} addr {:#x} flags {:#x} -> {:#x}", vma.vm_mm->pid, address,
                flags, ret);

@@ -16,12 +16,15 @@ namespace cowpte {
 // and on success both PMDs are write-protected. A page that may be pinned, or a VMA the child
 // does not get, returns -EAGAIN with recover_end where the fallback starts.
 int Kernel::copy_cow_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, EntryRef src_pmd,
-                               vaddr_t addr, vaddr_t, vaddr_t& recover_end) {
+                               vaddr_t addr, vaddr_t, vaddr_t& recover_end, bool as_posted) {
   MmStruct& dst_mm = *dst_vma.vm_mm;
   MmStruct& src_mm = *src_vma.vm_mm;
   Page* pte_table = &table_of(src_pmd.get());
   const vaddr_t end = (addr + PMD_SIZE) & PMD_MASK;
-  addr &= PMD_MASK;
+  // The series walks from addr: called again for a later VMA of a span whose table fell back
+  // (the child's PMD then points at a private, writable table), it prepares that VMA's entries
+  // a second time and replaces the child's private table below (leaking it).
+  if (!as_posted) addr &= PMD_MASK;
 
   {  // One reference per child per table; pmd_install charges the child's nr_ptes.
     SpinGuard ptl(pte_lockptr(dst_mm, *pte_table));
@@ -38,7 +41,7 @@ int Kernel::copy_cow_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, Ent
     addr = std::max(addr, curr->vm_start);
     // v4: the child does not get a VM_DONTCOPY VMA's entries (nor, in the model, a
     // VM_WIPEONFORK one's, which the child gets empty): the table can't be shared.
-    if (curr->vm_flags & (VM_DONTCOPY | VM_WIPEONFORK)) {
+    if (curr->vm_flags & (VM_DONTCOPY | (as_posted ? VM_NONE : VM_WIPEONFORK))) {
       recover_end = addr;
       return -EAGAIN;
     }
@@ -113,18 +116,29 @@ void Kernel::uncharge_cow_pte_range(Vma& src_vma, MmStruct& dst_mm, EntryRef dst
 // write-protected: the table may still be shared with others. The seed clears the child's PMD
 // before allocating; the model allocates first so that a failure can be undone.
 int Kernel::recover_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, EntryRef src_pmd,
-                              vaddr_t end) {
+                              vaddr_t end, bool as_posted) {
   MmStruct& dst_mm = *dst_vma.vm_mm;
-  Page* table = pte_alloc_one(dst_mm);
-  if (!table) {
-    uncharge_cow_pte_range(src_vma, dst_mm, dst_pmd, src_pmd, end);
-    return -ENOMEM;
-  }
   Page& src_table = table_of(src_pmd.get());
-  {  // pmd_clear + pte_alloc: nr_ptes -1 +1
+  if (as_posted) {
+    // The series: pmd_clear (no mm_dec_nr_ptes: the child pays for the shared table and again
+    // for its own), then pte_alloc_map_lock; on -ENOMEM the child's reference and the
+    // accounting of the prepared entries stay behind.
+    {
+      SpinGuard pl(pmd_lockptr(dst_mm, *dst_pmd.table));
+      set_pmd_at(dst_mm, dst_pmd, 0);
+    }
+    if (!pte_alloc(dst_mm, dst_pmd)) return -ENOMEM;
+  } else {
+    Page* table = pte_alloc_one(dst_mm);
+    if (!table) {
+      uncharge_cow_pte_range(src_vma, dst_mm, dst_pmd, src_pmd, end);
+      return -ENOMEM;
+    }
+    // pmd_clear + pte_alloc: nr_ptes -1 +1
     SpinGuard pl(pmd_lockptr(dst_mm, *dst_pmd.table));
     set_pmd_at(dst_mm, dst_pmd, mk_table_entry(mem.pfn(*table)));
   }
+  Page* table = &table_of(dst_pmd.get());
   vaddr_t addr = end & PMD_MASK;
   SpinGuard dst_ptl(pte_lockptr(dst_mm, *table));
   SpinGuard src_ptl(pte_lockptr(dst_mm, src_table));

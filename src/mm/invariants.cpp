@@ -26,6 +26,10 @@ class Checker {
   void run() {
     const Pfn zero = k_.mem.pfn(*k_.zero_page);
     ref_[raw(zero)] += 1;  // the zero page's own reference (never freed)
+    for (unsigned off = 0; off < PAGE_SIZE; off += 8)
+      if (k_.mem.load_word(*k_.zero_page, off))
+        fail(fmt::format("the zero page holds data: {:#x} at offset {:#x}",
+                         k_.mem.load_word(*k_.zero_page, off), off));
     for (Process& p : k_.procs)
       if (MmStruct* mm = detail::Access::mm(p)) check_mm(*mm, p.pid());
     check_shared_tables();

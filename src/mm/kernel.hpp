@@ -5,6 +5,7 @@
 
 #include <spdlog/logger.h>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "cowpte/machine.hpp"
@@ -290,10 +291,13 @@ class Kernel final : public PolicyOps, public CostModel {
 
   // ---- src/fork/copy_cow_pte_range.cpp: fork sharing PTE tables (mm/memory.c of the seed,
   //      [PATCH v3 02/14] mm: Add Copy-On-Write PTE to fork(), with v4's fixes) ----
+  // as_posted: the series' code exactly ("seed_exact"): the walk starts at addr, not at the
+  // span, and a VM_WIPEONFORK VMA's entries are shared; recover_pte_range clears the child's
+  // PMD without mm_dec_nr_ptes and leaves the child's reference and accounting on failure.
   int copy_cow_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, EntryRef src_pmd,
-                         vaddr_t addr, vaddr_t end, vaddr_t& recover_end);
-  int recover_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, EntryRef src_pmd,
-                        vaddr_t end);
+                         vaddr_t addr, vaddr_t end, vaddr_t& recover_end, bool as_posted = false);
+  int recover_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, EntryRef src_pmd, vaddr_t end,
+                        bool as_posted = false);
   void uncharge_cow_pte_range(Vma& src_vma, MmStruct& dst_mm, EntryRef dst_pmd, EntryRef src_pmd,
                               vaddr_t end);
   // ---- src/fork/copy_pmd_range_tfork.cpp: On-demand-fork's fork (the ODF code's mm/memory.c) ----
@@ -359,6 +363,12 @@ class Kernel final : public PolicyOps, public CostModel {
 
   // ---- src/mm/invariants.cpp ----
   void check_invariants() const;
+  // check_mm (kernel/fork.c): at exit every RSS counter and pgtables_bytes must be zero. Linux
+  // prints "BUG: Bad rss-counter state" and goes on; the model throws, unless the mm's policy
+  // keeps the series' accounting bugs (SeriesQuirks::check_mm_reports), whose message goes to
+  // the kernel log (Machine::dmesg) as Linux's does.
+  void check_mm(MmStruct& mm);
+  std::vector<std::string> kernel_log;
 
  private:
   PcidAllocator pcids_;

@@ -46,6 +46,12 @@ long Kernel::change_protection(MmGather& tlb, Vma& vma, vaddr_t start, vaddr_t e
   for (vaddr_t addr = start; addr < end;) {
     vaddr_t next;
     EntryRef pmd = walk_to_pmd(*vma.vm_mm, addr, end, next);
+    // [PATCH 09/14]: break a shared table first, and on failure skip this PMD, its entries
+    // left as they were. Only the series' own policy gets here with one (do_mprotect_pkey).
+    if (pmd && pmd_cow_pte(*vma.vm_mm, pmd.get()) && break_cow_pte(*vma.vm_mm, pmd, addr)) {
+      addr = next;
+      continue;
+    }
     if (pmd && !pmd_none(pmd.get()))
       pages += change_pte_range(tlb, vma, pmd, addr, next, vma.vm_page_prot, try_writable);
     addr = next;
@@ -100,8 +106,11 @@ Result<void> Kernel::do_mprotect_pkey(MmStruct& mm, vaddr_t start, std::uint64_t
     const std::uint64_t newflags = (v->vm_flags & ~VM_ACCESS_FLAGS) | newbits;
     // [PATCH 09/14]: change_pte_range breaks COW PTE and silently skips the PMD when that fails,
     // leaving the old protection in place (David suspected it wrong). The model breaks the shared
-    // tables of this VMA's part before changing it, and fails with ENOMEM.
-    if (newflags != v->vm_flags && break_cow_pte_range(mm, a, vend)) return Errno::nomem;
+    // tables of this VMA's part before changing it, and fails with ENOMEM; the series' own
+    // policy keeps its way (change_protection).
+    if (newflags != v->vm_flags && !fork_policy(mm).quirks().ignore_failed_breaks &&
+        break_cow_pte_range(mm, a, vend))
+      return Errno::nomem;
     if (!mprotect_fixup(mm, *v, a, vend, newflags)) return Errno::nomem;
     a = vend;
   }

@@ -196,6 +196,8 @@ std::uint64_t Kernel::move_page_tables(MmStruct& mm, vaddr_t old_addr, Vma& new_
   if (!len) return 0;
   const vaddr_t old_end = old_addr + len;
   const SeriesQuirks quirks = fork_policy(mm).quirks();
+  std::optional<SharedPteWrites> unchecked;  // the series moves into a shared destination
+  if (quirks.unchecked_shared_writes) unchecked.emplace();
   std::uint64_t extent = 0;
   for (; old_addr < old_end; old_addr += extent, new_addr += extent) {
     extent = get_extent(PUD_SIZE, old_addr, old_end, new_addr);

@@ -729,12 +729,7 @@ TEST_P(RealKernel, MatchesTheHostKernel) {
 }
 
 // Every registered policy but "seed_exact", which is the series as posted, bugs included.
-std::vector<std::string> policies() {
-  std::vector<std::string> out;
-  for (const std::string& p : fork_policy_names())
-    if (p != "seed_exact") out.push_back(p);
-  return out;
-}
+std::vector<std::string> policies() { return sound_fork_policy_names(); }
 
 INSTANTIATE_TEST_SUITE_P(RealKernel, RealKernel, ::testing::ValuesIn(policies()),
                          [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });

@@ -33,7 +33,7 @@ namespace {
 
 // Any registered fork policy (fork_policy_names(): classic, seed, on_demand_fork, rfc_v2, ...).
 std::string registered_policy(FuzzedDataProvider& in) {
-  static const std::vector<std::string> names = cowpte::fork_policy_names();
+  static const std::vector<std::string> names = cowpte::sound_fork_policy_names();
   return names[in.ConsumeIntegralInRange<std::size_t>(0, names.size() - 1)];
 }
 // A registered policy, or now and then a name no policy has (set_cow_pte must answer EINVAL).

@@ -258,7 +258,7 @@ TEST_P(Mremap, AllocationFailureAtEveryStepFailsCleanly) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(EveryPolicy, Mremap, ::testing::ValuesIn(fork_policy_names()),
+INSTANTIATE_TEST_SUITE_P(EveryPolicy, Mremap, ::testing::ValuesIn(sound_fork_policy_names()),
                          [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
 
 }  // namespace

@@ -204,7 +204,8 @@ TEST_P(PartialFailure, RemoveAndWipeonfork) {
   l.m.check_invariants();
 }
 
-INSTANTIATE_TEST_SUITE_P(EveryPolicy, PartialFailure, ::testing::ValuesIn(fork_policy_names()),
+INSTANTIATE_TEST_SUITE_P(EveryPolicy, PartialFailure,
+                         ::testing::ValuesIn(sound_fork_policy_names()),
                          [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
 
 }  // namespace

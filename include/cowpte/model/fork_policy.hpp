@@ -85,6 +85,13 @@ struct SeriesQuirks {
   // move_page_tables breaks the source table only: entries moved into a destination span
   // whose table another process shares land in that table. Otherwise both are broken.
   bool move_breaks_source_only = false;
+  // The series' accounting bugs reach exit: check_mm logs "BUG: Bad rss-counter state" and
+  // "non-zero pgtables_bytes" to the kernel log (Machine::dmesg), as Linux does, where the model
+  // otherwise throws InvariantViolation (a model bug).
+  bool check_mm_reports = false;
+  // No page_table_check (v5 added it): an entry written into a table others share goes
+  // unnoticed until check_invariants(), where the model's lock checker otherwise stops it.
+  bool unchecked_shared_writes = false;
 };
 
 class ForkPolicy {
@@ -109,6 +116,10 @@ class ForkPolicy {
   }
   // The series' behaviours outside these hooks that this policy keeps (SeriesQuirks).
   virtual SeriesQuirks quirks() const noexcept { return {}; }
+  // True for a policy that reproduces a posted patch's bugs on purpose ("seed_exact"): a process
+  // under it may see what Linux never shows (another process's page, a written zero page), so
+  // sound_fork_policy_names() leaves it out.
+  virtual bool as_posted() const noexcept { return false; }
   // A zap (munmap, exit, MADV_DONTNEED) meets a shared table at addr. True when the table is
   // dealt with and zap_pte_range has nothing left to do there.
   virtual bool zap_table(PolicyOps& ops, MmGather& tlb, EntryRef pmd, vaddr_t addr) const = 0;

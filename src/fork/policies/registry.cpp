@@ -51,4 +51,11 @@ std::vector<std::string> fork_policy_names() {
   return names;
 }
 
+std::vector<std::string> sound_fork_policy_names() {
+  std::vector<std::string> names;
+  for (const ForkPolicy* p : registry())
+    if (!p->as_posted()) names.emplace_back(p->name());
+  return names;
+}
+
 }  // namespace cowpte
