@@ -1,8 +1,8 @@
 // libFuzzer target: the facade (cowpte.hpp) under decoded call sequences with hostile
 // arguments. The input picks a machine (small memories, so that allocations run out; sometimes
 // a configuration out of range, which must be refused with std::invalid_argument), then a
-// sequence of calls on its processes: mmap/munmap/mprotect/madvise with any address, length,
-// protection and flags, loads and stores, fork under every policy, pins and GUP references,
+// sequence of calls on its processes: mmap/munmap/mprotect/madvise/mremap with any address, length,
+// protection and flags, loads and stores, fork under every sound policy, pins and GUP references,
 // exits, fault injection (fail_nth_allocation), the read-only windows, and a Process handed to
 // another Machine. After every call the machine's invariants must hold, and every load that
 // succeeds in MAP_PRIVATE anonymous memory must read what a flat model says was stored there.
@@ -52,7 +52,7 @@ constexpr vaddr_t kBase = 0x10000000;  // most addresses fall in a 64 MiB window
 // read a stored, non-zero value), to see that the harness reaches the checked paths.
 struct Stats {
   std::uint64_t checked = 0, nonzero = 0, forks = 0, calls = 0, mmaps = 0, priv_mmaps = 0,
-                loads = 0, loads_ok = 0, dead = 0, stores_ok = 0;
+                loads = 0, loads_ok = 0, dead = 0, stores_ok = 0, mremaps = 0, mremaps_ok = 0;
   ~Stats() {
     if (std::getenv("COWPTE_FUZZ_STATS"))
       std::fprintf(stderr,
@@ -64,6 +64,9 @@ struct Stats {
                    (unsigned long long)mmaps, (unsigned long long)priv_mmaps,
                    (unsigned long long)loads, (unsigned long long)loads_ok,
                    (unsigned long long)dead, (unsigned long long)stores_ok);
+    if (std::getenv("COWPTE_FUZZ_STATS"))
+      std::fprintf(stderr, "mremaps %llu ok %llu\n", (unsigned long long)mremaps,
+                   (unsigned long long)mremaps_ok);
   }
 } stats;
 
@@ -241,7 +244,7 @@ struct Harness {
     Model& md = model[i];
     regions = &md.regions;
     const bool alive = p.alive();
-    switch (in.ConsumeIntegralInRange<int>(0, 24)) {
+    switch (in.ConsumeIntegralInRange<int>(0, 26)) {
       case 0:
       case 1: {
         const vaddr_t a = addr();
@@ -424,6 +427,34 @@ struct Harness {
       case 23:
         if (in.ConsumeIntegralInRange<int>(0, 7) == 0) (void)m.ptdump(p);
         break;
+      case 25:
+      case 26: {  // mremap: any flags, lengths and addresses; mostly a region of this process
+        const bool mine = !md.regions.empty() && in.ConsumeIntegralInRange<int>(0, 3);
+        const vaddr_t a = mine ? in_region(false) : addr();
+        const std::uint64_t old_len = length(), new_len = length();
+        const auto f = MremapFlags(in.ConsumeIntegralInRange<std::uint32_t>(0, 8));
+        const vaddr_t na = in.ConsumeBool() ? addr() : 0;
+        auto r = p.mremap(a, old_len, new_len, f, na);
+        if (r && !alive) fail("mremap on an exited process succeeded");
+        if (r && (*r & (kPage - 1) || *r >= kTaskSize)) fail("mremap returned a bad address");
+        ++stats.mremaps;
+        stats.mremaps_ok += bool(r);
+        // Whatever moved, shrank or was unmapped on the way (MREMAP_FIXED's destination goes
+        // even when the call fails): the model forgets the ranges involved.
+        const auto forget = [&](vaddr_t s, std::uint64_t len) {
+          if (s >= kTaskSize) return;
+          const vaddr_t e = len > kTaskSize - s ? kTaskSize : s + len;
+          md.forget(s & ~(kPage - 1), (e + kPage - 1) & ~(kPage - 1));
+        };
+        forget(a, std::max(old_len, new_len));
+        forget(na, new_len);
+        if (r) {
+          forget(*r, new_len);
+          if (md.regions.size() < 64)
+            md.regions.emplace_back(*r, (new_len + kPage - 1) & ~(kPage - 1));
+        }
+        break;
+      }
       case 24: {  // a Process handed to another Machine
         static Machine other({.memory_bytes = 1 << 20});
         try {
