@@ -244,11 +244,13 @@ class FlatModel {
       case Advice::wipeonfork:
       case Advice::keeponfork:
       case Advice::cold:
+      case Advice::pageout:
+      case Advice::remove:
       case Advice::populate_read:
       case Advice::populate_write:
         break;
       default:
-        return {Errno::inval};  // the test sends nothing else (FREE and REMOVE: test_real_kernel)
+        return {Errno::inval};  // the test sends nothing else (FREE: test_real_kernel)
     }
     if (a % kPageSize) return {Errno::inval};
     const std::uint64_t alen = page_align(len);
@@ -287,7 +289,23 @@ class FlatModel {
       if (hole) return {Errno::nomem};
       return {};
     }
-    if (advice == Advice::cold) return {hole ? Errno::nomem : kOk};  // no content changes
+    // No content changes: COLD ages pages; PAGEOUT without swap drops only MADV_FREE'd clean
+    // pages (the test sends no MADV_FREE) and shmem pages never written (which read zero).
+    if (advice == Advice::cold || advice == Advice::pageout) return {hole ? Errno::nomem : kOk};
+    if (advice == Advice::remove) {
+      // VMA after VMA: a private one stops the walk with EINVAL (no file), a shared one has its
+      // object's pages punched out (every mapper reads zeros), then a hole gives ENOMEM.
+      std::vector<std::tuple<vaddr_t, vaddr_t, bool, std::uint64_t, std::uint64_t>> parts;
+      for (const FlatVma* v : vs) {
+        const vaddr_t s = std::max(a, v->start), e = std::min(a + len, v->end);
+        parts.emplace_back(s, e, v->shared, v->obj, v->pgoff + (s - v->start) / kPageSize);
+      }
+      for (const auto& [s, e, shared, obj, first] : parts) {
+        if (!shared) return {Errno::inval};
+        punch_hole(obj, first, first + (e - s) / kPageSize);
+      }
+      return {hole ? Errno::nomem : kOk};
+    }
     auto& pr = procs_.at(p);
     if (advice == Advice::dontneed) {
       // Private pages are dropped and read back as zeros; shmem keeps its pages. Per VMA: a
@@ -573,6 +591,25 @@ class FlatModel {
   void mark_changed(int p, vaddr_t a, std::uint64_t len) {
     auto& ch = procs_.at(p).changed;
     for (vaddr_t va = a; va < a + len; va += kPageSize) ch[vpn(va)] = stamp_;
+  }
+
+  // MADV_REMOVE: the object's pages [first, last) go; a pin on one of them keeps the old page,
+  // whose contents the model stops predicting.
+  void punch_hole(std::uint64_t obj, std::uint64_t first, std::uint64_t last) {
+    auto& data = shms_.at(obj).data;
+    for (std::uint64_t i = first; i < last; ++i) data.erase(i);
+    for (std::size_t p = 0; p < procs_.size(); ++p) {
+      for (auto& pin : procs_[p].pins) {
+        if (pin.view == PinView::shm && pin.obj == obj && pin.obj_page >= first &&
+            pin.obj_page < last)
+          pin.view = PinView::unknown;
+        if (pin.view != PinView::live) continue;
+        const FlatVma* v = vma_at(static_cast<int>(p), pin.vpn * kPageSize);
+        if (!v || !v->shared || v->obj != obj) continue;
+        const std::uint64_t page = v->pgoff + (pin.vpn * kPageSize - v->start) / kPageSize;
+        if (page >= first && page < last) pin.view = PinView::unknown;
+      }
+    }
   }
 
   // vma_to_resize's checks of the VMA at a. The flat model never merges VMAs, and whether

@@ -1228,8 +1228,9 @@ class DifferentialRun {
   void do_madvise(Live& l) {
     static constexpr Advice kAdvice[] = {
         Advice::dontneed,       Advice::dontfork,   Advice::dofork,     Advice::populate_read,
-        Advice::populate_write, Advice::wipeonfork, Advice::keeponfork, Advice::cold};
-    Advice adv = kAdvice[rng_.weighted({35, 14, 14, 17, 20, 6, 4, 3})];
+        Advice::populate_write, Advice::wipeonfork, Advice::keeponfork, Advice::cold,
+        Advice::pageout,        Advice::remove};
+    Advice adv = kAdvice[rng_.weighted({35, 14, 14, 17, 20, 6, 4, 3, 4, 5})];
     auto [a, len] = pick_range(l.mid);
     spoil_range(a, len);
     std::string d =
