@@ -91,6 +91,14 @@ struct FlatProc {
   std::vector<FlatPin> pins;                                 // oldest first
   std::vector<std::pair<vaddr_t, std::uint64_t>> pin_calls;  // ranges pinned (for the test)
   std::unordered_map<std::uint64_t, std::uint64_t> changed;  // vpn -> stamp of last unmap
+  // Pages MADV_FREE made uncertain: reclaim (MADV_PAGEOUT) may have dropped them, so a page
+  // holds one of `worlds` (or zeros, while `lazy`: still droppable). `priv` is not consulted
+  // for them; loads narrow the worlds, a store redirties the page (no longer droppable).
+  struct Uncertain {
+    std::vector<PageWords> worlds;
+    bool lazy = true;
+  };
+  std::unordered_map<std::uint64_t, Uncertain> unc;
   CowPte cow_pte = CowPte::off;
 };
 
@@ -101,6 +109,9 @@ struct FlatShm {
 
 class FlatModel {
  public:
+  // Loads of MADV_FREE'd pages that told a dropped page (zeros only) or a kept one apart.
+  std::uint64_t lazy_dropped_seen = 0, lazy_kept_seen = 0;
+
   // The stamp of the operation being modelled; mapping changes and pins record it.
   void set_stamp(std::uint64_t s) { stamp_ = s; }
 
@@ -246,11 +257,12 @@ class FlatModel {
       case Advice::cold:
       case Advice::pageout:
       case Advice::remove:
+      case Advice::free_:
       case Advice::populate_read:
       case Advice::populate_write:
         break;
       default:
-        return {Errno::inval};  // the test sends nothing else (FREE: test_real_kernel)
+        return {Errno::inval};  // the test sends nothing else
     }
     if (a % kPageSize) return {Errno::inval};
     const std::uint64_t alen = page_align(len);
@@ -292,6 +304,29 @@ class FlatModel {
     // No content changes: COLD ages pages; PAGEOUT without swap drops only MADV_FREE'd clean
     // pages (the test sends no MADV_FREE) and shmem pages never written (which read zero).
     if (advice == Advice::cold || advice == Advice::pageout) return {hole ? Errno::nomem : kOk};
+    if (advice == Advice::free_) {
+      // VMA after VMA: a shared one (not anonymous) stops the walk with EINVAL; a private one's
+      // pages become lazily freeable, then a hole gives ENOMEM.
+      std::vector<std::tuple<vaddr_t, vaddr_t, bool>> parts;
+      for (const FlatVma* v : vs)
+        parts.emplace_back(std::max(a, v->start), std::min(a + len, v->end), v->shared);
+      auto& pr = procs_.at(p);
+      for (const auto& [s, e, shared] : parts) {
+        if (shared) return {Errno::inval};
+        for (vaddr_t va = s; va < e; va += kPageSize) {
+          auto u = pr.unc.find(vpn(va));
+          if (u != pr.unc.end()) {
+            u->second.lazy = true;
+            continue;
+          }
+          auto it = pr.priv.find(vpn(va));
+          if (it == pr.priv.end()) continue;  // reads zero either way
+          pr.unc[vpn(va)] = {{it->second}, true};
+          pr.priv.erase(it);
+        }
+      }
+      return {hole ? Errno::nomem : kOk};
+    }
     if (advice == Advice::remove) {
       // VMA after VMA: a private one stops the walk with EINVAL (no file), a shared one has its
       // object's pages punched out (every mapper reads zeros), then a hole gives ENOMEM.
@@ -315,7 +350,10 @@ class FlatModel {
         const bool priv = !v->shared;
         detach_pins(p, s, e - s);
         if (priv)
-          for (vaddr_t va = s; va < e; va += kPageSize) pr.priv.erase(vpn(va));
+          for (vaddr_t va = s; va < e; va += kPageSize) {
+            pr.priv.erase(vpn(va));
+            pr.unc.erase(vpn(va));
+          }
         mark_changed(p, s, e - s);
       }
     } else {
@@ -412,6 +450,39 @@ class FlatModel {
     return {kOk, it == d.end() ? 0 : it->second[w]};
   }
 
+  // A load that may meet a page MADV_FREE made uncertain: any world's word is right; the load
+  // then tells which worlds remain. Returns the outcome to compare `got` against.
+  Outcome observe_load(int p, vaddr_t a, std::uint64_t got) {
+    Outcome want = load(p, a);
+    auto& pr = procs_.at(p);
+    const FlatVma* v = vma_at(p, a);
+    auto u = pr.unc.find(vpn(a));
+    if (!want.ok() || v->shared || u == pr.unc.end()) return want;
+    const std::uint64_t w = (a % kPageSize) / 8;
+    std::vector<PageWords> keep;
+    for (const PageWords& world : u->second.worlds)
+      if (world[w] == got) keep.push_back(world);
+    const bool zero_ok = u->second.lazy && got == 0;
+    if (keep.empty() && !zero_ok) {
+      want.value = u->second.worlds.empty() ? 0 : u->second.worlds.front()[w];
+      return want;  // no world has it: a mismatch
+    }
+    want.value = got;
+    ++(keep.empty() ? lazy_dropped_seen : lazy_kept_seen);
+    if (keep.empty()) {  // dropped: the page reads zeros from now on
+      pr.unc.erase(u);
+    } else if (keep.size() == 1 && !zero_ok) {  // kept so far (reclaim may still drop it)
+      u->second.worlds = keep;
+      if (!u->second.lazy) {
+        pr.priv[vpn(a)] = keep.front();
+        pr.unc.erase(u);
+      }
+    } else {
+      u->second.worlds = keep;
+    }
+    return want;
+  }
+
   Outcome store(int p, vaddr_t a, std::uint64_t value) {
     const FlatVma* v = vma_at(p, a);
     if (!v || !has(v->prot, Prot::write) || past_eof(*v, a)) return {Errno::fault};
@@ -419,6 +490,12 @@ class FlatModel {
     PageWords* page;
     if (v->shared) {
       page = &page_of(shms_.at(v->obj).data, v->pgoff + (a - v->start) / kPageSize);
+    } else if (auto u = procs_.at(p).unc.find(vpn(a)); u != procs_.at(p).unc.end()) {
+      // The page was kept (it is redirtied now) or dropped (the store faults in a zeroed one).
+      if (u->second.lazy) u->second.worlds.push_back(PageWords{});
+      u->second.lazy = false;
+      for (PageWords& world : u->second.worlds) world[w] = value;
+      return {};
     } else {
       page = &page_of(procs_.at(p).priv, vpn(a));
     }
@@ -447,6 +524,8 @@ class FlatModel {
       if (v.shared || v.wipe) continue;  // a VM_WIPEONFORK range starts empty in the child
       for (auto it = parent.priv.begin(); it != parent.priv.end(); ++it)
         if (it->first >= vpn(v.start) && it->first < vpn(v.end)) child.priv.insert(*it);
+      for (auto it = parent.unc.begin(); it != parent.unc.end(); ++it)
+        if (it->first >= vpn(v.start) && it->first < vpn(v.end)) child.unc.insert(*it);
     }
     return c;
   }
@@ -509,7 +588,7 @@ class FlatModel {
       case PinView::shm:
         return shm_word(newest->obj, newest->obj_page, w);
       case PinView::live:
-        if (!pin_coherent(p, a)) return std::nullopt;
+        if (!pin_coherent(p, a) || pr.unc.count(vpn(a))) return std::nullopt;
         return content(p, a);
       case PinView::unknown:
         return std::nullopt;
@@ -575,6 +654,8 @@ class FlatModel {
           pin.view = PinView::shm;
           pin.obj = v->obj;
           pin.obj_page = v->pgoff + (va - v->start) / kPageSize;
+        } else if (pr.unc.count(vpn(va))) {
+          pin.view = PinView::unknown;
         } else {
           if (!snap) {
             auto it = pr.priv.find(vpn(va));
@@ -665,15 +746,22 @@ class FlatModel {
       if (pin.vpn >= vpn(a) && pin.vpn < vpn(a + old_len) && pin.view == PinView::live)
         pin.view = PinView::unknown;
     std::vector<std::pair<std::uint64_t, PageWords>> moved;
-    for (std::uint64_t i = 0; i < old_len / kPageSize; ++i)
+    std::vector<std::pair<std::uint64_t, FlatProc::Uncertain>> moved_unc;
+    for (std::uint64_t i = 0; i < old_len / kPageSize; ++i) {
       if (auto it = pr.priv.find(vpn(a) + i); it != pr.priv.end()) {
         moved.emplace_back(vpn(to) + i, it->second);
         pr.priv.erase(it);
       }
+      if (auto it = pr.unc.find(vpn(a) + i); it != pr.unc.end()) {
+        moved_unc.emplace_back(vpn(to) + i, it->second);
+        pr.unc.erase(it);
+      }
+    }
     mark_changed(p, a, old_len);
     if (!dontunmap && old_len) remove_range(p, a, old_len);
     pr.vmas[to] = nv;
     for (auto& [page, words] : moved) pr.priv[page] = words;
+    for (auto& [page, u] : moved_unc) pr.unc[page] = u;
     mark_changed(p, to, new_len);
   }
 
@@ -713,6 +801,12 @@ class FlatModel {
         pit = pr.priv.erase(pit);
       else
         ++pit;
+    }
+    for (auto uit = pr.unc.begin(); uit != pr.unc.end();) {
+      if (uit->first >= vpn(a) && uit->first < vpn(a + len))
+        uit = pr.unc.erase(uit);
+      else
+        ++uit;
     }
     mark_changed(p, a, len);
   }

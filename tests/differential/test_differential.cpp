@@ -338,7 +338,9 @@ class DifferentialRun {
         std::to_string(min_free_) + "/" + std::to_string(m_.total_pages()) +
         "; stores to shared private pages " + std::to_string(cow_stores_) +
         "; read_gup checks live " + std::to_string(gup_live_) + ", detached " +
-        std::to_string(gup_detached_) + "; PTE tables shared at fork " +
+        std::to_string(gup_detached_) + "; MADV_FREE'd pages read dropped " +
+        std::to_string(model_.lazy_dropped_seen) + ", kept " +
+        std::to_string(model_.lazy_kept_seen) + "; PTE tables shared at fork " +
         std::to_string(shared_tables_) + " (in " + std::to_string(sharing_forks_) + " of " +
         std::to_string(forks_) + " forks, up to " + std::to_string(max_sharers_) + " sharers)" +
         (twin_ ? "; classic twin compared " + std::to_string(twin_full_) + " times in full, " +
@@ -1092,7 +1094,7 @@ class DifferentialRun {
     std::string d = pname(l) + ".load(" + hex(a) + ")";
     auto r = l.proc->load(a);
     note(d, r.error(), r ? hex(*r) : errname(r.error()));
-    Outcome want = model_.load(l.mid, a);
+    Outcome want = r ? model_.observe_load(l.mid, a, *r) : model_.load(l.mid, a);
     const bool ok = expect_err(d, r.error(), want.err);
     if (ok && r && *r != want.value)
       fail(d + ": simulator loaded " + hex(*r) + ", model expects " + hex(want.value));
@@ -1229,10 +1231,20 @@ class DifferentialRun {
     static constexpr Advice kAdvice[] = {
         Advice::dontneed,       Advice::dontfork,   Advice::dofork,     Advice::populate_read,
         Advice::populate_write, Advice::wipeonfork, Advice::keeponfork, Advice::cold,
-        Advice::pageout,        Advice::remove};
-    Advice adv = kAdvice[rng_.weighted({35, 14, 14, 17, 20, 6, 4, 3, 4, 5})];
+        Advice::pageout,        Advice::remove,     Advice::free_};
+    Advice adv = kAdvice[rng_.weighted({35, 14, 14, 17, 20, 6, 4, 3, 6, 5, 6})];
     auto [a, len] = pick_range(l.mid);
     spoil_range(a, len);
+    madvise_once(l, a, len, adv);
+    // Half the MADV_FREE calls are followed by reclaim of the same range, and then a load: the
+    // pages not written since are dropped and read zeros.
+    if (adv == Advice::free_ && !failed_ && rng_.chance(50)) {
+      madvise_once(l, a, len, Advice::pageout);
+      if (!failed_ && len && a % kPageSize == 0) do_load(l, a);
+    }
+  }
+
+  void madvise_once(Live& l, vaddr_t a, std::uint64_t len, Advice adv) {
     std::string d =
         pname(l) + ".madvise(" + hex(a) + ", " + hex(len) + ", " + advice_name(adv) + ")";
     auto r = l.proc->madvise(a, len, adv);
