@@ -31,8 +31,10 @@ bool contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
 }
 
-struct Run {
-  explicit Run(const char* policy) : exact(std::string(policy) == "seed_exact") {
+class SeedVsSeedExact : public ::testing::TestWithParam<const char*> {};
+
+struct Steps {
+  explicit Steps(const char* policy) : exact(std::string(policy) == "seed_exact") {
     EXPECT_TRUE(p.set_cow_pte(policy).has_value());
   }
   // A VMA of `pages` pages at a, each page holding a + i.
@@ -51,9 +53,8 @@ struct Run {
 // where Linux raises SIGSEGV; once it maps shared memory there and writes, do_wp_page reuses
 // the zero page (wp_pfn_shared) and the store lands in the global zero page, which every fresh
 // anonymous read in the machine then returns.
-void read_fault_chain(const char* policy) {
-  SCOPED_TRACE(policy);
-  Run r(policy);
+TEST_P(SeedVsSeedExact, ReadFaultInASharedTableEndsWithAWriteIntoTheZeroPage) {
+  Steps r(GetParam());
   r.populate(r.p, kBase, 4);
   Process& c = **r.p.fork();
   EXPECT_EQ(broken(r.m), "");
@@ -83,17 +84,12 @@ void read_fault_chain(const char* policy) {
     EXPECT_EQ(*c.load(hole), 42u) << "and the child's own page reads it too";
   }
 }
-TEST(SeedExact, ReadFaultInASharedTableEndsWithAWriteIntoTheZeroPage) {
-  read_fault_chain("seed");
-  read_fault_chain("seed_exact");
-}
 
 // recover_pte_range as posted: a page that may be pinned makes fork fall back; the series clears
 // the child's PMD without mm_dec_nr_ptes, so VmPTE counts the shared table and the child's own,
 // and exit leaves 4 KiB behind ("BUG: non-zero pgtables_bytes on freeing mm").
-void recover_accounting(const char* policy) {
-  SCOPED_TRACE(policy);
-  Run r(policy);
+TEST_P(SeedVsSeedExact, RecoverPteRangeCountsTheChildsTableTwice) {
+  Steps r(GetParam());
   r.populate(r.p, kBase, 4);
   ASSERT_TRUE(r.p.pin(kBase + 2 * kPage, kPage, PinFlags::write | PinFlags::longterm));
   Process& c = **r.p.fork();
@@ -117,18 +113,13 @@ void recover_accounting(const char* policy) {
     EXPECT_TRUE(contains(log[0], "BUG: non-zero pgtables_bytes on freeing mm: 4096")) << log[0];
   }
 }
-TEST(SeedExact, RecoverPteRangeCountsTheChildsTableTwice) {
-  recover_accounting("seed");
-  recover_accounting("seed_exact");
-}
 
 // A later VMA of a span that fell back: its child PMD is private and writable, and the series
 // calls copy_cow_pte_range again, which shares the parent's table over the child's private one.
 // The child then maps the parent's pinned page (which fork had to copy), and its private table
 // leaks with the pages it holds.
-void reentry(const char* policy) {
-  SCOPED_TRACE(policy);
-  Run r(policy);
+TEST_P(SeedVsSeedExact, ALaterVmaOfASpanThatFellBackSharesTheTableAgainAndLeaksTheCopy) {
+  Steps r(GetParam());
   const std::uint64_t free0 = r.m.free_pages();
   r.populate(r.p, kBase, 4);
   r.populate(r.p, kBase + 8 * kPage, 4);  // a second VMA of the span, after a hole
@@ -165,16 +156,11 @@ void reentry(const char* policy) {
     EXPECT_TRUE(contains(what, "negative mapcount")) << what;
   }
 }
-TEST(SeedExact, ALaterVmaOfASpanThatFellBackSharesTheTableAgainAndLeaksTheCopy) {
-  reentry("seed");
-  reentry("seed_exact");
-}
 
 // VM_WIPEONFORK: the child must get the range empty. The series shares the span's table with
 // the rest of it, so the child reads the parent's data there.
-void wipeonfork(const char* policy) {
-  SCOPED_TRACE(policy);
-  Run r(policy);
+TEST_P(SeedVsSeedExact, WipeonforkRangeInASharedSpanReachesTheChild) {
+  Steps r(GetParam());
   r.populate(r.p, kBase, 4);
   const vaddr_t w = kBase + 8 * kPage;
   r.populate(r.p, w, 4);
@@ -189,16 +175,11 @@ void wipeonfork(const char* policy) {
     EXPECT_NE(broken(r.m), "");
   }
 }
-TEST(SeedExact, WipeonforkRangeInASharedSpanReachesTheChild) {
-  wipeonfork("seed");
-  wipeonfork("seed_exact");
-}
 
 // mremap into a span whose table this process shares with another: the series breaks only the
 // source, so the moved entry lands in the table the other process walks.
-void mremap_into_shared(const char* policy) {
-  SCOPED_TRACE(policy);
-  Run r(policy);
+TEST_P(SeedVsSeedExact, MremapIntoASharedSpanWritesIntoTheOtherProcesssTable) {
+  Steps r(GetParam());
   r.populate(r.p, kBase, 4);
   r.populate(r.p, kBase + kSpan, 1);
   Process& c = **r.p.fork();
@@ -213,16 +194,11 @@ void mremap_into_shared(const char* policy) {
     EXPECT_EQ(*r.p.load(to), kBase) << "the child's page, in the parent, where it has no VMA";
   }
 }
-TEST(SeedExact, MremapIntoASharedSpanWritesIntoTheOtherProcesssTable) {
-  mremap_into_shared("seed");
-  mremap_into_shared("seed_exact");
-}
 
 // mprotect when the break runs out of memory: the series skips the span and returns success,
 // the entries keep their old protection: the child reads memory it made PROT_NONE.
-void mprotect_oom(const char* policy) {
-  SCOPED_TRACE(policy);
-  Run r(policy);
+TEST_P(SeedVsSeedExact, MprotectWhoseBreakFailsSucceedsAndChangesNoEntry) {
+  Steps r(GetParam());
   r.populate(r.p, kBase, 4);
   Process& c = **r.p.fork();
   r.m.fail_nth_allocation(1);  // the break's new table
@@ -238,10 +214,11 @@ void mprotect_oom(const char* policy) {
     EXPECT_EQ(c.smaps().size(), 1u);
   }
 }
-TEST(SeedExact, MprotectWhoseBreakFailsSucceedsAndChangesNoEntry) {
-  mprotect_oom("seed");
-  mprotect_oom("seed_exact");
-}
+
+INSTANTIATE_TEST_SUITE_P(SameSteps, SeedVsSeedExact, ::testing::Values("seed", "seed_exact"),
+                         [](const ::testing::TestParamInfo<const char*>& i) {
+                           return std::string(i.param);
+                         });
 
 TEST(SeedExact, IsRegisteredButNotSound) {
   const auto names = fork_policy_names(), sound = sound_fork_policy_names();
