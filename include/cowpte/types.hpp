@@ -48,6 +48,7 @@ enum class Advice : int {  // Linux's values
 };
 // Fork policies have names (fork_policy_names(), machine.hpp): "classic", "seed" (the COW PTE
 // series v3/v4: fork still does every page's accounting and shares only the prepared table),
+// "seed_exact" (the same series exactly as posted, its bugs included),
 // "on_demand_fork" (EuroSys'21: fork shares every table one private anonymous VMA covers and
 // does no per-page work), "rfc_v2" (the series' RFC v2: as on_demand_fork, but the last holder
 // reuses a table), and those research code registers (<cowpte/model/fork_policy.hpp>).

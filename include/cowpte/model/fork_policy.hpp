@@ -1,9 +1,10 @@
 // The fork-policy interface: how fork treats a PTE table, and how a table that fork shared is
 // broken, zapped, freed and accounted. The kernel paths call these hooks where the COW PTE
 // series hooks its own code (copy_pmd_range, break_cow_pte, zap_pte_range, free_pte_range), so a
-// policy is one object; the built-in ones are "classic", "seed", "on_demand_fork" and "rfc_v2"
-// (src/fork/policies/, one file each). Research code defines its own ForkPolicy, registers it
-// with register_fork_policy() and arms it per process with Process::set_cow_pte(name).
+// policy is one object; the built-in ones are "classic", "seed", "seed_exact", "on_demand_fork"
+// and "rfc_v2" (src/fork/policies/, one file each). Research code defines its own ForkPolicy,
+// registers it with register_fork_policy() and arms it per process with
+// Process::set_cow_pte(name).
 //
 // Part of the model layer (<cowpte/model/model.hpp>): the hooks see the model's own types.
 #pragma once
