@@ -6,6 +6,7 @@
 // cowpte breaks the source and the destination span (entries moved into a table another process
 // shares would appear in that process) and a failed break fails the move cleanly; the policy's
 // SeriesQuirks bring back the series' behaviour ("seed_exact").
+#include <algorithm>
 #include <optional>
 
 #include "mm/kernel.hpp"
@@ -198,6 +199,12 @@ std::uint64_t Kernel::move_page_tables(MmStruct& mm, vaddr_t old_addr, Vma& new_
   const SeriesQuirks quirks = fork_policy(mm).quirks();
   std::optional<SharedPteWrites> unchecked;  // the series moves into a shared destination
   if (quirks.unchecked_shared_writes) unchecked.emplace();
+  // Does the PMD table under pud point at a PTE table fork shared (a write-protected PMD)?
+  const auto points_at_shared_tables = [&](MmStruct& m, EntryRef pud) {
+    if (!mm_cow_pte(m)) return false;
+    const pteval_t* pmd = table_base(table_of(pud.get()));
+    return std::any_of(pmd, pmd + PTRS_PER_TABLE, [&](pteval_t e) { return pmd_cow_pte(m, e); });
+  };
   std::uint64_t extent = 0;
   for (; old_addr < old_end; old_addr += extent, new_addr += extent) {
     extent = get_extent(PUD_SIZE, old_addr, old_end, new_addr);
@@ -208,9 +215,10 @@ std::uint64_t Kernel::move_page_tables(MmStruct& mm, vaddr_t old_addr, Vma& new_
     EntryRef new_pud = pud_alloc(mm, pgd_offset(mm, new_addr), new_addr);  // alloc_new_pud
     if (!new_pud) break;
     // A whole PMD table moves with the shared PTE tables it points at, which the series does not
-    // break; cowpte moves those spans one PMD at a time so that each is broken (the holders'
+    // break; cowpte moves such a range one PMD at a time so that each is broken (the holders'
     // accounting is by address: On-demand-fork's owner hand-over looks tables up by span).
-    if (extent == PUD_SIZE && (!mm_cow_pte(mm) || quirks.move_breaks_source_only) &&
+    if (extent == PUD_SIZE &&
+        (quirks.move_breaks_source_only || !points_at_shared_tables(mm, old_pud)) &&
         move_normal_pud(mm, old_addr, old_pud, new_pud))
       continue;
 

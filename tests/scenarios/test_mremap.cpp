@@ -126,6 +126,38 @@ TEST_P(Mremap, AlignedMoveHandsWholePteTablesOver) {
   EXPECT_EQ(p->pgtables_bytes(), vmpte);
 }
 
+// 1 GiB-aligned ends and a 1 GiB range: the PMD table itself moves (move_normal_pud), unless
+// the mm has COW PTE on (a fork shared its tables), where cowpte moves a PMD at a time so that
+// each shared table is broken.
+TEST_P(Mremap, GigabyteAlignedMoveHandsThePmdTableOver) {
+  constexpr vaddr_t kGig = 1ull << 30;
+  const vaddr_t from = kBase, to = kBase + 4 * kGig;
+  ASSERT_TRUE(p->set_cow_pte(GetParam()).has_value());  // on at the fork below
+  ASSERT_TRUE(p->mmap(from, kGig, kRW, kPriv).has_value());
+  for (vaddr_t off : {vaddr_t{0}, kSpan, kGig - kPage}) ASSERT_TRUE(p->store(from + off, off + 1));
+  const pfn_t pmd_table = m.walk(*p, from).table[2];
+  EXPECT_EQ(*mremap(from, kGig, kGig, kFixed, to), to);
+  EXPECT_EQ(m.walk(*p, to).table[2], pmd_table) << "the same PMD table, under the new PUD entry";
+  EXPECT_EQ(m.walk(*p, from).levels, 2) << "the old PUD entry is empty";
+  for (vaddr_t off : {vaddr_t{0}, kSpan, kGig - kPage}) EXPECT_EQ(*p->load(to + off), off + 1);
+  // Back again from a forked child: under a COW PTE policy its tables are shared, and the move
+  // goes a PMD at a time (the child's PMD table is a new one); classic moves the PMD table.
+  Process* c = *p->fork();
+  m.check_invariants();
+  const pfn_t child_pmd_table = m.walk(*c, to).table[2];
+  EXPECT_EQ(*c->mremap(to, kGig, kGig, kFixed, from), from);
+  m.check_invariants();
+  if (GetParam() == "classic") {
+    EXPECT_EQ(m.walk(*c, from).table[2], child_pmd_table);
+  } else {
+    EXPECT_NE(m.walk(*c, from).table[2], child_pmd_table);
+  }
+  for (vaddr_t off : {vaddr_t{0}, kSpan, kGig - kPage}) {
+    EXPECT_EQ(*c->load(from + off), off + 1);
+    EXPECT_EQ(*p->load(to + off), off + 1) << "the parent keeps its own";
+  }
+}
+
 TEST_P(Mremap, MovedEntriesAreSoftDirty) {
   map_and_fork(kBase, 4 * kPage, kPriv, 4);
   ASSERT_TRUE(p->mmap(kBase + kSpan, kPage, kRW, kPriv).has_value());
