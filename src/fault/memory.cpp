@@ -101,8 +101,11 @@ vm_fault_t Kernel::__handle_mm_fault(Vma& vma, vaddr_t address, unsigned flags) 
 }
 
 vm_fault_t Kernel::handle_mm_fault(Vma& vma, vaddr_t address, unsigned flags) {
-  std::optional<SharedPteWrites> unchecked;  // the series' read faults write into shared tables
-  if (fork_policy(*vma.vm_mm).quirks().unchecked_shared_writes) unchecked.emplace();
+  // The series' read faults write into shared tables. Only a COW PTE mm asks its policy: the
+  // fault path is hot, and the classic fork has no quirks.
+  std::optional<SharedPteWrites> unchecked;
+  if (mm_cow_pte(*vma.vm_mm) && fork_policy(*vma.vm_mm).quirks().unchecked_shared_writes)
+    unchecked.emplace();
   const vm_fault_t ret = __handle_mm_fault(vma, address, flags);
   COWPTE_TRACE(*this, "fault: pid {} addr {:#x} flags {:#x} -> {:#x}", vma.vm_mm->pid, address,
                flags, ret);
