@@ -6,6 +6,9 @@
 #   results/compare-<sweep>.json   Google Benchmark's JSON (every counter of every run)
 #   results/plots-<sweep>/*.png    fork latency, fault latency, page-table memory
 #
+# The benchmarks run one process each, on every core (scripts/sweep.py), with a line per
+# benchmark as it ends.
+#
 #   bash scripts/compare.sh           the short sweep, 1 MiB to 1 GiB (half a minute once built)
 #   bash scripts/compare.sh --full    1 MiB to 64 GiB and the larger workloads (three minutes)
 #   bash scripts/compare.sh --help    usage; an unknown argument exits 2 before anything is built
@@ -68,11 +71,13 @@ py=/usr/bin/python3
 mkdir -p results
 json=results/compare-$sweep.json
 log=results/compare-$sweep.log
-echo "compare.sh: running the '$sweep' sweep (Google Benchmark's console output: $log)"
+echo "compare.sh: running the '$sweep' sweep on $(nproc) cores, a line per benchmark (also in $log)"
 rm -f "$json"  # never report a previous run's results as this one's
-"$dir/bench/cowpte_bench_policies" --cowpte_sweep="$sweep" --benchmark_out="$json" \
-  --benchmark_out_format=json "${args[@]}" >"$log" 2>&1 || {
-  tail -n 20 "$log" >&2
+# Every benchmark in its own process, one per core, this machine's real forks first and alone
+# (scripts/sweep.py); each builds its own Machine, so the simulated figures are the serial run's.
+"$py" scripts/sweep.py --jobs "$(nproc)" --out "$json" -- \
+  "$dir/bench/cowpte_bench_policies" --cowpte_sweep="$sweep" "${args[@]}" 2>&1 | tee "$log" || {
+  echo "compare.sh: the sweep failed (see $log)" >&2
   exit 1
 }
 if [[ ! -s $json ]]; then

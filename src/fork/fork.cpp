@@ -66,7 +66,7 @@ void Kernel::zap_unlinked_ptes(MmStruct& mm) {
       Page& page = mem.page(pte_pfn(v));
       --rss[mm_counter(page)];
       page_remove_rmap(page);
-      tlb.pages.push_back(&page);
+      tlb_remove_page(tlb, page);
     }
   }
   add_mm_rss_vec(mm, rss);

@@ -268,6 +268,11 @@ class Kernel final : public PolicyOps, public CostModel {
   void zap_page_range(MmStruct& mm, vaddr_t start, vaddr_t end);
   void exit_mmap(MmStruct& mm);
   void tlb_finish_mmu(MmGather& tlb);
+  void tlb_flush_mmu_tlbonly(MmGather& tlb);
+  void tlb_flush_mmu(MmGather& tlb);
+  void tlb_remove_page(MmGather& tlb, Page& page) {  // __tlb_remove_page, flushing a full batch
+    if (tlb.__tlb_remove_page(page)) tlb_flush_mmu(tlb);
+  }
 
   // ---- src/fork/fork.cpp (kernel/fork.c) ----
   Result<Process*> kernel_clone(Process& parent);

@@ -126,7 +126,7 @@ void Kernel::madvise_cold_or_pageout_pte_range(MmGather& tlb, Vma& vma, EntryRef
       tlb.tlb_remove_tlb_entry(addr, PAGE_SIZE);
       --mm.rss_stat[mm_counter(*page)];
       page_remove_rmap(*page);
-      tlb.pages.push_back(page);
+      tlb_remove_page(tlb, *page);
       if (!dirty && page->mapping && page_count(*page) == 2 && page_mapcount(*page) == 0) {
         page->mapping->cache.erase(page->index);
         page->mapping = nullptr;
@@ -141,7 +141,7 @@ void Kernel::madvise_cold_or_pageout_pte_range(MmGather& tlb, Vma& vma, EntryRef
       tlb.tlb_remove_tlb_entry(addr, PAGE_SIZE);
       --mm.rss_stat[MM_ANONPAGES];
       page_remove_rmap(*page);
-      tlb.pages.push_back(page);
+      tlb_remove_page(tlb, *page);
     } else {
       page->set(PG_swapbacked);  // redirtied (or held): it stays
     }

@@ -17,7 +17,8 @@ constexpr std::uint64_t kCallocMax = 256ull << 20;
 std::uint64_t map_bytes(std::uint64_t frames) { return (frames ? frames : 1) * sizeof(Page); }
 }  // namespace
 
-PhysMem::PhysMem(std::uint64_t memory_bytes) : nr_frames_(memory_bytes >> PAGE_SHIFT) {
+PhysMem::PhysMem(std::uint64_t memory_bytes)
+    : nr_frames_(memory_bytes >> PAGE_SHIFT), blocks_(nr_frames_) {
   // Either way the untouched part of mem_map stays the host's zero pages, so a large simulated
   // memory costs host memory only for the frames that were ever handed out.
   const std::uint64_t bytes = map_bytes(nr_frames_);

@@ -9,30 +9,39 @@
 namespace cowpte {
 
 // zap_pte_range: clear each entry, de-account it, and queue the page reference to be dropped
-// after the TLB flush (a page is freed when its last reference goes).
+// after the TLB flush (a page is freed when its last reference goes). When the gather's batch
+// fills, flush the TLB before the lock goes, free the batch, and come back for the rest.
 void Kernel::zap_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, vaddr_t end) {
   MmStruct& mm = *tlb.mm;
-  RssVec rss{};
-  EntryRef pte = pte_offset_map(pmd, addr);
-  SpinGuard ptl(pte_lockptr(*tlb.mm, *pte.table));  // pte_offset_map_lock
-  do {
-    const pteval_t v = pte.get();
-    tm_entry(pte);
-    if (pte_none(v)) continue;
-    if (!pte_present(v)) [[unlikely]]
-      throw InvariantViolation("zap_pte_range: swap entry, but the model has no swap device");
-    Page* page = vm_normal_page(vma, v);
-    tm_op(Op::pte);
-    if (page) tm_page(*page, 1);  // page_remove_rmap; the reference goes after the flush
-    ptep_get_and_clear(pte);      // ptep_get_and_clear_full
-    tlb.tlb_remove_tlb_entry(addr, PAGE_SIZE);
-    if (!page) continue;                                        // the zero page
-    if (!PageAnon(*page) && pte_dirty(v)) page->set(PG_dirty);  // set_page_dirty
-    --rss[mm_counter(*page)];
-    page_remove_rmap(*page);
-    tlb.pages.push_back(page);  // __tlb_remove_page
-  } while (++pte.p, addr += PAGE_SIZE, addr != end);
-  add_mm_rss_vec(mm, rss);
+  bool force_flush;
+  do {  // again:
+    force_flush = false;
+    {
+      RssVec rss{};
+      EntryRef pte = pte_offset_map(pmd, addr);
+      SpinGuard ptl(pte_lockptr(*tlb.mm, *pte.table));  // pte_offset_map_lock
+      do {
+        const pteval_t v = pte.get();
+        tm_entry(pte);
+        if (pte_none(v)) continue;
+        if (!pte_present(v)) [[unlikely]]
+          throw InvariantViolation("zap_pte_range: swap entry, but the model has no swap device");
+        Page* page = vm_normal_page(vma, v);
+        tm_op(Op::pte);
+        if (page) tm_page(*page, 1);  // page_remove_rmap; the reference goes after the flush
+        ptep_get_and_clear(pte);      // ptep_get_and_clear_full
+        tlb.tlb_remove_tlb_entry(addr, PAGE_SIZE);
+        if (!page) continue;                                        // the zero page
+        if (!PageAnon(*page) && pte_dirty(v)) page->set(PG_dirty);  // set_page_dirty
+        --rss[mm_counter(*page)];
+        page_remove_rmap(*page);
+        force_flush = tlb.__tlb_remove_page(*page);
+      } while (++pte.p, addr += PAGE_SIZE, addr != end && !force_flush);
+      add_mm_rss_vec(mm, rss);
+      if (force_flush) tlb_flush_mmu_tlbonly(tlb);  // the flush before the lock goes
+    }  // pte_unmap_unlock
+    if (force_flush) tlb_flush_mmu(tlb);  // then free the batched pages
+  } while (addr != end);
 }
 
 // zap_cow_pte_range: v4's zap of a table others still share: undo this mm's accounting of the
@@ -51,7 +60,7 @@ void Kernel::zap_cow_pte_range(MmGather& tlb, EntryRef pmd, vaddr_t addr, vaddr_
     tm_page(page, 1);
     --rss[mm_counter(page)];
     page_remove_rmap(page);
-    tlb.pages.push_back(&page);
+    tlb_remove_page(tlb, page);
   } while (++pte.p, addr += PAGE_SIZE, addr != end);
   add_mm_rss_vec(*tlb.mm, rss);
 }
@@ -126,25 +135,39 @@ void Kernel::zap_page_range(MmStruct& mm, vaddr_t start, vaddr_t end) {
   tlb_finish_mmu(tlb);
 }
 
-// tlb_finish_mmu: flush, then drop the queued page references and free the queued tables.
-void Kernel::tlb_finish_mmu(MmGather& tlb) {
+// tlb_flush_mmu_tlbonly: flush what the gather cleared since its last flush.
+void Kernel::tlb_flush_mmu_tlbonly(MmGather& tlb) {
+  // Nothing cleared and no table queued since the last flush: nothing to flush (the second
+  // call of a forced flush, or a gather that zapped nothing).
+  const bool freed_tables = tlb.tables.size() > tlb.tables_flushed;
+  if (!tlb.need_flush() && !freed_tables) return;
   // A range flush also drops the paging-structure caches of the PCID (INVLPG does), so it
   // covers freed tables too; tables freed with no translation zapped still need a flush.
-  if (tlb.fullmm || (!tlb.need_flush() && !tlb.tables.empty())) {
+  if (tlb.fullmm || !tlb.need_flush()) {
     flush_tlb_mm(*tlb.mm);
-  } else if (tlb.need_flush()) {
+  } else {
     flush_tlb_range(*tlb.mm, tlb.start, tlb.end);
   }
-  for (Page* p : tlb.pages) {
+  tlb.start = ~0ull;  // __tlb_reset_range
+  tlb.end = 0;
+  tlb.tables_flushed = tlb.tables.size();
+}
+
+// tlb_flush_mmu: flush, then drop the queued page references and free the queued tables.
+void Kernel::tlb_flush_mmu(MmGather& tlb) {
+  tlb_flush_mmu_tlbonly(tlb);
+  for (Page* p : tlb.pages) {  // tlb_batch_pages_flush
     tm_page(*p, 1);
     mem.put_page(*p);
   }
-  for (Page* t : tlb.tables) pgtable_free(*t);
+  for (Page* t : tlb.tables) pgtable_free(*t);  // tlb_table_flush
   tlb.pages.clear();
   tlb.tables.clear();
-  tlb.start = ~0ull;
-  tlb.end = 0;
+  tlb.tables_flushed = 0;
 }
+
+// tlb_finish_mmu: the last flush of a gather.
+void Kernel::tlb_finish_mmu(MmGather& tlb) { tlb_flush_mmu(tlb); }
 
 // free_pte_range: the PMD entry goes and the PTE table with it (after the flush).
 // With COW PTE (v4) the fork policy lets a write-protected PMD drop this mm's reference; the

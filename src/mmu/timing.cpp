@@ -43,20 +43,11 @@ class TimedLocks final : public LockTiming {
   struct Times {
     std::uint64_t write_free = 0, read_free = 0;
   };
-  // Split page-table locks live in struct page: index those by frame; the others (the mm's
-  // page_table_lock and mmap_lock) by address.
-  Times& times(const void* lock) {
-    const auto* first = reinterpret_cast<const char*>(&k_.mem.page(Pfn{0}).ptl);
-    const auto* p = reinterpret_cast<const char*>(lock);
-    const std::uint64_t n = k_.mem.total_pages();
-    if (p >= first && p < first + n * sizeof(Page)) {
-      if (by_frame_.empty()) by_frame_.resize(n);
-      return by_frame_[std::uint64_t(p - first) / sizeof(Page)];
-    }
-    return by_address_[lock];
-  }
+  // One record per lock ever taken: split locks of table frames (one frame in 512), the mm's
+  // page_table_lock and mmap_lock. A hash map, not an array over every frame: that array cost
+  // 16 bytes of host memory per simulated frame.
+  Times& times(const void* lock) { return by_address_[lock]; }
   Kernel& k_;
-  std::vector<Times> by_frame_;
   std::unordered_map<const void*, Times> by_address_;
 };
 

@@ -1,6 +1,14 @@
 // struct mmu_gather (include/asm-generic/tlb.h, mm/mmu_gather.c): a zap batches the pages and
 // table frames that may be freed only after the TLB flush. The hardware TLBs belong to the timing
 // model (src/mmu/); the functional model walks the tables on every access.
+//
+// Pages are gathered in a batch of Linux's size: the 8 of the on-stack bundle plus 19 batch
+// pages of 510 pointers each (MMU_GATHER_BUNDLE + MAX_GATHER_BATCH_COUNT * MAX_GATHER_BATCH on
+// x86-64, assuming each batch page's GFP_NOWAIT allocation succeeds; those pages are kernel
+// memory the model does not take from simulated memory). A full batch makes the zap flush the
+// TLB and free what it gathered before it goes on (tlb_flush_mmu), so a gather never grows
+// with the size of the process. Table frames are few (one per 512 pages) and are freed at the
+// next flush, as tlb_remove_table's batch is.
 #pragma once
 
 #include <algorithm>
@@ -24,8 +32,20 @@ struct MmGather {
   vaddr_t start = ~0ull, end = 0;      // the range whose translations must be flushed
   std::vector<Page*> pages;            // references to drop after the flush (__tlb_remove_page)
   std::vector<Page*> tables;           // table frames to free after the flush (tlb_remove_table)
+  std::size_t tables_flushed = 0;      // tables[0, this) are covered by a flush already
+
+  static constexpr std::size_t MMU_GATHER_BUNDLE = 8, MAX_GATHER_BATCH = 510,
+                               MAX_GATHER_BATCH_COUNT = 10000 / MAX_GATHER_BATCH;
+  static constexpr std::size_t kMaxPages =
+      MMU_GATHER_BUNDLE + MAX_GATHER_BATCH_COUNT * MAX_GATHER_BATCH;
 
   MmGather(MmStruct& m, bool full) : mm(&m), fullmm(full) {}
+  // __tlb_remove_page: queue a page reference; true when the batch is now full and the caller
+  // must flush (tlb_flush_mmu) before it queues another.
+  bool __tlb_remove_page(Page& page) {
+    pages.push_back(&page);
+    return pages.size() >= kMaxPages;
+  }
   void tlb_remove_tlb_entry(vaddr_t addr, std::uint64_t size) {  // tlb_flush_pte_range
     start = std::min(start, addr);
     end = std::max(end, addr + size);

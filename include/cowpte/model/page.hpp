@@ -1,15 +1,15 @@
-// struct page and simulated physical memory: one 48-byte record per frame in one contiguous
+// struct page and simulated physical memory: one 32-byte record per frame in one contiguous
 // array (like vmemmap), free frames on a Boost.Intrusive free list, and frame contents that
-// exist in host memory only after a non-zero store. Models include/linux/mm_types.h,
+// exist in host memory only after a non-zero store (blocks of a BlockArena). Models include/linux/mm_types.h,
 // include/linux/page_ref.h, include/linux/page-flags.h and mm/page_alloc.c (order 0 only).
 #pragma once
 
 #include <boost/intrusive/slist.hpp>
-#include <boost/pool/pool.hpp>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 
+#include "cowpte/model/block_arena.hpp"
 #include "cowpte/model/pgtable_types.hpp"
 #include "cowpte/model/spinlock.hpp"
 #include "cowpte/types.hpp"
@@ -162,18 +162,21 @@ class PhysMem {
   void table_freed() noexcept { --table_frames_; }
   std::uint64_t table_frames() const noexcept { return table_frames_; }
   std::uint64_t host_blocks() const noexcept { return host_blocks_; }
+  const BlockArena& arena() const noexcept { return blocks_; }
 
  private:
   std::uint64_t* alloc_block_uninit() {
-    void* b = blocks_.malloc();
-    if (!b) throw std::bad_alloc();
+    bool zeroed;
+    void* b = blocks_.allocate(&zeroed);
     ++host_blocks_;
     return static_cast<std::uint64_t*>(b);
   }
   std::uint64_t* alloc_block() {
-    std::uint64_t* b = alloc_block_uninit();
-    std::memset(b, 0, PAGE_SIZE);
-    return b;
+    bool zeroed;
+    void* b = blocks_.allocate(&zeroed);
+    ++host_blocks_;
+    if (!zeroed) std::memset(b, 0, PAGE_SIZE);
+    return static_cast<std::uint64_t*>(b);
   }
 
   Page* mem_map_ = nullptr;
@@ -181,7 +184,7 @@ class PhysMem {
   std::uint64_t watermark_ = 0;
   std::uint64_t table_frames_ = 0;
   FreeList free_list_;
-  boost::pool<> blocks_{PAGE_SIZE};
+  BlockArena blocks_;
   std::uint64_t host_blocks_ = 0;
   std::uint64_t allocations_ = 0;
   std::uint64_t fail_countdown_ = 0;
