@@ -39,8 +39,8 @@ void Kernel::zap_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, 
       } while (++pte.p, addr += PAGE_SIZE, addr != end && !force_flush);
       add_mm_rss_vec(mm, rss);
       if (force_flush) tlb_flush_mmu_tlbonly(tlb);  // the flush before the lock goes
-    }  // pte_unmap_unlock
-    if (force_flush) tlb_flush_mmu(tlb);  // then free the batched pages
+    }                                               // pte_unmap_unlock
+    if (force_flush) tlb_flush_mmu(tlb);            // then free the batched pages
   } while (addr != end);
 }
 

@@ -125,10 +125,9 @@ TEST(UnitMmGather, ZapFlushesEachFullBatch) {
   Machine m(MachineConfig{.memory_bytes = 4 * kPages * PAGE_SIZE});
   const std::uint64_t initial = m.free_pages();
   Process& p = m.spawn();
-  const vaddr_t a =
-      p.mmap(0, kPages * PAGE_SIZE, Prot::read | Prot::write,
-             MapFlags::private_ | MapFlags::anonymous | MapFlags::populate)
-          .value();
+  const vaddr_t a = p.mmap(0, kPages * PAGE_SIZE, Prot::read | Prot::write,
+                           MapFlags::private_ | MapFlags::anonymous | MapFlags::populate)
+                        .value();
   for (std::uint64_t i = 0; i < kPages; i += 97) p.store(a + i * PAGE_SIZE, i + 1).value();
   m.check_invariants();
   const std::uint64_t free_before = m.free_pages(), tables_before = p.pgtables_bytes();
@@ -136,16 +135,14 @@ TEST(UnitMmGather, ZapFlushesEachFullBatch) {
   ASSERT_TRUE(p.munmap(a, kPages * PAGE_SIZE));
   EXPECT_EQ(detail::Access::kernel(m).tlb_stats.flush_range - ranges, 3u)
       << "two full batches flushed mid-zap, the rest at tlb_finish_mmu";
-  EXPECT_EQ(m.free_pages() - free_before,
-            kPages + (tables_before - p.pgtables_bytes()) / PAGE_SIZE)
+  EXPECT_EQ(m.free_pages() - free_before, kPages + (tables_before - p.pgtables_bytes()) / PAGE_SIZE)
       << "every page and every table freed went back";
   EXPECT_EQ(p.rss().anon, 0u);
   m.check_invariants();
   // exit_mmap: one full-mm flush per full batch and one at the end.
-  const vaddr_t b =
-      p.mmap(0, kPages * PAGE_SIZE, Prot::read | Prot::write,
-             MapFlags::private_ | MapFlags::anonymous | MapFlags::populate)
-          .value();
+  const vaddr_t b = p.mmap(0, kPages * PAGE_SIZE, Prot::read | Prot::write,
+                           MapFlags::private_ | MapFlags::anonymous | MapFlags::populate)
+                        .value();
   p.store(b, 1).value();
   const std::uint64_t mms = detail::Access::kernel(m).tlb_stats.flush_mm;
   p.exit();

@@ -96,7 +96,7 @@ class BlockArena {
       if (!c.free && c.bump == 1) ++resident_;  // the first block since fresh
     }
   }
-  void next_chunk();                      // the next chunk to allocate from (cur_)
+  void next_chunk();                       // the next chunk to allocate from (cur_)
   void emptied(std::uint32_t i) noexcept;  // keep the empty chunk, or give it back
 
   char* reservation_ = nullptr;  // what mmap returned

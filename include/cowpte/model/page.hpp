@@ -1,7 +1,8 @@
 // struct page and simulated physical memory: one 32-byte record per frame in one contiguous
 // array (like vmemmap), free frames on a Boost.Intrusive free list, and frame contents that
-// exist in host memory only after a non-zero store (blocks of a BlockArena). Models include/linux/mm_types.h,
-// include/linux/page_ref.h, include/linux/page-flags.h and mm/page_alloc.c (order 0 only).
+// exist in host memory only after a non-zero store (blocks of a BlockArena). Models
+// include/linux/mm_types.h, include/linux/page_ref.h, include/linux/page-flags.h and
+// mm/page_alloc.c (order 0 only).
 #pragma once
 
 #include <boost/intrusive/slist.hpp>
