@@ -74,9 +74,10 @@ expect 0 '--cowpte_sweep=smoke\|short\|full' "$pol" --help
 expect 2 "unknown sweep 'nope'" "$pol" --cowpte_sweep=nope
 expect 2 'unrecognized command-line flag: --bogus' "$pol" --bogus
 
-fork=$bin/cowpte_bench_fork
-expect 0 'benchmark_filter' "$fork" --help
-expect 2 'unrecognized command-line flag: --bogus' "$fork" --bogus
+speed=$bin/cowpte_bench_speed
+expect 0 '--cowpte_speed=quick\|full' "$speed" --help
+expect 2 "unknown size set 'nope'" "$speed" --cowpte_speed=nope
+expect 2 'unrecognized command-line flag: --bogus' "$speed" --bogus
 
 # The scripts: --help exits 0 before anything is built or run.
 expect 0 'usage.*compare\.sh' bash scripts/compare.sh --help
@@ -89,6 +90,11 @@ expect 2 "unknown argument '--bogus'" bash scripts/install-deps.sh --bogus
 expect 0 'usage' python3 scripts/report.py --help
 expect 2 'cannot read /nonexistent.json' python3 scripts/report.py /nonexistent.json
 expect 0 'usage' bash scripts/check-cli.sh --help
+expect 0 'usage' python3 scripts/sweep.py --help
+expect 2 'no program to run' python3 scripts/sweep.py --out "$tmp/s.json"
+expect 2 "--jobs '0'" python3 scripts/sweep.py --jobs 0 --out "$tmp/s.json" -- "$pol"
+expect 0 'usage' python3 scripts/speed_check.py --help
+expect 2 'cannot read the run' python3 scripts/speed_check.py /nonexistent.json
 
 if ((failed)); then
   echo "check-cli: $failed of $((passed + failed)) checks failed" >&2

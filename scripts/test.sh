@@ -10,10 +10,13 @@
 #      library) against it, then tests/consumer/add_subdirectory.
 #   4. the fork comparison's smoke sweep (bench/bench_policies.cpp) and its report and plots
 #      (scripts/report.py), which fails on a benchmark that failed or a workload that is missing.
-#   5. scripts/check-cli.sh: every program and script on --help and bad arguments.
-#   6. build-fuzz/  clang-14, libFuzzer + ASan + UBSan: each fuzz target of tests/fuzz for
+#   5. the simulator's speed (bench/bench_speed.cpp, quick sizes, twice) against
+#      bench/speed-baseline.json: a figure fails at more than 2x its baseline ratio to this
+#      machine's real fork measured in the same run, in both runs (scripts/speed_check.py).
+#   6. scripts/check-cli.sh: every program and script on --help and bad arguments.
+#   7. build-fuzz/  clang-14, libFuzzer + ASan + UBSan: each fuzz target of tests/fuzz for
 #                   COWPTE_FUZZ_SECONDS (60) from its seed corpus, both at once
-#   7. build-tsan/  ThreadSanitizer: two Machines on two threads (tests/tsan)
+#   8. build-tsan/  ThreadSanitizer: two Machines on two threads (tests/tsan)
 # Exits non-zero on the first failure.
 set -euo pipefail
 
@@ -144,6 +147,17 @@ build/bench/cowpte_bench_policies --cowpte_sweep=smoke --benchmark_out="$tmp/smo
   exit 1
 }
 "$py" scripts/report.py "$tmp/smoke.json" --plots "$tmp/plots" --require-all >/dev/null
+passed=$((passed + 1))
+
+step "simulator speed: cowpte_bench_speed against bench/speed-baseline.json (ratios to the real fork)"
+for i in 1 2; do
+  build/bench/cowpte_bench_speed --cowpte_speed=quick --benchmark_out="$tmp/speed$i.json" \
+    --benchmark_out_format=json >"$tmp/speed$i.log" 2>&1 || {
+    cat "$tmp/speed$i.log"
+    exit 1
+  }
+done
+"$py" scripts/speed_check.py "$tmp/speed1.json" "$tmp/speed2.json" --baseline bench/speed-baseline.json
 passed=$((passed + 1))
 
 step "scripts/check-cli.sh: programs and scripts on hostile arguments"

@@ -1,13 +1,17 @@
 // Host memory for the contents of simulated frames: 4 KiB blocks carved from 2 MiB chunks of
-// one address range reserved per PhysMem (MAP_NORESERVE, MADV_HUGEPAGE, so that the host can
-// back each chunk with one huge page). This is the simulator's own allocator, not a model of a
+// one address range reserved per PhysMem (MAP_NORESERVE; with COWPTE_HOST_THP=1 in the
+// environment also MADV_HUGEPAGE, so that the host can back each chunk with one huge page,
+// which on a virtual machine can be much slower: see block_arena.cpp). This is the simulator's own allocator, not a model of a
 // kernel one; it replaces boost::pool, which wrote a free-list link into every block of each new
 // chunk, grew in doubling chunks and never gave memory back. Here:
 //   - a chunk costs nothing until a block of it is first handed out, and blocks handed out for
 //     the first time since the chunk was fresh come from the host already zeroed (no memset);
 //   - a freed block goes on its chunk's own free list (the link lives in the freed block);
-//   - a chunk whose last block is freed goes back to the host (MADV_DONTNEED), except a few kept
-//     for reuse, so memory falls back after a process exits.
+//   - a chunk whose last block is freed is kept for reuse while there are no more empty chunks
+//     than chunks in use (and at least kKeepEmpty); beyond that, empty chunks go back to the
+//     host (MADV_DONTNEED), so memory falls back after a process exits. Giving a chunk back and
+//     touching it again makes the host zero 2 MiB (and, in a virtual machine, often back it
+//     anew): a fork-exit loop that frees half its blocks at each exit must not pay that.
 #pragma once
 
 #include <cstddef>
@@ -20,8 +24,7 @@ namespace cowpte {
 class BlockArena {
  public:
   static constexpr std::size_t kBlock = 4096, kChunk = 2u << 20, kBlocksPerChunk = kChunk / kBlock;
-  // Empty chunks kept resident for reuse before further empty ones are given back (16 MiB): a
-  // fork-exit loop reuses them without the host zeroing 2 MiB each time.
+  // Empty chunks kept resident for reuse however few chunks are in use (16 MiB).
   static constexpr std::uint32_t kKeepEmpty = 8;
 
   // Reserves room for max_blocks blocks (at most one per simulated frame).
@@ -60,11 +63,11 @@ class BlockArena {
     auto* b = static_cast<FreeBlock*>(p);
     b->next = c.free;
     c.free = b;
-    if (--c.live == 0) emptied(i);
     if (!c.listed && i != cur_) {
       c.listed = true;
       partial_.push_back(i);
     }
+    if (--c.live == 0) emptied(i);
   }
 
   // Chunks holding host memory now (touched since fresh), and chunks given back so far.
@@ -92,21 +95,27 @@ class BlockArena {
   }
   void take(Chunk& c) noexcept {
     if (c.live++ == 0) {
+      ++in_use_;
       if (c.kept) --kept_, c.kept = false;
       if (!c.free && c.bump == 1) ++resident_;  // the first block since fresh
     }
   }
+  bool given_back(const Chunk& c) const noexcept { return !c.free && c.bump == 0; }
   void next_chunk();                       // the next chunk to allocate from (cur_)
-  void emptied(std::uint32_t i) noexcept;  // keep the empty chunk, or give it back
+  void emptied(std::uint32_t i) noexcept;  // keep the empty chunk; give back the surplus
+  void give_back(std::uint32_t i) noexcept;
 
   char* reservation_ = nullptr;  // what mmap returned
   std::size_t reserved_bytes_ = 0;
   char* base_ = nullptr;  // 2 MiB-aligned start of chunk 0
   std::vector<Chunk> chunks_;
   std::vector<std::uint32_t> partial_;  // chunks that had a block freed while not current
+  std::vector<std::uint32_t> spare_;    // given-back chunks, used before fresh ones
+  std::vector<std::uint32_t> empty_;    // kept chunks (stale entries skipped)
   std::uint32_t cur_ = kNone;           // the chunk allocations come from
   std::uint32_t fresh_ = 0;             // chunks below this one have been used
   std::uint32_t kept_ = 0;              // empty chunks kept resident
+  std::uint32_t in_use_ = 0;            // chunks with a live block
   std::uint64_t resident_ = 0, released_ = 0;
 };
 
