@@ -112,8 +112,7 @@ Result<std::uint64_t> Kernel::user_access_walk(MmStruct& mm, vaddr_t addr, bool 
         cpu->clock += c.stlb.latency;
         if (const TlbEntry* s = cpu->stlb.lookup(key)) {
           e = *s, hit = in_stlb = true;
-          cpu->dtlb_4k.insert(key, e);
-          cpu->mru_key = key, cpu->mru_slot = cpu->dtlb_4k.find(key);
+          cpu->mru_key = key, cpu->mru_slot = cpu->dtlb_4k.insert_slot(key, e);
         }
       }
       // A hit counts only when the entry serves the access; one that can't serve a write (read
@@ -134,8 +133,7 @@ Result<std::uint64_t> Kernel::user_access_walk(MmStruct& mm, vaddr_t addr, bool 
       if (cpu) {
         const TlbEntry fill{raw(mem.pfn(*w.page)), w.writable, (w.pte & _PAGE_DIRTY) != 0};
         cpu->stlb.insert(key, fill);
-        cpu->dtlb_4k.insert(key, fill);
-        cpu->mru_key = key, cpu->mru_slot = cpu->dtlb_4k.find(key);
+        cpu->mru_key = key, cpu->mru_slot = cpu->dtlb_4k.insert_slot(key, fill);
       }
       return data_access(*w.page);
     }

@@ -84,18 +84,24 @@ class SetAssoc {
 
   // Insert (or refresh) key; returns the key it evicted, if a valid one was.
   std::optional<std::uint64_t> insert(std::uint64_t key, const Payload& value = {}) noexcept {
+    std::optional<std::uint64_t> evicted;
+    insert_slot(key, value, &evicted);
+    return evicted;
+  }
+  // insert, returning the slot key now occupies (find's answer, without a second scan).
+  std::size_t insert_slot(std::uint64_t key, const Payload& value = {},
+                          std::optional<std::uint64_t>* evicted = nullptr) noexcept {
     const std::size_t set = set_of(key);
     std::uint32_t w = way_of(set, key);
-    std::optional<std::uint64_t> evicted;
     if (w == ways_) {
       w = victim(set);
-      if (keys_[set * ways_ + w] != kEmpty) evicted = keys_[set * ways_ + w];
+      if (evicted && keys_[set * ways_ + w] != kEmpty) *evicted = keys_[set * ways_ + w];
       fill(set, w, key);
     } else {
       touch(set, w);
     }
     if constexpr (kHasPayload) values_[set * ways_ + w] = value;
-    return evicted;
+    return set * ways_ + w;
   }
 
   // A cache access: true on a hit (now most recently used); on a miss key is filled into the
@@ -157,28 +163,36 @@ class SetAssoc {
     // The common geometries compare every way without a branch (SSE2 where there is); the
     // keys of a set are unique, so the lowest match is the match.
     if (ways_ == 16) return first_match<16>(k, key);
+    if (ways_ == 12) return first_match<12>(k, key);
     if (ways_ == 8) return first_match<8>(k, key);
+    if (ways_ == 4) return first_match<4>(k, key);
     std::uint32_t w = 0;
     while (w < ways_ && k[w] != key) ++w;
     return w;
   }
   template <std::uint32_t N>
   static std::uint32_t first_match(const std::uint64_t* k, std::uint64_t key) noexcept {
+    static_assert(N % 4 == 0 && N <= 16);
 #if defined(__SSE2__)
     // SSE2 has no 64-bit compare (pcmpeqq is SSE4.1): compare 32-bit halves, narrow the
-    // results to one byte per half, and a key matches where both of its halves do. Four
-    // compares and one movemask per eight ways, where the scalar loop spends four
-    // instructions per way (the miss path scans an 8- and a 16-way set per new line).
+    // results to one byte per half, and a key matches where both of its halves do. Two
+    // compares per four ways and one movemask per eight, where the scalar loop spends four
+    // instructions per way (the miss path scans an 8- and a 16-way set per new line, a TLB miss
+    // the 12-way STLB).
     const __m128i kk = _mm_set1_epi64x(static_cast<long long>(key));
+    auto eq = [&](std::uint32_t i) {
+      return _mm_cmpeq_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(k + i)), kk);
+    };
     std::uint32_t m = 0;
-    for (std::uint32_t i = 0; i < N; i += 8) {
-      __m128i e[4];
-      for (std::uint32_t j = 0; j < 4; ++j)
-        e[j] =
-            _mm_cmpeq_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(k + i + 2 * j)), kk);
+    std::uint32_t i = 0;
+    for (; i + 8 <= N; i += 8) {
       const __m128i bytes =
-          _mm_packs_epi16(_mm_packs_epi32(e[0], e[1]), _mm_packs_epi32(e[2], e[3]));
+          _mm_packs_epi16(_mm_packs_epi32(eq(i), eq(i + 2)), _mm_packs_epi32(eq(i + 4), eq(i + 6)));
       m |= std::uint32_t(_mm_movemask_epi8(bytes)) << (2 * i);  // bits 2w, 2w+1: way w's halves
+    }
+    if (i < N) {  // four ways left
+      const __m128i bytes = _mm_packs_epi16(_mm_packs_epi32(eq(i), eq(i + 2)), _mm_setzero_si128());
+      m |= (std::uint32_t(_mm_movemask_epi8(bytes)) & 0xff) << (2 * i);
     }
     m &= (m >> 1) & 0x55555555u;
     return m ? std::uint32_t(std::countr_zero(m)) / 2 : N;

@@ -46,9 +46,16 @@ class TimedLocks final : public LockTiming {
   // One record per lock ever taken: split locks of table frames (one frame in 512), the mm's
   // page_table_lock and mmap_lock. A hash map, not an array over every frame: that array cost
   // 16 bytes of host memory per simulated frame.
-  Times& times(const void* lock) { return by_address_[lock]; }
+  // The lock used last is remembered: a path releases the lock it took (node-based map: a
+  // record's address never changes).
+  Times& times(const void* lock) {
+    if (lock != last_lock_) last_lock_ = lock, last_times_ = &by_address_[lock];
+    return *last_times_;
+  }
   Kernel& k_;
   std::unordered_map<const void*, Times> by_address_;
+  const void* last_lock_ = nullptr;
+  Times* last_times_ = nullptr;
 };
 
 }  // namespace

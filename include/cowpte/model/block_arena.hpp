@@ -1,9 +1,10 @@
 // Host memory for the contents of simulated frames: 4 KiB blocks carved from 2 MiB chunks of
 // one address range reserved per PhysMem (MAP_NORESERVE; with COWPTE_HOST_THP=1 in the
 // environment also MADV_HUGEPAGE, so that the host can back each chunk with one huge page,
-// which on a virtual machine can be much slower: see block_arena.cpp). This is the simulator's own allocator, not a model of a
-// kernel one; it replaces boost::pool, which wrote a free-list link into every block of each new
-// chunk, grew in doubling chunks and never gave memory back. Here:
+// which on a virtual machine can be much slower: see block_arena.cpp). This is the simulator's
+// own allocator, not a model of a kernel one; it replaces boost::pool, which wrote a free-list
+// link into every block of each new chunk, grew in doubling chunks and never gave memory back.
+// Here:
 //   - a chunk costs nothing until a block of it is first handed out, and blocks handed out for
 //     the first time since the chunk was fresh come from the host already zeroed (no memset);
 //   - a freed block goes on its chunk's own free list (the link lives in the freed block);
