@@ -14,6 +14,7 @@
 #include <cstring>
 #include <new>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "facade/access.hpp"
@@ -150,6 +151,46 @@ TEST(UnitMmGather, ZapFlushesEachFullBatch) {
   EXPECT_EQ(m.free_pages(), initial);
   m.check_invariants();
 }
+
+// The same under every sound fork policy, with the tables shared by fork: a parent of more pages
+// than two batches forks, the child writes a page in each 2 MiB span, the parent unmaps half and
+// both exit; check_invariants() after each step, and every frame comes back.
+class UnitMmGatherPolicy : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(UnitMmGatherPolicy, SharedTablesZapInBatches) {
+  constexpr std::uint64_t kPages = 2 * MmGather::kMaxPages + 1000;
+  constexpr std::uint64_t kLen = (kPages * PAGE_SIZE + PMD_SIZE - 1) & ~(PMD_SIZE - 1);
+  Machine m(MachineConfig{.memory_bytes = 4 * kLen});
+  const std::uint64_t initial = m.free_pages();
+  Process& parent = m.spawn();
+  const vaddr_t a =
+      parent
+          .mmap(0x7e0000000000ull, kLen, Prot::read | Prot::write,
+                MapFlags::private_ | MapFlags::anonymous | MapFlags::fixed | MapFlags::populate)
+          .value();
+  if (GetParam() != "classic") parent.set_cow_pte(GetParam()).value();
+  for (std::uint64_t off = 0; off < kLen; off += 64 * PAGE_SIZE)
+    parent.store(a + off, off + 1).value();
+  Process& child = *parent.fork().value();
+  m.check_invariants();
+  for (std::uint64_t off = 0; off < kLen; off += PMD_SIZE) child.store(a + off, 7).value();
+  m.check_invariants();
+  ASSERT_TRUE(parent.munmap(a, kLen / 2));
+  m.check_invariants();
+  for (std::uint64_t off = kLen / 2; off < kLen; off += 64 * PAGE_SIZE)
+    ASSERT_EQ(*parent.load(a + off), off + 1);
+  for (std::uint64_t off = 0; off < kLen; off += 64 * PAGE_SIZE)
+    ASSERT_EQ(*child.load(a + off), off % PMD_SIZE ? off + 1 : 7);
+  child.exit();
+  m.check_invariants();
+  parent.exit();
+  m.check_invariants();
+  EXPECT_EQ(m.free_pages(), initial);
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryPolicy, UnitMmGatherPolicy,
+                         ::testing::ValuesIn(sound_fork_policy_names()),
+                         [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
 
 }  // namespace
 }  // namespace cowpte
