@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_main.hpp"
 #include "real_fork.hpp"
 #include "sweep.hpp"
 #include "workloads.hpp"
@@ -34,16 +35,6 @@ namespace {
 constexpr auto kCounterAvg = benchmark::Counter::kAvgIterations;
 
 double ns(const Machine& m, double cycles) { return cycles / m.config().timing.ghz; }
-
-// Runs body; a workload that fails (an mmap, a fork) marks the benchmark instead of aborting
-// the whole run.
-void guarded(benchmark::State& state, const std::function<void()>& body) {
-  try {
-    body();
-  } catch (const std::exception& e) {
-    state.SkipWithError(e.what());
-  }
-}
 
 void fork_latency(benchmark::State& state, Layout layout, Policy policy, std::uint64_t mib,
                   bool timed) {
@@ -234,36 +225,19 @@ void register_all(const Sweep& sw) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string sweep_name = "short";
-  std::vector<char*> args;
-  for (int i = 0; i < argc; ++i) {
-    if (std::strncmp(argv[i], "--cowpte_sweep=", 15) == 0) {
-      sweep_name = argv[i] + 15;
-    } else {
-      if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
-        // Ours first; Google Benchmark then prints its flags and exits 0.
-        std::printf(
-            "usage: %s [--cowpte_sweep=smoke|short|full] [Google Benchmark flags]\n"
-            "  --cowpte_sweep=NAME  the sizes and workloads to run: smoke (CI), short (default),\n"
-            "                       full (1 MiB to 64 GiB)\n\n",
-            argv[0]);
-        std::fflush(stdout);
-      }
-      args.push_back(argv[i]);
-    }
-  }
-  static const Sweep sw = make_sweep(sweep_name);
-  if (sw.forks.empty()) {
-    std::fprintf(stderr, "cowpte_bench_policies: unknown sweep '%s' (smoke, short, full)\n",
-                 sweep_name.c_str());
-    return 2;
-  }
-  register_all(sw);
-  int n = static_cast<int>(args.size());
-  benchmark::Initialize(&n, args.data());
-  if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 2;
-  benchmark::AddCustomContext("cowpte_sweep", sweep_name);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return benchmark_main(
+      argc, argv, "cowpte_sweep", "short",
+      "usage: %s [--cowpte_sweep=smoke|short|full] [Google Benchmark flags]\n"
+      "  --cowpte_sweep=NAME  the sizes and workloads to run: smoke (CI), short (default),\n"
+      "                       full (1 MiB to 64 GiB)\n\n",
+      [](const std::string& name) {
+        static const Sweep sw = make_sweep(name);  // the benchmarks keep references into it
+        if (sw.forks.empty()) {
+          std::fprintf(stderr, "cowpte_bench_policies: unknown sweep '%s' (smoke, short, full)\n",
+                       name.c_str());
+          return false;
+        }
+        register_all(sw);
+        return true;
+      });
 }

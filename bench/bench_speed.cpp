@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_main.hpp"
 #include "real_fork.hpp"
 #include "workloads.hpp"
 
@@ -43,22 +44,15 @@ double host_ns(F&& f) {
   return std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
 }
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
+// The median of host times in ns (Latencies: nearest rank, as every latency of bench/).
+double median(const std::vector<double>& ns) {
+  Latencies l;
+  for (double t : ns) l.add(static_cast<std::uint64_t>(t));
+  return double(l.quantile(0.5));
 }
 
 // This process's resident memory now (VmRSS), in bytes.
 double rss_bytes() { return double(own_rss_bytes()); }
-
-void guarded(benchmark::State& state, const std::function<void()>& body) {
-  try {
-    body();
-  } catch (const std::exception& e) {
-    state.SkipWithError(e.what());
-  }
-}
 
 // A machine with room for a populated parent of mib MiB at 2 MiB-aligned addresses, under policy.
 struct Parent {
@@ -256,35 +250,19 @@ void register_all(const Sizes& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string which = "full";
-  std::vector<char*> args;
-  for (int i = 0; i < argc; ++i) {
-    if (std::strncmp(argv[i], "--cowpte_speed=", 15) == 0) {
-      which = argv[i] + 15;
-      continue;
-    }
-    if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
-      std::printf(
-          "usage: %s [--cowpte_speed=quick|full] [Google Benchmark flags]\n"
-          "  --cowpte_speed=NAME  quick (the guard of scripts/test.sh, seconds) or full\n"
-          "                       (default: 64 MiB to 64 GiB, minutes)\n\n",
-          argv[0]);
-      std::fflush(stdout);
-    }
-    args.push_back(argv[i]);
-  }
-  const Sizes s = sizes(which);
-  if (s.fork_mib.empty()) {
-    std::fprintf(stderr, "cowpte_bench_speed: unknown size set '%s' (quick, full)\n",
-                 which.c_str());
-    return 2;
-  }
-  register_all(s);
-  int n = static_cast<int>(args.size());
-  benchmark::Initialize(&n, args.data());
-  if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 2;
-  benchmark::AddCustomContext("cowpte_speed", which);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return benchmark_main(
+      argc, argv, "cowpte_speed", "full",
+      "usage: %s [--cowpte_speed=quick|full] [Google Benchmark flags]\n"
+      "  --cowpte_speed=NAME  quick (the guard of scripts/test.sh, seconds) or full\n"
+      "                       (default: 64 MiB to 64 GiB, minutes)\n\n",
+      [](const std::string& which) {
+        const Sizes s = sizes(which);
+        if (s.fork_mib.empty()) {
+          std::fprintf(stderr, "cowpte_bench_speed: unknown size set '%s' (quick, full)\n",
+                       which.c_str());
+          return false;
+        }
+        register_all(s);
+        return true;
+      });
 }
