@@ -54,6 +54,9 @@ class PolicyName {
 struct MachineConfig {
   std::uint64_t memory_bytes = 4ull << 30;  // simulated physical memory
   unsigned cpus = 1;
+  // One swap device of this size (a swap file after swapon); 0: none. Anonymous pages go to it
+  // on MADV_PAGEOUT; shmem pages are not swapped in the model.
+  std::uint64_t swap_bytes = 0;
   bool trace = false;  // log the kernel's tracepoints (fork, faults, zap) to stderr
   // What Process::set_cow_pte() arms when called without a policy, by name (fork_policy_names).
   // A process can also choose for itself with set_cow_pte(name).
@@ -96,8 +99,8 @@ class Machine {
   std::vector<Process*> processes();  // the live processes, in pid order
   pfn_t zero_pfn() const;             // the shared zero page
   // Fault injection: the nth frame, VMA or anon_vma allocation from now on fails (1 = the next
-  // one); 0 switches it off. Fires once.
-  void fail_nth_allocation(std::uint64_t n);
+  // one), and the times - 1 allocations after it too; 0 switches it off. Fires once.
+  void fail_nth_allocation(std::uint64_t n, std::uint64_t times = 1);
   std::uint64_t allocations() const;         // allocations made so far (frames, VMAs, anon_vmas)
   std::string ptdump(const Process&) const;  // ptdump-style listing of a process's tables
   // The kernel's log: what Linux would print with pr_alert/WARN, oldest first. Only "seed_exact"
@@ -107,6 +110,11 @@ class Machine {
   bool timed() const;
   std::uint64_t cycles(unsigned cpu) const;  // simulated cycles CPU cpu has run
   std::string hw_stats_json() const;         // per-CPU and per-process statistics, JSON
+  // swapoff(2) of the swap device: every swapped page comes back (shared PTE tables are broken
+  // first). ENOMEM when memory runs out (what came back stays; the device stays on), EINVAL
+  // without a device. The device is gone afterwards.
+  Result<void> swapoff();
+  VmStat vmstat() const;  // /proc/vmstat's swap and reclaim counters, /proc/meminfo's swap
 
  private:
   friend class Process;

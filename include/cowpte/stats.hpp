@@ -16,6 +16,8 @@ enum class Phase : std::uint8_t {
   fault_anonymous,      // do_anonymous_page
   fault_wp,             // do_wp_page (COW copy, reuse, unshare)
   fault_shmem,          // do_fault on shmem
+  fault_swap,           // do_swap_page (swap-in, from the swap cache or the device)
+  reclaim,              // reclaim_pages (MADV_PAGEOUT) and swapoff
   break_cow_pte,        // break_cow_pte (the seed's COW PTE)
   tfork_one_pte_table,  // On-demand-fork's table copy
   zap,                  // munmap / MADV_DONTNEED

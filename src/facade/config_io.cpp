@@ -38,6 +38,7 @@ std::pair<std::uint64_t, std::uint64_t> int_range(const std::string& path, std::
   };
   if (path == "memory_bytes") return {kMinMemoryBytes, kMaxMemoryBytes};
   if (path == "cpus") return {1, kMaxCpus};
+  if (path == "swap_bytes") return {0, kMaxSwapBytes};
   if (path.starts_with("timing.") && ends_with(".sets")) return {1, kMaxSets};
   if (path.starts_with("timing.") && ends_with(".ways")) return {1, kMaxWays};
   return {0, type_max};
@@ -110,7 +111,9 @@ json to(const ArrayGeometry& g) {
   X(syscall) \
   X(pte_op) \
   X(vma_op) \
-  X(fork_base)
+  X(fork_base) \
+  X(swap_in) \
+  X(swap_out)
 // clang-format on
 
 void from(const json& j, TimingConfig& t) {
@@ -164,6 +167,10 @@ std::string policy_list() {
 void check_machine_config(const MachineConfig& cfg) {
   check_range("memory_bytes", cfg.memory_bytes, kMinMemoryBytes, kMaxMemoryBytes);
   check_range("cpus", cfg.cpus, 1, kMaxCpus);
+  check_range("swap_bytes", cfg.swap_bytes, 0, kMaxSwapBytes);
+  if (cfg.swap_bytes && cfg.swap_bytes < kMinSwapBytes)
+    bad("swap_bytes", "is " + std::to_string(cfg.swap_bytes) + ", below mkswap's minimum " +
+                          std::to_string(kMinSwapBytes) + " (or 0: no swap)");
   if (!find_fork_policy(cfg.cow_pte_policy))
     bad("cow_pte_policy", "\"" + cfg.cow_pte_policy.str() + "\" is " + policy_list());
   const TimingConfig& t = cfg.timing;
@@ -184,6 +191,7 @@ MachineConfig machine_config_from_json(const std::string& text) {
     std::vector<std::string> known;
     get(j, "memory_bytes", cfg.memory_bytes, known, "");
     get(j, "cpus", cfg.cpus, known, "");
+    get(j, "swap_bytes", cfg.swap_bytes, known, "");
     get(j, "trace", cfg.trace, known, "");
     get(j, "zero_page", cfg.zero_page, known, "");
     known.emplace_back("cow_pte_policy");
@@ -216,6 +224,7 @@ std::string to_json(const MachineConfig& cfg) {
   json j;
   j["memory_bytes"] = cfg.memory_bytes;
   j["cpus"] = cfg.cpus;
+  j["swap_bytes"] = cfg.swap_bytes;
   j["trace"] = cfg.trace;
   j["zero_page"] = cfg.zero_page;
   j["cow_pte_policy"] = cfg.cow_pte_policy.str();

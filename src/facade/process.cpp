@@ -53,6 +53,7 @@ Kernel::Kernel(Machine& m, const MachineConfig& c)
   zero_page = mem.alloc_page();  // empty_zero_page: reserved, never freed
   zero_page->set(PG_zero);
   zero_page->set(PG_reserved);
+  if (cfg.swap_bytes) swap = std::make_unique<SwapInfo>(cfg.swap_bytes >> PAGE_SHIFT);
   if (cfg.trace) {
     // One "cowpte" logger for every Machine: lookup and creation under one lock, so that two
     // Machines built on two threads do not both try to register it.
@@ -166,8 +167,20 @@ std::uint64_t Machine::cycles(unsigned cpu) const {
   if (!kernel_->hw || cpu >= kernel_->hw->cpus.size()) return 0;
   return kernel_->hw->cpus[cpu].clock;
 }
+Result<void> Machine::swapoff() { return kernel_->sys_swapoff(); }
+VmStat Machine::vmstat() const {
+  VmStat s = kernel_->vm_events;
+  if (const SwapInfo* si = kernel_->swap.get()) {
+    s.nr_swap_pages = si->pages - 1;
+    s.nr_swap_free = si->nr_free();
+    s.nr_swapcached = si->cache.size();
+  }
+  return s;
+}
 pfn_t Machine::zero_pfn() const { return raw(kernel_->mem.pfn(*kernel_->zero_page)); }
-void Machine::fail_nth_allocation(std::uint64_t n) { kernel_->mem.fail_nth_allocation(n); }
+void Machine::fail_nth_allocation(std::uint64_t n, std::uint64_t times) {
+  kernel_->mem.fail_nth_allocation(n, times);
+}
 std::uint64_t Machine::allocations() const { return kernel_->mem.allocations(); }
 
 PageInfo Machine::page_info(pfn_t pfn) const {

@@ -50,12 +50,18 @@ vm_fault_t Kernel::handle_cow_pte_fault(VmFault& vmf) {
   return break_cow_pte(mm, vmf.pmd, vmf.address) ? VM_FAULT_OOM : vm_fault_t{0};
 }
 
-// pte_table_rss: what a table's present pages count in the RSS counters.
+// pte_table_rss: what a table's pages and swap entries count in the RSS counters.
 RssVec Kernel::pte_table_rss(Page& table) {
   RssVec rss{};
   const pteval_t* pte = table_base(table);
-  for (unsigned i = 0; i < PTRS_PER_TABLE; ++i)
-    if (pte_present(pte[i]) && !pte_special(pte[i])) ++rss[mm_counter(mem.page(pte_pfn(pte[i])))];
+  for (unsigned i = 0; i < PTRS_PER_TABLE; ++i) {
+    if (pte_none(pte[i])) continue;
+    if (!pte_present(pte[i])) {
+      ++rss[MM_SWAPENTS];
+    } else if (!pte_special(pte[i])) {
+      ++rss[mm_counter(mem.page(pte_pfn(pte[i])))];
+    }
+  }
   return rss;
 }
 
@@ -100,6 +106,11 @@ void Kernel::dereference_pte_table(MmStruct& mm, Page& table, vaddr_t span, MmGa
       if (pte_none(v)) continue;
       pte_clear(pte);
       tm_entry(pte);
+      if (!pte_present(v)) {
+        --rss[MM_SWAPENTS];
+        free_swap_and_cache(pte_to_swp_entry(v));
+        continue;
+      }
       if (pte_special(v)) continue;
       Page& page = mem.page(pte_pfn(v));
       tm_page(page, 1);
@@ -108,7 +119,7 @@ void Kernel::dereference_pte_table(MmStruct& mm, Page& table, vaddr_t span, MmGa
       if (tlb) {
         tlb->pages.push_back(&page);
       } else {
-        mem.put_page(page);
+        free_page_and_swap_cache(page);
       }
     }
   }
@@ -122,11 +133,32 @@ void Kernel::dereference_pte_table(MmStruct& mm, Page& table, vaddr_t span, MmGa
   }
 }
 
+// tfork_undo_copy: the first n entries of a table copy go again, with the references the copy
+// took for them (the write-protection of the source stays, as after a failed fork).
+void Kernel::tfork_undo_copy(Page& table, unsigned n) {
+  EntryRef pte{&table, table_base(table)};
+  for (unsigned i = 0; i < n; ++i, ++pte.p) {
+    const pteval_t v = pte.get();
+    if (pte_none(v)) continue;
+    pte_clear(pte);
+    if (!pte_present(v)) {
+      swap_free(pte_to_swp_entry(v));
+    } else if (!pte_special(v)) {
+      Page& page = mem.page(pte_pfn(v));
+      page_remove_rmap(page);
+      mem.put_page(page);
+    }
+  }
+}
+
 // tfork_one_pte_table: On-demand-fork's answer to any fault in a shared table. Copy all the
 // entries into a new table, write-protecting COW mappings in both (as copy_present_pte does
 // for the parent) and marking the copies old, and do now the per-page work fork skipped:
-// a reference, a mapping (clearing PageAnonExclusive) and RSS in mm. Then let go of the shared
-// table. The paper copies even at count 1 (no reuse); the model keeps that rule.
+// a reference, a mapping (clearing PageAnonExclusive) and RSS in mm; a swap entry gets one more
+// reference, as at fork. Then let go of the shared table. The paper copies even at count 1 (no
+// reuse); the model keeps that rule. A swap count that needs a continuation frame the atomic
+// allocation could not get undoes the copy, gets one that may sleep, and copies again (the
+// paper's code has no swap handling; this is classic fork's -EIO path).
 int Kernel::tfork_one_pte_table(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
   PhaseScope phase(*this, Phase::tfork_one_pte_table);
   const vaddr_t span = addr & PMD_MASK;
@@ -137,6 +169,8 @@ int Kernel::tfork_one_pte_table(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
   Page* nw = pte_alloc_one(mm);
   if (!nw) return -ENOMEM;
   RssVec rss{};
+  SwpEntry needs_continuation{};
+again:
   ++mm.write_protect_seq;  // as fork: page_try_dup_anon_rmap's pin check needs it
   {
     SpinGuard optl(pte_lockptr(mm, old));
@@ -147,8 +181,14 @@ int Kernel::tfork_one_pte_table(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
       pteval_t v = src.get();
       tm_entry(src);
       if (pte_none(v)) continue;
-      if (!pte_present(v)) [[unlikely]]
-        throw InvariantViolation("tfork_one_pte_table: swap entry, but the model has no swap");
+      if (!pte_present(v)) [[unlikely]] {
+        if (copy_nonpresent_pte(dst, src, rss) == -EIO) {
+          needs_continuation = pte_to_swp_entry(v);
+          tfork_undo_copy(*nw, i);
+          break;
+        }
+        continue;
+      }
       if (Page* page = vm_normal_page(*vma, v)) {
         tm_page(*page, 2);
         get_page(*page);
@@ -167,6 +207,16 @@ int Kernel::tfork_one_pte_table(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
     }
   }
   ++mm.write_protect_seq;
+  if (needs_continuation.offset) {
+    ++vm_events.fork_swap_retries;
+    if (add_swap_count_continuation(needs_continuation, Gfp::kernel) < 0) {
+      pgtable_free(*nw);
+      return -ENOMEM;
+    }
+    needs_continuation = {};
+    rss = {};
+    goto again;
+  }
   add_mm_rss_vec(mm, rss);
   mm.pgtables_bytes += PAGE_SIZE;  // the copy is mm's own table
   {

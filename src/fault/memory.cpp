@@ -39,7 +39,7 @@ vm_fault_t Kernel::do_anonymous_page(VmFault& vmf) {
     return 0;
   }
   ++mm.rss_stat[MM_ANONPAGES];  // inc_mm_counter_fast
-  page_add_new_anon_rmap(*page, vma);
+  page_add_new_anon_rmap(*page, vma, vmf.address);
   set_pte_at(vmf.pte, entry);
   tm_entry(vmf.pte);
   return 0;
@@ -56,8 +56,7 @@ vm_fault_t Kernel::handle_pte_fault(VmFault& vmf) {
     if (pte_none(vmf.orig_pte)) vmf.pte = {};
   }
   if (!vmf.pte) return vma_is_anonymous(*vmf.vma) ? do_anonymous_page(vmf) : do_fault(vmf);
-  if (!pte_present(vmf.orig_pte))
-    throw InvariantViolation("handle_pte_fault: swap entry, but the model has no swap device");
+  if (!pte_present(vmf.orig_pte)) return do_swap_page(vmf);
   if (pte_protnone(vmf.orig_pte)) return VM_FAULT_SIGSEGV;  // no NUMA balancing in the model
 
   SpinLockRef ptl = pte_lockptr(*vmf.vma->vm_mm, *vmf.pte.table);

@@ -62,7 +62,7 @@ vm_fault_t Kernel::wp_page_copy(VmFault& vmf) {
   }
   ptep_get_and_clear(vmf.pte);  // ptep_clear_flush_notify: clear, flush, then set
   flush_tlb_page(mm, vmf.address);
-  page_add_new_anon_rmap(*new_page, vma);
+  page_add_new_anon_rmap(*new_page, vma, vmf.address);
   set_pte_at(vmf.pte, entry);
   tm_entry(vmf.pte);
   if (old_page) {
@@ -98,10 +98,14 @@ vm_fault_t Kernel::do_wp_page(VmFault& vmf) {
     Page& page = *vmf.page;
     bool reuse = PageAnonExclusive(page);
     // Not exclusive: reuse only when this mapping holds the only reference (no other mapping,
-    // no GUP reference, no pin). The model has no LRU pagevecs or swapcache to drain.
-    if (!reuse && page_count(page) == 1) {
-      page_move_anon_rmap(page);
-      reuse = true;
+    // no GUP reference, no pin), after the swap cache let go of a page no swap PTE needs. The
+    // model has no LRU pagevecs to drain.
+    if (!reuse && page_count(page) <= 1 + int{PageSwapCache(page)}) {
+      if (PageSwapCache(page)) folio_free_swap(page);
+      if (page_count(page) == 1) {
+        page_move_anon_rmap(page);
+        reuse = true;
+      }
     }
     if (reuse) {
       if (unshare) {

@@ -45,24 +45,43 @@ int Kernel::copy_cow_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, Ent
       recover_end = addr;
       return -EAGAIN;
     }
-    RssVec rss{};
-    EntryRef pte = pte_offset_map(src_pmd, addr);
     int ret = 0;
-    {
-      SpinGuard ptl(pte_lockptr(dst_mm, *pte_table));
-      SharedPteWrites shared;  // dst == src: the "child-side" changes land in the parent's entries
-      Page* no_prealloc = nullptr;
-      do {
-        const pteval_t v = pte.get();
-        tm_entry(pte);
-        if (pte_none(v)) continue;
-        if (!pte_present(v)) [[unlikely]]
-          throw InvariantViolation("copy_cow_pte_range: swap entry, but the model has no swap");
-        ret = copy_present_pte(*curr, *curr, pte, pte, rss, no_prealloc);
-        if (ret == -EAGAIN) [[unlikely]]
-          break;  // may be pinned: needs a preallocated page, so the table can't be shared
-      } while (++pte.p, addr += PAGE_SIZE, addr != vm_end);
-      add_mm_rss_vec(dst_mm, rss);
+    SwpEntry entry{};
+    for (;;) {  // again:
+      RssVec rss{};
+      EntryRef pte = pte_offset_map(src_pmd, addr);
+      {
+        SpinGuard ptl(pte_lockptr(dst_mm, *pte_table));
+        SharedPteWrites shared;  // dst == src: the "child-side" changes land in the parent's
+        Page* no_prealloc = nullptr;
+        do {
+          const pteval_t v = pte.get();
+          tm_entry(pte);
+          if (pte_none(v)) continue;
+          if (!pte_present(v)) [[unlikely]] {  // the swap stuff, though the table is COW-ed
+            ret = copy_nonpresent_pte(pte, pte, rss);
+            if (ret == -EIO) {
+              entry = pte_to_swp_entry(v);
+              break;
+            }
+            continue;
+          }
+          ret = copy_present_pte(*curr, *curr, pte, pte, rss, no_prealloc);
+          if (ret == -EAGAIN) [[unlikely]]
+            break;  // may be pinned: needs a preallocated page, so the table can't be shared
+        } while (++pte.p, addr += PAGE_SIZE, addr != vm_end);
+        add_mm_rss_vec(dst_mm, rss);
+      }
+      if (ret != -EIO) break;
+      // The swap count needs a continuation frame: with the lock dropped, allocate one that
+      // may sleep and resume at the entry. If even that fails, the seed shares the half-prepared
+      // table and returns -ENOMEM; the model takes back what the child got and fails cleanly.
+      ++vm_events.fork_swap_retries;
+      if (add_swap_count_continuation(entry, Gfp::kernel) < 0) {
+        uncharge_cow_pte_range(*curr, dst_mm, dst_pmd, src_pmd, addr);
+        return -ENOMEM;
+      }
+      ret = 0;
     }
     if (ret == -EAGAIN) {
       recover_end = addr;
@@ -97,6 +116,11 @@ void Kernel::uncharge_cow_pte_range(Vma& src_vma, MmStruct& dst_mm, EntryRef dst
     for (EntryRef pte = pte_offset_map(src_pmd, addr); addr != end; ++pte.p, addr += PAGE_SIZE) {
       const pteval_t v = pte.get();
       if (pte_none(v)) continue;
+      if (!pte_present(v)) {  // a swap entry the child got a reference to
+        --rss[MM_SWAPENTS];
+        swap_free(pte_to_swp_entry(v));
+        continue;
+      }
       Page* page = vm_normal_page(src_vma, v);
       if (!page) continue;
       --rss[mm_counter(*page)];

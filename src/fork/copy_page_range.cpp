@@ -15,6 +15,28 @@ bool Kernel::vma_needs_copy(const Vma&, const Vma& src_vma) noexcept {
 // page_copy_prealloc: a page for a child whose parent page may be pinned.
 Page* Kernel::page_copy_prealloc(MmStruct&) { return mem.alloc_page(); }
 
+// copy_nonpresent_pte: a swap entry gets one more reference for the child, and stops being
+// exclusive in the parent (the child may swap the page in too). With COW PTE dst_pte is
+// src_pte. -EIO when the count needs a continuation frame the atomic allocation could not get:
+// the caller drops its locks, allocates one that may sleep, and comes back to this entry.
+int Kernel::copy_nonpresent_pte(EntryRef dst_pte, EntryRef src_pte, RssVec& rss) {
+  pteval_t pte = src_pte.get();
+  const SwpEntry entry = pte_to_swp_entry(pte);
+  if (!is_device_swp_entry(entry)) [[unlikely]]
+    throw InvariantViolation("copy_nonpresent_pte: an entry that is no swap slot of the device");
+  tm_op(Op::pte);
+  if (swap_duplicate(entry) < 0) return -EIO;
+  if (pte_swp_exclusive(pte)) {  // mark the swap entry as shared
+    pte = pte_swp_clear_exclusive(pte);
+    set_pte_at(src_pte, pte);
+  }
+  ++rss[MM_SWAPENTS];
+  pte &= ~_PAGE_SWP_UFFD_WP;  // the child VMA is never uffd-wp in the model
+  set_pte_at(dst_pte, pte);
+  tm_entry(dst_pte);
+  return 0;
+}
+
 // copy_present_page: the parent's page may be pinned, so the child gets a copy now; the parent
 // keeps its exclusive page and its PTE unchanged.
 int Kernel::copy_present_page(Vma& dst_vma, Vma&, EntryRef dst_pte, EntryRef, RssVec& rss,
@@ -23,7 +45,9 @@ int Kernel::copy_present_page(Vma& dst_vma, Vma&, EntryRef dst_pte, EntryRef, Rs
   if (!new_page) return -EAGAIN;
   prealloc = nullptr;
   mem.copy_page(*new_page, page);
-  page_add_new_anon_rmap(*new_page, dst_vma);
+  // The child's VMA has the parent's vm_pgoff: the copy sits at the parent page's index.
+  page_add_new_anon_rmap(*new_page, dst_vma,
+                         dst_vma.vm_start + ((page.anon_index - dst_vma.vm_pgoff) << PAGE_SHIFT));
   ++rss[MM_ANONPAGES];
   pteval_t pte = pfn_pte(mem.pfn(*new_page), dst_vma.vm_page_prot);
   pte = pte_mkdirty(pte);
@@ -33,12 +57,14 @@ int Kernel::copy_present_page(Vma& dst_vma, Vma&, EntryRef dst_pte, EntryRef, Rs
 }
 
 // copy_pte_range: one PTE table, child's lock first, then the parent's nested. A page that
-// must be copied needs a preallocated page: drop the locks, allocate, and resume there.
+// must be copied needs a preallocated page, a swap count a continuation frame: drop the locks,
+// allocate, and resume at that entry.
 int Kernel::copy_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, EntryRef src_pmd,
                            vaddr_t addr, vaddr_t end) {
   MmStruct& dst_mm = *dst_vma.vm_mm;
   Page* prealloc = nullptr;
   int ret = 0;
+  SwpEntry entry{};
 again:
   RssVec rss{};
   if (!pte_alloc(dst_mm, dst_pmd)) return -ENOMEM;  // pte_alloc_map_lock
@@ -52,8 +78,14 @@ again:
     const pteval_t v = src_pte.get();
     tm_entry(src_pte);
     if (pte_none(v)) continue;
-    if (!pte_present(v)) [[unlikely]]
-      throw InvariantViolation("copy_pte_range: swap entry, but the model has no swap device");
+    if (!pte_present(v)) [[unlikely]] {
+      ret = copy_nonpresent_pte(dst_pte, src_pte, rss);
+      if (ret == -EIO) {
+        entry = pte_to_swp_entry(v);
+        break;
+      }
+      continue;
+    }
     ret = copy_present_pte(dst_vma, src_vma, dst_pte, src_pte, rss, prealloc);
     if (ret == -EAGAIN) [[unlikely]]
       break;
@@ -66,7 +98,14 @@ again:
   add_mm_rss_vec(dst_mm, rss);
   dst_ptl.unlock();
 
-  if (ret == -EAGAIN) {
+  if (ret == -EIO) {
+    ++vm_events.fork_swap_retries;
+    if (add_swap_count_continuation(entry, Gfp::kernel) < 0) {
+      if (prealloc) mem.put_page(*prealloc);
+      return -ENOMEM;
+    }
+    ret = 0;
+  } else if (ret == -EAGAIN) {
     prealloc = page_copy_prealloc(*src_vma.vm_mm);
     if (!prealloc) return -ENOMEM;
     ret = 0;

@@ -1,6 +1,7 @@
 // check_invariants(): recount everything from the page tables and compare with what the model
 // keeps: each frame's refcount and mapcount, each mm's RSS and pgtables_bytes, the free list,
-// table ownership, the anon-exclusive rules, and that no lock is left held.
+// table ownership, the anon-exclusive rules, every swap slot's count and cache page, and that
+// no lock is left held.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -39,6 +40,7 @@ class Checker {
     k_.gup_refs.for_each([&](int, const GupRef& r) {
       ref_[raw(k_.mem.pfn(*r.page))] += r.pin ? GUP_PIN_COUNTING_BIAS : 1;
     });
+    check_swap();
     check_frames();
     if (k_.hw) check_hw();
   }
@@ -175,8 +177,10 @@ class Checker {
       const pteval_t v = pte[i];
       if (pte_none(v)) continue;
       const vaddr_t addr = base | (vaddr_t(i) << PAGE_SHIFT);
-      if (!pte_present(v))
-        fail(fmt::format("pid {}: non-present entry {:#x} at {:#x}", pid, v, addr));
+      if (!pte_present(v)) {
+        check_swap_pte(mm, v, addr, rss, pid);
+        continue;
+      }
       const Vma* vma = mm.vma_lookup(addr);
       if (!vma) fail(fmt::format("pid {}: PTE {:#x} at {:#x} outside every VMA", pid, v, addr));
       const Pfn pfn = pte_pfn(v);
@@ -201,6 +205,65 @@ class Checker {
         fail(fmt::format("pid {}: writable PTE at {:#x} maps non-exclusive anon frame {:#x}", pid,
                          addr, raw(pfn)));
     }
+  }
+
+  // A swap entry: a slot of the device, in a private anonymous VMA; counted once per holder of
+  // its table as the policy counts pages.
+  void check_swap_pte(MmStruct& mm, pteval_t v, vaddr_t addr, RssVec& rss, int pid) {
+    const SwpEntry e = pte_to_swp_entry(v);
+    if (!k_.is_device_swp_entry(e))
+      fail(fmt::format("pid {}: non-present entry {:#x} at {:#x} is no swap slot", pid, v, addr));
+    const Vma* vma = mm.vma_lookup(addr);
+    if (!vma || vma->vm_file || !vma->anon_vma)
+      fail(fmt::format("pid {}: swap entry at {:#x} outside a private anonymous VMA", pid, addr));
+    ++swap_refs_[e.offset];
+    if (pte_swp_exclusive(v)) exclusive_swap_.emplace(e.offset, pid);
+    rss[MM_SWAPENTS] += 1;
+  }
+
+  // Every slot's count is the references found (continuation digits included), its cache bit
+  // says whether the swap cache holds a page for it, and the cache's pages are what they say.
+  void check_swap() {
+    const SwapInfo* si = k_.swap.get();
+    if (!si) {
+      if (!swap_refs_.empty()) fail("swap entries in the tables, but no swap device");
+      return;
+    }
+    std::uint64_t inuse = 0;
+    for (std::uint64_t off = 1; off < si->pages; ++off) {
+      const std::uint8_t m = si->swap_map[off];
+      auto it = swap_refs_.find(off);
+      const std::uint64_t refs = it == swap_refs_.end() ? 0 : it->second;
+      if (!m) {
+        if (refs) fail(fmt::format("swap slot {}: free but {} PTEs hold it", off, refs));
+        if (si->contents.count(off)) fail(fmt::format("swap slot {}: free but holds data", off));
+        continue;
+      }
+      ++inuse;
+      const std::uint64_t count = k_.swp_swapcount(SwpEntry{si->type, off});
+      if (count != refs)
+        fail(fmt::format("swap slot {}: count {} but {} PTEs hold it", off, count, refs));
+      if (((m & SWAP_HAS_CACHE) != 0) != (si->lookup(off) != nullptr))
+        fail(fmt::format("swap slot {}: SWAP_HAS_CACHE {} but the cache {} a page", off,
+                         (m & SWAP_HAS_CACHE) != 0, si->lookup(off) ? "holds" : "has no"));
+    }
+    if (inuse != si->inuse_pages)
+      fail(fmt::format("swap: {} slots in use, inuse_pages says {}", inuse, si->inuse_pages));
+    for (const auto& [off, pid] : exclusive_swap_)
+      if (swap_refs_[off] != 1)
+        fail(fmt::format("pid {}: exclusive swap entry of slot {} that {} PTEs hold", pid, off,
+                         swap_refs_[off]));
+    for (const auto& [off, page] : si->cache) {
+      const std::uint64_t pfn = raw(k_.mem.pfn(*page));
+      if (pfn >= n_ || page->test(PG_free) || !PageSwapCache(*page) || page->swap_offset != off)
+        fail(fmt::format("swap cache slot {}: frame {:#x} is not its page", off, pfn));
+      if (PageAnonExclusive(*page) && swap_refs_.count(off))
+        fail(fmt::format("swap cache slot {}: an exclusive page that swap PTEs still refer to",
+                         off));
+      ref_[pfn] += 1;  // the cache's reference
+    }
+    for (const auto& [idx, list] : si->continuations)
+      for (const Page* cont : list) ref_[raw(k_.mem.pfn(*cont))] += 1;
   }
 
   void check_page_kind(const Vma& vma, const Page& page, vaddr_t addr, int pid) {
@@ -247,6 +310,8 @@ class Checker {
       if (page_mapcount(p) != map_[pfn])
         fail(fmt::format("frame {:#x}: mapcount {} but {} mappings found", pfn, page_mapcount(p),
                          map_[pfn]));
+      if (p.test(PG_swapcache) && (!k_.swap || k_.swap->lookup(p.swap_offset) != &p))
+        fail(fmt::format("frame {:#x}: PG_swapcache but not in the swap cache", pfn));
       if (PageAnonExclusive(p) && page_mapcount(p) > 1)
         fail(fmt::format("frame {:#x}: anon-exclusive but mapped {} times", pfn, page_mapcount(p)));
     }
@@ -337,6 +402,8 @@ class Checker {
   std::vector<std::int64_t> ref_, map_;
   std::vector<std::uint32_t> table_refs_;
   std::set<ShmemFile*> files_;
+  std::map<std::uint64_t, std::uint64_t> swap_refs_;     // slot -> swap PTEs found
+  std::multimap<std::uint64_t, int> exclusive_swap_;     // slots of exclusive swap PTEs
 };
 
 }  // namespace

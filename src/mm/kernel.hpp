@@ -15,6 +15,7 @@
 #include "cowpte/model/mmu_gather.hpp"
 #include "cowpte/model/page.hpp"
 #include "cowpte/model/pgtable.hpp"
+#include "cowpte/model/swap.hpp"
 #include "mm/errno.hpp"
 #include "mm/gup_refs.hpp"
 #include "mm/pid_table.hpp"
@@ -41,6 +42,7 @@ using vm_fault_t = unsigned;
 enum : vm_fault_t {
   VM_FAULT_OOM = 0x1,
   VM_FAULT_SIGBUS = 0x2,
+  VM_FAULT_MAJOR = 0x4,
   VM_FAULT_WRITE = 0x8,
   VM_FAULT_SIGSEGV = 0x40,
   VM_FAULT_NOPAGE = 0x100,
@@ -167,7 +169,8 @@ class Kernel final : public PolicyOps, public CostModel {
   EntryRef walk_to_pmd(MmStruct& mm, vaddr_t a, vaddr_t end, vaddr_t& next) noexcept;
 
   // ---- src/mm/rmap.cpp (mm/rmap.c, include/linux/rmap.h) ----
-  void page_add_new_anon_rmap(Page& page, Vma& vma);
+  void page_add_new_anon_rmap(Page& page, Vma& vma, vaddr_t address);
+  void page_add_anon_rmap(Page& page, Vma& vma, vaddr_t address, bool exclusive);
   void page_add_file_rmap(Page& page);
   void page_remove_rmap(Page& page);
   void page_move_anon_rmap(Page& page);
@@ -231,11 +234,59 @@ class Kernel final : public PolicyOps, public CostModel {
   void madvise_free_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, vaddr_t end);
   void madvise_cold_or_pageout_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr,
                                          vaddr_t end, bool pageout);
+  void madvise_cold_or_pageout_ptes(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr,
+                                    vaddr_t end, bool pageout, std::vector<Page*>& isolated);
   template <class PteRange>
   Result<void> madvise_walk_ptes(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end,
                                  PteRange&& range);
   Result<void> madvise_remove(Vma& vma, vaddr_t start, vaddr_t end);
   void shmem_punch_hole(ShmemFile& file, std::uint64_t first, std::uint64_t last);
+
+  // ---- swap: src/mm/swapfile.cpp (mm/swapfile.c), src/mm/swap_state.cpp (mm/swap_state.c,
+  //      mm/page_io.c), src/mm/vmscan.cpp (mm/vmscan.c, mm/rmap.c's try_to_unmap) ----
+  std::unique_ptr<SwapInfo> swap;  // the swap device; null without one, or after swapoff
+  VmStat vm_events;                // the event counters of Machine::vmstat()
+  // The allocation contexts that matter here: GFP_ATOMIC under a PTE lock, GFP_KERNEL where
+  // the caller may sleep (and, once direct reclaim is modelled, reclaim).
+  enum class Gfp : std::uint8_t { atomic, kernel };
+  Page* alloc_page(Gfp) { return mem.alloc_page(); }
+  std::uint64_t get_swap_page();
+  void swap_range_free(std::uint64_t offset);
+  int __swap_duplicate(SwpEntry entry, std::uint8_t usage);
+  int swap_duplicate(SwpEntry entry);
+  int add_swap_count_continuation(SwpEntry entry, Gfp gfp);
+  bool swap_count_continued(std::uint64_t offset, std::uint8_t count);
+  std::uint8_t __swap_entry_free(SwpEntry entry, std::uint8_t usage);
+  void swap_free(SwpEntry entry);
+  void put_swap_page(SwpEntry entry);
+  std::uint64_t swp_swapcount(SwpEntry entry) const;
+  bool vm_swap_full() const noexcept;
+  bool folio_free_swap(Page& page);
+  void try_to_reclaim_swap(std::uint64_t offset);
+  bool free_swap_and_cache(SwpEntry entry);
+  void free_swap_count_continuations();
+  bool is_device_swp_entry(SwpEntry e) const noexcept {
+    return swap && e.type == swap->type && e.offset != 0 && e.offset < swap->pages;
+  }
+  Result<void> sys_swapoff();
+  int try_to_unuse();
+  int unuse_mm(MmStruct& mm);
+  int unuse_pte_range(Vma& vma, EntryRef pmd, vaddr_t addr, vaddr_t end);
+  int unuse_pte(Vma& vma, EntryRef pmd, vaddr_t addr, SwpEntry entry, Page& page);
+  void add_to_swap_cache(Page& page, SwpEntry entry);
+  bool add_to_swap(Page& page);
+  void delete_from_swap_cache(Page& page);
+  void free_page_and_swap_cache(Page& page);
+  Page* lookup_swap_cache(SwpEntry entry);
+  Page* read_swap_cache_async(SwpEntry entry);
+  void swap_writepage(Page& page);
+  void swap_readpage(Page& page);
+  template <class Visit>
+  void rmap_walk_anon(Page& page, bool break_cow, Visit&& visit);
+  bool try_to_unmap_one(Page& page, Vma& vma, vaddr_t addr, EntryRef pmd);
+  bool try_to_unmap(Page& page);
+  bool shrink_folio(Page& page);
+  std::uint64_t reclaim_pages(const std::vector<Page*>& pages);
 
   // ---- src/mm/gup.cpp (mm/gup.c) ----
   // Pages grabbed, or -errno if none; *stopped (if given) gets the -errno that cut a short count.
@@ -289,6 +340,7 @@ class Kernel final : public PolicyOps, public CostModel {
                      vaddr_t end) override;
   int copy_present_pte(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte, EntryRef src_pte, RssVec& rss,
                        Page*& prealloc);
+  int copy_nonpresent_pte(EntryRef dst_pte, EntryRef src_pte, RssVec& rss);
   int copy_present_page(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte, EntryRef src_pte, RssVec& rss,
                         Page*& prealloc, Page& page);
   Page* page_copy_prealloc(MmStruct& src_mm);
@@ -321,6 +373,9 @@ class Kernel final : public PolicyOps, public CostModel {
   vm_fault_t __handle_mm_fault(Vma& vma, vaddr_t address, unsigned flags);
   vm_fault_t handle_pte_fault(VmFault& vmf);
   vm_fault_t do_anonymous_page(VmFault& vmf);
+  // ---- src/fault/swap.cpp (mm/memory.c) ----
+  vm_fault_t do_swap_page(VmFault& vmf);
+  bool should_try_to_free_swap(const Page& page, const Vma& vma, unsigned fault_flags) const;
   bool mm_forbids_zeropage() const noexcept { return !cfg.zero_page; }
   // ---- src/fault/wp.cpp (mm/memory.c) ----
   vm_fault_t do_wp_page(VmFault& vmf);
@@ -334,6 +389,7 @@ class Kernel final : public PolicyOps, public CostModel {
   int break_cow_pte_partial(MmStruct& mm, vaddr_t start, vaddr_t end);
   vm_fault_t handle_cow_pte_fault(VmFault& vmf);
   int tfork_one_pte_table(MmStruct& mm, EntryRef pmd, vaddr_t addr);
+  void tfork_undo_copy(Page& table, unsigned n);
   void dereference_pte_table(MmStruct& mm, Page& table, vaddr_t span, MmGather* tlb);
   void odf_transfer_owner(Page& table, MmStruct& from, vaddr_t span);
   RssVec pte_table_rss(Page& table);

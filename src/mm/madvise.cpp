@@ -68,7 +68,8 @@ Result<void> Kernel::madvise_populate(MmStruct& mm, vaddr_t start, vaddr_t end, 
 // madvise_free_pte_range: MADV_FREE. A private anonymous page this process alone maps (or one
 // that is not dirty) becomes lazily freeable: its PTE clean and old, the page no longer
 // swap-backed (mark_page_lazyfree). Reclaim may then drop it instead of swapping it, unless a
-// write dirtied it again. A dirty page others map too is left alone.
+// write dirtied it again. A dirty page others map too is left alone. A swapped-out page's data
+// is not needed any more: its swap entry goes.
 void Kernel::madvise_free_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr,
                                     vaddr_t end) {
   EntryRef pte = pte_offset_map(pmd, addr);
@@ -76,7 +77,13 @@ void Kernel::madvise_free_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr
   for (; addr != end; ++pte.p, addr += PAGE_SIZE) {
     const pteval_t v = pte.get();
     tm_entry(pte);
-    if (!pte_present(v)) continue;  // none: the model has no swap entries to free
+    if (is_swap_pte(v)) {
+      --tlb.mm->rss_stat[MM_SWAPENTS];
+      free_swap_and_cache(pte_to_swp_entry(v));
+      pte_clear(pte);  // pte_clear_not_present_full
+      continue;
+    }
+    if (!pte_present(v)) continue;
     Page* page = vm_normal_page(vma, v);
     if (!page || !PageAnon(*page)) continue;  // the zero page
     if (page->test(PG_dirty)) {
@@ -94,12 +101,23 @@ void Kernel::madvise_free_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr
 
 // madvise_cold_or_pageout_pte_range: MADV_COLD and MADV_PAGEOUT over pages this process alone
 // maps: the accessed bit goes (the model has no LRU lists to deactivate them on); PAGEOUT then
-// reclaims them (reclaim_pages -> shrink_folio_list -> try_to_unmap_one). With no swap device a
-// shmem page is unmapped and stays cached, an anonymous page stays, but a lazily freeable one
-// is dropped if no PTE dirtied it since MADV_FREE and nothing else holds a reference (else it
-// is swap-backed again and kept, dirty).
+// isolates the anonymous ones and, with the PTE lock dropped, reclaims them (reclaim_pages ->
+// shrink_folio_list -> try_to_unmap_one): with a swap device each becomes a swap entry; a
+// lazily freeable one is dropped if no PTE dirtied it since MADV_FREE and nothing else holds a
+// reference (else it is swap-backed again and kept, dirty); without a device the rest stays.
+// Shmem is not swapped in the model: a shmem page is unmapped and stays cached.
 void Kernel::madvise_cold_or_pageout_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr,
                                                vaddr_t end, bool pageout) {
+  std::vector<Page*> isolated;
+  madvise_cold_or_pageout_ptes(tlb, vma, pmd, addr, end, pageout, isolated);
+  if (!isolated.empty()) {
+    PhaseScope phase(*this, Phase::reclaim);
+    reclaim_pages(isolated);
+  }
+}
+
+void Kernel::madvise_cold_or_pageout_ptes(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr,
+                                          vaddr_t end, bool pageout, std::vector<Page*>& isolated) {
   MmStruct& mm = *tlb.mm;
   EntryRef pte = pte_offset_map(pmd, addr);
   SpinGuard ptl(pte_lockptr(mm, *pte.table));
@@ -134,17 +152,8 @@ void Kernel::madvise_cold_or_pageout_pte_range(MmGather& tlb, Vma& vma, EntryRef
       }
       continue;
     }
-    if (page->test(PG_swapbacked)) continue;  // anon with no swap device: it stays
-    if (pte_dirty(v)) page->set(PG_dirty);    // try_to_unmap_one: the dirty bit goes to the page
-    if (page_count(*page) == page_mapcount(*page) && !page->test(PG_dirty)) {
-      ptep_get_and_clear(pte);  // discard: the data was not needed
-      tlb.tlb_remove_tlb_entry(addr, PAGE_SIZE);
-      --mm.rss_stat[MM_ANONPAGES];
-      page_remove_rmap(*page);
-      tlb_remove_page(tlb, *page);
-    } else {
-      page->set(PG_swapbacked);  // redirtied (or held): it stays
-    }
+    get_page(*page);  // folio_isolate_lru
+    isolated.push_back(page);
   }
 }
 

@@ -26,7 +26,7 @@ long Kernel::change_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t add
   do {
     const pteval_t oldpte = pte.get();
     tm_entry(pte);
-    if (!pte_present(oldpte)) continue;  // no swap or migration entries in the model
+    if (!pte_present(oldpte)) continue;  // a swap entry keeps its bits (no migration entries)
     tm_op(Op::pte);
     ptep_get_and_clear(pte);  // ptep_modify_prot_start
     pteval_t ptent = pte_modify(oldpte, newprot);

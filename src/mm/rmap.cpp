@@ -4,12 +4,24 @@
 
 namespace cowpte {
 
-// page_add_new_anon_rmap: a fresh page mapped once, exclusive to this process.
-void Kernel::page_add_new_anon_rmap(Page& page, Vma&) {
+// page_add_new_anon_rmap: a fresh page mapped once, exclusive to this process. Its index is
+// where rmap_walk_anon looks for it in every VMA of the anon_vma's family.
+void Kernel::page_add_new_anon_rmap(Page& page, Vma& vma, vaddr_t address) {
   page._mapcount = 0;
+  page.anon_index = linear_page_index(vma, address);
   page.set(PG_anon);
   page.set(PG_swapbacked);
   page.set(PG_anon_exclusive);
+}
+
+// page_add_anon_rmap: do_swap_page maps a page from the swap cache; the first mapping makes it
+// anon at this index (__page_set_anon_rmap), RMAP_EXCLUSIVE marks it exclusive.
+void Kernel::page_add_anon_rmap(Page& page, Vma& vma, vaddr_t address, bool exclusive) {
+  if (++page._mapcount == 0) {
+    page.anon_index = linear_page_index(vma, address);
+    page.set(PG_anon);
+  }
+  if (exclusive) page.set(PG_anon_exclusive);
 }
 
 // page_move_anon_rmap: the reusing process owns the page alone from now on.

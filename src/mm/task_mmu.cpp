@@ -7,6 +7,7 @@ namespace {
 constexpr std::uint64_t PM_PRESENT = 1ull << 63, PM_SWAP = 1ull << 62, PM_FILE = 1ull << 61,
                         PM_MMAP_EXCLUSIVE = 1ull << 56, PM_SOFT_DIRTY = 1ull << 55,
                         PM_PFRAME_MASK = (1ull << 55) - 1;
+constexpr unsigned MAX_SWAPFILES_SHIFT = 5;
 constexpr unsigned PSS_SHIFT = 12;
 
 PagemapEntry decode_pagemap(std::uint64_t raw) {
@@ -15,7 +16,7 @@ PagemapEntry decode_pagemap(std::uint64_t raw) {
                       (raw & PM_FILE) != 0,
                       (raw & PM_MMAP_EXCLUSIVE) != 0,
                       (raw & PM_SOFT_DIRTY) != 0,
-                      (raw & PM_PRESENT) ? (raw & PM_PFRAME_MASK) : 0,
+                      (raw & (PM_PRESENT | PM_SWAP)) ? (raw & PM_PFRAME_MASK) : 0,
                       raw};
 }
 }  // namespace
@@ -35,6 +36,12 @@ PagemapEntry Kernel::pagemap(MmStruct& mm, vaddr_t addr) {
       const Page* page = vm_normal_page(*vma, pte);
       if (page && !PageAnon(*page)) word |= PM_FILE;
       if (page && page_mapcount(*page) == 1) word |= PM_MMAP_EXCLUSIVE;
+    } else if (is_swap_pte(pte)) {
+      // The frame field holds the swap type and offset (swp_type | offset << 5).
+      const SwpEntry e = pte_to_swp_entry(pte);
+      word |= PM_SWAP | ((std::uint64_t(e.type) | (e.offset << MAX_SWAPFILES_SHIFT)) &
+                         PM_PFRAME_MASK);
+      if (pte & _PAGE_SWP_SOFT_DIRTY) word |= PM_SOFT_DIRTY;
     }
   }
   return decode_pagemap(word);
@@ -57,6 +64,10 @@ std::vector<SmapsEntry> Kernel::smaps(MmStruct& mm) {
       }
       for (EntryRef pte = pte_offset_map(pmd, a); a < next; a += PAGE_SIZE, ++pte.p) {
         const pteval_t v = pte.get();
+        if (is_swap_pte(v)) {
+          e.swap += PAGE_SIZE;
+          continue;
+        }
         if (!pte_present(v)) continue;
         const Page* page = vm_normal_page(vma, v);
         if (!page) continue;  // the zero page is not counted
@@ -80,7 +91,7 @@ std::vector<SmapsEntry> Kernel::smaps(MmStruct& mm) {
 
 // clear_refs_write(CLEAR_REFS_SOFT_DIRTY): restart soft-dirty tracking. Each VMA loses
 // VM_SOFTDIRTY; each present PTE is write-protected and loses soft-dirty, except a writable
-// PTE of a page that may be pinned (pte_is_pinned).
+// PTE of a page that may be pinned (pte_is_pinned); a swap PTE loses its soft-dirty bit.
 Result<void> Kernel::clear_refs_soft_dirty(MmStruct& mm) {
   MmapWriteGuard lock(mm);
   // [PATCH 12/14] (v4: CLEAR_REFS_SOFT_DIRTY only): break COW PTE before write-protecting. The
@@ -104,6 +115,10 @@ Result<void> Kernel::clear_refs_soft_dirty(MmStruct& mm) {
       SpinGuard ptl(pte_lockptr(mm, *pte.table));
       for (; a < next; a += PAGE_SIZE, ++pte.p) {
         const pteval_t v = pte.get();
+        if (is_swap_pte(v)) {
+          set_pte_at(pte, v & ~_PAGE_SWP_SOFT_DIRTY);
+          continue;
+        }
         if (!pte_present(v)) continue;
         if (pte_write(v) && is_cow_mapping(vma.vm_flags) && mm.test_flag(MMF_HAS_PINNED)) {
           const Page* page = vm_normal_page(vma, v);

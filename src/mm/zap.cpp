@@ -24,8 +24,14 @@ void Kernel::zap_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, 
         const pteval_t v = pte.get();
         tm_entry(pte);
         if (pte_none(v)) continue;
-        if (!pte_present(v)) [[unlikely]]
-          throw InvariantViolation("zap_pte_range: swap entry, but the model has no swap device");
+        if (!pte_present(v)) [[unlikely]] {  // a genuine swap entry: a private anon page
+          --rss[MM_SWAPENTS];
+          if (!free_swap_and_cache(pte_to_swp_entry(v)))
+            throw InvariantViolation(fmt::format("zap_pte_range: bad swap PTE {:#x} at {:#x}", v,
+                                                 addr));  // print_bad_pte
+          pte_clear(pte);  // pte_clear_not_present_full
+          continue;
+        }
         Page* page = vm_normal_page(vma, v);
         tm_op(Op::pte);
         if (page) tm_page(*page, 1);  // page_remove_rmap; the reference goes after the flush
@@ -45,8 +51,9 @@ void Kernel::zap_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, 
 }
 
 // zap_cow_pte_range: v4's zap of a table others still share: undo this mm's accounting of the
-// entries in [addr, end) (rmap, RSS, the page reference after the flush) but leave the entries
-// for the other holders; free_pte_range (or zap_cow_pte) then drops this mm's reference.
+// entries in [addr, end) (rmap, RSS, the page reference after the flush; a swap entry's
+// reference and MM_SWAPENTS) but leave the entries for the other holders; free_pte_range (or
+// zap_cow_pte) then drops this mm's reference.
 void Kernel::zap_cow_pte_range(MmGather& tlb, EntryRef pmd, vaddr_t addr, vaddr_t end) {
   tlb.tlb_remove_tlb_entry(addr, end - addr);  // this mm's translations of the range go
   RssVec rss{};
@@ -55,7 +62,13 @@ void Kernel::zap_cow_pte_range(MmGather& tlb, EntryRef pmd, vaddr_t addr, vaddr_
   do {
     const pteval_t v = pte.get();
     tm_entry(pte);
-    if (pte_none(v) || pte_special(v)) continue;
+    if (pte_none(v)) continue;
+    if (!pte_present(v)) {
+      --rss[MM_SWAPENTS];
+      free_swap_and_cache(pte_to_swp_entry(v));
+      continue;
+    }
+    if (pte_special(v)) continue;
     Page& page = mem.page(pte_pfn(v));
     tm_page(page, 1);
     --rss[mm_counter(page)];
@@ -156,9 +169,9 @@ void Kernel::tlb_flush_mmu_tlbonly(MmGather& tlb) {
 // tlb_flush_mmu: flush, then drop the queued page references and free the queued tables.
 void Kernel::tlb_flush_mmu(MmGather& tlb) {
   tlb_flush_mmu_tlbonly(tlb);
-  for (Page* p : tlb.pages) {  // tlb_batch_pages_flush
+  for (Page* p : tlb.pages) {  // tlb_batch_pages_flush: free_pages_and_swap_cache
     tm_page(*p, 1);
-    mem.put_page(*p);
+    free_page_and_swap_cache(*p);
   }
   for (Page* t : tlb.tables) pgtable_free(*t);  // tlb_table_flush
   tlb.pages.clear();

@@ -249,8 +249,14 @@ std::string mode_tag(const std::string& policy) {
 // then serve translations, so a missing flush shows up in check_invariants() or as a wrong load.
 constexpr unsigned kTimedCpus = 2;
 
-MachineConfig machine_config(bool timed, bool zero_page = true) {
+// The swap runs (DifferentialSwap) give the machine (and its twin) a swap device of this size:
+// MADV_PAGEOUT then swaps anonymous pages out, a later access swaps them in, fork and the zaps
+// meet swap entries, and swapoff brings them back.
+constexpr std::uint64_t kSwapBytes = 16ull << 20;
+
+MachineConfig machine_config(bool timed, bool zero_page = true, bool swap = false) {
   MachineConfig c{.memory_bytes = kMachineBytes, .zero_page = zero_page};
+  if (swap) c.swap_bytes = kSwapBytes;
   if (timed) {
     c.cpus = kTimedCpus;
     c.timing.enabled = true;
@@ -258,12 +264,15 @@ MachineConfig machine_config(bool timed, bool zero_page = true) {
   return c;
 }
 
-std::string run_tag(const std::string& policy, bool timed, bool zero_page = true) {
-  return mode_tag(policy) + (timed ? "_timed" : "") + (zero_page ? "" : "_nozeropage");
+std::string run_tag(const std::string& policy, bool timed, bool zero_page = true,
+                    bool swap = false) {
+  return mode_tag(policy) + (timed ? "_timed" : "") + (zero_page ? "" : "_nozeropage") +
+         (swap ? "_swap" : "");
 }
-std::string run_name(const std::string& policy, bool timed, bool zero_page = true) {
+std::string run_name(const std::string& policy, bool timed, bool zero_page = true,
+                     bool swap = false) {
   return mode_name(policy) + (timed ? ", timed on " + std::to_string(kTimedCpus) + " CPUs" : "") +
-         (zero_page ? "" : ", without the zero page");
+         (zero_page ? "" : ", without the zero page") + (swap ? ", with a swap device" : "");
 }
 
 struct RunConfig {
@@ -273,14 +282,15 @@ struct RunConfig {
   ForkMode mode = ForkMode::classic;  // mode_of(policy)
   bool timed = false;                 // the timing model on, kTimedCpus CPUs, and set_cpu calls
   bool zero_page = true;              // MachineConfig::zero_page of the machine and its twin
+  bool swap = false;                  // a swap device (kSwapBytes), more pageouts, swapoff
 };
 
 class DifferentialRun {
  public:
   explicit DifferentialRun(const RunConfig& cfg)
-      : cfg_(cfg), m_(machine_config(cfg.timed, cfg.zero_page)), rng_(cfg.seed) {
+      : cfg_(cfg), m_(machine_config(cfg.timed, cfg.zero_page, cfg.swap)), rng_(cfg.seed) {
     if (cfg.mode == ForkMode::seed)
-      twin_ = std::make_unique<Machine>(machine_config(cfg.timed, cfg.zero_page));
+      twin_ = std::make_unique<Machine>(machine_config(cfg.timed, cfg.zero_page, cfg.swap));
   }
 
   // Runs the operations; returns false (after printing the reproducer) on the first mismatch.
@@ -999,17 +1009,20 @@ class DifferentialRun {
       kCowPte,
       kSetCpu,
       kMremap,
+      kSwapoff,
       kCount
     };
     // set_cpu only in the timed runs (a zero weight is never drawn, so the untimed runs draw
     // what they drew before it existed).
+    // swapoff only in the swap runs, as set_cpu.
     static const unsigned kWeights[kCount] = {260, 220, 90, 50, 60, 80, 40, 28,
-                                              50,  40,  30, 6,  0,  0,  45};
+                                              50,  40,  30, 6,  0,  0,  45, 0};
     static const unsigned kWeightsCowPte[kCount] = {260, 220, 90, 50, 60, 80, 40, 28,
-                                                    50,  40,  30, 6,  10, 0,  45};
+                                                    50,  40,  30, 6,  10, 0,  45, 0};
     unsigned weights[kCount];
     std::copy_n(cfg_.mode == ForkMode::classic ? kWeights : kWeightsCowPte, kCount, weights);
     if (cfg_.timed) weights[kSetCpu] = kSetCpuWeight;
+    if (cfg_.swap) weights[kSwapoff] = 1;
     Op op = static_cast<Op>(rng_.weighted(weights));
     if (op == kDead && dead_.empty()) op = kLoad;
     if (op == kFork && live_.size() >= kMaxLive) op = kExit;
@@ -1048,6 +1061,8 @@ class DifferentialRun {
         return do_set_cpu(l);
       case kMremap:
         return do_mremap(l);
+      case kSwapoff:
+        return do_swapoff();
       case kCount:
         break;
     }
@@ -1227,12 +1242,25 @@ class DifferentialRun {
     if (len) touch(a);
   }
 
+  // swapoff (swap runs): every swapped page comes back; the values stay. The device is gone for
+  // the rest of the run (a second swapoff: EINVAL).
+  void do_swapoff() {
+    auto r = m_.swapoff();
+    note("machine.swapoff()", r.error(), errname(r.error()));
+    expect_err("machine.swapoff()", r.error(), swapped_off_ ? Errno::inval : kOk);
+    if (twin_) twin_same("machine.swapoff()", r, twin_->swapoff());
+    swapped_off_ = true;
+    twin_full_next_ = true;
+  }
+
   void do_madvise(Live& l) {
     static constexpr Advice kAdvice[] = {
         Advice::dontneed,       Advice::dontfork,   Advice::dofork,     Advice::populate_read,
         Advice::populate_write, Advice::wipeonfork, Advice::keeponfork, Advice::cold,
         Advice::pageout,        Advice::remove,     Advice::free_};
-    Advice adv = kAdvice[rng_.weighted({35, 14, 14, 17, 20, 6, 4, 3, 6, 5, 6})];
+    // A swap run pages out five times as often: the swap entries must meet every other call.
+    Advice adv = kAdvice[cfg_.swap ? rng_.weighted({35, 14, 14, 17, 20, 6, 4, 3, 30, 5, 6})
+                                   : rng_.weighted({35, 14, 14, 17, 20, 6, 4, 3, 6, 5, 6})];
     auto [a, len] = pick_range(l.mid);
     spoil_range(a, len);
     madvise_once(l, a, len, adv);
@@ -1560,6 +1588,7 @@ class DifferentialRun {
   std::array<vaddr_t, 24> hot_{};
   std::size_t hot_next_ = 0, hot_count_ = 0;
   bool failed_ = false;
+  bool swapped_off_ = false;
   bool tolerated_ = false;
   std::string failure_;
   std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> tally_;
@@ -1570,10 +1599,11 @@ struct SeedParam {
   std::string policy;
   bool timed = false;
   bool zero_page = true;
+  bool swap = false;
 };
 
 void PrintTo(const SeedParam& p, std::ostream* os) {
-  *os << "seed " << p.seed << " with the " << run_name(p.policy, p.timed, p.zero_page);
+  *os << "seed " << p.seed << " with the " << run_name(p.policy, p.timed, p.zero_page, p.swap);
 }
 
 class RandomOps : public ::testing::TestWithParam<SeedParam> {};
@@ -1585,6 +1615,7 @@ TEST_P(RandomOps, MatchesFlatModel) {
   cfg.mode = mode_of(cfg.policy);
   cfg.timed = GetParam().timed;
   cfg.zero_page = GetParam().zero_page;
+  cfg.swap = GetParam().swap;
   bool set = false;
   if (std::uint64_t s = env_u64("COWPTE_DIFF_SEED", &set); set) cfg.seed = s;
   if (std::uint64_t n = env_u64("COWPTE_DIFF_OPS", &set); set) cfg.ops = n;
@@ -1598,13 +1629,13 @@ TEST_P(RandomOps, MatchesFlatModel) {
   EXPECT_TRUE(run.run());
   RecordProperty("ops", std::to_string(run.ops_done()));
   std::printf("[ calls    ] seed %" PRIu64 ", %s, %" PRIu64 " ops (kind ok/errors): %s\n", cfg.seed,
-              run_name(cfg.policy, cfg.timed, cfg.zero_page).c_str(), run.ops_done(),
+              run_name(cfg.policy, cfg.timed, cfg.zero_page, cfg.swap).c_str(), run.ops_done(),
               run.summary().c_str());
 }
 
 std::string seed_name(const ::testing::TestParamInfo<SeedParam>& info) {
   return "seed" + std::to_string(info.param.seed) + "_" +
-         run_tag(info.param.policy, info.param.timed, info.param.zero_page);
+         run_tag(info.param.policy, info.param.timed, info.param.zero_page, info.param.swap);
 }
 
 // 10 x 10,000 operations with the classic fork, 5 x 10,000 under each COW-PTE policy.
@@ -1658,6 +1689,20 @@ std::vector<SeedParam> every_policy() {
 }
 INSTANTIATE_TEST_SUITE_P(DifferentialEveryPolicy, RandomOps, ::testing::ValuesIn(every_policy()),
                          seed_name);
+
+// With a swap device, five times the pageouts and now and then swapoff, under every sound
+// policy (one of them timed, one without the zero page): swapped-out data must read back as
+// written through fork, COW, zap, MADV_FREE and swapoff.
+std::vector<SeedParam> swap_runs() {
+  std::vector<SeedParam> params;
+  const std::vector<std::string> names = sound_fork_policy_names();
+  for (std::size_t i = 0; i < names.size(); ++i)
+    params.push_back(SeedParam{601 + 10 * i, names[i], false, true, true});
+  params.push_back(SeedParam{691, "seed", true, true, true});
+  params.push_back(SeedParam{692, "classic", false, false, true});
+  return params;
+}
+INSTANTIATE_TEST_SUITE_P(DifferentialSwap, RandomOps, ::testing::ValuesIn(swap_runs()), seed_name);
 
 TEST(ForkPolicies, RegistryListsTheBuiltInPoliciesAndEachForks) {
   const std::vector<std::string> names = fork_policy_names();

@@ -133,8 +133,11 @@ class ScenarioTest : public ::testing::Test {
  protected:
   using loc_t = SrcLoc;
 
-  Machine m{MachineConfig{.memory_bytes = 64ull << 20}};
-  const std::uint64_t free0 = m.free_pages();  // right after construction
+  ScenarioTest() : ScenarioTest(MachineConfig{.memory_bytes = 64ull << 20}) {}
+  explicit ScenarioTest(const MachineConfig& cfg) : m(cfg), free0(m.free_pages()) {}
+
+  Machine m;
+  const std::uint64_t free0;  // right after construction
 
   [[noreturn]] void abort_step(const std::string& msg, const loc_t& loc) {
     ADD_FAILURE_AT(loc.file_name(), loc.line()) << msg;

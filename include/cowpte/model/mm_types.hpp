@@ -109,6 +109,12 @@ using VmaTree = boost::intrusive::set<Vma, boost::intrusive::member_hook<Vma, Vm
                                       boost::intrusive::key_of_value<VmaEndKey>,
                                       boost::intrusive::constant_time_size<true>>;
 
+// linear_page_index: the index of address in vma's mapping; for anon memory, the page->index
+// that places a page in every VMA that inherited this one (vm_pgoff moves with the range).
+inline std::uint64_t linear_page_index(const Vma& v, vaddr_t address) noexcept {
+  return v.vm_pgoff + ((address - v.vm_start) >> PAGE_SHIFT);
+}
+
 // vma_is_anonymous: no vm_ops. Shared anonymous memory has shmem's vm_ops.
 inline bool vma_is_anonymous(const Vma& v) noexcept { return !v.vm_file; }
 // is_cow_mapping: private and may be written.

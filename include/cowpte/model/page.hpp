@@ -7,6 +7,7 @@
 
 #include <boost/intrusive/slist.hpp>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -41,21 +42,24 @@ using FreeListHook =
 
 // struct page, 32 bytes. As in Linux, fields that no frame needs at the same time share
 // storage: the free-list link only exists while the frame is free, the page-cache mapping only
-// while it is a shmem page; the split lock only in a table frame, the page-cache index only in
-// a shmem page. A smaller mem_map is also what keeps fork's walk over it fast.
+// while it is a shmem page, the linear index only while it is an anon page; the split lock only
+// in a table frame, the page-cache index only in a shmem page, the swap slot only in a
+// swap-cache page. A smaller mem_map is also what keeps fork's walk over it fast.
 struct Page {
   union {
     FreeListHook lru;    // on the free list (the buddy list_head)
     ShmemFile* mapping;  // page->mapping of a shmem page-cache page
     MmStruct* pt_owner;  // On-demand-fork: the mm charged for a shared PTE table (RFC v2's owner)
+    std::uint64_t anon_index;  // page->index of an anon page: linear_page_index, for the rmap walk
   };
   std::uint64_t* data = nullptr;  // 4 KiB of contents; null means all zeros
   std::int32_t _refcount = 0;     // page_count()
   std::int32_t _mapcount = -1;    // page_mapcount() - 1
   std::uint32_t flags = 0;
   union {
-    SpinLock ptl;             // split PTE/PMD lock of a table frame
-    std::uint32_t index = 0;  // page->index in its shmem mapping
+    SpinLock ptl;                // split PTE/PMD lock of a table frame
+    std::uint32_t index = 0;     // page->index in its shmem mapping
+    std::uint32_t swap_offset;   // page->private of a swap-cache page: its slot
   };
 
   Page() : mapping(nullptr) {}
@@ -122,10 +126,16 @@ class PhysMem {
   // allocation from now fails once (should_fail_alloc_page / should_failslab).
   bool should_fail_alloc() noexcept {
     ++allocations_;
-    if (fail_countdown_ && --fail_countdown_ == 0) return true;
+    if (fail_countdown_ && --fail_countdown_ == 0) {
+      if (--fail_times_) fail_countdown_ = 1;  // and the next ones, times in all
+      return true;
+    }
     return false;
   }
-  void fail_nth_allocation(std::uint64_t n) noexcept { fail_countdown_ = n; }
+  void fail_nth_allocation(std::uint64_t n, std::uint64_t times = 1) noexcept {
+    fail_countdown_ = n;
+    fail_times_ = n ? std::max<std::uint64_t>(times, 1) : 0;
+  }
   std::uint64_t allocations() const noexcept { return allocations_; }
 
   // Contents: 8-byte words.
@@ -139,11 +149,24 @@ class PhysMem {
     }
     p.data[off >> 3] = v;
   }
-  void copy_page(Page& dst, const Page& src) {  // copy_user_highpage
+  void copy_page(Page& dst, const Page& src) { read_contents(dst, src.data); }  // copy_user_highpage
+  // A continuation frame's digits are bytes of its contents (swap_count_continued's map).
+  std::uint8_t load_byte(const Page& p, unsigned off) const noexcept {
+    return p.data ? reinterpret_cast<const std::uint8_t*>(p.data)[off] : 0;
+  }
+  void store_byte(Page& p, unsigned off, std::uint8_t v) {
+    if (!p.data) {
+      if (v == 0) return;
+      p.data = alloc_block();
+    }
+    reinterpret_cast<std::uint8_t*>(p.data)[off] = v;
+  }
+  // swap_writepage / swap_readpage: contents to and from the device's copy (nullptr: zeros).
+  void read_contents(Page& dst, const std::uint64_t* src) {
     release_contents(dst);
-    if (src.data) {
+    if (src) {
       dst.data = alloc_block_uninit();
-      std::memcpy(dst.data, src.data, PAGE_SIZE);
+      std::memcpy(dst.data, src, PAGE_SIZE);
     }
   }
   void release_contents(Page& p) noexcept {
@@ -189,6 +212,7 @@ class PhysMem {
   std::uint64_t host_blocks_ = 0;
   std::uint64_t allocations_ = 0;
   std::uint64_t fail_countdown_ = 0;
+  std::uint64_t fail_times_ = 0;
 };
 
 }  // namespace cowpte

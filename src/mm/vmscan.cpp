@@ -1,0 +1,144 @@
+// Reclaim of anonymous pages: reclaim_pages and shrink_folio_list (mm/vmscan.c), and the
+// reverse-map walk that unmaps a page from every process, try_to_unmap and try_to_unmap_one
+// (mm/rmap.c), with the COW PTE series' break of a shared table first ([PATCH v3 04/14]
+// mm/rmap: Break COW PTE in rmap walking).
+#include "mm/errno.hpp"
+#include "mm/kernel.hpp"
+
+namespace cowpte {
+
+// page_try_share_anon_rmap: before a page's exclusive mapping becomes a swap entry, it stops
+// being exclusive, unless it may be pinned (-EBUSY: it must stay mapped).
+static int page_try_share_anon_rmap(Page& page) {
+  if (page_maybe_dma_pinned(page)) return -EBUSY;
+  page.clear(PG_anon_exclusive);
+  return 0;
+}
+
+// rmap_walk_anon: every PTE that maps page, in every process. Linux follows the anon_vma
+// interval tree of page->mapping; the model visits the anonymous VMAs of every live mm whose
+// range holds page->index (the family of VMAs that inherited the page's, and possibly others
+// that the PTE check rules out). With break_cow (PVMW_BREAK_COW_PTE, patch 04) a shared table
+// is broken first; a failed break skips that mapping. visit(vma, addr, pmd) returns false to
+// stop the walk.
+template <class Visit>
+void Kernel::rmap_walk_anon(Page& page, bool break_cow, Visit&& visit) {
+  const Pfn pfn = mem.pfn(page);
+  for (Process& p : procs) {
+    MmStruct* mm = p.mm();
+    if (!mm) continue;
+    for (Vma& vma : mm->mm_mt) {
+      if (!vma.anon_vma || vma.vm_file) continue;
+      if (page.anon_index < vma.vm_pgoff || page.anon_index >= vma.vm_pgoff + vma.pages())
+        continue;
+      const vaddr_t addr = vma.vm_start + ((page.anon_index - vma.vm_pgoff) << PAGE_SHIFT);
+      EntryRef pmd = walk_to_pmd(*mm, addr);
+      if (!pmd || pmd_none(pmd.get())) continue;
+      const pteval_t pte = pte_offset_map(pmd, addr).get();
+      if (!pte_present(pte) || pte_pfn(pte) != pfn) continue;  // page_vma_mapped_walk
+      if (break_cow && pmd_cow_pte(*mm, pmd.get())) {
+        ++vm_events.rmap_cow_pte_breaks;
+        if (break_cow_pte(*mm, pmd, addr)) continue;  // not found
+      }
+      if (!visit(vma, addr, pmd)) return;
+    }
+  }
+}
+
+// try_to_unmap_one: replace one mapping of page by its swap entry (or drop a clean lazily
+// freeable page), flushing the TLBs that hold it. False when the page must stay mapped.
+bool Kernel::try_to_unmap_one(Page& page, Vma& vma, vaddr_t addr, EntryRef pmd) {
+  MmStruct& mm = *vma.vm_mm;
+  EntryRef pte = pte_offset_map(pmd, addr);
+  SpinGuard ptl(pte_lockptr(mm, *pte.table));
+  const pteval_t pteval = pte.get();
+  tm_entry(pte);
+  tm_op(Op::pte);
+  tm_page(page, 1);
+  if (vma.vm_flags & VM_LOCKED) return false;
+  ptep_get_and_clear(pte);  // ptep_clear_flush
+  flush_tlb_page(mm, addr);
+  if (pte_dirty(pteval)) page.set(PG_dirty);
+  if (!page.test(PG_swapbacked)) {  // MADV_FREE: drop it, unless it was written since
+    if (page_count(page) == 1 + page_mapcount(page) && !page.test(PG_dirty)) {
+      --mm.rss_stat[MM_ANONPAGES];
+      page_remove_rmap(page);
+      mem.put_page(page);
+      return true;
+    }
+    set_pte_at(pte, pteval);
+    page.set(PG_swapbacked);
+    return false;
+  }
+  if (!PageSwapCache(page)) {  // swap-backed but not in the swap cache: Linux WARNs
+    set_pte_at(pte, pteval);
+    return false;
+  }
+  const SwpEntry entry = page_swap_entry(page);
+  const bool anon_exclusive = PageAnonExclusive(page);
+  if (swap_duplicate(entry) < 0) {
+    set_pte_at(pte, pteval);
+    return false;
+  }
+  if (anon_exclusive && page_try_share_anon_rmap(page)) {
+    swap_free(entry);
+    set_pte_at(pte, pteval);
+    return false;
+  }
+  --mm.rss_stat[MM_ANONPAGES];
+  ++mm.rss_stat[MM_SWAPENTS];
+  pteval_t swp_pte = swp_entry_to_pte(entry);
+  if (anon_exclusive) swp_pte = pte_swp_mkexclusive(swp_pte);
+  if (pte_soft_dirty(pteval)) swp_pte |= _PAGE_SWP_SOFT_DIRTY;
+  set_pte_at(pte, swp_pte);
+  page_remove_rmap(page);
+  mem.put_page(page);
+  return true;
+}
+
+// try_to_unmap: unmap page from every process that maps it; true if no mapping is left.
+bool Kernel::try_to_unmap(Page& page) {
+  rmap_walk_anon(page, /*break_cow=*/true, [&](Vma& vma, vaddr_t addr, EntryRef pmd) {
+    return try_to_unmap_one(page, vma, addr, pmd);
+  });
+  return page_mapcount(page) == 0;
+}
+
+// shrink_folio_list for one isolated anon page (the caller holds the isolation reference):
+// give it a slot, unmap it everywhere, write it out, and take it out of the swap cache. True
+// when it is reclaimed (the caller's reference is then the last). A page that must stay is
+// "activated": it keeps its slot and cache place unless swap is more than half full.
+bool Kernel::shrink_folio(Page& page) {
+  const bool anon_swapbacked = PageAnon(page) && page.test(PG_swapbacked);
+  if (anon_swapbacked && !PageSwapCache(page) && !add_to_swap(page)) return false;
+  if (page_mapcount(page) > 0 && !try_to_unmap(page)) {
+    if (PageSwapCache(page) && vm_swap_full()) folio_free_swap(page);  // activate_locked
+    return false;
+  }
+  if (page.test(PG_dirty)) {
+    if (!PageSwapCache(page)) return false;
+    swap_writepage(page);  // pageout
+  }
+  // __remove_mapping: nothing but the isolation reference and the cache's may hold the page.
+  if (PageSwapCache(page)) {
+    if (page_count(page) != 2) return false;
+    delete_from_swap_cache(page);
+  } else if (page_count(page) != 1) {
+    return false;
+  }
+  return true;
+}
+
+// reclaim_pages: MADV_PAGEOUT's list of isolated pages; each one's isolation reference is
+// dropped at the end, which frees the reclaimed ones. Returns how many were reclaimed.
+std::uint64_t Kernel::reclaim_pages(const std::vector<Page*>& pages) {
+  std::uint64_t reclaimed = 0;
+  for (Page* page : pages) {
+    reclaimed += shrink_folio(*page);
+    mem.put_page(*page);  // putback / free
+  }
+  vm_events.pgsteal += reclaimed;
+  return reclaimed;
+}
+
+}  // namespace cowpte

@@ -1,0 +1,319 @@
+// Swap: MADV_PAGEOUT to a swap device, swap-in faults, fork of swapped-out memory (with the swap
+// count continuation path reached for real), zap, MADV_FREE and swapoff, under every sound
+// fork policy; check_invariants() after every step (it recounts every swap slot).
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "scenario_util.hpp"
+
+namespace cowpte::scen {
+namespace {
+
+constexpr std::uint64_t kSwpExclusive = 1ull << 3;  // _PAGE_SWP_EXCLUSIVE (_PAGE_PWT)
+constexpr std::uint64_t kSwpSoftDirty = 1ull << 1;  // _PAGE_SWP_SOFT_DIRTY (_PAGE_RW)
+constexpr vaddr_t kBase = 0x7f0000000000;           // 2 MiB aligned: one PTE table
+
+MachineConfig swap_machine(std::uint64_t memory = 64ull << 20, std::uint64_t swap = 16ull << 20) {
+  return MachineConfig{.memory_bytes = memory, .swap_bytes = swap};
+}
+
+class Swap : public ScenarioTest, public ::testing::WithParamInterface<std::string> {
+ protected:
+  Swap() : ScenarioTest(swap_machine()) {}
+
+  Process& parent() {
+    Process& p = spawn();
+    STEP(p.set_cow_pte(GetParam()));
+    return p;
+  }
+  void pageout(Process& p, vaddr_t a, std::uint64_t pages, const loc_t& loc = loc_t::current()) {
+    ok(p.madvise(a, pages * kPage, Advice::pageout), "MADV_PAGEOUT", loc);
+  }
+  bool swapped(const Process& p, vaddr_t a) {
+    const PagemapEntry e = p.pagemap(a);
+    return e.swapped && !e.present;
+  }
+  void expect_values(Process& p, vaddr_t a, std::uint64_t pages, std::uint64_t seed,
+                     const loc_t& loc = loc_t::current()) {
+    for (std::uint64_t i = 0; i < pages; ++i)
+      EXPECT_EQ(load(p, a + i * kPage, loc), pattern(seed, i)) << "page " << i << " at "
+                                                               << where(loc);
+  }
+  // Every slot free again, the cache empty, then the usual end: every frame back.
+  void finish_swap(const loc_t& loc = loc_t::current()) {
+    std::vector<Process*> live = m.processes();
+    for (Process* p : live) exit(*p, loc);
+    const VmStat s = m.vmstat();
+    EXPECT_EQ(s.nr_swap_free, s.nr_swap_pages) << where(loc);
+    EXPECT_EQ(s.nr_swapcached, 0u) << where(loc);
+    if (s.swap_cont_pages) ok(m.swapoff(), "swapoff", loc);  // continuation frames go with it
+    finish(loc);
+  }
+};
+
+// An exclusive page goes out as an exclusive swap PTE, reads back exactly, and comes back from
+// the swap cache without a second read.
+TEST_P(Swap, PageoutThenSwapInReadsBackExactly) {
+  Process& p = parent();
+  const vaddr_t a = map_anon(p, 8, kBase);
+  populate(p, a, 8, 1);
+  const std::uint64_t free_before = m.free_pages();
+  pageout(p, a, 8);
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_TRUE(swapped(p, a + i * kPage)) << i;
+    EXPECT_TRUE(PteBits(pte(p, a + i * kPage), kSwpExclusive, kP)) << i;
+  }
+  EXPECT_EQ(p.rss(), (RssStat{0, 0, 8, 0}));
+  EXPECT_EQ(m.free_pages(), free_before + 8) << "the pages were freed";
+  VmStat s = m.vmstat();
+  EXPECT_EQ(s.pswpout, 8u);
+  EXPECT_EQ(s.nr_swap_free, s.nr_swap_pages - 8);
+  EXPECT_EQ(p.smaps().front().swap, 8 * kPage);
+  expect_values(p, a, 8, 1);
+  s = m.vmstat();
+  EXPECT_EQ(s.pswpin, 8u);
+  EXPECT_EQ(s.pgmajfault, 8u);
+  EXPECT_EQ(p.rss(), (RssStat{0, 8, 0, 0}));
+  // Read faults leave the pages in the swap cache (the slots stay held), mapped read-only but
+  // exclusive: a write reuses the page in place.
+  EXPECT_EQ(s.nr_swapcached, 8u);
+  const pfn_t f = pfn_of(p, a);
+  EXPECT_TRUE(PteBits(pte(p, a), kP, kRW));
+  EXPECT_TRUE(page(f).anon_exclusive);
+  EXPECT_TRUE(page(f).swapcache);
+  store(p, a, 42);
+  EXPECT_EQ(pfn_of(p, a), f) << "reused, not copied";
+  // Out and in once more: the swap cache page is the one written back.
+  pageout(p, a, 8);
+  EXPECT_EQ(load(p, a), 42u);
+  EXPECT_EQ(m.vmstat().swapcache_hits, 0u);
+  finish_swap();
+}
+
+// Zeros go out and come back as zeros; a write fault swaps in and maps writable at once.
+TEST_P(Swap, WriteFaultOnExclusiveSwapEntryMapsWritable) {
+  Process& p = parent();
+  const vaddr_t a = map_anon(p, 2, kBase);
+  store(p, a, 0);  // a page of zeros
+  store(p, a + kPage, 7);
+  pageout(p, a, 2);
+  store(p, a + kPage, 8);
+  EXPECT_TRUE(PteBits(pte(p, a + kPage), kP | kRW | kD, 0));
+  EXPECT_FALSE(page(pfn_of(p, a + kPage)).swapcache) << "a write frees the slot";
+  EXPECT_EQ(load(p, a), 0u);
+  EXPECT_EQ(load(p, a + kPage), 8u);
+  finish_swap();
+}
+
+// Fork of swapped-out memory: the child gets a reference to every slot (under every policy),
+// the parent's entries stop being exclusive, and both read the data back; their writes stay
+// their own.
+TEST_P(Swap, ForkSharesSwapEntries) {
+  Process& p = parent();
+  const vaddr_t a = map_anon(p, 8, kBase);
+  populate(p, a, 8, 2);
+  pageout(p, a + 2 * kPage, 4);  // present, swapped, present: the table holds both
+  Process& c = fork(p);
+  for (int i = 2; i < 6; ++i) {
+    EXPECT_TRUE(swapped(p, a + i * kPage));
+    EXPECT_TRUE(swapped(c, a + i * kPage));
+    EXPECT_TRUE(PteBits(pte(p, a + i * kPage), 0, kSwpExclusive | kP)) << i;
+  }
+  EXPECT_EQ(c.rss().swapents, 4);
+  expect_values(c, a, 8, 2);
+  store(c, a + 3 * kPage, 99);
+  expect_values(p, a, 8, 2);
+  EXPECT_EQ(load(c, a + 3 * kPage), 99u);
+  exit(c);
+  expect_values(p, a, 8, 2);
+  finish_swap();
+}
+
+// The parent pages out after the fork: a page the child maps too is left alone (mapcount 2),
+// under every policy; under COW PTE madvise breaks the shared table first.
+TEST_P(Swap, PageoutLeavesSharedPagesAlone) {
+  Process& p = parent();
+  const vaddr_t a = map_anon(p, 4, kBase);
+  populate(p, a, 4, 3);
+  Process& c = fork(p);
+  pageout(p, a, 4);
+  for (int i = 0; i < 4; ++i) EXPECT_TRUE(p.pagemap(a + i * kPage).present) << i;
+  EXPECT_EQ(m.vmstat().pswpout, 0u);
+  store(c, a, 5);  // the child's copy is its own: the parent's page is exclusive again
+  STEP(p.madvise(a, kPage, Advice::pageout));
+  EXPECT_TRUE(swapped(p, a));
+  EXPECT_EQ(load(p, a), pattern(3, 0));
+  EXPECT_EQ(load(c, a), 5u);
+  finish_swap();
+}
+
+// munmap, MADV_DONTNEED and MADV_FREE of swap entries free their slots; exit frees the rest.
+TEST_P(Swap, ZapAndMadvFreeReleaseSlots) {
+  Process& p = parent();
+  const vaddr_t a = map_anon(p, 12, kBase);
+  populate(p, a, 12, 4);
+  pageout(p, a, 12);
+  const std::uint64_t total = m.vmstat().nr_swap_pages;
+  EXPECT_EQ(m.vmstat().nr_swap_free, total - 12);
+  STEP(p.munmap(a, 4 * kPage));
+  EXPECT_EQ(m.vmstat().nr_swap_free, total - 8);
+  STEP(p.madvise(a + 4 * kPage, 4 * kPage, Advice::dontneed));
+  EXPECT_EQ(m.vmstat().nr_swap_free, total - 4);
+  EXPECT_EQ(load(p, a + 4 * kPage), 0u) << "zapped: zeros";
+  STEP(p.madvise(a + 8 * kPage, 2 * kPage, Advice::free_));
+  EXPECT_EQ(m.vmstat().nr_swap_free, total - 2);
+  EXPECT_EQ(p.rss().swapents, 2);
+  EXPECT_EQ(load(p, a + 8 * kPage), 0u) << "MADV_FREE of a swapped page drops its data";
+  EXPECT_EQ(load(p, a + 10 * kPage), pattern(4, 10));
+  finish_swap();
+}
+
+// A pinned page stays mapped: its PTE cannot become a swap entry (page_try_share_anon_rmap).
+// It keeps its slot in the swap cache until the unmap frees both.
+TEST_P(Swap, PinnedPageIsNotSwappedOut) {
+  Process& p = parent();
+  const vaddr_t a = map_anon(p, 2, kBase);
+  populate(p, a, 2, 5);
+  STEP(p.pin(a, kPage, PinFlags::write | PinFlags::longterm));
+  pageout(p, a, 2);
+  EXPECT_TRUE(p.pagemap(a).present);
+  EXPECT_TRUE(page(pfn_of(p, a)).swapcache) << "added to swap, then kept (activate)";
+  EXPECT_TRUE(swapped(p, a + kPage));
+  STEP(p.unpin(a, kPage));
+  STEP(p.munmap(a, 2 * kPage));
+  finish_swap();
+}
+
+// Soft-dirty survives a trip through swap: clear_refs clears it on swap entries too.
+TEST_P(Swap, SoftDirtyTravelsInTheSwapEntry) {
+  Process& p = parent();
+  const vaddr_t a = map_anon(p, 2, kBase);
+  populate(p, a, 2, 6);
+  pageout(p, a, 2);
+  EXPECT_TRUE(PteBits(pte(p, a), kSwpSoftDirty, 0));
+  EXPECT_TRUE(p.pagemap(a).soft_dirty);
+  STEP(p.clear_soft_dirty());
+  EXPECT_FALSE(p.pagemap(a).soft_dirty);
+  EXPECT_EQ(load(p, a), pattern(6, 0));
+  EXPECT_FALSE(p.pagemap(a).soft_dirty) << "a read does not dirty";
+  store(p, a + kPage, 1);
+  EXPECT_TRUE(p.pagemap(a + kPage).soft_dirty);
+  finish_swap();
+}
+
+// swapoff brings every page back into every process (breaking shared tables first).
+TEST_P(Swap, SwapoffBringsEveryPageBack) {
+  Process& p = parent();
+  const vaddr_t a = map_anon(p, 16, kBase);
+  populate(p, a, 16, 7);
+  pageout(p, a, 16);
+  Process& c = fork(p);
+  ok(m.swapoff(), "swapoff");
+  for (int i = 0; i < 16; ++i) {
+    EXPECT_TRUE(p.pagemap(a + i * kPage).present) << i;
+    EXPECT_TRUE(c.pagemap(a + i * kPage).present) << i;
+  }
+  EXPECT_EQ(p.rss(), (RssStat{0, 16, 0, 0}));
+  EXPECT_EQ(c.rss().swapents, 0);
+  EXPECT_EQ(m.vmstat().nr_swap_pages, 0u) << "the device is gone";
+  fails(m.swapoff(), Errno::inval, "a second swapoff");
+  expect_values(p, a, 16, 7);
+  expect_values(c, a, 16, 7);
+  STEP(p.madvise(a, 16 * kPage, Advice::pageout));  // no device: the pages stay
+  EXPECT_TRUE(p.pagemap(a).present);
+  finish();
+}
+
+// A swap-in that finds no free frame fails with ENOMEM and changes nothing.
+TEST_P(Swap, SwapInWithoutMemoryFailsCleanly) {
+  Process& p = parent();
+  const vaddr_t a = map_anon(p, 2, kBase);
+  populate(p, a, 2, 8);
+  pageout(p, a, 2);
+  m.fail_nth_allocation(1);
+  fails(p.load(a), Errno::nomem, "swap-in with no frame");
+  EXPECT_TRUE(swapped(p, a));
+  EXPECT_EQ(m.vmstat().pswpin, 0u);
+  EXPECT_EQ(load(p, a), pattern(8, 0));
+  finish_swap();
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryPolicy, Swap, ::testing::ValuesIn(sound_fork_policy_names()),
+                         [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
+
+// ---- the swap count continuation (SWAP_MAP_MAX = 62 references in swap_map) ----
+
+class SwapCount : public ScenarioTest, public ::testing::WithParamInterface<std::string> {
+ protected:
+  SwapCount() : ScenarioTest(swap_machine()) {}
+};
+
+// A page forked more times than swap_map can count while it is swapped out: the 63rd
+// reference adds a continuation frame; the counts go back down as the children exit.
+TEST_P(SwapCount, ForkBeyondSwapMapMaxAddsAContinuation) {
+  Process& p = spawn();
+  STEP(p.set_cow_pte(GetParam()));
+  const vaddr_t a = map_anon(p, 8, kBase);
+  populate(p, a, 8, 9);
+  STEP(p.madvise(a + 4 * kPage, kPage, Advice::pageout));
+  std::vector<Process*> kids;
+  for (int i = 0; i < 70; ++i) kids.push_back(&fork(p));
+  EXPECT_EQ(m.vmstat().swap_cont_pages, 1u);
+  EXPECT_EQ(load(*kids.back(), a + 4 * kPage), pattern(9, 4));
+  for (Process* k : kids) exit(*k);
+  EXPECT_EQ(load(p, a + 4 * kPage), pattern(9, 4));
+  exit(p);
+  EXPECT_EQ(m.vmstat().nr_swap_free, m.vmstat().nr_swap_pages);
+  ok(m.swapoff(), "swapoff frees the continuation frame");
+  finish();
+}
+
+// The same fork with the atomic allocation of the continuation frame failing: the copy drops
+// the PTE lock, allocates a frame that may sleep, and resumes at the swap entry in the middle
+// of the table (pages 0-3 were copied before it). With both allocations failing, fork fails
+// with ENOMEM and leaks nothing.
+TEST_P(SwapCount, ContinuationRetriesWithTheLockDropped) {
+  auto build = [&](Machine& mm) -> Process& {
+    Process& p = mm.spawn();
+    EXPECT_TRUE(p.set_cow_pte(GetParam()).has_value());
+    const vaddr_t a = *p.mmap(kBase, 8 * kPage, kRWProt, kPrivAnon | MapFlags::fixed);
+    for (int i = 0; i < 8; ++i) EXPECT_TRUE(p.store(a + i * kPage, pattern(10, i)).has_value());
+    EXPECT_TRUE(p.madvise(a + 4 * kPage, kPage, Advice::pageout).has_value());
+    for (int i = 0; i < 61; ++i) EXPECT_TRUE(p.fork().has_value());  // count 62 = SWAP_MAP_MAX
+    return p;
+  };
+  bool retried = false, failed_cleanly = false;
+  for (std::uint64_t n = 1; n < 64 && !(retried && failed_cleanly); ++n) {
+    for (std::uint64_t times : {1ull, 2ull}) {
+      Machine mm(swap_machine());
+      Process& p = build(mm);
+      const std::uint64_t free_before = mm.free_pages();
+      mm.fail_nth_allocation(n, times);
+      auto r = p.fork();
+      mm.fail_nth_allocation(0);
+      mm.check_invariants();
+      const VmStat s = mm.vmstat();
+      if (r && s.fork_swap_retries == 1 && s.swap_cont_pages == 1 && times == 1) {
+        retried = true;
+        for (int i = 0; i < 8; ++i) EXPECT_EQ(*(*r)->load(kBase + i * kPage), pattern(10, i));
+      }
+      if (!r && s.fork_swap_retries == 1 && times == 2) {
+        EXPECT_EQ(r.error(), Errno::nomem);
+        EXPECT_EQ(mm.free_pages(), free_before) << "a failed fork leaks nothing";
+        EXPECT_EQ(s.swap_cont_pages, 0u);
+        failed_cleanly = true;
+      }
+      mm.check_invariants();
+    }
+  }
+  EXPECT_TRUE(retried) << "no injected failure reached the -EIO retry";
+  EXPECT_TRUE(failed_cleanly) << "no injected failure made the retry fail";
+}
+
+INSTANTIATE_TEST_SUITE_P(ClassicAndSeed, SwapCount,
+                         ::testing::Values("classic", "seed"),
+                         [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
+
+}  // namespace
+}  // namespace cowpte::scen
