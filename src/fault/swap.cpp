@@ -63,7 +63,7 @@ vm_fault_t Kernel::do_swap_page(VmFault& vmf) {
     }
     rmap_exclusive = true;
   }
-  if (vmf.orig_pte & _PAGE_SWP_SOFT_DIRTY) pte = pte_mksoft_dirty(pte);
+  if (pte_swp_soft_dirty(vmf.orig_pte)) pte = pte_mksoft_dirty(pte);
   vmf.orig_pte = pte;
   page_add_anon_rmap(*page, vma, vmf.address, rmap_exclusive);
   set_pte_at(vmf.pte, pte);

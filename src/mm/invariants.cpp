@@ -402,8 +402,8 @@ class Checker {
   std::vector<std::int64_t> ref_, map_;
   std::vector<std::uint32_t> table_refs_;
   std::set<ShmemFile*> files_;
-  std::map<std::uint64_t, std::uint64_t> swap_refs_;     // slot -> swap PTEs found
-  std::multimap<std::uint64_t, int> exclusive_swap_;     // slots of exclusive swap PTEs
+  std::map<std::uint64_t, std::uint64_t> swap_refs_;  // slot -> swap PTEs found
+  std::multimap<std::uint64_t, int> exclusive_swap_;  // slots of exclusive swap PTEs
 };
 
 }  // namespace

@@ -286,7 +286,7 @@ void Kernel::move_ptes(MmStruct& mm, EntryRef old_pmd, vaddr_t old_addr, vaddr_t
     tm_op(Op::pte);
     pteval_t pte = ptep_get_and_clear(old_pte);
     if (pte_present(pte)) force_flush = true;
-    set_pte_at(new_pte, pte_mksoft_dirty(pte));  // move_soft_dirty_pte
+    set_pte_at(new_pte, move_soft_dirty_pte(pte));
     tm_entry(new_pte);
   }
   if (force_flush) flush_tlb_range(mm, start, old_end);

@@ -160,8 +160,8 @@ std::uint8_t Kernel::__swap_entry_free(SwpEntry entry, std::uint8_t usage) {
     if (!has_cache) throw InvariantViolation("put_swap_page: the slot has no cache reference");
     has_cache = 0;
   } else if (count == COUNT_CONTINUED) {
-    count = swap_count_continued(entry.offset, count) ? (SWAP_MAP_MAX | COUNT_CONTINUED)
-                                                      : SWAP_MAP_MAX;
+    count =
+        swap_count_continued(entry.offset, count) ? (SWAP_MAP_MAX | COUNT_CONTINUED) : SWAP_MAP_MAX;
   } else if (count == 0) {
     throw InvariantViolation("swap_free: a slot with no references");
   } else {
@@ -201,9 +201,7 @@ std::uint64_t Kernel::swp_swapcount(SwpEntry entry) const {
 }
 
 // vm_swap_full: more than half of swap is in use (try_to_free_swap frees slots eagerly then).
-bool Kernel::vm_swap_full() const noexcept {
-  return swap && swap->nr_free() * 2 < swap->pages - 1;
-}
+bool Kernel::vm_swap_full() const noexcept { return swap && swap->nr_free() * 2 < swap->pages - 1; }
 
 // folio_free_swap (try_to_free_swap): a swap-cache page whose slot no PTE references any more
 // leaves the cache, and the slot is freed; the page stays (dirty: its only copy now).
@@ -257,7 +255,7 @@ int Kernel::unuse_pte(Vma& vma, EntryRef pmd, vaddr_t addr, SwpEntry entry, Page
   get_page(page);
   page_add_anon_rmap(page, vma, addr, pte_swp_exclusive(v));
   pteval_t nw = pte_mkold(pfn_pte(mem.pfn(page), vma.vm_page_prot));
-  if (v & _PAGE_SWP_SOFT_DIRTY) nw = pte_mksoft_dirty(nw);
+  if (pte_swp_soft_dirty(v)) nw = pte_mksoft_dirty(nw);
   set_pte_at(pte, nw);
   tm_entry(pte);
   swap_free(entry);

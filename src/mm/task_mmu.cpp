@@ -39,9 +39,9 @@ PagemapEntry Kernel::pagemap(MmStruct& mm, vaddr_t addr) {
     } else if (is_swap_pte(pte)) {
       // The frame field holds the swap type and offset (swp_type | offset << 5).
       const SwpEntry e = pte_to_swp_entry(pte);
-      word |= PM_SWAP | ((std::uint64_t(e.type) | (e.offset << MAX_SWAPFILES_SHIFT)) &
-                         PM_PFRAME_MASK);
-      if (pte & _PAGE_SWP_SOFT_DIRTY) word |= PM_SOFT_DIRTY;
+      word |=
+          PM_SWAP | ((std::uint64_t(e.type) | (e.offset << MAX_SWAPFILES_SHIFT)) & PM_PFRAME_MASK);
+      if (pte_swp_soft_dirty(pte)) word |= PM_SOFT_DIRTY;
     }
   }
   return decode_pagemap(word);
@@ -116,7 +116,7 @@ Result<void> Kernel::clear_refs_soft_dirty(MmStruct& mm) {
       for (; a < next; a += PAGE_SIZE, ++pte.p) {
         const pteval_t v = pte.get();
         if (is_swap_pte(v)) {
-          set_pte_at(pte, v & ~_PAGE_SWP_SOFT_DIRTY);
+          set_pte_at(pte, pte_swp_clear_soft_dirty(v));
           continue;
         }
         if (!pte_present(v)) continue;

@@ -29,8 +29,7 @@ void Kernel::rmap_walk_anon(Page& page, bool break_cow, Visit&& visit) {
     if (!mm) continue;
     for (Vma& vma : mm->mm_mt) {
       if (!vma.anon_vma || vma.vm_file) continue;
-      if (page.anon_index < vma.vm_pgoff || page.anon_index >= vma.vm_pgoff + vma.pages())
-        continue;
+      if (page.anon_index < vma.vm_pgoff || page.anon_index >= vma.vm_pgoff + vma.pages()) continue;
       const vaddr_t addr = vma.vm_start + ((page.anon_index - vma.vm_pgoff) << PAGE_SHIFT);
       EntryRef pmd = walk_to_pmd(*mm, addr);
       if (!pmd || pmd_none(pmd.get())) continue;
@@ -89,7 +88,7 @@ bool Kernel::try_to_unmap_one(Page& page, Vma& vma, vaddr_t addr, EntryRef pmd) 
   ++mm.rss_stat[MM_SWAPENTS];
   pteval_t swp_pte = swp_entry_to_pte(entry);
   if (anon_exclusive) swp_pte = pte_swp_mkexclusive(swp_pte);
-  if (pte_soft_dirty(pteval)) swp_pte |= _PAGE_SWP_SOFT_DIRTY;
+  if (pte_soft_dirty(pteval)) swp_pte = pte_swp_mksoft_dirty(swp_pte);
   set_pte_at(pte, swp_pte);
   page_remove_rmap(page);
   mem.put_page(page);

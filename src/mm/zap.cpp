@@ -29,7 +29,7 @@ void Kernel::zap_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, 
           if (!free_swap_and_cache(pte_to_swp_entry(v)))
             throw InvariantViolation(fmt::format("zap_pte_range: bad swap PTE {:#x} at {:#x}", v,
                                                  addr));  // print_bad_pte
-          pte_clear(pte);  // pte_clear_not_present_full
+          pte_clear(pte);                                 // pte_clear_not_present_full
           continue;
         }
         Page* page = vm_normal_page(vma, v);

@@ -6,10 +6,10 @@
 namespace cowpte {
 
 const char* to_string(Phase p) noexcept {
-  static constexpr const char* kNames[] = {
-      "user_access", "fork",          "fault_anonymous",     "fault_wp",
-      "fault_shmem", "fault_swap",    "reclaim",             "break_cow_pte",
-      "tfork_one_pte_table", "zap", "exit",                "other_syscall"};
+  static constexpr const char* kNames[] = {"user_access", "fork",          "fault_anonymous",
+                                           "fault_wp",    "fault_shmem",   "fault_swap",
+                                           "reclaim",     "break_cow_pte", "tfork_one_pte_table",
+                                           "zap",         "exit",          "other_syscall"};
   static_assert(std::size(kNames) == std::size_t(Phase::count));
   return kNames[std::size_t(p)];
 }

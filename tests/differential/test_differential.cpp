@@ -343,8 +343,15 @@ class DifferentialRun {
 
   // "kind ok/errors" for every kind of call made.
   std::string summary() const {
+    const VmStat vs = m_.vmstat();
+    const std::string swap =
+        cfg_.swap
+            ? "swapped out " + std::to_string(vs.pswpout) + ", in " + std::to_string(vs.pswpin) +
+                  " (swap cache hits " + std::to_string(vs.swapcache_hits) +
+                  "), continuation frames " + std::to_string(vs.swap_cont_pages) + "; "
+            : "";
     std::string out =
-        std::string(tolerated_ ? "STOPPED EARLY on ENOMEM; " : "") + "min free pages " +
+        std::string(tolerated_ ? "STOPPED EARLY on ENOMEM; " : "") + swap + "min free pages " +
         std::to_string(min_free_) + "/" + std::to_string(m_.total_pages()) +
         "; stores to shared private pages " + std::to_string(cow_stores_) +
         "; read_gup checks live " + std::to_string(gup_live_) + ", detached " +
@@ -1025,6 +1032,7 @@ class DifferentialRun {
     if (cfg_.swap) weights[kSwapoff] = 1;
     Op op = static_cast<Op>(rng_.weighted(weights));
     if (op == kDead && dead_.empty()) op = kLoad;
+    if (op == kSwapoff && op_ < kDefaultOps * 3 / 4) op = kLoad;  // the last quarter: no swap
     if (op == kFork && live_.size() >= kMaxLive) op = kExit;
     if (op == kMmap && footprint() > kFootprintCap - 64) op = kMunmap;
     Live& l = pick_live();
@@ -1258,8 +1266,9 @@ class DifferentialRun {
         Advice::dontneed,       Advice::dontfork,   Advice::dofork,     Advice::populate_read,
         Advice::populate_write, Advice::wipeonfork, Advice::keeponfork, Advice::cold,
         Advice::pageout,        Advice::remove,     Advice::free_};
-    // A swap run pages out five times as often: the swap entries must meet every other call.
-    Advice adv = kAdvice[cfg_.swap ? rng_.weighted({35, 14, 14, 17, 20, 6, 4, 3, 30, 5, 6})
+    // A swap run pages out ten times as often, and swaps the first page back in now and then:
+    // the swap entries must meet every other call.
+    Advice adv = kAdvice[cfg_.swap ? rng_.weighted({35, 14, 14, 17, 20, 6, 4, 3, 60, 5, 6})
                                    : rng_.weighted({35, 14, 14, 17, 20, 6, 4, 3, 6, 5, 6})];
     auto [a, len] = pick_range(l.mid);
     spoil_range(a, len);
@@ -1270,6 +1279,9 @@ class DifferentialRun {
       madvise_once(l, a, len, Advice::pageout);
       if (!failed_ && len && a % kPageSize == 0) do_load(l, a);
     }
+    if (adv == Advice::pageout && cfg_.swap && !failed_ && len && a % kPageSize == 0 &&
+        rng_.chance(30))
+      do_load(l, a);
   }
 
   void madvise_once(Live& l, vaddr_t a, std::uint64_t len, Advice adv) {

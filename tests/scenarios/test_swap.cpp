@@ -37,8 +37,8 @@ class Swap : public ScenarioTest, public ::testing::WithParamInterface<std::stri
   void expect_values(Process& p, vaddr_t a, std::uint64_t pages, std::uint64_t seed,
                      const loc_t& loc = loc_t::current()) {
     for (std::uint64_t i = 0; i < pages; ++i)
-      EXPECT_EQ(load(p, a + i * kPage, loc), pattern(seed, i)) << "page " << i << " at "
-                                                               << where(loc);
+      EXPECT_EQ(load(p, a + i * kPage, loc), pattern(seed, i))
+          << "page " << i << " at " << where(loc);
   }
   // Every slot free again, the cache empty, then the usual end: every frame back.
   void finish_swap(const loc_t& loc = loc_t::current()) {
@@ -311,8 +311,7 @@ TEST_P(SwapCount, ContinuationRetriesWithTheLockDropped) {
   EXPECT_TRUE(failed_cleanly) << "no injected failure made the retry fail";
 }
 
-INSTANTIATE_TEST_SUITE_P(ClassicAndSeed, SwapCount,
-                         ::testing::Values("classic", "seed"),
+INSTANTIATE_TEST_SUITE_P(ClassicAndSeed, SwapCount, ::testing::Values("classic", "seed"),
                          [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
 
 }  // namespace

@@ -5,9 +5,9 @@
 // mm/page_alloc.c (order 0 only).
 #pragma once
 
+#include <algorithm>
 #include <boost/intrusive/slist.hpp>
 #include <cstdint>
-#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -57,9 +57,9 @@ struct Page {
   std::int32_t _mapcount = -1;    // page_mapcount() - 1
   std::uint32_t flags = 0;
   union {
-    SpinLock ptl;                // split PTE/PMD lock of a table frame
-    std::uint32_t index = 0;     // page->index in its shmem mapping
-    std::uint32_t swap_offset;   // page->private of a swap-cache page: its slot
+    SpinLock ptl;               // split PTE/PMD lock of a table frame
+    std::uint32_t index = 0;    // page->index in its shmem mapping
+    std::uint32_t swap_offset;  // page->private of a swap-cache page: its slot
   };
 
   Page() : mapping(nullptr) {}
@@ -149,7 +149,9 @@ class PhysMem {
     }
     p.data[off >> 3] = v;
   }
-  void copy_page(Page& dst, const Page& src) { read_contents(dst, src.data); }  // copy_user_highpage
+  void copy_page(Page& dst, const Page& src) {
+    read_contents(dst, src.data);
+  }  // copy_user_highpage
   // A continuation frame's digits are bytes of its contents (swap_count_continued's map).
   std::uint8_t load_byte(const Page& p, unsigned off) const noexcept {
     return p.data ? reinterpret_cast<const std::uint8_t*>(p.data)[off] : 0;

@@ -181,5 +181,17 @@ constexpr bool pte_swp_exclusive(pteval_t v) noexcept { return v & _PAGE_SWP_EXC
 constexpr pteval_t pte_swp_mkexclusive(pteval_t v) noexcept { return v | _PAGE_SWP_EXCLUSIVE; }
 constexpr pteval_t pte_swp_clear_exclusive(pteval_t v) noexcept { return v & ~_PAGE_SWP_EXCLUSIVE; }
 constexpr bool non_swap_entry(SwpEntry e) noexcept { return e.type >= MAX_SWAPFILES; }
+constexpr bool pte_swp_soft_dirty(pteval_t v) noexcept { return v & _PAGE_SWP_SOFT_DIRTY; }
+constexpr pteval_t pte_swp_mksoft_dirty(pteval_t v) noexcept { return v | _PAGE_SWP_SOFT_DIRTY; }
+constexpr pteval_t pte_swp_clear_soft_dirty(pteval_t v) noexcept {
+  return v & ~_PAGE_SWP_SOFT_DIRTY;
+}
+// move_soft_dirty_pte (mm/mremap.c): a moved entry is soft-dirty; a swap entry keeps the bit
+// in its own place (bit 11 of a swap PTE is part of the offset).
+constexpr pteval_t move_soft_dirty_pte(pteval_t v) noexcept {
+  if (pte_present(v)) return pte_mksoft_dirty(v);
+  if (is_swap_pte(v)) return pte_swp_mksoft_dirty(v);
+  return v;
+}
 
 }  // namespace cowpte

@@ -28,11 +28,11 @@ struct SwapInfo {
     if (nr_pages) swap_map[0] = SWAP_MAP_BAD;  // slot 0 holds the swap header
   }
   unsigned type = 0;
-  std::uint64_t pages;               // slots, the header included (si->max)
+  std::uint64_t pages;  // slots, the header included (si->max)
   std::vector<std::uint8_t> swap_map;
-  std::uint64_t inuse_pages = 0;     // slots with a count or a cache page
-  std::uint64_t cluster_next = 1;    // where the next allocation scan starts
-  bool writeok = true;               // SWP_WRITEOK: cleared while swapoff runs
+  std::uint64_t inuse_pages = 0;   // slots with a count or a cache page
+  std::uint64_t cluster_next = 1;  // where the next allocation scan starts
+  bool writeok = true;             // SWP_WRITEOK: cleared while swapoff runs
   // Count continuations: for each PAGE_SIZE-slot page of swap_map that needed one, its list of
   // continuation frames (head->lru). Each frame's byte at (offset % PAGE_SIZE) is one digit.
   std::unordered_map<std::uint64_t, std::vector<Page*>> continuations;
