@@ -11,6 +11,9 @@
 //   fork_server/policy:P/mib:N/touch:K     AFL's loop: fork, the child writes K pages, exits
 //   snapshot/policy:P/mib:N/every:E        BGSAVE: the child reads all, the parent writes a
 //                                          page every E pages the child reads
+//   swapped_fork/policy:P/mib:N/swapped:S  one fork of N MiB of which S% is swapped out
+//   pressure_snapshot/policy:P/mib:N/every:E  the snapshot on a machine with 75% of the memory
+//                                          it needs (parent and copies) and a swap device
 // Simulated time comes as counters (sim_ns, sim_cycles, *_ns); the benchmark's own time is the
 // host time the simulator took.
 #include <benchmark/benchmark.h>
@@ -176,6 +179,68 @@ void snapshot_bench(benchmark::State& state, Policy policy, std::uint64_t mib,
   });
 }
 
+// Fork of a parent whose first S% pages were paged out (MADV_PAGEOUT) before it forked: fork
+// duplicates each swap entry (swap_duplicate) where it would share a page.
+void swapped_fork_bench(benchmark::State& state, Policy policy, std::uint64_t mib,
+                        unsigned swapped_pct) {
+  guarded(state, [&] {
+    MachineConfig cfg = machine_config(mib << 20, true);
+    cfg.swap_bytes = (mib << 20) + (16ull << 20);
+    Machine m(cfg);
+    Process& parent = m.spawn();
+    const Region r = populate(parent, mib << 20, Layout::aligned);
+    if (const std::uint64_t out = r.pages * swapped_pct / 100)
+      parent.madvise(r.start, out * kPage, Advice::pageout).value();
+    arm(parent, policy);
+    const ForkOutcome cold = fork_once(parent);
+    cold.child->exit();
+    double cycles = 0;
+    for (auto _ : state) {
+      const ForkOutcome o = fork_once(parent);
+      state.PauseTiming();
+      cycles += double(o.cycles);
+      o.child->exit();
+      state.ResumeTiming();
+    }
+    auto& c = state.counters;
+    c["pages"] = double(r.pages);
+    c["swapped_pages"] = double(parent.rss().swapents);
+    c["sim_ns"] = benchmark::Counter(ns(m, cycles), kCounterAvg);
+    c["cold_sim_ns"] = ns(m, double(cold.cycles));
+  });
+}
+
+// The snapshot under memory pressure: memory is 75% of what the parent and the child's copies
+// need, so populating the parent already swaps, and the child's reads swap in while the
+// parent's writes reclaim. Swap-ins and swap-outs are charged at the device's latencies.
+void pressure_snapshot_bench(benchmark::State& state, Policy policy, std::uint64_t mib,
+                             std::uint64_t every) {
+  guarded(state, [&] {
+    const std::uint64_t need = (mib << 20) + (mib << 20) / every;
+    MachineConfig cfg = machine_config(mib << 20, true, 2);
+    cfg.memory_bytes = need / 4 * 3;
+    cfg.swap_bytes = 2 * (mib << 20);
+    Machine m(cfg);
+    Process& parent = m.spawn();
+    const Region r = populate(parent, mib << 20, Layout::plain);
+    arm(parent, policy);
+    const VmStat before = m.vmstat();
+    Snapshot s;
+    for (auto _ : state) s = snapshot(parent, r, every, 1);
+    const VmStat after = m.vmstat();
+    auto& c = state.counters;
+    c["fork_ns"] = ns(m, double(s.fork.cycles));
+    c["writes"] = double(s.parent_write.size());
+    latency_counters(state, m, "write_", s.parent_write);
+    c["child_read_ns_per_page"] = ns(m, double(s.child_read_cycles)) / double(r.pages);
+    c["swap_ins"] = double(after.pswpin - before.pswpin);
+    c["swap_outs"] = double(after.pswpout - before.pswpout);
+    c["reclaimed"] = double(after.pgsteal - before.pgsteal);
+    c["rmap_breaks"] = double(after.rmap_cow_pte_breaks - before.rmap_cow_pte_breaks);
+    c["oom_kills"] = double(after.oom_kill);
+  });
+}
+
 std::string mib_name(std::uint64_t mib) { return std::to_string(mib); }
 
 void register_all(const Sweep& sw) {
@@ -212,6 +277,21 @@ void register_all(const Sweep& sw) {
           [p, fs](benchmark::State& s) { fork_server_bench(s, p, fs.mib, fs.touch); })
           ->Iterations(fs.execs)
           ->Unit(benchmark::kMicrosecond);
+  for (std::uint64_t mib : sw.swapped_fork_mib)
+    for (unsigned pct : {0u, 50u, 100u})
+      for (const Policy& p : policies())
+        reg(std::string("swapped_fork/policy:") + name(p) + "/mib:" + mib_name(mib) +
+                "/swapped:" + std::to_string(pct),
+            [p, mib, pct](benchmark::State& s) { swapped_fork_bench(s, p, mib, pct); })
+            ->Iterations(fork_iterations({Layout::aligned, mib, true}))
+            ->Unit(benchmark::kMillisecond);
+  for (std::uint64_t mib : sw.pressure_snapshot_mib)
+    for (const Policy& p : policies())
+      reg(std::string("pressure_snapshot/policy:") + name(p) + "/mib:" + mib_name(mib) +
+              "/every:16",
+          [p, mib](benchmark::State& s) { pressure_snapshot_bench(s, p, mib, 16); })
+          ->Iterations(1)
+          ->Unit(benchmark::kMillisecond);
   for (std::uint64_t mib : sw.snapshot_mib)
     for (std::uint64_t every : sw.snapshot_every)
       for (const Policy& p : policies())

@@ -34,6 +34,10 @@ struct Sweep {
   // The parent writes a random page every E pages the child reads: busy (16: it touches every
   // 2 MiB span before the child is done) and quiet (1024: a fraction of the spans).
   std::vector<std::uint64_t> snapshot_every{16, 1024};
+  // Swap: fork of a parent with 0, 50 and 100% of its memory swapped out; a snapshot on a
+  // machine whose memory is 75% of the parent's plus the child's copies (reclaim meanwhile).
+  std::vector<std::uint64_t> swapped_fork_mib;
+  std::vector<std::uint64_t> pressure_snapshot_mib;
 };
 
 inline std::string fmt_fork(const ForkPoint& f, const Policy& p) {
@@ -81,6 +85,8 @@ inline Sweep make_sweep(const std::string& which) {
     s.write_mib = 8, s.random_writes = 5000;
     s.fork_servers = {{8, 16, 5}};
     s.snapshot_mib = {8};
+    s.swapped_fork_mib = {4};
+    s.pressure_snapshot_mib = {8};
   } else if (which == "short") {
     const std::vector<std::uint64_t> sizes{1, 4, 16, 64, 256, 512, 1024};
     add_forks(s, Layout::plain, true, sizes);
@@ -90,6 +96,8 @@ inline Sweep make_sweep(const std::string& which) {
     s.real_mib = fitting(sizes);
     s.fork_servers = {{256, 16, 40}, {256, 256, 40}};
     s.snapshot_mib = {256};
+    s.swapped_fork_mib = {256};
+    s.pressure_snapshot_mib = {64};
   } else if (which == "full") {
     std::vector<std::uint64_t> sizes;  // every power of two from 1 MiB to 64 GiB
     for (std::uint64_t m = 1; m <= 65536; m *= 2) sizes.push_back(m);
@@ -101,6 +109,8 @@ inline Sweep make_sweep(const std::string& which) {
     s.fork_servers = {{64, 16, 40},    {64, 256, 40},  {1024, 16, 20},
                       {1024, 256, 20}, {4096, 16, 10}, {4096, 256, 10}};
     s.snapshot_mib = {1024, 4096, 16384};
+    s.swapped_fork_mib = {1024};
+    s.pressure_snapshot_mib = {256, 1024};
   }
   return s;
 }

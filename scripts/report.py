@@ -52,7 +52,7 @@ def parse(path):
     for name, reps in runs.items():
         parts = name.split("/")
         rec = dict(p.split(":", 1) for p in parts[1:] if ":" in p)
-        for k in ("mib", "touch", "every", "timed"):
+        for k in ("mib", "touch", "every", "timed", "swapped"):
             if k in rec:
                 rec[k] = int(rec[k])
         errors = [b.get("error_message", "error") for b in reps if b.get("error_occurred")]
@@ -221,6 +221,55 @@ def snapshot_tables(d):
     return [t]
 
 
+def swap_tables(d):
+    s = index(d["swapped_fork"], "policy", "mib", "swapped")
+    t = Table("Fork of swapped-out memory: the parent's first S% pages were paged out "
+              "(MADV_PAGEOUT) before it forks",
+              ["memory", "swapped", "policy", "fork", "vs classic", "swap entries"])
+    for (p0, mib, sw) in sorted(s, key=lambda x: (x[1], x[2])):
+        if p0 != "classic":
+            continue
+        base = s[(p0, mib, sw)]["sim_ns"]
+        for p in POLICIES:
+            r = s.get((p, mib, sw))
+            if r:
+                t.add(size(mib), f"{sw}%", label(p), fmt(r["sim_ns"], "ns"),
+                      fmt(r["sim_ns"] / base, "x"), f"{r['swapped_pages']:.0f}")
+    q = index(d["pressure_snapshot"], "policy", "mib", "every")
+    u = Table("Snapshot under memory pressure: memory is 75% of the parent's plus the copies, "
+              "with a swap device (NVMe latencies)",
+              ["memory", "policy", "fork", "write p50", "write p99", "write max",
+               "child read per page", "swap-ins", "swap-outs", "tables broken by rmap",
+               "OOM kills"])
+    for (p0, mib, e) in sorted(q, key=lambda x: (x[1], x[2])):
+        if p0 != "classic":
+            continue
+        for p in POLICIES:
+            r = q.get((p, mib, e))
+            if r:
+                u.add(size(mib), label(p), fmt(r["fork_ns"], "ns"),
+                      *[fmt(r[c], "ns") for c in ("write_p50_ns", "write_p99_ns", "write_max_ns")],
+                      fmt(r["child_read_ns_per_page"], "ns"), f"{r['swap_ins']:.0f}",
+                      f"{r['swap_outs']:.0f}", f"{r['rmap_breaks']:.0f}", f"{r['oom_kills']:.0f}")
+    return [t, u]
+
+
+def plot_swapped_fork(plt, d):
+    s = index(d["swapped_fork"], "policy", "mib", "swapped")
+    mib = max(k[1] for k in s)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for p, mk in zip(POLICIES, MARKERS):
+        xs = sorted(k[2] for k in s if k[0] == p and k[1] == mib)
+        ax.plot(xs, [s[(p, mib, x)]["sim_ns"] / 1e6 for x in xs], marker=mk, color=color(p),
+                label=label(p))
+    ax.set(xlabel="share of the parent swapped out (%)", ylabel="fork latency (ms, simulated)",
+           title=f"fork() of {size(mib)} partly on swap")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return fig
+
+
 def plot_fork_latency(plt, d, forks, sizes):
     real = index(d["real_fork"], "mib")
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -290,6 +339,8 @@ def plots(d, outdir):
         figs["pgtable_memory.png"] = plot_pgtable_memory(plt, forks, sizes)
     if index(d["write_after_fork"], "policy"):
         figs["fault_latency.png"] = plot_fault_latency(plt, d)
+    if index(d["swapped_fork"], "policy"):
+        figs["swapped_fork.png"] = plot_swapped_fork(plt, d)
     for name, fig in figs.items():
         fig.tight_layout()
         fig.savefig(f"{outdir}/{name}", dpi=110)
@@ -313,7 +364,7 @@ def main():
     POLICIES[:] = [p for p in KNOWN if p in seen] + sorted(seen - set(KNOWN))
     errors = [r for recs in d.values() for r in recs if "error" in r]
     tables = (fork_tables(d) + write_tables(d) + server_tables(d) + snapshot_tables(d) +
-              speed_table(d))
+              swap_tables(d) + speed_table(d))
     print(f"cowpte fork comparison, sweep '{ctx.get('cowpte_sweep', '?')}', "
           f"{ctx.get('date', '')}, {ctx.get('num_cpus', '?')} CPUs\n")
     for t in tables:
@@ -323,7 +374,8 @@ def main():
             print(f"plot: {a.plots}/{p}")
     for r in errors:
         print(f"benchmark failed: {r}", file=sys.stderr)
-    missing = [k for k in ("fork", "real_fork", "write_after_fork", "fork_server", "snapshot")
+    missing = [k for k in ("fork", "real_fork", "write_after_fork", "fork_server", "snapshot",
+                           "swapped_fork", "pressure_snapshot")
                if not d.get(k)]
     if missing:
         print(f"report: no {', '.join(missing)} benchmarks in {a.json}", file=sys.stderr)

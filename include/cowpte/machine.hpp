@@ -115,6 +115,9 @@ class Machine {
   // without a device. The device is gone afterwards.
   Result<void> swapoff();
   VmStat vmstat() const;  // /proc/vmstat's swap and reclaim counters, /proc/meminfo's swap
+  // Proactive reclaim of up to `pages` anonymous pages (cgroup v2's memory.reclaim): the same
+  // scan direct reclaim runs when an allocation finds no free frame. Returns the pages freed.
+  std::uint64_t reclaim(std::uint64_t pages);
 
  private:
   friend class Process;

@@ -148,17 +148,20 @@ struct PageInfo {         // one frame's struct page
 // /proc/vmstat's swap and reclaim counters (events since the Machine was built) and gauges
 // (pages now), plus the model's own counts of the rare paths.
 struct VmStat {
-  std::uint64_t nr_swap_pages = 0;        // swap slots, the header excluded (SwapTotal)
-  std::uint64_t nr_swap_free = 0;         // of those, free (SwapFree)
-  std::uint64_t nr_swapcached = 0;        // pages in the swap cache (SwapCached)
-  std::uint64_t pswpin = 0;               // pages read from swap
-  std::uint64_t pswpout = 0;              // pages written to swap
-  std::uint64_t pgmajfault = 0;           // swap-in faults that read the device
-  std::uint64_t swapcache_hits = 0;       // swap-in faults the swap cache served
-  std::uint64_t pgsteal = 0;              // pages reclaim freed
-  std::uint64_t swap_cont_pages = 0;      // count continuation frames added (add_swap_count_...)
-  std::uint64_t fork_swap_retries = 0;    // copies that dropped the PTE lock for a continuation
-  std::uint64_t rmap_cow_pte_breaks = 0;  // shared tables the rmap walk broke (series patch 04)
+  std::uint64_t nr_swap_pages = 0;           // swap slots, the header excluded (SwapTotal)
+  std::uint64_t nr_swap_free = 0;            // of those, free (SwapFree)
+  std::uint64_t nr_swapcached = 0;           // pages in the swap cache (SwapCached)
+  std::uint64_t pswpin = 0;                  // pages read from swap
+  std::uint64_t pswpout = 0;                 // pages written to swap
+  std::uint64_t pgmajfault = 0;              // swap-in faults that read the device
+  std::uint64_t swapcache_hits = 0;          // swap-in faults the swap cache served
+  std::uint64_t pgscan = 0;                  // pages reclaim looked at
+  std::uint64_t pgsteal = 0;                 // pages reclaim freed
+  std::uint64_t oom_kill = 0;                // processes the OOM killer killed
+  std::uint64_t referenced_shared_ptes = 0;  // A bits harvested in shared tables (no break)
+  std::uint64_t swap_cont_pages = 0;         // count continuation frames added (add_swap_count_...)
+  std::uint64_t fork_swap_retries = 0;       // copies that dropped the PTE lock for a continuation
+  std::uint64_t rmap_cow_pte_breaks = 0;     // shared tables the rmap walk broke (series patch 04)
 };
 
 struct PtWalk {  // the path of one address from the top table down

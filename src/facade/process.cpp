@@ -53,6 +53,7 @@ Kernel::Kernel(Machine& m, const MachineConfig& c)
   zero_page = mem.alloc_page();  // empty_zero_page: reserved, never freed
   zero_page->set(PG_zero);
   zero_page->set(PG_reserved);
+  mem.set_reclaim_hook(this);
   if (cfg.swap_bytes) swap = std::make_unique<SwapInfo>(cfg.swap_bytes >> PAGE_SHIFT);
   if (cfg.trace) {
     // One "cowpte" logger for every Machine: lookup and creation under one lock, so that two
@@ -168,6 +169,13 @@ std::uint64_t Machine::cycles(unsigned cpu) const {
   return kernel_->hw->cpus[cpu].clock;
 }
 Result<void> Machine::swapoff() { return kernel_->sys_swapoff(); }
+std::uint64_t Machine::reclaim(std::uint64_t pages) {
+  Kernel& k = *kernel_;
+  k.in_reclaim = true;  // memory.reclaim runs reclaim itself: its allocations do not recurse
+  const std::uint64_t n = k.try_to_free_pages(pages);
+  k.in_reclaim = false;
+  return n;
+}
 VmStat Machine::vmstat() const {
   VmStat s = kernel_->vm_events;
   if (const SwapInfo* si = kernel_->swap.get()) {

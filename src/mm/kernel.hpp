@@ -79,7 +79,7 @@ inline constexpr std::uint64_t kFaultAroundBytes = 65536;
 
 // Kernel is the PolicyOps a fork policy gets (final: its own calls of table_of and
 // copy_pte_range are direct calls).
-class Kernel final : public PolicyOps, public CostModel {
+class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
  public:
   Kernel(Machine& machine, const MachineConfig& cfg);
   ~Kernel();
@@ -111,6 +111,7 @@ class Kernel final : public PolicyOps, public CostModel {
    private:
     Kernel& k_;
     Cpu* prev_;
+    MmStruct* prev_mm_;
   };
   // ---- src/facade/process.cpp and src/fork/fork.cpp: process lifetime (kernel/fork.c mm_alloc,
   //      kernel/pid.c alloc_pid, kernel/exit.c) ----
@@ -249,7 +250,9 @@ class Kernel final : public PolicyOps, public CostModel {
   // The allocation contexts that matter here: GFP_ATOMIC under a PTE lock, GFP_KERNEL where
   // the caller may sleep (and, once direct reclaim is modelled, reclaim).
   enum class Gfp : std::uint8_t { atomic, kernel };
-  Page* alloc_page(Gfp) { return mem.alloc_page(); }
+  Page* alloc_page(Gfp gfp) {
+    return gfp == Gfp::atomic ? mem.alloc_page_atomic() : mem.alloc_page();
+  }
   std::uint64_t get_swap_page();
   void swap_range_free(std::uint64_t offset);
   int __swap_duplicate(SwpEntry entry, std::uint8_t usage);
@@ -282,11 +285,27 @@ class Kernel final : public PolicyOps, public CostModel {
   void swap_writepage(Page& page);
   void swap_readpage(Page& page);
   template <class Visit>
-  void rmap_walk_anon(Page& page, bool break_cow, Visit&& visit);
+  bool rmap_walk_anon(Page& page, bool break_cow, Visit&& visit);
   bool try_to_unmap_one(Page& page, Vma& vma, vaddr_t addr, EntryRef pmd);
   bool try_to_unmap(Page& page);
   bool shrink_folio(Page& page);
   std::uint64_t reclaim_pages(const std::vector<Page*>& pages);
+  int folio_referenced(Page& page);
+  bool folio_reclaimable(const Page& page) const noexcept;
+  std::uint64_t try_to_free_pages(std::uint64_t nr_to_reclaim);
+  bool alloc_slowpath() override;  // __alloc_pages_slowpath: direct reclaim, then the OOM killer
+  // ---- src/mm/oom_kill.cpp (mm/oom_kill.c) ----
+  static long oom_badness(const MmStruct& mm) noexcept;
+  bool out_of_memory();
+  void oom_reap_pending();
+  // The mm the running kernel path works on (the calling process's, or swapoff's): direct
+  // reclaim leaves its pages alone and the OOM killer kills its process only once the path is
+  // done (Linux's victim dies on its way back to user space).
+  MmStruct* busy_mm = nullptr;
+  Process* oom_pending = nullptr;
+  bool in_reclaim = false;      // PF_MEMALLOC: reclaim's own allocations do not reclaim
+  bool direct_reclaim = false;  // reclaim runs inside an allocation of busy_mm's path
+  std::uint64_t lru_hand = 0;   // the reclaim scan's clock hand over the frames
 
   // ---- src/mm/gup.cpp (mm/gup.c) ----
   // Pages grabbed, or -errno if none; *stopped (if given) gets the -errno that cut a short count.
@@ -477,7 +496,9 @@ inline int Kernel::page_try_dup_anon_rmap(Page& page, Vma& src_vma) {
 
 // Entering the kernel (the timing model's side): inline, since every user load and store of a
 // timed machine enters once.
-inline Kernel::Entry::Entry(Kernel& k, Process& p, bool syscall) : k_(k), prev_(k.cur_cpu) {
+inline Kernel::Entry::Entry(Kernel& k, Process& p, bool syscall)
+    : k_(k), prev_(k.cur_cpu), prev_mm_(k.busy_mm) {
+  k.busy_mm = p.mm();
   if (!k.hw) return;
   Cpu& cpu = k.hw->cpus[p.cpu()];
   if (cpu.owner != p.pid()) [[unlikely]]
@@ -488,6 +509,9 @@ inline Kernel::Entry::Entry(Kernel& k, Process& p, bool syscall) : k_(k), prev_(
 }
 
 inline Kernel::Entry::~Entry() {
+  k_.busy_mm = prev_mm_;
+  if (!prev_mm_ && k_.oom_pending) [[unlikely]]
+    k_.oom_reap_pending();  // the OOM victim was the caller: it dies on its way out
   if (!k_.hw) return;
   k_.cur_cpu = prev_;
 }

@@ -43,8 +43,8 @@ PhysMem::~PhysMem() {
   }
 }
 
-Page* PhysMem::alloc_page() {
-  if (should_fail_alloc()) return nullptr;
+// The free list's first frame, or a frame never handed out; nullptr when memory is exhausted.
+Page* PhysMem::take_free_frame() {
   Page* p;
   if (!free_list_.empty()) {
     p = &free_list_.front();
@@ -61,6 +61,20 @@ Page* PhysMem::alloc_page() {
   p->index = 0;
   p->_refcount = 1;
   p->_mapcount = -1;
+  return p;
+}
+
+Page* PhysMem::alloc_page_atomic() {
+  if (should_fail_alloc()) return nullptr;
+  return take_free_frame();
+}
+
+// __alloc_pages: the fast path, then the slow path (reclaim, the OOM killer) until a frame is
+// free or the slow path gives up.
+Page* PhysMem::alloc_page() {
+  if (should_fail_alloc()) return nullptr;
+  Page* p = take_free_frame();
+  while (!p && reclaim_ && reclaim_->alloc_slowpath()) p = take_free_frame();
   return p;
 }
 

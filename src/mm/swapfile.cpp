@@ -287,6 +287,13 @@ int Kernel::unuse_pte_range(Vma& vma, EntryRef pmd, vaddr_t addr, vaddr_t end) {
 // 03/14]): the pages come back into this mm's private table (-ENOMEM if it can't get one).
 int Kernel::unuse_mm(MmStruct& mm) {
   MmapReadGuard lock(mm);
+  MmStruct* const prev = busy_mm;
+  busy_mm = &mm;  // an OOM kill of this mm's process waits until swapoff is done with it
+  struct Restore {
+    Kernel& k;
+    MmStruct* prev;
+    ~Restore() { k.busy_mm = prev; }
+  } restore{*this, prev};
   for (Vma& vma : mm.mm_mt) {
     if (!vma.anon_vma || vma.vm_file) continue;
     for (vaddr_t a = vma.vm_start, next; a < vma.vm_end; a = next) {
@@ -300,21 +307,24 @@ int Kernel::unuse_mm(MmStruct& mm) {
 }
 
 // try_to_unuse: bring back what every mm has on the device, then free the swap-cache pages no
-// PTE references any more. -ENOMEM when memory runs out first.
+// PTE references any more. Reclaim may meanwhile unmap a page that came back into a slot some
+// other reference keeps (the device takes no new slot while swapoff runs): go round again, as
+// Linux does, while that makes progress. -ENOMEM when memory runs out first.
 int Kernel::try_to_unuse() {
-  for (Process& p : procs)
-    if (MmStruct* mm = p.mm())
-      if (int err = unuse_mm(*mm)) return err;
-  std::vector<Page*> cached;
-  for (auto& [offset, page] : swap->cache) cached.push_back(page);
-  for (Page* page : cached) {
-    get_page(*page);
-    folio_free_swap(*page);
-    mem.put_page(*page);
+  for (std::uint64_t before = ~0ull; swap->inuse_pages && swap->inuse_pages < before;) {
+    before = swap->inuse_pages;
+    for (Process& p : procs)
+      if (MmStruct* mm = p.mm())
+        if (int err = unuse_mm(*mm)) return err;
+    std::vector<Page*> cached;
+    for (auto& [offset, page] : swap->cache) cached.push_back(page);
+    for (Page* page : cached) {
+      get_page(*page);
+      folio_free_swap(*page);
+      mem.put_page(*page);
+    }
   }
-  if (swap->inuse_pages)
-    throw InvariantViolation("try_to_unuse: slots in use that no PTE or cache page holds");
-  return 0;
+  return swap->inuse_pages ? -ENOMEM : 0;
 }
 
 // sys_swapoff: the device stops taking pages (SWP_WRITEOK), every page comes back, and the
@@ -324,7 +334,9 @@ Result<void> Kernel::sys_swapoff() {
   if (!swap) return Errno::inval;
   PhaseScope phase(*this, Phase::reclaim);
   swap->writeok = false;
-  if (try_to_unuse()) {
+  const int err = try_to_unuse();
+  if (oom_pending && !busy_mm) oom_reap_pending();
+  if (err) {
     swap->writeok = true;
     return Errno::nomem;
   }

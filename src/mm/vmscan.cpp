@@ -2,6 +2,8 @@
 // reverse-map walk that unmaps a page from every process, try_to_unmap and try_to_unmap_one
 // (mm/rmap.c), with the COW PTE series' break of a shared table first ([PATCH v3 04/14]
 // mm/rmap: Break COW PTE in rmap walking).
+#include <optional>
+
 #include "mm/errno.hpp"
 #include "mm/kernel.hpp"
 
@@ -20,9 +22,12 @@ static int page_try_share_anon_rmap(Page& page) {
 // range holds page->index (the family of VMAs that inherited the page's, and possibly others
 // that the PTE check rules out). With break_cow (PVMW_BREAK_COW_PTE, patch 04) a shared table
 // is broken first; a failed break skips that mapping. visit(vma, addr, pmd) returns false to
-// stop the walk.
+// stop the walk, and the walk then returns false. Direct reclaim does not unmap from a shared
+// table of the mm whose kernel path is allocating: that path may be breaking it, or sharing it
+// with a child it is forking, with the table in hand (Linux's locks and rechecks cover the
+// race; the model stays out of it). The walk stops there too.
 template <class Visit>
-void Kernel::rmap_walk_anon(Page& page, bool break_cow, Visit&& visit) {
+bool Kernel::rmap_walk_anon(Page& page, bool break_cow, Visit&& visit) {
   const Pfn pfn = mem.pfn(page);
   for (Process& p : procs) {
     MmStruct* mm = p.mm();
@@ -35,13 +40,19 @@ void Kernel::rmap_walk_anon(Page& page, bool break_cow, Visit&& visit) {
       if (!pmd || pmd_none(pmd.get())) continue;
       const pteval_t pte = pte_offset_map(pmd, addr).get();
       if (!pte_present(pte) || pte_pfn(pte) != pfn) continue;  // page_vma_mapped_walk
+      // Direct reclaim leaves alone a table of busy_mm that is shared, or being shared by a fork
+      // in progress: the allocating path may have it in hand.
+      if (break_cow && direct_reclaim && mm == busy_mm &&
+          (pmd_cow_pte(*mm, pmd.get()) || cow_pte_count(table_of(pmd.get())) > 1))
+        return false;
       if (break_cow && pmd_cow_pte(*mm, pmd.get())) {
+        if (break_cow_pte(*mm, pmd, addr)) continue;  // no table for the break: not found
         ++vm_events.rmap_cow_pte_breaks;
-        if (break_cow_pte(*mm, pmd, addr)) continue;  // not found
       }
-      if (!visit(vma, addr, pmd)) return;
+      if (!visit(vma, addr, pmd)) return false;
     }
   }
+  return true;
 }
 
 // try_to_unmap_one: replace one mapping of page by its swap entry (or drop a clean lazily
@@ -128,9 +139,83 @@ bool Kernel::shrink_folio(Page& page) {
   return true;
 }
 
+// folio_referenced: harvest the accessed bits of every PTE that maps page, clearing them
+// (ptep_clear_flush_young: x86 does not flush the TLB for it). A shared table is not broken
+// for this (v4, after Barry Song's review): its one PTE is the A bit of every holder, so the
+// harvest clears it once and the table stays shared. Returns the young PTEs found.
+int Kernel::folio_referenced(Page& page) {
+  int referenced = 0;
+  rmap_walk_anon(page, /*break_cow=*/false, [&](Vma& vma, vaddr_t addr, EntryRef pmd) {
+    MmStruct& mm = *vma.vm_mm;
+    EntryRef pte = pte_offset_map(pmd, addr);
+    SpinGuard ptl(pte_lockptr(mm, *pte.table));
+    const bool shared = cow_pte_count(*pte.table) > 1;  // COW-ed, or a fork is sharing it
+    std::optional<SharedPteWrites> harvest;             // the one write allowed into a shared table
+    if (shared) harvest.emplace();
+    const pteval_t v = pte.get();
+    tm_entry(pte);
+    if (shared) ++vm_events.referenced_shared_ptes;
+    if (pte_young(v)) {
+      set_pte_at(pte, pte_mkold(v));
+      ++referenced;
+    }
+    return true;
+  });
+  return referenced;
+}
+
+// Whether direct reclaim may take page: an anonymous page mapped somewhere, or one only the
+// swap cache holds; one that needs a swap slot only while a device has a free one.
+bool Kernel::folio_reclaimable(const Page& page) const noexcept {
+  if (page.test(PG_free) || page.test(PG_table) || !PageAnon(page)) return false;
+  if (page_mapcount(page) == 0) return PageSwapCache(page);
+  if (!page.test(PG_swapbacked) || PageSwapCache(page)) return true;  // lazyfree, or has a slot
+  return swap && swap->writeok && swap->nr_free() > 0;
+}
+
+// try_to_free_pages: direct (or proactive) reclaim of up to nr_to_reclaim anonymous pages. The
+// LRU is approximated by a clock over the frames: a page whose PTEs were young since the hand
+// last passed gets a second chance (its accessed bits are cleared), an old one is reclaimed
+// (shrink_folio_list). Linux's active and inactive lists age pages by the same accessed bits;
+// the model keeps one list in frame order. At most two turns of the hand.
+std::uint64_t Kernel::try_to_free_pages(std::uint64_t nr_to_reclaim) {
+  PhaseScope phase(*this, Phase::reclaim);
+  const std::uint64_t frames = mem.watermark();
+  std::uint64_t reclaimed = 0;
+  for (std::uint64_t scanned = 0; reclaimed < nr_to_reclaim && scanned < 2 * frames; ++scanned) {
+    if (lru_hand >= frames) lru_hand = 0;
+    Page& page = mem.page(Pfn{lru_hand++});
+    if (!folio_reclaimable(page)) continue;
+    ++vm_events.pgscan;
+    if (page_mapcount(page) > 0 && folio_referenced(page)) continue;  // second chance
+    get_page(page);                                                   // isolate
+    reclaimed += shrink_folio(page);
+    mem.put_page(page);
+  }
+  vm_events.pgsteal += reclaimed;
+  return reclaimed;
+}
+
+// __alloc_pages_slowpath: no frame is free. Reclaim a batch (SWAP_CLUSTER_MAX pages); if that
+// frees nothing, the OOM killer frees a process's memory. Reclaim's own allocations (a table
+// for a break, a continuation frame) do not recurse. True when a frame is free now.
+bool Kernel::alloc_slowpath() {
+  if (in_reclaim) return false;
+  in_reclaim = direct_reclaim = true;
+  try_to_free_pages(32);
+  in_reclaim = direct_reclaim = false;
+  if (mem.free_pages()) return true;
+  return out_of_memory() && mem.free_pages();
+}
+
 // reclaim_pages: MADV_PAGEOUT's list of isolated pages; each one's isolation reference is
 // dropped at the end, which frees the reclaimed ones. Returns how many were reclaimed.
 std::uint64_t Kernel::reclaim_pages(const std::vector<Page*>& pages) {
+  in_reclaim = true;  // PF_MEMALLOC: a break's table here must not reclaim these pages again
+  struct Done {
+    bool& flag;
+    ~Done() { flag = false; }
+  } done{in_reclaim};
   std::uint64_t reclaimed = 0;
   for (Page* page : pages) {
     reclaimed += shrink_folio(*page);

@@ -253,9 +253,14 @@ constexpr unsigned kTimedCpus = 2;
 // MADV_PAGEOUT then swaps anonymous pages out, a later access swaps them in, fork and the zaps
 // meet swap entries, and swapoff brings them back.
 constexpr std::uint64_t kSwapBytes = 16ull << 20;
+// The reclaim runs (DifferentialReclaim) also shrink memory to this, below what the runs touch:
+// allocations then find no free frame and reclaim directly.
+constexpr std::uint64_t kSmallMachineBytes = 2ull << 20;
 
-MachineConfig machine_config(bool timed, bool zero_page = true, bool swap = false) {
-  MachineConfig c{.memory_bytes = kMachineBytes, .zero_page = zero_page};
+MachineConfig machine_config(bool timed, bool zero_page = true, bool swap = false,
+                             bool small = false) {
+  MachineConfig c{.memory_bytes = small ? kSmallMachineBytes : kMachineBytes,
+                  .zero_page = zero_page};
   if (swap) c.swap_bytes = kSwapBytes;
   if (timed) {
     c.cpus = kTimedCpus;
@@ -264,15 +269,16 @@ MachineConfig machine_config(bool timed, bool zero_page = true, bool swap = fals
   return c;
 }
 
-std::string run_tag(const std::string& policy, bool timed, bool zero_page = true,
-                    bool swap = false) {
+std::string run_tag(const std::string& policy, bool timed, bool zero_page = true, bool swap = false,
+                    bool small = false) {
   return mode_tag(policy) + (timed ? "_timed" : "") + (zero_page ? "" : "_nozeropage") +
-         (swap ? "_swap" : "");
+         (swap ? "_swap" : "") + (small ? "_small" : "");
 }
 std::string run_name(const std::string& policy, bool timed, bool zero_page = true,
-                     bool swap = false) {
+                     bool swap = false, bool small = false) {
   return mode_name(policy) + (timed ? ", timed on " + std::to_string(kTimedCpus) + " CPUs" : "") +
-         (zero_page ? "" : ", without the zero page") + (swap ? ", with a swap device" : "");
+         (zero_page ? "" : ", without the zero page") + (swap ? ", with a swap device" : "") +
+         (small ? " and 2 MiB of memory" : "");
 }
 
 struct RunConfig {
@@ -283,14 +289,20 @@ struct RunConfig {
   bool timed = false;                 // the timing model on, kTimedCpus CPUs, and set_cpu calls
   bool zero_page = true;              // MachineConfig::zero_page of the machine and its twin
   bool swap = false;                  // a swap device (kSwapBytes), more pageouts, swapoff
+  bool small = false;                 // kSmallMachineBytes of memory: direct reclaim
 };
 
 class DifferentialRun {
  public:
   explicit DifferentialRun(const RunConfig& cfg)
-      : cfg_(cfg), m_(machine_config(cfg.timed, cfg.zero_page, cfg.swap)), rng_(cfg.seed) {
-    if (cfg.mode == ForkMode::seed)
-      twin_ = std::make_unique<Machine>(machine_config(cfg.timed, cfg.zero_page, cfg.swap));
+      : cfg_(cfg),
+        m_(machine_config(cfg.timed, cfg.zero_page, cfg.swap, cfg.small)),
+        rng_(cfg.seed) {
+    // Under direct reclaim the twin would reclaim other pages (its tables take other frames):
+    // the small runs check the seed against the model alone.
+    if (cfg.mode == ForkMode::seed && !cfg.small)
+      twin_ =
+          std::make_unique<Machine>(machine_config(cfg.timed, cfg.zero_page, cfg.swap, cfg.small));
   }
 
   // Runs the operations; returns false (after printing the reproducer) on the first mismatch.
@@ -304,6 +316,11 @@ class DifferentialRun {
         model_.set_stamp(op_ + 1);
         step();
         if (!failed_) check_invariants();
+        if (!failed_ && !tolerated_ && m_.vmstat().oom_kill) {
+          // The OOM killer took a process the model still runs: it no longer knows the state.
+          log("  (OOM kill: " + m_.dmesg().back() + "; the run stops here)");
+          tolerated_ = true;
+        }
         min_free_ = std::min(min_free_, m_.free_pages());
         if (!failed_ && !tolerated_ && rng_.chance(30)) check_random_pin();
         if (!failed_ && !tolerated_) compare_twin();
@@ -351,8 +368,11 @@ class DifferentialRun {
                   "), continuation frames " + std::to_string(vs.swap_cont_pages) + "; "
             : "";
     std::string out =
-        std::string(tolerated_ ? "STOPPED EARLY on ENOMEM; " : "") + swap + "min free pages " +
-        std::to_string(min_free_) + "/" + std::to_string(m_.total_pages()) +
+        std::string(tolerated_ ? "STOPPED EARLY on ENOMEM or an OOM kill; " : "") + swap +
+        (cfg_.small ? "reclaimed " + std::to_string(vs.pgsteal) + " of " +
+                          std::to_string(vs.pgscan) + " scanned; "
+                    : "") +
+        "min free pages " + std::to_string(min_free_) + "/" + std::to_string(m_.total_pages()) +
         "; stores to shared private pages " + std::to_string(cow_stores_) +
         "; read_gup checks live " + std::to_string(gup_live_) + ", detached " +
         std::to_string(gup_detached_) + "; MADV_FREE'd pages read dropped " +
@@ -463,8 +483,9 @@ class DifferentialRun {
   // Compare an errno; on mismatch record it. `desc` is the already-logged call.
   bool expect_err(const std::string& desc, Errno got, Errno want) {
     if (got == want) return true;
-    // ENOMEM from a fault-driven call is tolerated only when memory is really gone.
-    if (got == Errno::nomem && want == kOk && m_.free_pages() < 64) {
+    // ENOMEM from a fault-driven call is tolerated only when memory is really gone (or the OOM
+    // killer had to act, which frees memory again).
+    if (got == Errno::nomem && want == kOk && (m_.free_pages() < 64 || m_.vmstat().oom_kill)) {
       log("  (tolerated ENOMEM: " + std::to_string(m_.free_pages()) +
           " free pages; the run stops here)");
       tolerated_ = true;
@@ -1612,10 +1633,12 @@ struct SeedParam {
   bool timed = false;
   bool zero_page = true;
   bool swap = false;
+  bool small = false;
 };
 
 void PrintTo(const SeedParam& p, std::ostream* os) {
-  *os << "seed " << p.seed << " with the " << run_name(p.policy, p.timed, p.zero_page, p.swap);
+  *os << "seed " << p.seed << " with the "
+      << run_name(p.policy, p.timed, p.zero_page, p.swap, p.small);
 }
 
 class RandomOps : public ::testing::TestWithParam<SeedParam> {};
@@ -1628,6 +1651,7 @@ TEST_P(RandomOps, MatchesFlatModel) {
   cfg.timed = GetParam().timed;
   cfg.zero_page = GetParam().zero_page;
   cfg.swap = GetParam().swap;
+  cfg.small = GetParam().small;
   bool set = false;
   if (std::uint64_t s = env_u64("COWPTE_DIFF_SEED", &set); set) cfg.seed = s;
   if (std::uint64_t n = env_u64("COWPTE_DIFF_OPS", &set); set) cfg.ops = n;
@@ -1641,13 +1665,14 @@ TEST_P(RandomOps, MatchesFlatModel) {
   EXPECT_TRUE(run.run());
   RecordProperty("ops", std::to_string(run.ops_done()));
   std::printf("[ calls    ] seed %" PRIu64 ", %s, %" PRIu64 " ops (kind ok/errors): %s\n", cfg.seed,
-              run_name(cfg.policy, cfg.timed, cfg.zero_page, cfg.swap).c_str(), run.ops_done(),
-              run.summary().c_str());
+              run_name(cfg.policy, cfg.timed, cfg.zero_page, cfg.swap, cfg.small).c_str(),
+              run.ops_done(), run.summary().c_str());
 }
 
 std::string seed_name(const ::testing::TestParamInfo<SeedParam>& info) {
   return "seed" + std::to_string(info.param.seed) + "_" +
-         run_tag(info.param.policy, info.param.timed, info.param.zero_page, info.param.swap);
+         run_tag(info.param.policy, info.param.timed, info.param.zero_page, info.param.swap,
+                 info.param.small);
 }
 
 // 10 x 10,000 operations with the classic fork, 5 x 10,000 under each COW-PTE policy.
@@ -1715,6 +1740,20 @@ std::vector<SeedParam> swap_runs() {
   return params;
 }
 INSTANTIATE_TEST_SUITE_P(DifferentialSwap, RandomOps, ::testing::ValuesIn(swap_runs()), seed_name);
+
+// The same with 2 MiB of memory, less than the runs touch: allocations reclaim directly (the
+// clock over the frames, the accessed-bit harvest, try_to_unmap through shared tables). A run
+// stops early (still tearing down and checking) if the OOM killer had to act.
+std::vector<SeedParam> reclaim_runs() {
+  std::vector<SeedParam> params;
+  const std::vector<std::string> names = sound_fork_policy_names();
+  for (std::size_t i = 0; i < names.size(); ++i)
+    params.push_back(SeedParam{701 + 10 * i, names[i], false, true, true, true});
+  params.push_back(SeedParam{791, "seed", true, true, true, true});
+  return params;
+}
+INSTANTIATE_TEST_SUITE_P(DifferentialReclaim, RandomOps, ::testing::ValuesIn(reclaim_runs()),
+                         seed_name);
 
 TEST(ForkPolicies, RegistryListsTheBuiltInPoliciesAndEachForks) {
   const std::vector<std::string> names = fork_policy_names();

@@ -13,6 +13,7 @@ namespace {
 constexpr std::uint64_t kSwpExclusive = 1ull << 3;  // _PAGE_SWP_EXCLUSIVE (_PAGE_PWT)
 constexpr std::uint64_t kSwpSoftDirty = 1ull << 1;  // _PAGE_SWP_SOFT_DIRTY (_PAGE_RW)
 constexpr vaddr_t kBase = 0x7f0000000000;           // 2 MiB aligned: one PTE table
+constexpr vaddr_t kFill = 0x7e0000000000;           // 2 MiB aligned, far from kBase
 
 MachineConfig swap_machine(std::uint64_t memory = 64ull << 20, std::uint64_t swap = 16ull << 20) {
   return MachineConfig{.memory_bytes = memory, .swap_bytes = swap};
@@ -313,6 +314,172 @@ TEST_P(SwapCount, ContinuationRetriesWithTheLockDropped) {
 
 INSTANTIATE_TEST_SUITE_P(ClassicAndSeed, SwapCount, ::testing::Values("classic", "seed"),
                          [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
+
+// ---- memory pressure: direct reclaim, the OOM killer, the accessed-bit harvest ----
+
+namespace pressure {
+
+// Store into f's pages at kFill until no frame is free. The first page is kept for last: its
+// table exists by then, so the last free frame can always be used up by one store.
+void fill_memory(Machine& m, Process& f) {
+  ASSERT_TRUE(f.mmap(kFill, 256ull << 20, kRWProt, kPrivAnon | MapFlags::fixed).has_value());
+  for (vaddr_t a = kFill + kPage; m.free_pages() > 0; a += kPage) {
+    if (m.free_pages() == 1 && a % (2ull << 20) == 0) {
+      ASSERT_TRUE(f.store(kFill, 1).has_value());
+      break;
+    }
+    ASSERT_TRUE(f.store(a, a).has_value());
+  }
+  ASSERT_EQ(m.free_pages(), 0u);
+  m.check_invariants();
+}
+
+}  // namespace pressure
+
+class Pressure : public ScenarioTest, public ::testing::WithParamInterface<std::string> {
+ protected:
+  Pressure() : ScenarioTest(swap_machine(4ull << 20, 32ull << 20)) {}
+};
+
+// A process writes twice the machine's memory: direct reclaim swaps its older pages out, and
+// every page reads back as written.
+TEST_P(Pressure, DirectReclaimSwapsOutWhenMemoryRunsOut) {
+  Process& p = spawn();
+  STEP(p.set_cow_pte(GetParam()));
+  const std::uint64_t pages = 2 * m.total_pages();
+  const vaddr_t a = *p.mmap(0, pages * kPage, kRWProt, kPrivAnon);
+  for (std::uint64_t i = 0; i < pages; ++i) store(p, a + i * kPage, pattern(11, i));
+  const VmStat s = m.vmstat();
+  EXPECT_GT(s.pgsteal, pages / 2);
+  EXPECT_GE(s.pswpout, s.pgsteal);
+  EXPECT_EQ(s.oom_kill, 0u);
+  Process& c = fork(p);  // fork meets the swap entries, and needs frames too
+  for (std::uint64_t i = 0; i < pages; i += 7) EXPECT_EQ(load(c, a + i * kPage), pattern(11, i));
+  for (std::uint64_t i = 0; i < pages; i += 5) EXPECT_EQ(load(p, a + i * kPage), pattern(11, i));
+  EXPECT_EQ(m.vmstat().oom_kill, 0u);
+  exit(c);
+  exit(p);
+  const VmStat e = m.vmstat();
+  EXPECT_EQ(e.nr_swap_free, e.nr_swap_pages);
+  if (e.swap_cont_pages) ok(m.swapoff(), "swapoff");
+  finish();
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryPolicy, Pressure, ::testing::ValuesIn(sound_fork_policy_names()),
+                         [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
+
+// Under COW PTE, munmap of one page of a shared span needs a frame for the break. When memory
+// is full, that allocation reclaims like any other: with swap, another process's pages go out
+// and the munmap succeeds.
+TEST(PressureCowPte, MunmapInASharedSpanReclaims) {
+  Machine m(swap_machine(4ull << 20, 32ull << 20));
+  Process& p = m.spawn();
+  ASSERT_TRUE(p.set_cow_pte("seed").has_value());
+  ASSERT_TRUE(p.mmap(kBase, 8 * kPage, kRWProt, kPrivAnon | MapFlags::fixed).has_value());
+  for (int i = 0; i < 8; ++i) ASSERT_TRUE(p.store(kBase + i * kPage, pattern(12, i)).has_value());
+  Process& c = **p.fork();
+  ASSERT_EQ(m.walk(p, kBase).table[3], m.walk(c, kBase).table[3]) << "the table is shared";
+  Process& f = m.spawn();
+  pressure::fill_memory(m, f);
+  ASSERT_TRUE(p.munmap(kBase + 3 * kPage, kPage).has_value());
+  m.check_invariants();
+  EXPECT_GT(m.vmstat().pswpout, 0u) << "the filler's pages went to swap";
+  EXPECT_EQ(m.vmstat().oom_kill, 0u);
+  EXPECT_TRUE(f.alive());
+  EXPECT_EQ(*c.load(kBase + 3 * kPage), pattern(12, 3)) << "the child keeps its page";
+  EXPECT_EQ(*f.load(kFill + kPage), kFill + kPage) << "the filler's data came back";
+  m.check_invariants();
+}
+
+// The same without swap: nothing can be reclaimed, so the OOM killer kills the largest process
+// (the filler), and the munmap succeeds. The victim's calls return ESRCH afterwards.
+TEST(PressureCowPte, MunmapInASharedSpanOomKillsWithoutSwap) {
+  Machine m(MachineConfig{.memory_bytes = 4ull << 20});
+  Process& p = m.spawn();
+  ASSERT_TRUE(p.set_cow_pte("seed").has_value());
+  ASSERT_TRUE(p.mmap(kBase, 8 * kPage, kRWProt, kPrivAnon | MapFlags::fixed).has_value());
+  for (int i = 0; i < 8; ++i) ASSERT_TRUE(p.store(kBase + i * kPage, pattern(13, i)).has_value());
+  Process& c = **p.fork();
+  Process& f = m.spawn();
+  pressure::fill_memory(m, f);
+  const int victim = f.pid();
+  ASSERT_TRUE(p.munmap(kBase + 3 * kPage, kPage).has_value());
+  m.check_invariants();
+  EXPECT_EQ(m.vmstat().oom_kill, 1u);
+  EXPECT_FALSE(f.alive());
+  EXPECT_EQ(m.find(victim), nullptr);
+  EXPECT_EQ(f.load(kFill).error(), Errno::srch);
+  EXPECT_EQ(f.store(kFill, 1).error(), Errno::srch);
+  const std::vector<std::string> log = m.dmesg();
+  ASSERT_FALSE(log.empty());
+  EXPECT_NE(log.back().find("Killed process " + std::to_string(victim)), std::string::npos)
+      << log.back();
+  EXPECT_TRUE(p.alive());
+  EXPECT_EQ(*c.load(kBase + 3 * kPage), pattern(13, 3));
+  EXPECT_EQ(p.load(kBase + 3 * kPage).error(), Errno::fault) << "unmapped";
+  m.check_invariants();
+}
+
+// The OOM killer picks the allocating process itself when it is the largest: its access fails
+// with ENOMEM, and it is dead once the call returns; the others live on.
+TEST(PressureOom, TheAllocatingProcessDiesOnItsWayOut) {
+  Machine m(MachineConfig{.memory_bytes = 4ull << 20});
+  Process& small = m.spawn();
+  ASSERT_TRUE(small.mmap(kBase, 4 * kPage, kRWProt, kPrivAnon | MapFlags::fixed).has_value());
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(small.store(kBase + i * kPage, i).has_value());
+  Process& big = m.spawn();
+  ASSERT_TRUE(big.mmap(kFill, 64ull << 20, kRWProt, kPrivAnon | MapFlags::fixed).has_value());
+  Result<void> r;
+  vaddr_t a = kFill;
+  for (; (r = big.store(a, 1)); a += kPage) m.check_invariants();
+  EXPECT_EQ(r.error(), Errno::nomem);
+  EXPECT_FALSE(big.alive()) << "killed on its way out of the faulting store";
+  EXPECT_EQ(big.load(kFill).error(), Errno::srch);
+  EXPECT_EQ(m.vmstat().oom_kill, 1u);
+  EXPECT_TRUE(small.alive());
+  EXPECT_EQ(*small.load(kBase + 3 * kPage), 3u);
+  m.check_invariants();
+  EXPECT_GT(m.free_pages(), m.total_pages() / 2) << "the victim's memory is free again";
+}
+
+// The accessed-bit harvest (folio_referenced) clears the A bits of a shared table without
+// breaking it (v4, Barry Song's point): reclaim takes the cold pages of another process first,
+// and the young pages' shared table stays shared, its bits cleared once for both holders.
+TEST(PressureCowPte, AccessedBitHarvestDoesNotBreakSharedTables) {
+  Machine m(swap_machine(64ull << 20, 16ull << 20));
+  Process& p = m.spawn();
+  ASSERT_TRUE(p.set_cow_pte("seed").has_value());
+  ASSERT_TRUE(p.mmap(kBase, 8 * kPage, kRWProt, kPrivAnon | MapFlags::fixed).has_value());
+  for (int i = 0; i < 8; ++i) ASSERT_TRUE(p.store(kBase + i * kPage, pattern(14, i)).has_value());
+  Process& c = **p.fork();
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(*c.load(kBase + i * kPage), pattern(14, i));  // A set
+  const pfn_t shared = m.walk(p, kBase).table[3];
+  ASSERT_EQ(m.walk(c, kBase).table[3], shared);
+  ASSERT_TRUE(m.walk(p, kBase).entry[3] & kA) << "the child's loads set A in the shared table";
+  Process& q = m.spawn();  // cold pages, allocated after p's (the clock reaches p's first)
+  ASSERT_TRUE(q.mmap(kFill, 16 * kPage, kRWProt, kPrivAnon | MapFlags::fixed).has_value());
+  for (int i = 0; i < 16; ++i) ASSERT_TRUE(q.store(kFill + i * kPage, i).has_value());
+  ASSERT_TRUE(q.madvise(kFill, 16 * kPage, Advice::cold).has_value());
+  EXPECT_EQ(m.reclaim(4), 4u);
+  m.check_invariants();
+  const VmStat s = m.vmstat();
+  EXPECT_EQ(s.referenced_shared_ptes, 16u) << "8 shared PTEs, seen from both holders";
+  EXPECT_EQ(s.rmap_cow_pte_breaks, 0u);
+  EXPECT_EQ(m.walk(p, kBase).table[3], shared) << "still shared";
+  EXPECT_EQ(m.walk(c, kBase).table[3], shared);
+  for (int i = 0; i < 8; ++i) EXPECT_FALSE(m.walk(p, kBase + i * kPage).entry[3] & kA) << i;
+  EXPECT_EQ(s.pswpout, 4u) << "q's cold pages went instead";
+  // The next reclaim finds the shared pages old: unmapping them breaks the table (patch 04).
+  EXPECT_EQ(m.reclaim(64), 20u);
+  m.check_invariants();
+  EXPECT_GT(m.vmstat().rmap_cow_pte_breaks, 0u);
+  EXPECT_NE(m.walk(p, kBase).table[3], m.walk(c, kBase).table[3]);
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_EQ(*p.load(kBase + i * kPage), pattern(14, i));
+    EXPECT_EQ(*c.load(kBase + i * kPage), pattern(14, i));
+  }
+  m.check_invariants();
+}
 
 }  // namespace
 }  // namespace cowpte::scen

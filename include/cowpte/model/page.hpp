@@ -90,6 +90,17 @@ using FreeList =
                             boost::intrusive::constant_time_size<true>,
                             boost::intrusive::cache_last<false>>;
 
+// What an allocation that finds no free frame calls before it gives up: the kernel's direct
+// reclaim and, when that frees nothing, the OOM killer (__alloc_pages_slowpath). True when a
+// frame may be free now.
+class ReclaimHook {
+ public:
+  virtual bool alloc_slowpath() = 0;
+
+ protected:
+  ~ReclaimHook() = default;
+};
+
 // Simulated physical memory: the mem_map array, the free list and frame contents.
 class PhysMem {
  public:
@@ -112,9 +123,13 @@ class PhysMem {
   bool valid(Pfn pfn) const noexcept { return raw(pfn) < nr_frames_; }
   bool ever_allocated(Pfn pfn) const noexcept { return raw(pfn) < watermark_; }
 
-  // alloc_page(GFP_KERNEL): refcount 1, or nullptr when memory is exhausted or a failure is
-  // injected. Contents read as zeros (a fresh frame owns no host memory).
+  // alloc_page(GFP_KERNEL): refcount 1, or nullptr when memory is exhausted (after the reclaim
+  // hook, if one is set, could not free a frame) or a failure is injected. Contents read as
+  // zeros (a fresh frame owns no host memory).
   Page* alloc_page();
+  // alloc_page(GFP_ATOMIC): the same without reclaim (the caller holds a spinlock).
+  Page* alloc_page_atomic();
+  void set_reclaim_hook(ReclaimHook* hook) noexcept { reclaim_ = hook; }
   // __free_page: the frame's references are gone; back to the free list.
   void free_page(Page& p);
   // put_page: drop one reference, free on the last.
@@ -205,6 +220,9 @@ class PhysMem {
     return static_cast<std::uint64_t*>(b);
   }
 
+  Page* take_free_frame();
+
+  ReclaimHook* reclaim_ = nullptr;
   Page* mem_map_ = nullptr;
   std::uint64_t nr_frames_ = 0;
   std::uint64_t watermark_ = 0;

@@ -54,8 +54,8 @@ class SeedPolicy final : public ForkPolicy {
   // others get a copy of the 512 entries as they are (fork did the accounting) and drop their
   // reference. Then the span's TLB entries go. Differences from v4, on purpose: the new table is
   // allocated before anything changes (v5's order; v4 clears the PMD first and restores it on
-  // failure, which David objected to); the single-threaded model cannot see the count fall to 1
-  // between the check and the copy.
+  // failure, which David objected to); the count is checked again after the allocation, which
+  // may have reclaimed or OOM-killed.
   int break_table(PolicyOps& ops, MmStruct& mm, EntryRef pmd, vaddr_t addr) const override {
     Kernel& k = kernel_of(ops);
     Kernel::PhaseScope phase(k, Phase::break_cow_pte);
@@ -64,6 +64,12 @@ class SeedPolicy final : public ForkPolicy {
     if (cow_pte_count(old) > 1) {
       nw = k.pte_alloc_one(mm);
       if (!nw) return -ENOMEM;
+      // The allocation may have reclaimed (breaking the table for another holder) or OOM-killed
+      // another holder: recheck, as v5 does, and reuse if this mm is the last one now.
+      if (cow_pte_count(old) == 1) {
+        k.pgtable_free(*nw);
+        nw = nullptr;
+      }
     }
     ++mm.write_protect_seq;  // write_seqcount_begin: GUP-fast backs off
     {
