@@ -114,6 +114,11 @@ class Machine {
   // first). ENOMEM when memory runs out (what came back stays; the device stays on), EINVAL
   // without a device. The device is gone afterwards.
   Result<void> swapoff();
+  // Migrate one anonymous page to a new frame, as compaction does (try_to_migrate through every
+  // mapping, shared PTE tables broken first; copy; remove_migration_ptes). The new frame, or
+  // EINVAL (not an anonymous page in use), ENOMEM (no frame), EBUSY (pinned, held by GUP, or a
+  // shared table that could not be broken): then nothing changed.
+  Result<pfn_t> migrate_page(pfn_t pfn);
   VmStat vmstat() const;  // /proc/vmstat's swap and reclaim counters, /proc/meminfo's swap
   // Proactive reclaim of up to `pages` anonymous pages (cgroup v2's memory.reclaim): the same
   // scan direct reclaim runs when an allocation finds no free frame. Returns the pages freed.

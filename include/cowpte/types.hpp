@@ -157,6 +157,7 @@ struct VmStat {
   std::uint64_t swapcache_hits = 0;          // swap-in faults the swap cache served
   std::uint64_t pgscan = 0;                  // pages reclaim looked at
   std::uint64_t pgsteal = 0;                 // pages reclaim freed
+  std::uint64_t pgmigrate_success = 0;       // pages Machine::migrate_page moved
   std::uint64_t oom_kill = 0;                // processes the OOM killer killed
   std::uint64_t referenced_shared_ptes = 0;  // A bits harvested in shared tables (no break)
   std::uint64_t swap_cont_pages = 0;         // count continuation frames added (add_swap_count_...)

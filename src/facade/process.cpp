@@ -169,6 +169,17 @@ std::uint64_t Machine::cycles(unsigned cpu) const {
   return kernel_->hw->cpus[cpu].clock;
 }
 Result<void> Machine::swapoff() { return kernel_->sys_swapoff(); }
+Result<pfn_t> Machine::migrate_page(pfn_t pfn) {
+  Kernel& k = *kernel_;
+  if (pfn >= k.mem.total_pages() || !k.mem.ever_allocated(Pfn{pfn})) return Errno::inval;
+  Page& page = k.mem.page(Pfn{pfn});
+  if (page.test(PG_free) || page.test(PG_table) || !PageAnon(page) ||
+      (page_mapcount(page) == 0 && !PageSwapCache(page)))
+    return Errno::inval;  // not a page compaction would isolate (anonymous, on the LRU)
+  auto r = k.migrate_page(page);
+  if (!r) return r.error();
+  return raw(*r);
+}
 std::uint64_t Machine::reclaim(std::uint64_t pages) {
   Kernel& k = *kernel_;
   k.in_reclaim = true;  // memory.reclaim runs reclaim itself: its allocations do not recurse

@@ -284,6 +284,8 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
   Page* read_swap_cache_async(SwpEntry entry);
   void swap_writepage(Page& page);
   void swap_readpage(Page& page);
+  template <class F>
+  bool for_each_anon_address(std::uint64_t index, F&& f);
   template <class Visit>
   bool rmap_walk_anon(Page& page, bool break_cow, Visit&& visit);
   bool try_to_unmap_one(Page& page, Vma& vma, vaddr_t addr, EntryRef pmd);
@@ -294,6 +296,11 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
   bool folio_reclaimable(const Page& page) const noexcept;
   std::uint64_t try_to_free_pages(std::uint64_t nr_to_reclaim);
   bool alloc_slowpath() override;  // __alloc_pages_slowpath: direct reclaim, then the OOM killer
+  // ---- src/mm/migrate.cpp (mm/migrate.c, mm/rmap.c's try_to_migrate) ----
+  bool try_to_migrate_one(Page& page, Vma& vma, vaddr_t addr, EntryRef pmd);
+  bool try_to_migrate(Page& page);
+  void remove_migration_ptes(Page& src, Page& dst);
+  Result<Pfn> migrate_page(Page& page);
   // ---- src/mm/oom_kill.cpp (mm/oom_kill.c) ----
   static long oom_badness(const MmStruct& mm) noexcept;
   bool out_of_memory();

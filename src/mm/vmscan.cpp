@@ -6,6 +6,7 @@
 
 #include "mm/errno.hpp"
 #include "mm/kernel.hpp"
+#include "mm/rmap_walk.hpp"
 
 namespace cowpte {
 
@@ -15,44 +16,6 @@ static int page_try_share_anon_rmap(Page& page) {
   if (page_maybe_dma_pinned(page)) return -EBUSY;
   page.clear(PG_anon_exclusive);
   return 0;
-}
-
-// rmap_walk_anon: every PTE that maps page, in every process. Linux follows the anon_vma
-// interval tree of page->mapping; the model visits the anonymous VMAs of every live mm whose
-// range holds page->index (the family of VMAs that inherited the page's, and possibly others
-// that the PTE check rules out). With break_cow (PVMW_BREAK_COW_PTE, patch 04) a shared table
-// is broken first; a failed break skips that mapping. visit(vma, addr, pmd) returns false to
-// stop the walk, and the walk then returns false. Direct reclaim does not unmap from a shared
-// table of the mm whose kernel path is allocating: that path may be breaking it, or sharing it
-// with a child it is forking, with the table in hand (Linux's locks and rechecks cover the
-// race; the model stays out of it). The walk stops there too.
-template <class Visit>
-bool Kernel::rmap_walk_anon(Page& page, bool break_cow, Visit&& visit) {
-  const Pfn pfn = mem.pfn(page);
-  for (Process& p : procs) {
-    MmStruct* mm = p.mm();
-    if (!mm) continue;
-    for (Vma& vma : mm->mm_mt) {
-      if (!vma.anon_vma || vma.vm_file) continue;
-      if (page.anon_index < vma.vm_pgoff || page.anon_index >= vma.vm_pgoff + vma.pages()) continue;
-      const vaddr_t addr = vma.vm_start + ((page.anon_index - vma.vm_pgoff) << PAGE_SHIFT);
-      EntryRef pmd = walk_to_pmd(*mm, addr);
-      if (!pmd || pmd_none(pmd.get())) continue;
-      const pteval_t pte = pte_offset_map(pmd, addr).get();
-      if (!pte_present(pte) || pte_pfn(pte) != pfn) continue;  // page_vma_mapped_walk
-      // Direct reclaim leaves alone a table of busy_mm that is shared, or being shared by a fork
-      // in progress: the allocating path may have it in hand.
-      if (break_cow && direct_reclaim && mm == busy_mm &&
-          (pmd_cow_pte(*mm, pmd.get()) || cow_pte_count(table_of(pmd.get())) > 1))
-        return false;
-      if (break_cow && pmd_cow_pte(*mm, pmd.get())) {
-        if (break_cow_pte(*mm, pmd, addr)) continue;  // no table for the break: not found
-        ++vm_events.rmap_cow_pte_breaks;
-      }
-      if (!visit(vma, addr, pmd)) return false;
-    }
-  }
-  return true;
 }
 
 // try_to_unmap_one: replace one mapping of page by its swap entry (or drop a clean lazily

@@ -1038,19 +1038,20 @@ class DifferentialRun {
       kSetCpu,
       kMremap,
       kSwapoff,
+      kMigrate,
       kCount
     };
     // set_cpu only in the timed runs (a zero weight is never drawn, so the untimed runs draw
     // what they drew before it existed).
-    // swapoff only in the swap runs, as set_cpu.
+    // swapoff and migrate_page only in the swap runs, as set_cpu.
     static const unsigned kWeights[kCount] = {260, 220, 90, 50, 60, 80, 40, 28,
-                                              50,  40,  30, 6,  0,  0,  45, 0};
+                                              50,  40,  30, 6,  0,  0,  45, 0, 0};
     static const unsigned kWeightsCowPte[kCount] = {260, 220, 90, 50, 60, 80, 40, 28,
-                                                    50,  40,  30, 6,  10, 0,  45, 0};
+                                                    50,  40,  30, 6,  10, 0,  45, 0, 0};
     unsigned weights[kCount];
     std::copy_n(cfg_.mode == ForkMode::classic ? kWeights : kWeightsCowPte, kCount, weights);
     if (cfg_.timed) weights[kSetCpu] = kSetCpuWeight;
-    if (cfg_.swap) weights[kSwapoff] = 1;
+    if (cfg_.swap) weights[kSwapoff] = 1, weights[kMigrate] = 20;
     Op op = static_cast<Op>(rng_.weighted(weights));
     if (op == kDead && dead_.empty()) op = kLoad;
     if (op == kSwapoff && op_ < kDefaultOps * 3 / 4) op = kLoad;  // the last quarter: no swap
@@ -1092,6 +1093,8 @@ class DifferentialRun {
         return do_mremap(l);
       case kSwapoff:
         return do_swapoff();
+      case kMigrate:
+        return do_migrate(l);
       case kCount:
         break;
     }
@@ -1269,6 +1272,27 @@ class DifferentialRun {
     if (l.twin) twin_same(d, r, l.twin->mprotect(a, len, prot));
     twin_dirty(a, len);
     if (len) touch(a);
+  }
+
+  // migrate_page (swap runs) of the page a process maps at a random address, if one is mapped
+  // there: it moves (or stays: EBUSY for a pin or a GUP reference, ENOMEM without a frame);
+  // either way every value reads the same, which the loads that follow check.
+  void do_migrate(Live& l) {
+    const vaddr_t a = pick_word_addr(l.mid) & ~(kPageSize - 1);
+    migrate_at(m_, *l.proc, a, pname(l));
+    if (l.twin) migrate_at(*twin_, *l.twin, a, "twin " + pname(l));
+    twin_full_next_ = true;
+    touch(a);
+    do_load(l, a);
+  }
+  void migrate_at(Machine& m, Process& p, vaddr_t a, const std::string& who) {
+    const PagemapEntry e = p.pagemap(a);
+    if (!e.present || e.pfn == m.zero_pfn() || e.file_or_shared_anon) return;
+    const std::string d = "migrate_page(" + who + " " + hex(a) + ")";
+    auto r = m.migrate_page(e.pfn);
+    note("machine." + d, r.error(), r ? "pfn " + hex(*r) : errname(r.error()));
+    if (!r && r.error() != Errno::busy && r.error() != Errno::nomem)
+      fail(d + ": " + errname(r.error()) + ", expected a new frame, EBUSY or ENOMEM");
   }
 
   // swapoff (swap runs): every swapped page comes back; the values stay. The device is gone for

@@ -17,6 +17,11 @@
 // the arena, so that both sides use the same addresses; THP is off in the agents
 // (PR_SET_THP_DISABLE), and the Machine has the zero page only if the host maps it.
 //
+// RealKernelSwap runs the same with a swap file on the host (swapon, root only; skipped where the
+// machine refuses it) and a swap device in the Machine: MADV_PAGEOUT then swaps on both sides,
+// and with the classic fork each VMA's Swap (smaps) and each page's swapped bit (pagemap bit 62)
+// must agree too.
+//
 // Environment: COWPTE_REAL_SEQUENCES (20 per policy), COWPTE_REAL_STEPS (400), COWPTE_REAL_SEED
 // (the first seed). A divergence prints the step log and a one-line reproducer.
 #include <fcntl.h>
@@ -193,7 +198,7 @@ void futex_wake(std::atomic<std::uint32_t>& w) {
 struct RealVma {
   vaddr_t start, end;
   std::string perms;
-  std::uint64_t rss = 0, anon = 0;  // bytes
+  std::uint64_t rss = 0, anon = 0, swap = 0;  // bytes
 };
 
 // The VMAs of pid inside the arena, with Rss and Anonymous from smaps.
@@ -215,6 +220,7 @@ std::vector<RealVma> real_vmas(pid_t pid) {
     unsigned long kb;
     if (std::sscanf(line.c_str(), "Rss: %lu kB", &kb) == 1) out.back().rss = kb << 10;
     if (std::sscanf(line.c_str(), "Anonymous: %lu kB", &kb) == 1) out.back().anon = kb << 10;
+    if (std::sscanf(line.c_str(), "Swap: %lu kB", &kb) == 1) out.back().swap = kb << 10;
   }
   return out;
 }
@@ -264,12 +270,15 @@ struct Agent {
 class RealRun {
  public:
   RealRun(std::string policy, std::uint64_t seed, std::uint64_t steps, bool zero_page,
-          bool structure)
+          bool structure, bool swap = false)
       : policy_(std::move(policy)),
         seed_(seed),
         steps_(steps),
         structure_(structure && policy_ == "classic"),
-        m_(MachineConfig{.memory_bytes = 512ull << 20, .zero_page = zero_page}),
+        swap_(swap),
+        m_(MachineConfig{.memory_bytes = 512ull << 20,
+                         .swap_bytes = swap ? 256ull << 20 : 0,
+                         .zero_page = zero_page}),
         rng_(seed) {}
 
   ~RealRun() {
@@ -654,11 +663,13 @@ class RealRun {
         if (rv[i].start != mv[i].start || rv[i].end != mv[i].end)
           return fail(who(a) + ": VMAs differ" + show());
         if (!structure_) continue;
-        if (rv[i].rss != mv[i].rss || rv[i].anon != mv[i].anonymous)
+        if (rv[i].rss != mv[i].rss || rv[i].anon != mv[i].anonymous ||
+            (swap_ && rv[i].swap != mv[i].swap))
           return fail(who(a) + ": smaps of " + hex(rv[i].start) + ": kernel Rss " +
                       std::to_string(rv[i].rss) + " Anonymous " + std::to_string(rv[i].anon) +
-                      ", cowpte " + std::to_string(mv[i].rss) + " / " +
-                      std::to_string(mv[i].anonymous));
+                      " Swap " + std::to_string(rv[i].swap) + ", cowpte " +
+                      std::to_string(mv[i].rss) + " / " + std::to_string(mv[i].anonymous) +
+                      " / " + std::to_string(mv[i].swap));
         const std::vector<std::uint64_t> words = real_pagemap(a.pid, rv[i].start, rv[i].end);
         for (std::size_t j = 0; j < words.size(); ++j) {
           const vaddr_t va = rv[i].start + j * kPage;
@@ -667,6 +678,11 @@ class RealRun {
           if (rp != pm.present)
             return fail(who(a) + " pagemap(" + hex(va) + "): present " + std::to_string(rp) +
                         " in the kernel, " + std::to_string(pm.present) + " in cowpte");
+          const bool rs = (words[j] >> 62) & 1;
+          if (swap_ && rs != pm.swapped)
+            return fail(who(a) + " pagemap(" + hex(va) + "): swapped " + std::to_string(rs) +
+                        " in the kernel, " + std::to_string(pm.swapped) + " in cowpte");
+          if (swap_ && rs) ++swapped_seen_;
           if (!rp) continue;
           const std::string here = who(a) + " " + hex(va);
           const std::uint64_t rpfn = words[j] & ((1ull << 55) - 1);
@@ -683,9 +699,15 @@ class RealRun {
     return true;
   }
 
+ public:
+  std::uint64_t swapped_seen() const { return swapped_seen_; }
+
+ private:
   std::string policy_;
   std::uint64_t seed_, steps_, step_ = 0;
   bool structure_;
+  bool swap_;
+  std::uint64_t swapped_seen_ = 0;  // swapped pages compared
   Machine m_;
   std::mt19937_64 rng_;
   Mailbox* mb_ = nullptr;
@@ -727,6 +749,66 @@ TEST_P(RealKernel, MatchesTheHostKernel) {
               " steps, zero divergences (host zero page: %s); ok/errors:%s\n",
               GetParam().c_str(), sequences, done, zero_page ? "yes" : "no", kinds.c_str());
 }
+
+// A swap file on the host for the test's duration: fallocate, mkswap, swapon; swapoff and
+// unlink at the end. ok() is false (with why()) where the machine does not allow it.
+class HostSwapFile {
+ public:
+  HostSwapFile() {
+    path_ = "/var/tmp/cowpte-test-" + std::to_string(getpid()) + ".swap";
+    const std::string cmd = "fallocate -l 64M " + path_ + " && chmod 600 " + path_ +
+                            " && mkswap " + path_ + " >/dev/null && swapon " + path_;
+    if (std::system(cmd.c_str()) == 0) {
+      on_ = true;
+    } else {
+      why_ = "'" + cmd + "' failed";
+      std::remove(path_.c_str());
+    }
+  }
+  ~HostSwapFile() {
+    if (on_) (void)!std::system(("swapoff " + path_).c_str());
+    std::remove(path_.c_str());
+  }
+  HostSwapFile(const HostSwapFile&) = delete;
+  HostSwapFile& operator=(const HostSwapFile&) = delete;
+  bool ok() const { return on_; }
+  const std::string& why() const { return why_; }
+
+ private:
+  std::string path_, why_;
+  bool on_ = false;
+};
+
+class RealKernelSwap : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(RealKernelSwap, MatchesTheHostKernelWithSwap) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root: swapon, and PFNs in /proc/PID/pagemap";
+  if (!pfns_visible()) GTEST_SKIP() << "/proc/self/pagemap shows no PFNs";
+  HostSwapFile swap;
+  if (!swap.ok()) GTEST_SKIP() << "no swap file on this machine: " << swap.why();
+  const bool zero_page = host_maps_zero_page();
+  const std::uint64_t sequences = env_or("COWPTE_REAL_SEQUENCES", 10);
+  const std::uint64_t steps = env_or("COWPTE_REAL_STEPS", 400);
+  const std::uint64_t first = env_or("COWPTE_REAL_SEED", 5000);
+  std::uint64_t swapped = 0;
+  for (std::uint64_t i = 0; i < sequences; ++i) {
+    RealRun run(GetParam(), first + i, steps, zero_page, true, true);
+    if (!run.run()) {
+      ADD_FAILURE() << run.report();
+      return;
+    }
+    swapped += run.swapped_seen();
+  }
+  std::printf("[ real     ] %s with swap: %" PRIu64 " sequences of %" PRIu64
+              " steps, zero divergences, %" PRIu64 " swapped pages compared\n",
+              GetParam().c_str(), sequences, steps, swapped);
+  if (GetParam() == "classic") {
+    EXPECT_GT(swapped, 0u) << "MADV_PAGEOUT never swapped a page";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(RealKernelSwap, RealKernelSwap, ::testing::Values("classic", "seed"),
+                         [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
 
 // Every registered policy but "seed_exact", which is the series as posted, bugs included.
 std::vector<std::string> policies() { return sound_fork_policy_names(); }

@@ -481,5 +481,114 @@ TEST(PressureCowPte, AccessedBitHarvestDoesNotBreakSharedTables) {
   m.check_invariants();
 }
 
+// ---- migration (Machine::migrate_page, as compaction does) ----
+
+class Migrate : public Swap {
+ protected:
+  Result<pfn_t> migrate(pfn_t pfn, const loc_t& loc = loc_t::current()) {
+    auto r = m.migrate_page(pfn);
+    inv(loc);
+    return r;
+  }
+};
+
+// A page two processes map (through a table fork shared, under COW PTE) moves to a new frame:
+// both map the new frame with the same bits, read the same data, and the old frame is free.
+TEST_P(Migrate, MovesASharedPageEverywhere) {
+  Process& p = spawn();
+  STEP(p.set_cow_pte(GetParam()));
+  const vaddr_t a = map_anon(p, 4, kBase);
+  populate(p, a, 4, 15);
+  Process& c = fork(p);
+  EXPECT_EQ(load(c, a + kPage), pattern(15, 1));  // A set, and (ODF) the child's table copied
+  const pfn_t old = pfn_of(p, a + kPage);
+  const std::uint64_t pbits = pte_flags(pte(p, a + kPage)), cbits = pte_flags(pte(c, a + kPage));
+  auto r = migrate(old);
+  ASSERT_TRUE(r.has_value()) << to_string(r.error());
+  const pfn_t nw = *r;
+  EXPECT_NE(nw, old);
+  EXPECT_EQ(pfn_of(p, a + kPage), nw);
+  EXPECT_EQ(pfn_of(c, a + kPage), nw);
+  EXPECT_EQ(pte_flags(pte(p, a + kPage)), pbits);
+  EXPECT_EQ(pte_flags(pte(c, a + kPage)), cbits);
+  EXPECT_TRUE(page(old).free);
+  EXPECT_TRUE(AnonPage(page(nw), 2, 2, false));
+  EXPECT_EQ(load(p, a + kPage), pattern(15, 1));
+  store(c, a + kPage, 1);  // COW still separates them
+  EXPECT_EQ(load(p, a + kPage), pattern(15, 1));
+  EXPECT_EQ(m.vmstat().pgmigrate_success, 1u);
+  finish_swap();
+}
+
+// An exclusive, writable, dirty page stays so: the next store writes it in place.
+TEST_P(Migrate, KeepsAWritableExclusivePageWritable) {
+  Process& p = spawn();
+  STEP(p.set_cow_pte(GetParam()));
+  const vaddr_t a = map_anon(p, 2, kBase);
+  populate(p, a, 2, 16);
+  const std::uint64_t bits = pte_flags(pte(p, a));
+  ASSERT_TRUE(PteBits(bits, kRW | kD | kA, 0));
+  auto r = migrate(pfn_of(p, a));
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(pte_flags(pte(p, a)), bits);
+  EXPECT_TRUE(AnonPage(page(*r), 1, 1, true));
+  store(p, a, 2);
+  EXPECT_EQ(pfn_of(p, a), *r) << "written in place";
+  EXPECT_EQ(load(p, a + kPage), pattern(16, 1));
+  finish_swap();
+}
+
+// A page in the swap cache (swapped out, read back) moves with its slot.
+TEST_P(Migrate, MovesASwapCachePageWithItsSlot) {
+  Process& p = spawn();
+  STEP(p.set_cow_pte(GetParam()));
+  const vaddr_t a = map_anon(p, 2, kBase);
+  populate(p, a, 2, 17);
+  STEP(p.madvise(a, 2 * kPage, Advice::pageout));
+  EXPECT_EQ(load(p, a), pattern(17, 0));
+  const pfn_t old = pfn_of(p, a);
+  ASSERT_TRUE(page(old).swapcache);
+  auto r = migrate(old);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_TRUE(page(*r).swapcache);
+  EXPECT_TRUE(page(old).free);
+  EXPECT_EQ(m.vmstat().nr_swapcached, 1u);
+  STEP(p.madvise(a, 2 * kPage, Advice::pageout));  // out again, from the new frame
+  EXPECT_EQ(load(p, a), pattern(17, 0));
+  finish_swap();
+}
+
+// What cannot move fails and changes nothing: a pinned page and one GUP holds (EBUSY), no free
+// frame (ENOMEM), frames that are no anonymous page in use (EINVAL).
+TEST_P(Migrate, RefusesWhatCannotMove) {
+  Process& p = spawn();
+  STEP(p.set_cow_pte(GetParam()));
+  const vaddr_t a = map_anon(p, 3, kBase);
+  populate(p, a, 3, 18);
+  STEP(p.pin(a, kPage, PinFlags::write | PinFlags::longterm));
+  const pfn_t pinned = pfn_of(p, a);
+  EXPECT_EQ(migrate(pinned).error(), Errno::busy);
+  EXPECT_EQ(pfn_of(p, a), pinned);
+  STEP(p.gup_get(a + kPage, kPage));
+  const pfn_t held = pfn_of(p, a + kPage);
+  EXPECT_EQ(migrate(held).error(), Errno::busy);
+  EXPECT_EQ(pfn_of(p, a + kPage), held);
+  EXPECT_EQ(read_gup(p, a + kPage), pattern(18, 1));
+  m.fail_nth_allocation(1);
+  EXPECT_EQ(migrate(pfn_of(p, a + 2 * kPage)).error(), Errno::nomem);
+  EXPECT_EQ(load(p, a + 2 * kPage), pattern(18, 2));
+  EXPECT_EQ(migrate(m.zero_pfn()).error(), Errno::inval);
+  EXPECT_EQ(migrate(pte_table(p, a)).error(), Errno::inval);
+  EXPECT_EQ(migrate(m.total_pages()).error(), Errno::inval);
+  EXPECT_EQ(migrate(m.total_pages() - 1).error(), Errno::inval) << "never handed out";
+  EXPECT_EQ(m.vmstat().pgmigrate_success, 0u);
+  STEP(p.unpin(a, kPage));
+  STEP(p.gup_put(a + kPage, kPage));
+  finish_swap();
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryPolicy, Migrate, ::testing::ValuesIn(sound_fork_policy_names()),
+                         [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
+
 }  // namespace
 }  // namespace cowpte::scen

@@ -181,6 +181,21 @@ constexpr bool pte_swp_exclusive(pteval_t v) noexcept { return v & _PAGE_SWP_EXC
 constexpr pteval_t pte_swp_mkexclusive(pteval_t v) noexcept { return v | _PAGE_SWP_EXCLUSIVE; }
 constexpr pteval_t pte_swp_clear_exclusive(pteval_t v) noexcept { return v & ~_PAGE_SWP_EXCLUSIVE; }
 constexpr bool non_swap_entry(SwpEntry e) noexcept { return e.type >= MAX_SWAPFILES; }
+
+// Migration entries (swapops.h, v6.1): types after SWP_HWPOISON (= MAX_SWAPFILES); the offset
+// is the frame, with the accessed and dirty bits above it (x86-64 has the offset bits for them:
+// migration_entry_supports_ad).
+inline constexpr unsigned SWP_MIGRATION_READ = MAX_SWAPFILES + 1;
+inline constexpr unsigned SWP_MIGRATION_READ_EXCLUSIVE = MAX_SWAPFILES + 2;
+inline constexpr unsigned SWP_MIGRATION_WRITE = MAX_SWAPFILES + 3;
+inline constexpr unsigned SWP_PFN_BITS = 46 - PAGE_SHIFT;  // MAX_PHYSMEM_BITS - PAGE_SHIFT
+inline constexpr std::uint64_t SWP_PFN_MASK = (1ull << SWP_PFN_BITS) - 1;
+inline constexpr std::uint64_t SWP_MIG_YOUNG = 1ull << SWP_PFN_BITS;
+inline constexpr std::uint64_t SWP_MIG_DIRTY = 1ull << (SWP_PFN_BITS + 1);
+constexpr bool is_migration_entry(SwpEntry e) noexcept {
+  return e.type >= SWP_MIGRATION_READ && e.type <= SWP_MIGRATION_WRITE;
+}
+constexpr Pfn pfn_swap_entry_to_pfn(SwpEntry e) noexcept { return Pfn{e.offset & SWP_PFN_MASK}; }
 constexpr bool pte_swp_soft_dirty(pteval_t v) noexcept { return v & _PAGE_SWP_SOFT_DIRTY; }
 constexpr pteval_t pte_swp_mksoft_dirty(pteval_t v) noexcept { return v | _PAGE_SWP_SOFT_DIRTY; }
 constexpr pteval_t pte_swp_clear_soft_dirty(pteval_t v) noexcept {
