@@ -166,6 +166,7 @@ int Kernel::tfork_one_pte_table(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
   Vma* vma = mm.vma_lookup(span);  // a shared table lies inside one VMA (fork's rule; splits
   if (!vma || vma->vm_end < span + PMD_SIZE)  // and partial unmaps copy it first)
     throw InvariantViolation("tfork_one_pte_table: a shared table not inside one VMA");
+  TableInHand hold(*this, old);
   Page* nw = pte_alloc_one(mm);
   if (!nw) return -ENOMEM;
   RssVec rss{};

@@ -77,7 +77,12 @@ int Kernel::copy_cow_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, Ent
       // may sleep and resume at the entry. If even that fails, the seed shares the half-prepared
       // table and returns -ENOMEM; the model takes back what the child got and fails cleanly.
       ++vm_events.fork_swap_retries;
-      if (add_swap_count_continuation(entry, Gfp::kernel) < 0) {
+      int err;
+      {
+        TableInHand hold(*this, *pte_table);
+        err = add_swap_count_continuation(entry, Gfp::kernel);
+      }
+      if (err < 0) {
         uncharge_cow_pte_range(*curr, dst_mm, dst_pmd, src_pmd, addr);
         return -ENOMEM;
       }
@@ -143,6 +148,7 @@ int Kernel::recover_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, Entr
                               vaddr_t end, bool as_posted) {
   MmStruct& dst_mm = *dst_vma.vm_mm;
   Page& src_table = table_of(src_pmd.get());
+  TableInHand hold(*this, src_table);  // shared with the child until it gets its own
   if (as_posted) {
     // The series: pmd_clear (no mm_dec_nr_ptes: the child pays for the shared table and again
     // for its own), then pte_alloc_map_lock; on -ENOMEM the child's reference and the

@@ -88,7 +88,9 @@ Result<Process*> Kernel::kernel_clone(Process& parent) {
   std::unique_ptr<MmStruct>& mm = *new_mm;
   mm->flags = oldmm.flags & MMF_INIT_MASK;
   mm->cow_pte_policy = oldmm.cow_pte_policy;
+  forking_mm = &oldmm;  // one fork at a time: direct reclaim leaves its shared tables alone
   const int err = dup_mmap(*mm, oldmm);
+  forking_mm = nullptr;
   if (err) {
     zap_unlinked_ptes(*mm);
     exit_mmap(*mm);  // mmput

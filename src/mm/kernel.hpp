@@ -305,10 +305,33 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
   static long oom_badness(const MmStruct& mm) noexcept;
   bool out_of_memory();
   void oom_reap_pending();
-  // The mm the running kernel path works on (the calling process's, or swapoff's): direct
-  // reclaim leaves its pages alone and the OOM killer kills its process only once the path is
-  // done (Linux's victim dies on its way back to user space).
+  // The mm the running kernel path works on (the calling process's, or swapoff's): the OOM
+  // killer kills its process only once the path is done (Linux's victim dies on its way back
+  // to user space).
   MmStruct* busy_mm = nullptr;
+  // The shared PTE tables the running path holds across an allocation (a break's old table,
+  // the table a fork is sharing with its child): direct reclaim inside that allocation does
+  // not unmap through them, in any mm. Linux relies on locks and rechecks for this race.
+  std::vector<const Page*> tables_in_hand;
+  class TableInHand {
+   public:
+    TableInHand(Kernel& k, const Page& table) : k_(k) { k.tables_in_hand.push_back(&table); }
+    ~TableInHand() { k_.tables_in_hand.pop_back(); }
+    TableInHand(const TableInHand&) = delete;
+    TableInHand& operator=(const TableInHand&) = delete;
+
+   private:
+    Kernel& k_;
+  };
+  // The mm a fork is copying: its shared tables may be shared with the child, which no rmap
+  // walk can see yet (alloc_pid comes after copy_mm), so direct reclaim leaves them alone too.
+  MmStruct* forking_mm = nullptr;
+  bool table_in_hand(const MmStruct& mm, const Page& table) const noexcept {
+    if (&mm == forking_mm && cow_pte_count(table) > 1) return true;
+    for (const Page* t : tables_in_hand)
+      if (t == &table) return true;
+    return false;
+  }
   Process* oom_pending = nullptr;
   bool in_reclaim = false;      // PF_MEMALLOC: reclaim's own allocations do not reclaim
   bool direct_reclaim = false;  // reclaim runs inside an allocation of busy_mm's path

@@ -31,9 +31,9 @@ bool Kernel::for_each_anon_address(std::uint64_t index, F&& f) {
 // page->index, and the PTE there maps page: page_vma_mapped_walk). With break_cow
 // (PVMW_BREAK_COW_PTE, patch 04) a shared table is broken first; a failed break skips that mapping.
 // visit(vma, addr, pmd) returns false to stop the walk, and the walk then returns false. Direct
-// reclaim does not unmap from a shared table of the mm whose kernel path is allocating: that path
-// may be breaking it, or sharing it with a child it is forking, with the table in hand (Linux's
-// locks and rechecks cover the race; the model stays out of it). The walk stops there too.
+// reclaim does not unmap through a shared table the allocating path holds (breaking it, or
+// sharing it with the child it forks): Linux's locks and rechecks cover that race, the model
+// stays out of it. The walk stops there too.
 template <class Visit>
 bool Kernel::rmap_walk_anon(Page& page, bool break_cow, Visit&& visit) {
   const Pfn pfn = mem.pfn(page);
@@ -41,11 +41,8 @@ bool Kernel::rmap_walk_anon(Page& page, bool break_cow, Visit&& visit) {
       page.anon_index, [&](MmStruct& mm, Vma& vma, vaddr_t addr, EntryRef pmd) {
         const pteval_t pte = pte_offset_map(pmd, addr).get();
         if (!pte_present(pte) || pte_pfn(pte) != pfn) return true;  // page_vma_mapped_walk
-        // Direct reclaim leaves alone a table of busy_mm that is shared, or being shared by a fork
-        // in progress: the allocating path may have it in hand.
-        if (break_cow && direct_reclaim && &mm == busy_mm &&
-            (pmd_cow_pte(mm, pmd.get()) || cow_pte_count(table_of(pmd.get())) > 1))
-          return false;
+        // Direct reclaim leaves alone a table the allocating path holds (TableInHand).
+        if (break_cow && direct_reclaim && table_in_hand(mm, table_of(pmd.get()))) return false;
         if (break_cow && pmd_cow_pte(mm, pmd.get())) {
           if (break_cow_pte(mm, pmd, addr)) return true;  // no table for the break: not found
           ++vm_events.rmap_cow_pte_breaks;

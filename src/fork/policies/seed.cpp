@@ -62,6 +62,7 @@ class SeedPolicy final : public ForkPolicy {
     Page& old = k.table_of(pmd.get());
     Page* nw = nullptr;
     if (cow_pte_count(old) > 1) {
+      Kernel::TableInHand hold(k, old);
       nw = k.pte_alloc_one(mm);
       if (!nw) return -ENOMEM;
       // The allocation may have reclaimed (breaking the table for another holder) or OOM-killed
