@@ -1044,10 +1044,10 @@ class DifferentialRun {
     // set_cpu only in the timed runs (a zero weight is never drawn, so the untimed runs draw
     // what they drew before it existed).
     // swapoff and migrate_page only in the swap runs, as set_cpu.
-    static const unsigned kWeights[kCount] = {260, 220, 90, 50, 60, 80, 40, 28,
-                                              50,  40,  30, 6,  0,  0,  45, 0, 0};
-    static const unsigned kWeightsCowPte[kCount] = {260, 220, 90, 50, 60, 80, 40, 28,
-                                                    50,  40,  30, 6,  10, 0,  45, 0, 0};
+    static const unsigned kWeights[kCount] = {260, 220, 90, 50, 60, 80, 40, 28, 50,
+                                              40,  30,  6,  0,  0,  45, 0,  0};
+    static const unsigned kWeightsCowPte[kCount] = {260, 220, 90, 50, 60, 80, 40, 28, 50,
+                                                    40,  30,  6,  10, 0,  45, 0,  0};
     unsigned weights[kCount];
     std::copy_n(cfg_.mode == ForkMode::classic ? kWeights : kWeightsCowPte, kCount, weights);
     if (cfg_.timed) weights[kSetCpu] = kSetCpuWeight;

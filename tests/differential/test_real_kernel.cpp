@@ -671,8 +671,8 @@ class RealRun {
           return fail(who(a) + ": smaps of " + hex(rv[i].start) + ": kernel Rss " +
                       std::to_string(rv[i].rss) + " Anonymous " + std::to_string(rv[i].anon) +
                       " Swap " + std::to_string(rv[i].swap) + ", cowpte " +
-                      std::to_string(mv[i].rss) + " / " + std::to_string(mv[i].anonymous) +
-                      " / " + std::to_string(mv[i].swap));
+                      std::to_string(mv[i].rss) + " / " + std::to_string(mv[i].anonymous) + " / " +
+                      std::to_string(mv[i].swap));
         const std::vector<std::uint64_t> words = real_pagemap(a.pid, rv[i].start, rv[i].end);
         for (std::size_t j = 0; j < words.size(); ++j) {
           const vaddr_t va = rv[i].start + j * kPage;
@@ -759,8 +759,8 @@ class HostSwapFile {
  public:
   HostSwapFile() {
     path_ = "/var/tmp/cowpte-test-" + std::to_string(getpid()) + ".swap";
-    const std::string cmd = "fallocate -l 64M " + path_ + " && chmod 600 " + path_ +
-                            " && mkswap " + path_ + " >/dev/null && swapon " + path_;
+    const std::string cmd = "fallocate -l 64M " + path_ + " && chmod 600 " + path_ + " && mkswap " +
+                            path_ + " >/dev/null && swapon " + path_;
     if (std::system(cmd.c_str()) == 0) {
       on_ = true;
     } else {

@@ -74,9 +74,10 @@ struct World {
   cowpte_test::ProcSnap parent_before_op;
 };
 
-World MakeWorld() {
+World MakeWorld(std::uint64_t swap_bytes = 0) {
   World w;
-  w.m = std::make_unique<Machine>(MachineConfig{.memory_bytes = 32ull << 20});
+  w.m = std::make_unique<Machine>(
+      MachineConfig{.memory_bytes = 32ull << 20, .swap_bytes = swap_bytes});
   w.baseline_free = w.m->free_pages();
   w.parent = &w.m->spawn();
   return w;
@@ -159,11 +160,12 @@ struct Scenario {
   std::function<void(World&)> after_failure = [](World&) {};
   // Checks after the operation succeeded.
   std::function<void(World&)> after_success = [](World&) {};
+  std::uint64_t swap_bytes = 0;  // a swap device in the machine
 };
 
 // A fresh world with the scenario's state, and what it showed just before the operation.
 World Prepare(const Scenario& s) {
-  World w = MakeWorld();
+  World w = MakeWorld(s.swap_bytes);
   s.setup(w);
   if (::testing::Test::HasFatalFailure()) return w;
   w.free_before_op = w.m->free_pages();
@@ -728,5 +730,105 @@ void RunMapPopulateSweep(const std::string& name, MapFlags flags) {
 TEST(AllocFailure, MapPopulatePrivate) { RunMapPopulateSweep("MAP_POPULATE private", kFixedPriv); }
 
 TEST(AllocFailure, MapPopulateShared) { RunMapPopulateSweep("MAP_POPULATE shared", kFixedShared); }
+
+// ---- swap: fork of swapped-out memory, swap-in faults, swapoff, migration ----
+
+constexpr std::uint64_t kSwapBytes = 16ull << 20;
+
+// The fork state, with kA (but its pinned page, which stays) and kB paged out: swap entries,
+// and a page GUP holds that stays in the swap cache.
+void BuildSwappedForkState(World& w) {
+  BuildForkState(w);
+  AF_ASSERT_OK(w.parent->madvise(kA, 16 * kPage, Advice::pageout));
+  AF_ASSERT_OK(w.parent->madvise(kB, 8 * kPage, Advice::pageout));
+  ASSERT_TRUE(w.parent->pagemap(kA).swapped);
+  ASSERT_TRUE(w.parent->pagemap(kB + 7 * kPage).swapped);
+}
+
+TEST(AllocFailure, ForkOfSwappedOutMemory) {
+  Scenario s;
+  s.name = "fork of swapped-out memory";
+  s.swap_bytes = kSwapBytes;
+  s.setup = BuildSwappedForkState;
+  s.op = [](World& w) {
+    auto r = w.parent->fork();
+    if (!r.has_value()) return r.error();
+    w.child = *r;
+    w.child_values.clear();
+    for (const auto& [va, v] : w.parent_values)
+      if (va < kDf || va >= kDf + 4 * kPage) w.child_values.emplace_back(va, v);
+    return Errno{};
+  };
+  // After a failure the harness reads every value back (swapping pages in), retries, and the
+  // teardown finds every frame and slot free, or reports the leak.
+  RunSweep(s);
+}
+
+// A fault on a swap entry reads the page back: the page and the tables it needs.
+void BuildSwappedState(World& w) {
+  Map(w, kT, 4, kRW, kFixedPriv);
+  for (int i = 0; i < 4; ++i) Write(w, w.parent, kT + i * kPage, 0x7000 + i);
+  AF_ASSERT_OK(w.parent->madvise(kT, 4 * kPage, Advice::pageout));
+}
+
+TEST(AllocFailure, SwapInReadFault) {
+  Scenario s;
+  s.name = "swap-in read fault";
+  s.swap_bytes = kSwapBytes;
+  s.setup = BuildSwappedState;
+  s.op = [](World& w) { return ErrOf(w.parent->load(kT + kPage)); };
+  RunSweep(s);
+}
+
+// After fork, the child's write to a swapped page: the swap-in, then the COW copy.
+TEST(AllocFailure, SwapInWriteFaultInChild) {
+  Scenario s;
+  s.name = "swap-in write fault in the child";
+  s.swap_bytes = kSwapBytes;
+  s.setup = [](World& w) {
+    BuildSwappedState(w);
+    auto c = w.parent->fork();
+    ASSERT_TRUE(c.has_value());
+    w.child = *c;
+    w.child_values = w.parent_values;
+  };
+  s.op = [](World& w) { return TryWrite(w, w.child, kT + 2 * kPage, 0x2222); };
+  s.after_success = [](World& w) {
+    const auto v = w.parent->load(kT + 2 * kPage);
+    EXPECT_TRUE(v.has_value() && *v == 0x7002u) << "the child's write leaked into the parent";
+  };
+  RunSweep(s);
+}
+
+// swapoff reads every page back into both processes; ENOMEM leaves the rest on the device.
+TEST(AllocFailure, Swapoff) {
+  Scenario s;
+  s.name = "swapoff";
+  s.swap_bytes = kSwapBytes;
+  s.setup = [](World& w) {
+    BuildSwappedState(w);
+    auto c = w.parent->fork();
+    ASSERT_TRUE(c.has_value());
+    w.child = *c;
+    w.child_values = w.parent_values;
+  };
+  s.op = [](World& w) { return ErrOf(w.m->swapoff()); };
+  s.after_success = [](World& w) {
+    for (int i = 0; i < 4; ++i) EXPECT_TRUE(w.child->pagemap(kT + i * kPage).present) << i;
+  };
+  RunSweep(s);
+}
+
+// migrate_page needs its target frame.
+TEST(AllocFailure, MigratePage) {
+  Scenario s;
+  s.name = "migrate_page";
+  s.setup = [](World& w) {
+    Map(w, kT, 2, kRW, kFixedPriv);
+    Write(w, w.parent, kT, 0x8000);
+  };
+  s.op = [](World& w) { return ErrOf(w.m->migrate_page(w.parent->pagemap(kT).pfn)); };
+  RunSweep(s);
+}
 
 }  // namespace
