@@ -240,6 +240,28 @@ TEST_P(Swap, SwapInWithoutMemoryFailsCleanly) {
   finish_swap();
 }
 
+// GUP on a swapped page faults it in first; mprotect leaves swap entries alone and the
+// page comes back with the VMA's new protection.
+TEST_P(Swap, PinAndMprotectMeetSwapEntries) {
+  Process& p = parent();
+  const vaddr_t a = map_anon(p, 4, kBase);
+  populate(p, a, 4, 19);
+  pageout(p, a, 4);
+  STEP(p.pin(a, 2 * kPage, PinFlags::write | PinFlags::longterm));
+  EXPECT_TRUE(p.pagemap(a).present);
+  EXPECT_TRUE(p.pagemap(a + kPage).present);
+  EXPECT_EQ(read_gup(p, a + kPage), pattern(19, 1));
+  EXPECT_TRUE(swapped(p, a + 2 * kPage));
+  STEP(p.mprotect(a + 2 * kPage, 2 * kPage, Prot::read));
+  EXPECT_TRUE(swapped(p, a + 2 * kPage));
+  EXPECT_EQ(load(p, a + 2 * kPage), pattern(19, 2));
+  EXPECT_TRUE(PteBits(pte(p, a + 2 * kPage), kP, kRW));
+  fails(p.store(a + 3 * kPage, 1), Errno::fault, "store into a read-only swapped page");
+  EXPECT_TRUE(swapped(p, a + 3 * kPage) || p.pagemap(a + 3 * kPage).present);
+  STEP(p.unpin(a, 2 * kPage));
+  finish_swap();
+}
+
 INSTANTIATE_TEST_SUITE_P(EveryPolicy, Swap, ::testing::ValuesIn(sound_fork_policy_names()),
                          [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
 
