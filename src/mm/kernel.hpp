@@ -289,6 +289,7 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
   template <class Visit>
   bool rmap_walk_anon(Page& page, bool break_cow, Visit&& visit);
   bool try_to_unmap_one(Page& page, Vma& vma, vaddr_t addr, EntryRef pmd);
+  void set_swp_pte_unmapping(EntryRef pte, pteval_t old, pteval_t swp_pte, Page& page);
   bool try_to_unmap(Page& page);
   bool shrink_folio(Page& page);
   std::uint64_t reclaim_pages(const std::vector<Page*>& pages);

@@ -36,11 +36,7 @@ bool Kernel::try_to_migrate_one(Page& page, Vma& vma, vaddr_t addr, EntryRef pmd
   std::uint64_t offset = raw(mem.pfn(page));
   if (pte_young(pteval)) offset |= SWP_MIG_YOUNG;
   if (pte_dirty(pteval)) offset |= SWP_MIG_DIRTY;
-  pteval_t swp_pte = swp_entry_to_pte(SwpEntry{type, offset});
-  if (pte_soft_dirty(pteval)) swp_pte = pte_swp_mksoft_dirty(swp_pte);
-  set_pte_at(pte, swp_pte);
-  page_remove_rmap(page);
-  mem.put_page(page);
+  set_swp_pte_unmapping(pte, pteval, swp_entry_to_pte(SwpEntry{type, offset}), page);
   return true;
 }
 

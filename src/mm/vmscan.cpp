@@ -62,11 +62,17 @@ bool Kernel::try_to_unmap_one(Page& page, Vma& vma, vaddr_t addr, EntryRef pmd) 
   ++mm.rss_stat[MM_SWAPENTS];
   pteval_t swp_pte = swp_entry_to_pte(entry);
   if (anon_exclusive) swp_pte = pte_swp_mkexclusive(swp_pte);
-  if (pte_soft_dirty(pteval)) swp_pte = pte_swp_mksoft_dirty(swp_pte);
+  set_swp_pte_unmapping(pte, pteval, swp_pte, page);
+  return true;
+}
+
+// The end of try_to_unmap_one and try_to_migrate_one: the non-present entry takes the PTE's
+// place, with its soft-dirty bit, and the mapping's hold on the page goes.
+void Kernel::set_swp_pte_unmapping(EntryRef pte, pteval_t old, pteval_t swp_pte, Page& page) {
+  if (pte_soft_dirty(old)) swp_pte = pte_swp_mksoft_dirty(swp_pte);
   set_pte_at(pte, swp_pte);
   page_remove_rmap(page);
   mem.put_page(page);
-  return true;
 }
 
 // try_to_unmap: unmap page from every process that maps it; true if no mapping is left.

@@ -414,12 +414,17 @@ TEST(AllocFailure, WriteFaultOnZeroPage) {
 }
 
 // A parent that wrote kA pages 0-3 and forked.
-void BuildForkedState(World& w) {
-  BuildFaultState(w);
+// Fork the parent: the child holds everything the parent wrote.
+void ForkChild(World& w) {
   auto c = w.parent->fork();
   ASSERT_TRUE(c.has_value()) << ErrName(ErrOf(c));
   w.child = *c;
   w.child_values = w.parent_values;
+}
+
+void BuildForkedState(World& w) {
+  BuildFaultState(w);
+  ForkChild(w);
 }
 
 TEST(AllocFailure, CowWriteFaultInParent) {
@@ -780,18 +785,18 @@ TEST(AllocFailure, SwapInReadFault) {
   RunSweep(s);
 }
 
+// The swapped state, forked: both processes hold the swap entries.
+void BuildSwappedForkedState(World& w) {
+  BuildSwappedState(w);
+  ForkChild(w);
+}
+
 // After fork, the child's write to a swapped page: the swap-in, then the COW copy.
 TEST(AllocFailure, SwapInWriteFaultInChild) {
   Scenario s;
   s.name = "swap-in write fault in the child";
   s.swap_bytes = kSwapBytes;
-  s.setup = [](World& w) {
-    BuildSwappedState(w);
-    auto c = w.parent->fork();
-    ASSERT_TRUE(c.has_value());
-    w.child = *c;
-    w.child_values = w.parent_values;
-  };
+  s.setup = BuildSwappedForkedState;
   s.op = [](World& w) { return TryWrite(w, w.child, kT + 2 * kPage, 0x2222); };
   s.after_success = [](World& w) {
     const auto v = w.parent->load(kT + 2 * kPage);
@@ -805,13 +810,7 @@ TEST(AllocFailure, Swapoff) {
   Scenario s;
   s.name = "swapoff";
   s.swap_bytes = kSwapBytes;
-  s.setup = [](World& w) {
-    BuildSwappedState(w);
-    auto c = w.parent->fork();
-    ASSERT_TRUE(c.has_value());
-    w.child = *c;
-    w.child_values = w.parent_values;
-  };
+  s.setup = BuildSwappedForkedState;
   s.op = [](World& w) { return ErrOf(w.m->swapoff()); };
   s.after_success = [](World& w) {
     for (int i = 0; i < 4; ++i) EXPECT_TRUE(w.child->pagemap(kT + i * kPage).present) << i;
