@@ -247,8 +247,8 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
   //      mm/page_io.c), src/mm/vmscan.cpp (mm/vmscan.c, mm/rmap.c's try_to_unmap) ----
   std::unique_ptr<SwapInfo> swap;  // the swap device; null without one, or after swapoff
   VmStat vm_events;                // the event counters of Machine::vmstat()
-  // The allocation contexts that matter here: GFP_ATOMIC under a PTE lock, GFP_KERNEL where
-  // the caller may sleep (and, once direct reclaim is modelled, reclaim).
+  // The allocation contexts that matter here: GFP_ATOMIC under a PTE lock (no reclaim),
+  // GFP_KERNEL where the caller may sleep, reclaim and wait for the OOM killer.
   enum class Gfp : std::uint8_t { atomic, kernel };
   Page* alloc_page(Gfp gfp) {
     return gfp == Gfp::atomic ? mem.alloc_page_atomic() : mem.alloc_page();
@@ -335,7 +335,7 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
   }
   Process* oom_pending = nullptr;
   bool in_reclaim = false;      // PF_MEMALLOC: reclaim's own allocations do not reclaim
-  bool direct_reclaim = false;  // reclaim runs inside an allocation of busy_mm's path
+  bool direct_reclaim = false;  // reclaim runs inside an allocation (tables in hand are kept)
   std::uint64_t lru_hand = 0;   // the reclaim scan's clock hand over the frames
 
   // ---- src/mm/gup.cpp (mm/gup.c) ----
