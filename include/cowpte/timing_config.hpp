@@ -61,9 +61,11 @@ struct TimingConfig {
   std::uint32_t fork_base = 60000;  // copy_process without the address space: task,
                                     // files, signals, pid (calibrated, ~25 us)
   // The swap device, charged to the CPU that waits for it: a swap-in fault's read, and
-  // reclaim's write (the model writes synchronously). An NVMe SSD at queue depth 1: ~80 us for
-  // a 4 KiB random read, ~20 us for a write into its cache (estimates from vendors' QD1
-  // latencies; docs/model.md lists zram's ~2 us and a SATA SSD's ~100 us as alternatives).
+  // reclaim's write (the model writes synchronously). An NVMe SSD at queue depth 1: 80 us for
+  // a 4 KiB random read (AnandTech's QD1 random reads: ~8,900 IOPS = 112 us for an Intel DC
+  // P3700, ~50 us for a 2025 client drive; simplyblock's glossary: 20-70 us); 20 us for a write
+  // the drive acknowledges from its cache (estimate; device-level random writes 30-100 us).
+  // docs/model.md lists zram (~2 us) and a SATA SSD (100-200 us) as alternatives.
   std::uint32_t swap_in = 196000;
   std::uint32_t swap_out = 49000;
 };
