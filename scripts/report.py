@@ -270,6 +270,27 @@ def plot_swapped_fork(plt, d):
     return fig
 
 
+def plot_pressure_snapshot(plt, d):
+    q = index(d["pressure_snapshot"], "policy", "mib", "every")
+    mibs = sorted({k[1] for k in q})
+    cols = [("fork_ns", "fork"), ("write_p99_ns", "parent write p99"),
+            ("child_read_ns_per_page", "child read per page")]
+    fig, axes = plt.subplots(1, len(cols), figsize=(12, 4))
+    for ax, (key, title) in zip(axes, cols):
+        for i, p in enumerate(POLICIES):
+            wd = 0.8 / len(POLICIES)
+            xs = [j + (i - (len(POLICIES) - 1) / 2) * wd for j in range(len(mibs))]
+            ys = [q[(p, m, 16)][key] / 1e3 if (p, m, 16) in q else 0 for m in mibs]
+            ax.bar(xs, ys, width=wd, color=color(p), label=label(p))
+        ax.set_xticks(range(len(mibs)), [size(m) for m in mibs])
+        ax.set(yscale="log" if key == "fork_ns" else "linear", ylabel="us (simulated)",
+               title=title)
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("snapshot with memory at 75% of what it needs, NVMe swap")
+    return fig
+
+
 def plot_fork_latency(plt, d, forks, sizes):
     real = index(d["real_fork"], "mib")
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -341,6 +362,8 @@ def plots(d, outdir):
         figs["fault_latency.png"] = plot_fault_latency(plt, d)
     if index(d["swapped_fork"], "policy"):
         figs["swapped_fork.png"] = plot_swapped_fork(plt, d)
+    if index(d["pressure_snapshot"], "policy"):
+        figs["pressure_snapshot.png"] = plot_pressure_snapshot(plt, d)
     for name, fig in figs.items():
         fig.tight_layout()
         fig.savefig(f"{outdir}/{name}", dpi=110)
