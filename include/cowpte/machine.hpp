@@ -110,6 +110,9 @@ class Machine {
   bool timed() const;
   std::uint64_t cycles(unsigned cpu) const;  // simulated cycles CPU cpu has run
   std::string hw_stats_json() const;         // per-CPU and per-process statistics, JSON
+  // Every timing statistic (per CPU and per process) starts again from zero, e.g. after a
+  // warm-up; the CPU clocks (cycles()) go on. docs/facade.md has the JSON's schema.
+  void reset_stats();
   // swapoff(2) of the swap device: every swapped page comes back (shared PTE tables are broken
   // first). ENOMEM when memory runs out (what came back stays; the device stays on), EINVAL
   // without a device. The device is gone afterwards.
@@ -185,7 +188,8 @@ class Process {
   // on the CPU after its parent's. set_cpu migrates it (sched_setaffinity); EINVAL past cpus.
   unsigned cpu() const { return cpu_; }
   Result<void> set_cpu(unsigned cpu);
-  HwStats hw_stats() const;  // this process's share of the timing statistics
+  HwStats hw_stats() const;           // this process's share of the timing statistics
+  std::string hw_stats_json() const;  // the same as JSON ("{}" without the timing model)
 
   Machine& machine() { return *machine_; }
 

@@ -61,7 +61,10 @@ Kernel::Kernel(Machine& m, const MachineConfig& c)
     static std::mutex registry_lock;
     std::lock_guard guard(registry_lock);
     tracer = spdlog::get("cowpte");
-    if (!tracer) tracer = spdlog::stderr_color_mt("cowpte");
+    if (!tracer) {
+      tracer = spdlog::stderr_color_mt("cowpte");
+      tracer->set_pattern("[%n] %v");  // simulated time in the message, not the host's clock
+    }
     tracer->set_level(spdlog::level::trace);
   }
   if (cfg.timing.enabled) {

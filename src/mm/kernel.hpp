@@ -3,6 +3,7 @@
 // source file that implements it and the kernel file it models.
 #pragma once
 
+#include <fmt/format.h>
 #include <spdlog/logger.h>
 #include <memory>
 #include <string>
@@ -97,6 +98,8 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
   GupRefs gup_refs;
   TlbStats tlb_stats;
   std::shared_ptr<spdlog::logger> tracer;  // null when tracing is off
+  // "cycle N cpu C: " while a timed path runs on a CPU (the tracepoints' timestamp), else "".
+  std::string trace_stamp() const;
 
   // A facade call entering the kernel on process p's CPU: sets cur_cpu (which the timing of
   // every lock and access charges) for its duration and credits the process with what its CPU
@@ -650,11 +653,12 @@ inline int Kernel::copy_present_pte(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte
 // The built-in policies get the Kernel behind the PolicyOps they are handed.
 inline Kernel& kernel_of(PolicyOps& ops) noexcept { return static_cast<Kernel&>(ops); }
 
-// Trace at a kernel tracepoint; costs one branch when tracing is off.
-#define COWPTE_TRACE(k, ...)          \
-  do {                                \
-    if ((k).tracer) [[unlikely]]      \
-      (k).tracer->trace(__VA_ARGS__); \
+// Trace at a kernel tracepoint; costs one branch when tracing is off. The message carries the
+// simulated time: the cycle of the CPU the path runs on (the timing model), else nothing.
+#define COWPTE_TRACE(k, ...)                                                  \
+  do {                                                                        \
+    if ((k).tracer) [[unlikely]]                                              \
+      (k).tracer->trace("{}{}", (k).trace_stamp(), fmt::format(__VA_ARGS__)); \
   } while (0)
 
 }  // namespace cowpte

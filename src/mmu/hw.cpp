@@ -138,6 +138,7 @@ std::string Hardware::stats_json() const {
     nlohmann::json c = hw_stats_to_json(cpus[i].stats);
     c["cpu"] = i;
     c["cycles"] = cpus[i].clock;
+    c["cycles_since_reset"] = cpus[i].clock - cpus[i].clock_at_reset;
     j.push_back(std::move(c));
   }
   return j.dump(2);

@@ -50,6 +50,7 @@ struct Cpu {
   SetAssoc<PwcEntry> pml4e, pdpte, pde;  // keys: PCID << 36 | va >> 39, 30, 21
   SetAssoc<> l1d, l2;                    // keys: physical line number
   std::uint64_t clock = 0;               // cycles this CPU has run
+  std::uint64_t clock_at_reset = 0;      // clock when Machine::reset_stats() last ran
   std::uint64_t last_line = ~0ull;       // the line the last access touched (an L1 hit again)
   HwStats stats;
   // The process whose account the counters since at_switch belong to (a context switch, or a

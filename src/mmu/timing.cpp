@@ -1,5 +1,6 @@
 // The timing model's kernel side: statistics settled at a context switch, lock timing in
 // simulated time, the hardware statistics as JSON. TLB flushes are in src/mmu/tlb.cpp.
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -73,6 +74,34 @@ void CostModel::settle_stats(Cpu& cpu, int new_owner) noexcept {
 }
 
 nlohmann::json hw_stats_to_json(const HwStats& s);  // src/mmu/hw.cpp
+
+std::string Kernel::trace_stamp() const {
+  if (!cur_cpu) return {};
+  return fmt::format("cycle {} cpu {}: ", cur_cpu->clock, cur_cpu - hw->cpus.data());
+}
+
+// The statistics start again from zero (after a warm-up); the clocks go on, and each CPU's
+// JSON says how far it ran since.
+void Machine::reset_stats() {
+  Kernel& k = *kernel_;
+  if (!k.hw) return;
+  for (Cpu& c : k.hw->cpus) {
+    k.settle_stats(c, c.owner);
+    c.stats = {};
+    c.at_switch = {};
+    c.clock_at_reset = c.clock;
+  }
+  std::fill(k.proc_stats.begin(), k.proc_stats.end(), HwStats{});
+}
+
+std::string Process::hw_stats_json() const {
+  const Kernel& k = machine_->kernel();
+  if (!k.hw) return "{}";
+  nlohmann::json j = hw_stats_to_json(hw_stats());
+  j["pid"] = pid_;
+  j["cpu"] = cpu_;
+  return j.dump(2);
+}
 
 std::string Machine::hw_stats_json() const {
   Kernel& k = const_cast<Kernel&>(*kernel_);

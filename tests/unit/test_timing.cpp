@@ -6,6 +6,10 @@
 
 #include <cowpte/cowpte.hpp>
 
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
+#include <sstream>
 #include <stdexcept>
 #include "mmu/set_assoc.hpp"
 
@@ -234,6 +238,78 @@ TEST_F(TimingTwoCpus, ALockHeldLaterByAnotherCpuMakesThisOneWait) {
   m.check_invariants();
 }
 
+// reset_stats after a warm-up: every counter of every CPU and process starts from zero, the
+// clocks go on, and the JSON says how far each CPU ran since.
+TEST_F(Timing, ResetStatsStartsTheCountersAgain) {
+  Process& p = mapped(8);
+  for (int i = 0; i < 8; ++i) ok(p.store(kBase + i * kPage, i));
+  auto c = p.fork();
+  ASSERT_TRUE(c.has_value());
+  const std::uint64_t clock = m.cycles(0);
+  ASSERT_GT(stats(p).phase[std::size_t(Phase::fork)].count, 0u);
+  m.reset_stats();
+  EXPECT_EQ(m.cycles(0), clock) << "time goes on";
+  for (const Process* q : {&p, *c}) {
+    const HwStats s = stats(*q);
+    for (const PhaseStat& ph : s.phase) EXPECT_EQ(ph.count + ph.cycles, 0u);
+    EXPECT_EQ(s.dtlb_hits + s.stlb_hits + s.tlb_misses + s.walks + s.l1d_hits + s.dram_accesses,
+              0u);
+  }
+  nlohmann::json j = nlohmann::json::parse(m.hw_stats_json());
+  EXPECT_EQ(j["cpus"][0]["cycles_since_reset"], 0u);
+  EXPECT_EQ(j["cpus"][0]["cycles"], clock);
+  EXPECT_EQ(*p.load(kBase + kPage), 1u);
+  const HwStats after = stats(p);
+  EXPECT_EQ(after.dtlb_hits + after.stlb_hits + after.tlb_misses, 1u) << "one access since";
+  j = nlohmann::json::parse(m.hw_stats_json());
+  EXPECT_EQ(j["cpus"][0]["cycles_since_reset"], m.cycles(0) - clock);
+  EXPECT_GT(m.cycles(0), clock);
+}
+
+// One process's statistics as JSON, with the schema of hw_stats_json's "processes" entries.
+TEST_F(Timing, ProcessStatisticsAsJson) {
+  Process& p = mapped(2);
+  ok(p.store(kBase, 1));
+  const nlohmann::json j = nlohmann::json::parse(p.hw_stats_json());
+  EXPECT_EQ(j["pid"], p.pid());
+  EXPECT_EQ(j["cpu"], p.cpu());
+  EXPECT_EQ(j["phases"]["fault_anonymous"]["count"], 1u);
+  EXPECT_EQ(j["tlb"]["misses"], stats(p).tlb_misses);
+  for (const char* k : {"phases", "tlb", "pwc", "cache", "flush", "locks"})
+    EXPECT_TRUE(j.contains(k)) << k;
+  const nlohmann::json all = nlohmann::json::parse(m.hw_stats_json());
+  EXPECT_EQ(all["processes"][0]["phases"], j["phases"]);
+}
+
+// Tracepoints carry the simulated time of the CPU the path runs on, not the host's clock.
+TEST(TimingTrace, TracepointsCarrySimulatedCycles) {
+  MachineConfig cfg = timed(1);
+  cfg.trace = true;
+  Machine m(cfg);
+  auto logger = spdlog::get("cowpte");
+  ASSERT_TRUE(logger);
+  std::ostringstream out;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out);
+  sink->set_pattern("%v");
+  logger->sinks().push_back(sink);
+  Process& p = m.spawn();
+  ASSERT_TRUE(p.mmap(kBase, kPage, kRW, kPrivFixed));
+  ASSERT_TRUE(p.store(kBase, 1));
+  const std::uint64_t before_fork = m.cycles(0);
+  ASSERT_TRUE(p.fork().has_value());
+  logger->sinks().pop_back();
+  const std::string text = out.str();
+  const auto at = text.find("fork: pid 1 start");
+  ASSERT_NE(at, std::string::npos) << text;
+  const auto line = text.rfind('\n', at) + 1;
+  unsigned long long cycle = 0;
+  unsigned cpu = 9;
+  ASSERT_EQ(std::sscanf(text.c_str() + line, "cycle %llu cpu %u:", &cycle, &cpu), 2) << text;
+  EXPECT_EQ(cpu, 0u);
+  EXPECT_GE(cycle, before_fork);
+  EXPECT_LE(cycle, m.cycles(0));
+}
+
 TEST(TimingOff, KeepsNoStatistics) {
   Machine m(MachineConfig{.memory_bytes = 64ull << 20});
   Process& p = m.spawn();
@@ -242,6 +318,8 @@ TEST(TimingOff, KeepsNoStatistics) {
   EXPECT_FALSE(m.timed());
   EXPECT_EQ(m.cycles(0), 0u);
   EXPECT_EQ(m.hw_stats_json(), "{}");
+  EXPECT_EQ(p.hw_stats_json(), "{}");
+  m.reset_stats();  // nothing to reset
 }
 
 TEST(TimingConfigJson, RoundTripsAndRejectsTypos) {
