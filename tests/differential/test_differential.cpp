@@ -18,7 +18,9 @@
 // on and two CPUs: the TLBs then serve translations without a walk, check_invariants() also
 // checks every cached translation against the page tables, and a set_cpu call (only in these
 // runs) moves a random process to a random CPU, or to a CPU that does not exist (EINVAL).
-// summary() counts the PTE tables fork really shared.
+// summary() counts the PTE tables fork really shared. DifferentialSwap gives every machine a
+// swap device (more pageouts, migrate_page, swapoff); DifferentialReclaim also shrinks memory to
+// 2 MiB so that allocations reclaim directly (a run stops early if the OOM killer acts).
 //
 // The seed policy must moreover be unobservable: a classic twin Machine (timed too in a timed
 // run) runs the same calls in lockstep and must answer every one alike (errno and value).
@@ -1751,9 +1753,9 @@ std::vector<SeedParam> every_policy() {
 INSTANTIATE_TEST_SUITE_P(DifferentialEveryPolicy, RandomOps, ::testing::ValuesIn(every_policy()),
                          seed_name);
 
-// With a swap device, five times the pageouts and now and then swapoff, under every sound
-// policy (one of them timed, one without the zero page): swapped-out data must read back as
-// written through fork, COW, zap, MADV_FREE and swapoff.
+// With a swap device, ten times the pageouts, migrate_page and, in the last quarter, swapoff,
+// under every sound policy (and the seed timed, and classic without the zero page): swapped-out
+// data must read back as written through fork, COW, zap, MADV_FREE, migration and swapoff.
 std::vector<SeedParam> swap_runs() {
   std::vector<SeedParam> params;
   const std::vector<std::string> names = sound_fork_policy_names();
