@@ -164,9 +164,8 @@ class PhysMem {
     }
     p.data[off >> 3] = v;
   }
-  void copy_page(Page& dst, const Page& src) {
-    read_contents(dst, src.data);
-  }  // copy_user_highpage
+  // copy_user_highpage
+  void copy_page(Page& dst, const Page& src) { read_contents(dst, src.data); }
   // A continuation frame's digits are bytes of its contents (swap_count_continued's map).
   std::uint8_t load_byte(const Page& p, unsigned off) const noexcept {
     return p.data ? reinterpret_cast<const std::uint8_t*>(p.data)[off] : 0;
