@@ -62,11 +62,7 @@ Page* Kernel::read_swap_cache_async(SwpEntry entry) {
     mem.put_page(*page);
     return nullptr;
   }
-  page->set(PG_swapcache);
-  page->set(PG_swapbacked);
-  page->swap_offset = static_cast<std::uint32_t>(entry.offset);
-  get_page(*page);
-  swap->cache.emplace(entry.offset, page);
+  add_to_swap_cache(*page, entry);
   swap_readpage(*page);
   return page;
 }

@@ -244,7 +244,7 @@ struct Harness {
     Model& md = model[i];
     regions = &md.regions;
     const bool alive = p.alive();
-    switch (in.ConsumeIntegralInRange<int>(0, 26)) {
+    switch (in.ConsumeIntegralInRange<int>(0, 27)) {
       case 0:
       case 1: {
         const vaddr_t a = addr();
@@ -455,6 +455,36 @@ struct Harness {
         }
         break;
       }
+      case 27: {  // swap and memory pressure, machine-wide
+        switch (in.ConsumeIntegralInRange<int>(0, 4)) {
+          case 0: {
+            const Result<void> r = m.swapoff();
+            if (!r && r.error() != Errno::nomem && r.error() != Errno::inval)
+              fail("swapoff: bad errno");
+            break;
+          }
+          case 1: {  // any frame, some beyond memory: EINVAL, EBUSY, ENOMEM or a new frame
+            const pfn_t pfn = in.ConsumeIntegralInRange<pfn_t>(0, m.total_pages() + 4);
+            const Result<pfn_t> r = m.migrate_page(pfn);
+            if (r && *r >= m.total_pages()) fail("migrate_page: a frame beyond memory");
+            if (!r && r.error() != Errno::inval && r.error() != Errno::busy &&
+                r.error() != Errno::nomem)
+              fail("migrate_page: bad errno");
+            break;
+          }
+          case 2:
+            (void)m.reclaim(in.ConsumeIntegralInRange<std::uint64_t>(0, 64));
+            break;
+          case 3:
+            m.reset_stats();
+            break;
+          default:
+            (void)m.vmstat();
+            (void)p.hw_stats_json();
+            break;
+        }
+        break;
+      }
       case 24: {  // a Process handed to another Machine
         static Machine other({.memory_bytes = 1 << 20});
         try {
@@ -489,6 +519,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if ((knobs & 0x3f) == 3) cfg.cpus = in.ConsumeIntegral<unsigned>();
   if ((knobs & 0x3f) == 4) cfg.timing.l1d.ways = in.ConsumeIntegralInRange<std::uint32_t>(0, 3);
   cfg.zero_page = !(knobs & 0x80);  // half the machines without the zero page
+  // Half the machines with a swap device (now and then one below mkswap's minimum: refused).
+  if (knobs & 0x40) cfg.swap_bytes = in.ConsumeIntegralInRange<std::uint64_t>(1, 4096) * kPage;
   std::unique_ptr<Machine> m;
   try {
     check_machine_config(cfg);

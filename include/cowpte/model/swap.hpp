@@ -20,7 +20,6 @@ inline constexpr std::uint8_t COUNT_CONTINUED = 0x80;  // the count goes on in a
 inline constexpr std::uint8_t SWAP_MAP_MAX = 0x3e;     // the largest count swap_map holds
 inline constexpr std::uint8_t SWAP_MAP_BAD = 0x3f;     // a bad slot (the header)
 inline constexpr std::uint8_t SWAP_CONT_MAX = 0x7f;    // the largest digit a continuation holds
-inline constexpr unsigned SWAPFILE_CLUSTER = 256;      // slots handed out together
 
 // struct swap_info_struct, for the one device the model has (type 0).
 struct SwapInfo {
