@@ -65,6 +65,13 @@ struct MachineConfig {
   // shared zero page, as kernels with mm_forbids_zeropage do (s390 with KVM; this project's CI
   // hosts boot without the zero page). The zero page's frame exists either way.
   bool zero_page = true;
+  // Transparent huge pages for anonymous memory (/sys/kernel/mm/transparent_hugepage/enabled):
+  // never, always, or madvise (only VMAs with MADV_HUGEPAGE). A private anonymous fault in a
+  // 2 MiB-aligned span inside one VMA then maps a 2 MiB page with one PMD.
+  ThpMode thp = ThpMode::never;
+  // transparent_hugepage/use_zero_page: a THP read fault maps the huge zero page (unless
+  // zero_page is false, as mm_forbids_zeropage).
+  bool thp_use_zero_page = true;
   // The cycle-level timing model (TLBs, caches, kernel path costs); off by default.
   TimingConfig timing{};
 };

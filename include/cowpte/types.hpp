@@ -44,8 +44,23 @@ enum class Advice : int {  // Linux's values
   cold = 20,  // deactivate: the model has no LRU; clears the accessed bit of exclusive pages
   pageout = 21,
   populate_read = 22,
-  populate_write = 23
+  populate_write = 23,
+  hugepage = 14,    // MADV_HUGEPAGE: VM_HUGEPAGE, THP faults under ThpMode::madvise
+  nohugepage = 15,  // MADV_NOHUGEPAGE: VM_NOHUGEPAGE, no THP faults whatever the mode
 };
+// /sys/kernel/mm/transparent_hugepage/enabled: when an anonymous fault may map a 2 MiB page.
+enum class ThpMode : std::uint8_t { always, madvise, never };
+constexpr std::string_view to_string(ThpMode m) noexcept {
+  switch (m) {
+    case ThpMode::always:
+      return "always";
+    case ThpMode::madvise:
+      return "madvise";
+    case ThpMode::never:
+      break;
+  }
+  return "never";
+}
 // Fork policies have names (fork_policy_names(), machine.hpp): "classic", "seed" (the COW PTE
 // series v3/v4: fork still does every page's accounting and shares only the prepared table),
 // "seed_exact" (the same series exactly as posted, its bugs included),
@@ -132,6 +147,7 @@ struct PagemapEntry {        // the Linux pagemap bits, and the raw 64-bit word
 struct SmapsEntry {  // bytes, as Linux reports them (its kB times 1024)
   vaddr_t start, end;
   std::uint64_t rss, pss, shared_clean, shared_dirty, private_clean, private_dirty, anonymous, swap;
+  std::uint64_t anon_huge;  // AnonHugePages: anonymous memory mapped by huge PMDs
 };
 
 struct RssStat {
@@ -143,6 +159,8 @@ struct PageInfo {         // one frame's struct page
   std::int64_t refcount;  // page_count()
   std::int64_t mapcount;  // page_mapcount(): _mapcount + 1
   bool free, anon, anon_exclusive, page_table, zero_page, swapcache, dirty;
+  bool compound_head, compound_tail;  // a frame of a THP: its first, or one of the others
+  unsigned order;                     // the compound page's order (9), 0 for a base page
 };
 
 // /proc/vmstat's swap and reclaim counters (events since the Machine was built) and gauges
@@ -163,6 +181,11 @@ struct VmStat {
   std::uint64_t swap_cont_pages = 0;         // count continuation frames added (add_swap_count_...)
   std::uint64_t fork_swap_retries = 0;       // copies that dropped the PTE lock for a continuation
   std::uint64_t rmap_cow_pte_breaks = 0;     // shared tables the rmap walk broke (series patch 04)
+  std::uint64_t thp_fault_alloc = 0;         // THP faults that mapped a new 2 MiB page
+  std::uint64_t thp_fault_fallback = 0;      // THP faults with no free 2 MiB block: 4 KiB pages
+  std::uint64_t thp_split_pmd = 0;           // huge PMDs split into PTE tables
+  std::uint64_t thp_split_page = 0;          // THPs split into 512 base pages
+  std::uint64_t nr_anon_thp = 0;             // THPs now (gauge)
 };
 
 struct PtWalk {  // the path of one address from the top table down

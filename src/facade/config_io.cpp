@@ -194,6 +194,16 @@ MachineConfig machine_config_from_json(const std::string& text) {
     get(j, "swap_bytes", cfg.swap_bytes, known, "");
     get(j, "trace", cfg.trace, known, "");
     get(j, "zero_page", cfg.zero_page, known, "");
+    get(j, "thp_use_zero_page", cfg.thp_use_zero_page, known, "");
+    known.emplace_back("thp");
+    if (auto it = j.find("thp"); it != j.end()) {
+      if (!it->is_string()) bad("thp", std::string("must be a string, not ") + it->type_name());
+      const std::string m = it->get<std::string>();
+      bool found = false;
+      for (ThpMode t : {ThpMode::always, ThpMode::madvise, ThpMode::never})
+        if (m == to_string(t)) cfg.thp = t, found = true;
+      if (!found) bad("thp", "\"" + m + "\" is not a THP mode (always, madvise, never)");
+    }
     known.emplace_back("cow_pte_policy");
     if (auto it = j.find("cow_pte_policy"); it != j.end()) {
       if (!it->is_string())
@@ -227,6 +237,8 @@ std::string to_json(const MachineConfig& cfg) {
   j["swap_bytes"] = cfg.swap_bytes;
   j["trace"] = cfg.trace;
   j["zero_page"] = cfg.zero_page;
+  j["thp"] = std::string(to_string(cfg.thp));
+  j["thp_use_zero_page"] = cfg.thp_use_zero_page;
   j["cow_pte_policy"] = cfg.cow_pte_policy.str();
   j["timing"] = to(cfg.timing);
   return j.dump(2);

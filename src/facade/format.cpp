@@ -54,6 +54,12 @@ std::string Machine::ptdump(const Process& p) const {
       if (level < 3) {
         out += fmt::format("{:{}}{} {:#014x} {}\n", "", level * 2, kLevel[level], va,
                            EntryFmt{e[i], level});
+        if (level > 0 && pmd_trans_huge(e[i])) {  // a huge leaf: one 2 MiB (or 1 GiB) run
+          out +=
+              fmt::format("{:{}}huge {:#014x}-{:#014x} {:4} pages pfn {:#x}..\n", "", 6, va,
+                          va + (1ull << shift), (1ull << shift) >> PAGE_SHIFT, raw(pmd_pfn(e[i])));
+          continue;
+        }
         self(self, k.table_of(e[i]), level + 1, va);
         continue;
       }

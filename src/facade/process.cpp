@@ -179,6 +179,16 @@ Result<pfn_t> Machine::migrate_page(pfn_t pfn) {
   if (page.test(PG_free) || page.test(PG_table) || !PageAnon(page) ||
       (page_mapcount(page) == 0 && !PageSwapCache(page)))
     return Errno::inval;  // not a page compaction would isolate (anonymous, on the LRU)
+  if (PageCompound(page)) {
+    // A THP: the model migrates base pages only, so it splits first (as migrate_pages does
+    // when no 2 MiB page is free for it); a pinned THP cannot split: EBUSY.
+    Page& head = compound_head(page);
+    if (&head == k.huge_zero_page) return Errno::inval;
+    get_page(head);
+    const int err = k.split_huge_page(head);
+    k.mem.put_page(head);
+    if (err) return Errno::busy;
+  }
   auto r = k.migrate_page(page);
   if (!r) return r.error();
   return raw(*r);
@@ -197,6 +207,7 @@ VmStat Machine::vmstat() const {
     s.nr_swap_free = si->nr_free();
     s.nr_swapcached = si->cache.size();
   }
+  s.nr_anon_thp = kernel_->mem.compound_pages() - (kernel_->huge_zero_page ? 1 : 0);
   return s;
 }
 pfn_t Machine::zero_pfn() const { return raw(kernel_->mem.pfn(*kernel_->zero_page)); }
@@ -209,11 +220,20 @@ PageInfo Machine::page_info(pfn_t pfn) const {
   const PhysMem& mem = kernel_->mem;
   if (pfn >= mem.total_pages()) throw std::out_of_range("cowpte: pfn beyond memory");
   if (!mem.ever_allocated(Pfn{pfn}))
-    return PageInfo{0, 0, true, false, false, false, false, false, false};
+    return PageInfo{0, 0, true, false, false, false, false, false, false, false, false, 0};
   const Page& p = mem.page(Pfn{pfn});
-  return PageInfo{page_count(p),   page_mapcount(p),          p.test(PG_free),
-                  p.test(PG_anon), p.test(PG_anon_exclusive), p.test(PG_table),
-                  p.test(PG_zero), p.test(PG_swapcache),      p.test(PG_dirty)};
+  return PageInfo{page_count(p),
+                  page_mapcount(p),
+                  p.test(PG_free),
+                  p.test(PG_anon),
+                  p.test(PG_anon_exclusive),
+                  p.test(PG_table),
+                  p.test(PG_zero),
+                  p.test(PG_swapcache),
+                  p.test(PG_dirty),
+                  PageHead(p),
+                  PageTail(p),
+                  PageCompound(p) ? HPAGE_PMD_ORDER : 0};
 }
 
 // A Process belongs to the Machine that made it: one from another Machine is refused.

@@ -88,6 +88,21 @@ vm_fault_t Kernel::__handle_mm_fault(Vma& vma, vaddr_t address, unsigned flags) 
   if (!pud) return VM_FAULT_OOM;
   vmf.pmd = pmd_alloc(mm, pud, address);
   if (!vmf.pmd) return VM_FAULT_OOM;
+  // Transparent huge pages: an empty PMD of an eligible span gets a 2 MiB page (create_huge_pmd);
+  // a huge PMD takes a write or unshare fault itself (wp_huge_pmd) and splits to fall back.
+  const pteval_t orig_pmd = vmf.pmd.get();
+  if (pmd_none(orig_pmd) && hugepage_vma_check(vma, address & PMD_MASK)) {
+    PhaseScope phase(*this, Phase::fault_anonymous);
+    if (const vm_fault_t ret = do_huge_pmd_anonymous_page(vmf); !(ret & VM_FAULT_FALLBACK))
+      return ret;
+  } else if (pmd_trans_huge(orig_pmd)) {
+    if (!(flags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE)) || pmd_write(orig_pmd)) {
+      huge_pmd_set_accessed(vmf, orig_pmd);
+      return 0;
+    }
+    if (const vm_fault_t ret = do_huge_pmd_wp_page(vmf, orig_pmd); !(ret & VM_FAULT_FALLBACK))
+      return ret;
+  }
   // A fault in a COW-ed table breaks it first. The series breaks for write and unshare faults
   // and for any fault in a VMA with vm_ops (here shmem); On-demand-fork for any fault.
   // The model also breaks for an anonymous read fault, which the series lets do_anonymous_page

@@ -126,6 +126,13 @@ int Kernel::copy_pmd_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pud, EntryRe
   do {
     const vaddr_t next = pmd_addr_end(addr, end);
     tm_entry(src_pmd);
+    // A huge PMD is copied whole (every policy: COW PTE shares PTE tables, a THP has none);
+    // one that may be pinned was split, and its table is copied below.
+    if (pmd_trans_huge(src_pmd.get())) {
+      const int err = copy_huge_pmd(dst_vma, src_vma, dst_pmd, src_pmd, addr);
+      if (err == -ENOMEM) return -ENOMEM;
+      if (!err) continue;
+    }
     if (pmd_none(src_pmd.get())) continue;  // pmd_none_or_clear_bad
     if (policy.copy_pmd(*this, ForkPmd{dst_vma, src_vma, dst_pmd, src_pmd, addr, next}))
       return -ENOMEM;

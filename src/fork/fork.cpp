@@ -54,7 +54,8 @@ void Kernel::zap_unlinked_ptes(MmStruct& mm) {
   RssVec rss{};
   for (vaddr_t a = 0, next; a < TASK_SIZE; a = next) {
     EntryRef pmd = walk_to_pmd(mm, a, TASK_SIZE, next);
-    if (!pmd || pmd_none(pmd.get()) || pmd_cow_pte(mm, pmd.get())) continue;
+    if (!pmd || pmd_none(pmd.get()) || pmd_trans_huge(pmd.get()) || pmd_cow_pte(mm, pmd.get()))
+      continue;
     EntryRef pte = pte_offset_map(pmd, a);
     SpinGuard ptl(pte_lockptr(mm, *pte.table));
     for (vaddr_t x = a; x < next; x += PAGE_SIZE, ++pte.p) {

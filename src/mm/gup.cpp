@@ -54,6 +54,7 @@ Page* Kernel::follow_page_pte(Vma& vma, vaddr_t addr, unsigned flags, bool& unsh
       return nullptr;
     }
   }
+  if (pmd_trans_huge(pmd.get())) return follow_trans_huge_pmd(vma, pmd, addr, flags, unshare, oom);
   EntryRef pte = pte_offset_map(pmd, addr);
   SpinGuard ptl(pte_lockptr(*vma.vm_mm, *pte.table));  // pte_offset_map_lock
   const pteval_t v = pte.get();
@@ -64,14 +65,46 @@ Page* Kernel::follow_page_pte(Vma& vma, vaddr_t addr, unsigned flags, bool& unsh
     unshare = true;
     return nullptr;
   }
-  const std::int32_t refs = (flags & FOLL_PIN) ? GUP_PIN_COUNTING_BIAS : 1;  // try_grab_page
-  if (page->_refcount <= 0 || page->_refcount > kGrabLimit - refs) {
+  if (!try_grab_page(*page, flags)) {
     oom = true;  // -ENOMEM: __get_user_pages returns what it grabbed so far, or the error
     return nullptr;
   }
-  page->_refcount += refs;
   if (flags & FOLL_TOUCH) {  // mark_page_accessed / set_page_dirty on a write
     if ((flags & FOLL_WRITE) && !PageAnon(*page)) page->set(PG_dirty);
+  }
+  return page;
+}
+
+// try_grab_page: a reference (FOLL_GET) or a pin (FOLL_PIN) on page's folio: a small folio's
+// pin is GUP_PIN_COUNTING_BIAS references, a large folio's one reference and one in its pin
+// count. False (-ENOMEM) where the count would overflow.
+bool Kernel::try_grab_page(Page& page, unsigned flags) {
+  Page& folio = compound_head(page);
+  const bool large = PageHead(folio);
+  const std::int32_t refs = (flags & FOLL_PIN) && !large ? GUP_PIN_COUNTING_BIAS : 1;
+  if (folio._refcount <= 0 || folio._refcount > kGrabLimit - refs) return false;
+  folio._refcount += refs;
+  if (large && (flags & FOLL_PIN)) ++compound_pincount_of(folio);
+  return true;
+}
+
+// follow_trans_huge_pmd: the subpage of a huge PMD's THP at addr (or of the huge zero page).
+Page* Kernel::follow_trans_huge_pmd(Vma& vma, EntryRef pmd, vaddr_t addr, unsigned flags,
+                                    bool& unshare, bool& oom) {
+  SpinGuard ptl(pmd_lockptr(*vma.vm_mm, *pmd.table));  // pmd_lock
+  const pteval_t v = pmd.get();
+  if ((flags & FOLL_WRITE) && !pmd_write(v)) return nullptr;  // can_follow_write_pmd
+  // A PMD-mapped THP keeps its exclusive bit in the head page only (__split_huge_pmd_locked
+  // hands it to the subpages), so the unshare check reads the head, as Linux does.
+  Page& head = mem.page(pmd_pfn(v));
+  if (!pmd_write(v) && gup_must_unshare(vma, flags, head)) {
+    unshare = true;
+    return nullptr;
+  }
+  Page* page = &head + ((addr & ~PMD_MASK) >> PAGE_SHIFT);
+  if (!try_grab_page(*page, flags)) {
+    oom = true;
+    return nullptr;
   }
   return page;
 }
@@ -126,8 +159,13 @@ long Kernel::get_user_pages(MmStruct& mm, vaddr_t start, std::uint64_t nr_pages,
 
 // unpin_user_page: drop a FOLL_PIN.
 void Kernel::unpin_user_page(Page& page) {
-  page._refcount -= GUP_PIN_COUNTING_BIAS - 1;
-  mem.put_page(page);
+  Page& folio = compound_head(page);
+  if (PageHead(folio)) {
+    --compound_pincount_of(folio);
+  } else {
+    folio._refcount -= GUP_PIN_COUNTING_BIAS - 1;
+  }
+  mem.put_page(folio);
 }
 
 // populate_vma_page_range: fault a VMA's range in as mm_populate does (MAP_POPULATE): a write

@@ -38,9 +38,20 @@ class Checker {
       if (MmStruct* mm = detail::Access::mm(p)) check_counters(*mm, p.pid());
     for (ShmemFile* f : files_) count_file(*f);
     k_.gup_refs.for_each([&](int, const GupRef& r) {
-      ref_[raw(k_.mem.pfn(*r.page))] += r.pin ? GUP_PIN_COUNTING_BIAS : 1;
+      const Page& folio = compound_head(*r.page);
+      const std::uint64_t head = raw(k_.mem.pfn(folio));
+      if (PageHead(folio)) {
+        ref_[head] += 1;
+        pins_[head] += r.pin;
+      } else {
+        ref_[head] += r.pin ? GUP_PIN_COUNTING_BIAS : 1;
+      }
     });
+    if (k_.huge_zero_page) ref_[raw(k_.mem.pfn(*k_.huge_zero_page))] += 1;  // the kernel's
     check_swap();
+    if (huge_zero_pmds_ != k_.huge_zero_pmds || (k_.huge_zero_page && !huge_zero_pmds_))
+      fail(fmt::format("{} huge zero PMDs, the kernel counts {}{}", huge_zero_pmds_,
+                       k_.huge_zero_pmds, k_.huge_zero_page ? "" : " (no huge zero page)"));
     check_frames();
     if (k_.hw) check_hw();
   }
@@ -96,6 +107,7 @@ class Checker {
         Page& pmdt = k_.table_of(pud);
         claim_table(pmdt, "pud", pid);
         ++tables;
+        cur_pmd_table_ = &pmdt;
         for (unsigned l = 0; l < PTRS_PER_TABLE; ++l) {
           const pteval_t pmd = table_base(pmdt)[l];
           if (pmd_none(pmd)) continue;
@@ -103,6 +115,7 @@ class Checker {
               (vaddr_t(i) << PGDIR_SHIFT) | (vaddr_t(j) << PUD_SHIFT) | (vaddr_t(l) << PMD_SHIFT);
           check_pmd_entry(mm, pmd, base, pid);
         }
+        check_deposits(pmdt, pid);
       }
     }
     for (unsigned i = PTRS_PER_TABLE / 2; i < PTRS_PER_TABLE; ++i)  // the kernel half
@@ -114,6 +127,7 @@ class Checker {
   // its own table; On-demand-fork counts them once per table and charges the table's RSS and
   // 4 KiB to its owner (check_shared_tables).
   void check_pmd_entry(MmStruct& mm, pteval_t pmd, vaddr_t base, int pid) {
+    if (pmd_trans_huge(pmd)) return check_huge_pmd(mm, pmd, base, pid);
     const bool cow = !pmd_write(pmd);
     check_table_entry(pmd | (cow ? _PAGE_RW : 0), "pmd", pid);
     if (cow && !mm_cow_pte(mm))
@@ -134,6 +148,59 @@ class Checker {
     } else if (st.holders.size() == 1) {
       check_pte_table(mm, ptet, base, st.rss, pid);  // once per table
     }
+  }
+
+  // A huge PMD: a whole 2 MiB span of one private anonymous VMA, mapping a THP's head (one
+  // reference, one entire mapping, 512 pages of RSS; writable only if exclusive) or the huge
+  // zero page (read-only, nothing counted); its deposited table counts in pgtables_bytes.
+  void check_huge_pmd(MmStruct& mm, pteval_t pmd, vaddr_t base, int pid) {
+    if ((pmd & (_PAGE_PRESENT | _PAGE_USER)) != (_PAGE_PRESENT | _PAGE_USER))
+      fail(fmt::format("pid {}: huge PMD {:#x} at {:#x} not present or not user", pid, pmd, base));
+    const Vma* vma = mm.vma_lookup(base);
+    if (!vma || vma->vm_start > base || vma->vm_end < base + PMD_SIZE || vma->vm_file ||
+        !vma->anon_vma)
+      fail(
+          fmt::format("pid {}: huge PMD at {:#x} not inside one private anonymous VMA", pid, base));
+    ++expect_[&mm].tables;  // the deposited table
+    ++huge_pmds_[cur_pmd_table_];
+    const std::uint64_t pfn = raw(pmd_pfn(pmd));
+    if ((pfn & (HPAGE_PMD_NR - 1)) || pfn >= n_)
+      fail(fmt::format("pid {}: huge PMD at {:#x} maps frame {:#x}", pid, base, pfn));
+    Page& head = k_.mem.page(Pfn{pfn});
+    if (&head == k_.huge_zero_page) {
+      if (pmd_write(pmd)) fail(fmt::format("pid {}: writable huge zero PMD at {:#x}", pid, base));
+      ++huge_zero_pmds_;
+      return;
+    }
+    if (!PageHead(head) || !PageAnon(head) || head.test(PG_zero))
+      fail(fmt::format("pid {}: huge PMD at {:#x} maps frame {:#x}, not an anon THP", pid, base,
+                       pfn));
+    const std::uint64_t index = linear_page_index(*vma, base);
+    if (head.anon_index != index)
+      fail(fmt::format("pid {}: THP at {:#x} has index {}, the VMA says {}", pid, base,
+                       head.anon_index, index));
+    ref_[pfn] += 1;
+    entire_[pfn] += 1;
+    expect_[&mm].rss[MM_ANONPAGES] += HPAGE_PMD_NR;
+    if (pmd_write(pmd) && !PageAnonExclusive(head))
+      fail(fmt::format("pid {}: writable huge PMD at {:#x} maps a non-exclusive THP", pid, base));
+  }
+
+  // The tables deposited on a PMD table: one per huge PMD in it, each an empty PTE table.
+  void check_deposits(Page& pmdt, int pid) {
+    std::uint64_t n = 0;
+    for (Page* t = pmdt.pmd_huge_pte; t; t = t->pmd_huge_pte) {
+      if (++n > PTRS_PER_TABLE)
+        fail(fmt::format("pid {}: deposit list of PMD table {:#x} loops", pid,
+                         raw(k_.mem.pfn(pmdt))));
+      claim_table(*t, "deposit", pid);
+      const pteval_t* e = table_base(*t);
+      if (std::any_of(e, e + PTRS_PER_TABLE, [](pteval_t v) { return v != 0; }))
+        fail(fmt::format("pid {}: deposited table {:#x} holds entries", pid, raw(k_.mem.pfn(*t))));
+    }
+    if (n != huge_pmds_[&pmdt])
+      fail(fmt::format("pid {}: PMD table {:#x} has {} huge PMDs but {} deposited tables", pid,
+                       raw(k_.mem.pfn(pmdt)), huge_pmds_[&pmdt], n));
   }
 
   void check_shared_tables() {
@@ -197,7 +264,9 @@ class Checker {
       if (page.test(PG_table) || page.test(PG_free) || &page == k_.zero_page)
         fail(fmt::format("pid {}: PTE at {:#x} maps frame {:#x} of the wrong kind", pid, addr,
                          raw(pfn)));
-      ref_[raw(pfn)] += 1;
+      if (page.test(PG_zero))
+        fail(fmt::format("pid {}: PTE at {:#x} maps the huge zero page", pid, addr));
+      ref_[raw(k_.mem.pfn(compound_head(page)))] += 1;  // the folio's reference
       map_[raw(pfn)] += 1;
       rss[Kernel::mm_counter(page)] += 1;
       check_page_kind(*vma, page, addr, pid);
@@ -267,6 +336,9 @@ class Checker {
   }
 
   void check_page_kind(const Vma& vma, const Page& page, vaddr_t addr, int pid) {
+    if (PageCompound(page) && page.anon_index != linear_page_index(vma, addr))
+      fail(fmt::format("pid {}: THP subpage at {:#x} has index {}, the VMA says {}", pid, addr,
+                       page.anon_index, linear_page_index(vma, addr)));
     if (vma.vm_file) {
       const std::uint64_t index = vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT);
       if (PageAnon(page) || page.mapping != vma.vm_file.get() || page.index != index ||
@@ -304,6 +376,10 @@ class Checker {
           fail(fmt::format("frame {:#x}: free but still mapped or referenced", pfn));
         continue;
       }
+      if (PageCompound(p)) {
+        check_compound_frame(p, pfn);
+        continue;
+      }
       if (p._refcount != ref_[pfn])
         fail(fmt::format("frame {:#x}: refcount {} but {} holders found{}", pfn, p._refcount,
                          ref_[pfn], ref_[pfn] == 0 ? " (leaked)" : ""));
@@ -321,6 +397,36 @@ class Checker {
     if (tables_seen != k_.mem.table_frames())
       fail(fmt::format("{} frames are tables but PageTables counts {}", tables_seen,
                        k_.mem.table_frames()));
+  }
+
+  // A frame of a THP: tails point at a head 511 frames away at most; the head's refcount,
+  // entire mapcount and pin count are what was found; each subpage's mapcount is its PTE
+  // mappings plus the entire ones.
+  void check_compound_frame(const Page& p, std::uint64_t pfn) {
+    const std::uint64_t head = pfn & ~std::uint64_t(HPAGE_PMD_NR - 1);
+    const Page& h = k_.mem.page(Pfn{head});
+    if ((PageHead(p) != (pfn == head)) || (PageTail(p) && p.index != pfn - head) || !PageHead(h))
+      fail(fmt::format("frame {:#x}: compound page structure broken", pfn));
+    const bool zero = h.test(PG_zero);  // the huge zero page, or one a GUP reference outlived
+    if (PageAnon(p) == zero)
+      fail(fmt::format("frame {:#x}: a THP subpage that is {}", pfn, zero ? "anon" : "not anon"));
+    if (PageSwapCache(p)) fail(fmt::format("frame {:#x}: a THP in the swap cache", pfn));
+    if (pfn == head) {
+      if (p._refcount != ref_[pfn])
+        fail(fmt::format("THP {:#x}: refcount {} but {} holders found{}", pfn, p._refcount,
+                         ref_[pfn], ref_[pfn] == 0 ? " (leaked)" : ""));
+      if (folio_entire_mapcount(p) != entire_[pfn])
+        fail(fmt::format("THP {:#x}: entire mapcount {} but {} huge PMDs map it", pfn,
+                         folio_entire_mapcount(p), entire_[pfn]));
+      if (compound_pincount(p) != pins_[pfn])
+        fail(fmt::format("THP {:#x}: pincount {} but {} pins found", pfn, compound_pincount(p),
+                         pins_[pfn]));
+    }
+    if (page_mapcount(p) != map_[pfn] + entire_[head])
+      fail(fmt::format("frame {:#x}: mapcount {} but {} PTEs and {} huge PMDs map it", pfn,
+                       page_mapcount(p), map_[pfn], entire_[head]));
+    if (PageAnonExclusive(p) && page_mapcount(p) > 1)
+      fail(fmt::format("frame {:#x}: anon-exclusive but mapped {} times", pfn, page_mapcount(p)));
   }
 
   struct Expect {  // what an mm's counters must say
@@ -365,8 +471,28 @@ class Checker {
           fail(fmt::format("CPU {}: {} entry for {:#x} (pid {}) dirty, the PTE is clean", c, which,
                            va, it->second->pid));
       };
+      // A 2 MiB entry: the PMD is a present huge leaf of that frame, with the rights cached.
+      auto check_tlb_2m = [&](std::uint64_t key, const TlbEntry& t, const char* which) {
+        const vaddr_t va = (key & vpn_mask & ~kStlbHuge) << PMD_SHIFT;
+        auto it = by_pcid.find(unsigned(key >> 36));
+        const pteval_t* e = it == by_pcid.end() ? nullptr : walk(*it->second, va, 3);
+        if (!e || !(e[2] & _PAGE_PSE) || raw(pmd_pfn(e[2])) != t.pfn)
+          fail(fmt::format("CPU {}: stale {} 2 MiB entry for {:#x}", c, which, va));
+        if (t.writable && !((e[0] & e[1] & e[2]) & _PAGE_RW))
+          fail(fmt::format("CPU {}: {} 2 MiB entry for {:#x} writable, the tables are not", c,
+                           which, va));
+        if (t.dirty && !(e[2] & _PAGE_DIRTY))
+          fail(fmt::format("CPU {}: {} 2 MiB entry for {:#x} dirty, the PMD is clean", c, which,
+                           va));
+      };
       cpu.dtlb_4k.for_each_valid([&](const auto& w) { check_tlb(w, "DTLB"); });
-      cpu.stlb.for_each_valid([&](const auto& w) { check_tlb(w, "STLB"); });
+      cpu.dtlb_2m.for_each_valid([&](const auto& w) { check_tlb_2m(w.key, w.value, "DTLB"); });
+      cpu.stlb.for_each_valid([&](const auto& w) {
+        if (w.key & kStlbHuge) return check_tlb_2m(w.key, w.value, "STLB");
+        check_tlb(w, "STLB");
+      });
+      cpu.dtlb_1g.for_each_valid(
+          [&](const auto&) { fail(fmt::format("CPU {}: a 1 GiB TLB entry, no 1 GiB page", c)); });
       auto check_pwc = [&](const SetAssoc<PwcEntry>& pwc, unsigned shift, unsigned level) {
         pwc.for_each_valid([&](const auto& w) {
           const vaddr_t va = (w.key & vpn_mask) << shift;
@@ -389,6 +515,7 @@ class Checker {
     for (unsigned l = 0; l < levels; ++l) {
       walk_[l] = table_base(*t)[idx[l]];
       if (!(walk_[l] & _PAGE_PRESENT)) return nullptr;
+      if (l + 1 < levels && l > 0 && (walk_[l] & _PAGE_PSE)) return nullptr;  // a huge leaf
       if (l + 1 < levels) t = &k_.table_of(walk_[l]);
     }
     return walk_;
@@ -400,6 +527,10 @@ class Checker {
   std::map<std::uint64_t, SharedTable> shared_;
   std::uint64_t n_;
   std::vector<std::int64_t> ref_, map_;
+  std::map<std::uint64_t, std::int64_t> entire_, pins_;  // per THP head
+  std::map<const Page*, std::uint64_t> huge_pmds_;       // per PMD table
+  Page* cur_pmd_table_ = nullptr;
+  std::uint64_t huge_zero_pmds_ = 0;
   std::vector<std::uint32_t> table_refs_;
   std::set<ShmemFile*> files_;
   std::map<std::uint64_t, std::uint64_t> swap_refs_;  // slot -> swap PTEs found

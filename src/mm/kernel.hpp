@@ -47,6 +47,7 @@ enum : vm_fault_t {
   VM_FAULT_WRITE = 0x8,
   VM_FAULT_SIGSEGV = 0x40,
   VM_FAULT_NOPAGE = 0x100,
+  VM_FAULT_FALLBACK = 0x800,  // a huge page fault could not map a huge page: try 4 KiB
   VM_FAULT_ERROR = VM_FAULT_OOM | VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV,
 };
 
@@ -132,7 +133,7 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
   // ---- src/mmu/tlb.cpp: TLB maintenance (arch/x86/mm/tlb.c). INVLPG up to flush_ceiling
   //      pages, else a PCID flush, on this CPU, and a shootdown IPI to every other CPU in
   //      mm_cpumask ----
-  void flush_tlb_range(MmStruct& mm, vaddr_t start, vaddr_t end);
+  void flush_tlb_range(MmStruct& mm, vaddr_t start, vaddr_t end, unsigned stride_shift = 12);
   void flush_tlb_mm(MmStruct& mm);
   void flush_tlb_page(MmStruct& mm, vaddr_t addr);
 
@@ -217,6 +218,7 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
   std::uint64_t move_page_tables(MmStruct& mm, vaddr_t old_addr, Vma& new_vma, vaddr_t new_addr,
                                  std::uint64_t len);
   bool move_normal_pmd(MmStruct& mm, vaddr_t old_addr, EntryRef old_pmd, EntryRef new_pmd);
+  bool move_huge_pmd(MmStruct& mm, vaddr_t old_addr, EntryRef old_pmd, EntryRef new_pmd);
   bool move_normal_pud(MmStruct& mm, vaddr_t old_addr, EntryRef old_pud, EntryRef new_pud);
   void move_ptes(MmStruct& mm, EntryRef old_pmd, vaddr_t old_addr, vaddr_t old_end, Vma& new_vma,
                  EntryRef new_pmd, vaddr_t new_addr);
@@ -241,7 +243,7 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
   void madvise_cold_or_pageout_ptes(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr,
                                     vaddr_t end, bool pageout, std::vector<Page*>& isolated);
   template <class PteRange>
-  Result<void> madvise_walk_ptes(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end,
+  Result<void> madvise_walk_ptes(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end, bool cold,
                                  PteRange&& range);
   Result<void> madvise_remove(Vma& vma, vaddr_t start, vaddr_t end);
   void shmem_punch_hole(ShmemFile& file, std::uint64_t first, std::uint64_t last);
@@ -346,6 +348,9 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
   long get_user_pages(MmStruct& mm, vaddr_t start, std::uint64_t nr_pages, unsigned gup_flags,
                       std::vector<Page*>* pages, int* stopped = nullptr);
   Page* follow_page_pte(Vma& vma, vaddr_t addr, unsigned flags, bool& unshare, bool& oom);
+  Page* follow_trans_huge_pmd(Vma& vma, EntryRef pmd, vaddr_t addr, unsigned flags, bool& unshare,
+                              bool& oom);
+  bool try_grab_page(Page& page, unsigned flags);
   int faultin_page(Vma& vma, vaddr_t addr, unsigned flags, bool unshare);
   static int check_vma_flags(const Vma& vma, unsigned gup_flags) noexcept;
   static bool gup_must_unshare(const Vma& vma, unsigned flags, const Page& page) noexcept;
@@ -421,6 +426,42 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
     vaddr_t end = 0;
   } cow_pte_recover;
 
+  // ---- src/mm/huge_memory.cpp: transparent huge pages for anonymous memory (mm/huge_memory.c,
+  //      mm/pgtable-generic.c, include/linux/huge_mm.h) ----
+  bool hugepage_vma_check(const Vma& vma, vaddr_t haddr) const noexcept;
+  static bool transhuge_vma_suitable(const Vma& vma, vaddr_t haddr) noexcept;
+  Page* huge_zero_page = nullptr;    // allocated by the first read fault that maps it
+  std::uint64_t huge_zero_pmds = 0;  // huge PMDs that map it (it is freed with the last)
+  Page* get_huge_zero_page();
+  void put_huge_zero_pmd();
+  bool is_huge_zero_pmd(pteval_t pmd) const noexcept {
+    return huge_zero_page && pmd_pfn(pmd) == mem.pfn(*huge_zero_page);
+  }
+  void pgtable_trans_huge_deposit(EntryRef pmd, Page& pgtable);
+  Page& pgtable_trans_huge_withdraw(EntryRef pmd);
+  void zap_deposited_table(MmStruct& mm, EntryRef pmd);
+  vm_fault_t do_huge_pmd_anonymous_page(VmFault& vmf);
+  vm_fault_t __do_huge_pmd_anonymous_page(VmFault& vmf, Page& folio);
+  vm_fault_t do_huge_pmd_wp_page(VmFault& vmf, pteval_t orig_pmd);
+  void huge_pmd_set_accessed(VmFault& vmf, pteval_t orig_pmd);
+  int copy_huge_pmd(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, EntryRef src_pmd, vaddr_t addr);
+  bool zap_huge_pmd(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr);
+  void __split_huge_pmd_locked(Vma& vma, EntryRef pmd, vaddr_t haddr);
+  void __split_huge_zero_page_pmd(Vma& vma, EntryRef pmd, vaddr_t haddr);
+  void split_huge_pmd(Vma& vma, EntryRef pmd, vaddr_t address);  // no-op unless huge
+  void split_huge_pmd_address(Vma& vma, vaddr_t address);
+  void vma_adjust_trans_huge(Vma& vma, vaddr_t start, vaddr_t end);
+  // Split every huge PMD of [start, end) of mm (the callers that work on PTEs only).
+  void split_huge_pmd_range(MmStruct& mm, vaddr_t start, vaddr_t end);
+  void split_huge_pages_range(MmStruct& mm, vaddr_t start, vaddr_t end);
+  long change_huge_pmd(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, pteval_t newprot);
+  int split_huge_page(Page& head);  // 0, or -EBUSY with extra references (pins)
+  void deferred_split_huge_page(Page& head);
+  std::uint64_t deferred_split_scan();
+  void page_add_new_anon_rmap_compound(Page& head, Vma& vma, vaddr_t haddr);
+  int page_try_dup_anon_rmap_compound(Page& head, Vma& src_vma);
+  void page_remove_rmap_compound(Page& head);
+
   // ---- src/fault/memory.cpp (mm/memory.c) ----
   vm_fault_t handle_mm_fault(Vma& vma, vaddr_t address, unsigned flags);
   vm_fault_t __handle_mm_fault(Vma& vma, vaddr_t address, unsigned flags);
@@ -473,6 +514,7 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
   // ---- src/mm/task_mmu.cpp (fs/proc/task_mmu.c) ----
   PagemapEntry pagemap(MmStruct& mm, vaddr_t addr);
   std::vector<SmapsEntry> smaps(MmStruct& mm);
+  void smaps_pmd_entry(SmapsEntry& e, std::uint64_t& pss, pteval_t pmd);
   Result<void> clear_refs_soft_dirty(MmStruct& mm);
 
   // ---- src/mm/invariants.cpp ----
@@ -509,6 +551,9 @@ inline void Kernel::page_add_file_rmap(Page& page) { ++page._mapcount; }
 inline void Kernel::page_remove_rmap(Page& page) {
   if (--page._mapcount < -1) [[unlikely]]
     throw InvariantViolation("page_remove_rmap: negative mapcount");
+  // A subpage of a THP unmapped: the THP may be partially mapped now (deferred_split_huge_page).
+  if (PageCompound(page) && PageAnon(page)) [[unlikely]]
+    deferred_split_huge_page(compound_head(page));
 }
 
 // page_try_dup_anon_rmap: share an anon page with a child, unless it may be pinned (then the

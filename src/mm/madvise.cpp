@@ -85,7 +85,7 @@ void Kernel::madvise_free_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr
     }
     if (!pte_present(v)) continue;
     Page* page = vm_normal_page(vma, v);
-    if (!page || !PageAnon(*page)) continue;  // the zero page
+    if (!page || !PageAnon(*page) || PageCompound(*page)) continue;  // the zero page, a THP
     if (page->test(PG_dirty)) {
       if (page_mapcount(*page) != 1) continue;  // shared: PG_dirty is not ours to clear
       page->clear(PG_dirty);
@@ -127,6 +127,7 @@ void Kernel::madvise_cold_or_pageout_ptes(MmGather& tlb, Vma& vma, EntryRef pmd,
     if (!pte_present(v)) continue;
     Page* page = vm_normal_page(vma, v);
     if (!page || page_mapcount(*page) != 1) continue;  // other mappings are left alone
+    if (PageCompound(*page)) continue;                 // a THP that could not be split
     if (pte_young(v)) {
       ptep_get_and_clear(pte);
       v = pte_mkold(v);
@@ -161,12 +162,35 @@ void Kernel::madvise_cold_or_pageout_ptes(MmGather& tlb, Vma& vma, EntryRef pmd,
 // private first (COW PTE: broken before anything changes) and one TLB flush at the end.
 template <class PteRange>
 Result<void> Kernel::madvise_walk_ptes(MmStruct& mm, Vma& vma, vaddr_t start, vaddr_t end,
-                                       PteRange&& range) {
+                                       bool cold, PteRange&& range) {
   if (break_cow_pte_range(mm, start, end)) return Errno::nomem;
+  // THPs: the PTE-level passes work on base pages. MADV_COLD ages a huge PMD it covers whole
+  // (madvise_cold_or_pageout_pte_range's PMD case); otherwise huge PMDs split, and the THPs
+  // behind the range's PTEs split into base pages where they can (MADV_FREE and MADV_PAGEOUT
+  // split a THP they cover in part, reclaim one it swaps out); a pinned one stays whole and
+  // the passes leave it alone.
+  if (cold) {
+    for (vaddr_t a = start, next; a < end; a = next) {
+      EntryRef pmd = walk_to_pmd(mm, a, end, next);
+      if (!pmd || !pmd_trans_huge(pmd.get())) continue;
+      if (next - a < PMD_SIZE) {
+        split_huge_pmd(vma, pmd, a);
+        continue;
+      }
+      SpinGuard ptl(pmd_lockptr(mm, *pmd.table));
+      if (pmd_young(pmd.get())) {
+        set_pmd_at(mm, pmd, pmd_mkold(pmd.get()));
+        flush_tlb_range(mm, a, next, PMD_SHIFT);
+      }
+    }
+  } else {
+    split_huge_pmd_range(mm, start, end);
+    split_huge_pages_range(mm, start, end);
+  }
   MmGather tlb(mm, false);
   for (vaddr_t a = start, next; a < end; a = next) {
     EntryRef pmd = walk_to_pmd(mm, a, end, next);
-    if (pmd && !pmd_none(pmd.get())) range(tlb, vma, pmd, a, next);
+    if (pmd && !pmd_none(pmd.get()) && !pmd_trans_huge(pmd.get())) range(tlb, vma, pmd, a, next);
   }
   tlb_finish_mmu(tlb);
   return {};
@@ -226,6 +250,8 @@ Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_i
     case Advice::pageout:
     case Advice::populate_read:
     case Advice::populate_write:
+    case Advice::hugepage:
+    case Advice::nohugepage:
       break;
     default:
       return Errno::inval;  // madvise_behavior_valid
@@ -262,6 +288,18 @@ Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_i
         return {};
       });
     }
+    case Advice::hugepage:
+    case Advice::nohugepage: {
+      // hugepage_madvise: VM_HUGEPAGE and VM_NOHUGEPAGE exclude each other. The THPs mapped
+      // already stay (khugepaged would collapse new ones; the model has no khugepaged yet).
+      MmapWriteGuard lock(mm);
+      return madvise_walk_vmas(mm, start, end, [&](Vma& v, vaddr_t s, vaddr_t e) -> Result<void> {
+        std::uint64_t nf = v.vm_flags & ~(VM_HUGEPAGE | VM_NOHUGEPAGE);
+        nf |= advice == Advice::hugepage ? VM_HUGEPAGE : VM_NOHUGEPAGE;
+        if (!madvise_update_vma(mm, v, s, e, nf)) return Errno::nomem;
+        return {};
+      });
+    }
     case Advice::wipeonfork:
     case Advice::keeponfork: {
       MmapWriteGuard lock(mm);
@@ -278,7 +316,7 @@ Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_i
       MmapReadGuard lock(mm);
       return madvise_walk_vmas(mm, start, end, [&](Vma& v, vaddr_t s, vaddr_t e) -> Result<void> {
         if (!vma_is_anonymous(v)) return Errno::inval;  // madvise_free_single_vma
-        return madvise_walk_ptes(mm, v, s, e,
+        return madvise_walk_ptes(mm, v, s, e, false,
                                  [&](MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t a, vaddr_t n) {
                                    madvise_free_pte_range(tlb, vma, pmd, a, n);
                                  });
@@ -289,7 +327,7 @@ Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_i
       MmapReadGuard lock(mm);
       const bool pageout = advice == Advice::pageout;
       return madvise_walk_vmas(mm, start, end, [&](Vma& v, vaddr_t s, vaddr_t e) -> Result<void> {
-        return madvise_walk_ptes(mm, v, s, e,
+        return madvise_walk_ptes(mm, v, s, e, !pageout,
                                  [&](MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t a, vaddr_t n) {
                                    madvise_cold_or_pageout_pte_range(tlb, vma, pmd, a, n, pageout);
                                  });

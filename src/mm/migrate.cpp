@@ -55,6 +55,7 @@ bool Kernel::try_to_migrate(Page& page) {
 void Kernel::remove_migration_ptes(Page& src, Page& dst) {
   const Pfn src_pfn = mem.pfn(src);
   for_each_anon_address(src.anon_index, [&](MmStruct& mm, Vma& vma, vaddr_t addr, EntryRef pmd) {
+    if (pmd_trans_huge(pmd.get())) return true;
     EntryRef pte = pte_offset_map(pmd, addr);
     SpinGuard ptl(pte_lockptr(mm, *pte.table));
     const pteval_t v = pte.get();

@@ -75,6 +75,8 @@ bool Kernel::split_vma(MmStruct& mm, Vma& vma, vaddr_t addr, bool new_below) {
   if ((addr & ~PMD_MASK) && break_cow_pte_range(mm, addr, addr + 1)) return false;
   Vma* nw = vm_area_dup(vma);
   if (!nw) return false;
+  // vma_adjust_trans_huge: no huge PMD may straddle the new boundary.
+  if (addr & ~PMD_MASK) split_huge_pmd_address(vma, addr);
   mm.mm_mt.erase(mm.mm_mt.iterator_to(vma));
   if (new_below) {
     nw->vm_end = addr;

@@ -39,13 +39,22 @@ long Kernel::change_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t add
   return pages;
 }
 
-// change_protection: walk the range; PTE tables only (the model has no huge pages).
+// change_protection: walk the range; a huge PMD the range covers whole changes as one entry
+// (change_huge_pmd), one it covers in part splits first (change_pmd_range).
 long Kernel::change_protection(MmGather& tlb, Vma& vma, vaddr_t start, vaddr_t end,
                                bool try_writable) {
   long pages = 0;
   for (vaddr_t addr = start; addr < end;) {
     vaddr_t next;
     EntryRef pmd = walk_to_pmd(*vma.vm_mm, addr, end, next);
+    if (pmd && pmd_trans_huge(pmd.get())) {
+      if (next - addr == PMD_SIZE) {
+        pages += change_huge_pmd(tlb, vma, pmd, addr, vma.vm_page_prot);
+        addr = next;
+        continue;
+      }
+      split_huge_pmd(vma, pmd, addr);
+    }
     // [PATCH 09/14]: break a shared table first, and on failure skip this PMD, its entries
     // left as they were. Only the series' own policy gets here with one (do_mprotect_pkey).
     if (pmd && pmd_cow_pte(*vma.vm_mm, pmd.get()) && break_cow_pte(*vma.vm_mm, pmd, addr)) {

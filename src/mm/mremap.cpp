@@ -225,6 +225,13 @@ std::uint64_t Kernel::move_page_tables(MmStruct& mm, vaddr_t old_addr, Vma& new_
     extent = get_extent(PMD_SIZE, old_addr, old_end, new_addr);
     EntryRef old_pmd = pmd_offset(old_pud, old_addr);
     if (pmd_none(old_pmd.get())) continue;  // get_old_pmd
+    if (pmd_trans_huge(old_pmd.get())) {
+      // A huge PMD moves whole (with its deposited table) where the extent is all of it.
+      EntryRef new_pmd = pmd_alloc(mm, new_pud, new_addr);
+      if (!new_pmd) break;
+      if (extent == PMD_SIZE && move_huge_pmd(mm, old_addr, old_pmd, new_pmd)) continue;
+      if (Vma* vma = mm.vma_lookup(old_addr)) split_huge_pmd(*vma, old_pmd, old_addr);
+    }
     // [PATCH v3 03/14]: break the old table before moving (the series ignores a failure).
     if (break_cow_pte(mm, old_pmd, old_addr) && !quirks.ignore_failed_breaks) break;
     EntryRef new_pmd = pmd_alloc(mm, new_pud, new_addr);  // alloc_new_pmd
@@ -252,6 +259,24 @@ bool Kernel::move_normal_pmd(MmStruct& mm, vaddr_t old_addr, EntryRef old_pmd, E
   set_pmd_at(mm, new_pmd, pmd);  // pmd_populate
   tm_entry(new_pmd);
   flush_tlb_range(mm, old_addr, old_addr + PMD_SIZE);
+  return true;
+}
+
+// move_huge_pmd (mm/huge_memory.c): hand a huge PMD and its deposited table to the new entry;
+// the moved mapping is soft-dirty. Not when the new entry is in use.
+bool Kernel::move_huge_pmd(MmStruct& mm, vaddr_t old_addr, EntryRef old_pmd, EntryRef new_pmd) {
+  if (!pmd_none(new_pmd.get())) return false;
+  SpinGuard old_ptl(pmd_lockptr(mm, *old_pmd.table));
+  std::optional<SpinGuard> new_ptl;
+  if (new_pmd.table != old_pmd.table) new_ptl.emplace(pmd_lockptr(mm, *new_pmd.table));
+  const pteval_t pmd = old_pmd.get();
+  tm_entry(old_pmd);
+  set_pmd_at(mm, old_pmd, 0);  // pmdp_huge_get_and_clear
+  if (new_pmd.table != old_pmd.table)
+    pgtable_trans_huge_deposit(new_pmd, pgtable_trans_huge_withdraw(old_pmd));
+  set_pmd_at(mm, new_pmd, pmd_mksoft_dirty_huge(pmd));  // move_soft_dirty_pmd
+  tm_entry(new_pmd);
+  flush_tlb_range(mm, old_addr, old_addr + PMD_SIZE, PMD_SHIFT);
   return true;
 }
 

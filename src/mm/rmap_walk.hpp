@@ -9,7 +9,8 @@ namespace cowpte {
 // Where an anonymous page of this index can be mapped: every anonymous VMA of every live mm
 // whose range holds it (Linux: the anon_vma interval tree of page->mapping; the model takes the
 // VMAs of every process, and the callers check the PTE), with the PMD entry of the address if
-// its tables exist. f(mm, vma, addr, pmd) returns false to stop; then this returns false.
+// its tables exist (a huge PMD too: the callers check). f(mm, vma, addr, pmd) returns false to
+// stop; then this returns false.
 template <class F>
 bool Kernel::for_each_anon_address(std::uint64_t index, F&& f) {
   for (Process& p : procs) {
@@ -39,6 +40,7 @@ bool Kernel::rmap_walk_anon(Page& page, bool break_cow, Visit&& visit) {
   const Pfn pfn = mem.pfn(page);
   return for_each_anon_address(
       page.anon_index, [&](MmStruct& mm, Vma& vma, vaddr_t addr, EntryRef pmd) {
+        if (pmd_trans_huge(pmd.get())) return true;  // maps a THP: callers split those first
         const pteval_t pte = pte_offset_map(pmd, addr).get();
         if (!pte_present(pte) || pte_pfn(pte) != pfn) return true;  // page_vma_mapped_walk
         // Direct reclaim leaves alone a table the allocating path holds (TableInHand).

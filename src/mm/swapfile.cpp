@@ -298,7 +298,7 @@ int Kernel::unuse_mm(MmStruct& mm) {
     if (!vma.anon_vma || vma.vm_file) continue;
     for (vaddr_t a = vma.vm_start, next; a < vma.vm_end; a = next) {
       EntryRef pmd = walk_to_pmd(mm, a, vma.vm_end, next);
-      if (!pmd || pmd_none(pmd.get())) continue;
+      if (!pmd || pmd_none(pmd.get()) || pmd_trans_huge(pmd.get())) continue;  // no swap entries
       if (break_cow_pte(mm, pmd, a)) return -ENOMEM;
       if (int err = unuse_pte_range(vma, pmd, a, next)) return err;
     }

@@ -28,7 +28,16 @@ PagemapEntry Kernel::pagemap(MmStruct& mm, vaddr_t addr) {
   std::uint64_t word = 0;
   if (vma && (vma->vm_flags & VM_SOFTDIRTY)) word |= PM_SOFT_DIRTY;
   EntryRef pmd = walk_to_pmd(mm, addr);
-  if (vma && pmd && !pmd_none(pmd.get())) {
+  if (vma && pmd && pmd_trans_huge(pmd.get())) {
+    // pagemap_pmd_range: each subpage's frame. Its page is pmd_page: the huge zero page, not
+    // anonymous, reports PM_FILE (the 4 KiB zero page has no struct page here and does not).
+    const pteval_t v = pmd.get();
+    const Page& page = mem.page(Pfn{raw(pmd_pfn(v)) + pte_index(addr)});
+    word |= PM_PRESENT | (raw(pmd_pfn(v)) + pte_index(addr));
+    if (pmd_soft_dirty(v)) word |= PM_SOFT_DIRTY;
+    if (!PageAnon(page)) word |= PM_FILE;
+    if (page_mapcount(page) == 1) word |= PM_MMAP_EXCLUSIVE;
+  } else if (vma && pmd && !pmd_none(pmd.get())) {
     const pteval_t pte = pte_offset_map(pmd, addr).get();
     if (pte_present(pte)) {
       word |= PM_PRESENT | raw(pte_pfn(pte));
@@ -53,12 +62,17 @@ std::vector<SmapsEntry> Kernel::smaps(MmStruct& mm) {
   MmapReadGuard lock(mm);
   std::vector<SmapsEntry> out;
   for (Vma& vma : mm.mm_mt) {
-    SmapsEntry e{vma.vm_start, vma.vm_end, 0, 0, 0, 0, 0, 0, 0, 0};
+    SmapsEntry e{vma.vm_start, vma.vm_end, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     std::uint64_t pss = 0;
     for (vaddr_t a = vma.vm_start; a < vma.vm_end;) {
       vaddr_t next;
       EntryRef pmd = walk_to_pmd(mm, a, vma.vm_end, next);
       if (!pmd || pmd_none(pmd.get())) {
+        a = next;
+        continue;
+      }
+      if (pmd_trans_huge(pmd.get())) {
+        smaps_pmd_entry(e, pss, pmd.get());
         a = next;
         continue;
       }
@@ -89,6 +103,26 @@ std::vector<SmapsEntry> Kernel::smaps(MmStruct& mm) {
   return out;
 }
 
+// smaps_pmd_entry: a huge PMD (the huge zero page is not counted). smaps_account(compound):
+// private when the THP has one reference, otherwise each subpage by its own mapcount.
+void Kernel::smaps_pmd_entry(SmapsEntry& e, std::uint64_t& pss, pteval_t pmd) {
+  const Page& head = mem.page(pmd_pfn(pmd));
+  if (&head == huge_zero_page) return;
+  e.anon_huge += PMD_SIZE;
+  e.anonymous += PMD_SIZE;
+  e.rss += PMD_SIZE;
+  const bool dirty = pmd_dirty(pmd) || head.test(PG_dirty);
+  const bool whole_private = page_count(head) == 1;
+  for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) {
+    const int mapcount = page_mapcount((&head)[i]);
+    const bool priv = whole_private || mapcount < 2;
+    pss += priv ? (PAGE_SIZE << PSS_SHIFT) : (PAGE_SIZE << PSS_SHIFT) / mapcount;
+    std::uint64_t& bucket = dirty ? (priv ? e.private_dirty : e.shared_dirty)
+                                  : (priv ? e.private_clean : e.shared_clean);
+    bucket += PAGE_SIZE;
+  }
+}
+
 // clear_refs_write(CLEAR_REFS_SOFT_DIRTY): restart soft-dirty tracking. Each VMA loses
 // VM_SOFTDIRTY; each present PTE is write-protected and loses soft-dirty, except a writable
 // PTE of a page that may be pinned (pte_is_pinned); a swap PTE loses its soft-dirty bit.
@@ -108,6 +142,12 @@ Result<void> Kernel::clear_refs_soft_dirty(MmStruct& mm) {
       vaddr_t next;
       EntryRef pmd = walk_to_pmd(mm, a, vma.vm_end, next);
       if (!pmd || pmd_none(pmd.get())) {
+        a = next;
+        continue;
+      }
+      if (pmd_trans_huge(pmd.get())) {  // clear_soft_dirty_pmd
+        SpinGuard ptl(pmd_lockptr(mm, *pmd.table));
+        set_pmd_at(mm, pmd, pmd.get() & ~(_PAGE_RW | _PAGE_SOFT_DIRTY));
         a = next;
         continue;
       }

@@ -136,7 +136,9 @@ int Kernel::folio_referenced(Page& page) {
 // Whether direct reclaim may take page: an anonymous page mapped somewhere, or one only the
 // swap cache holds; one that needs a swap slot only while a device has a free one.
 bool Kernel::folio_reclaimable(const Page& page) const noexcept {
-  if (page.test(PG_free) || page.test(PG_table) || !PageAnon(page)) return false;
+  // A THP is reclaimed once deferred_split_scan (or MADV_PAGEOUT) split it into base pages.
+  if (page.test(PG_free) || page.test(PG_table) || !PageAnon(page) || PageCompound(page))
+    return false;
   if (page_mapcount(page) == 0) return PageSwapCache(page);
   if (!page.test(PG_swapbacked) || PageSwapCache(page)) return true;  // lazyfree, or has a slot
   return swap && swap->writeok && swap->nr_free() > 0;
@@ -149,6 +151,7 @@ bool Kernel::folio_reclaimable(const Page& page) const noexcept {
 // the model keeps one list in frame order. At most two turns of the hand.
 std::uint64_t Kernel::try_to_free_pages(std::uint64_t nr_to_reclaim) {
   PhaseScope phase(*this, Phase::reclaim);
+  deferred_split_scan();  // the shrinkers first: partially mapped THPs give their unmapped part
   const std::uint64_t frames = mem.watermark();
   std::uint64_t reclaimed = 0;
   for (std::uint64_t scanned = 0; reclaimed < nr_to_reclaim && scanned < 2 * frames; ++scanned) {

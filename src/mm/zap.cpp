@@ -103,6 +103,10 @@ void Kernel::zap_pmd_range(MmGather& tlb, Vma& vma, EntryRef pud, vaddr_t addr, 
   EntryRef pmd = pmd_offset(pud, addr);
   do {
     const vaddr_t next = pmd_addr_end(addr, end);
+    if (pmd_trans_huge(pmd.get())) {
+      if (next - addr == PMD_SIZE && zap_huge_pmd(tlb, vma, pmd, addr)) continue;
+      split_huge_pmd(vma, pmd, addr);  // a partial zap: the PTEs of the rest stay
+    }
     if (pmd_none(pmd.get())) continue;  // pmd_none_or_trans_huge_or_clear_bad
     if (pmd_cow_pte(*tlb.mm, pmd.get()) && zap_cow_pte(tlb, pmd, addr)) continue;
     zap_pte_range(tlb, vma, pmd, addr, next);
@@ -159,10 +163,11 @@ void Kernel::tlb_flush_mmu_tlbonly(MmGather& tlb) {
   if (tlb.fullmm || !tlb.need_flush()) {
     flush_tlb_mm(*tlb.mm);
   } else {
-    flush_tlb_range(*tlb.mm, tlb.start, tlb.end);
+    flush_tlb_range(*tlb.mm, tlb.start, tlb.end, tlb.unmap_shift());
   }
   tlb.start = ~0ull;  // __tlb_reset_range
   tlb.end = 0;
+  tlb.cleared_ptes = false;
   tlb.tables_flushed = tlb.tables.size();
 }
 

@@ -89,10 +89,17 @@ std::uint64_t Hardware::miss_path(Cpu& cpu, std::uint64_t line) noexcept {
   return lat;
 }
 
+// Every TLB entry that translates va, whatever its page size (INVLPG, and a #PF's own).
+void Hardware::drop_translation(Cpu& cpu, unsigned pcid, vaddr_t va) noexcept {
+  cpu.dtlb_4k.invalidate(tlb_key(pcid, va, 12));
+  cpu.stlb.invalidate(tlb_key(pcid, va, 12));
+  cpu.dtlb_2m.invalidate(tlb_key(pcid, va, 21));
+  cpu.stlb.invalidate(stlb_key_2m(pcid, va));
+  cpu.dtlb_1g.invalidate(tlb_key(pcid, va, 30));
+}
+
 void Hardware::invlpg(Cpu& cpu, unsigned pcid, vaddr_t va) noexcept {
-  const std::uint64_t key = tlb_key(pcid, va, 12);
-  cpu.dtlb_4k.invalidate(key);
-  cpu.stlb.invalidate(key);
+  drop_translation(cpu, pcid, va);
   auto same_pcid = [pcid](const auto& w) { return (w.key >> 36) == pcid; };
   cpu.pml4e.invalidate_if(same_pcid);
   cpu.pdpte.invalidate_if(same_pcid);
@@ -103,6 +110,8 @@ void Hardware::invlpg(Cpu& cpu, unsigned pcid, vaddr_t va) noexcept {
 void Hardware::flush_pcid(Cpu& cpu, unsigned pcid) noexcept {
   auto same_pcid = [pcid](const auto& w) { return (w.key >> 36) == pcid; };
   cpu.dtlb_4k.invalidate_if(same_pcid);
+  cpu.dtlb_2m.invalidate_if(same_pcid);
+  cpu.dtlb_1g.invalidate_if(same_pcid);
   cpu.stlb.invalidate_if(same_pcid);
   cpu.pml4e.invalidate_if(same_pcid);
   cpu.pdpte.invalidate_if(same_pcid);

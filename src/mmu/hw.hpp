@@ -35,6 +35,8 @@ struct PwcEntry {
 struct Cpu {
   explicit Cpu(const TimingConfig& c)
       : dtlb_4k(c.dtlb_4k.sets, c.dtlb_4k.ways),
+        dtlb_2m(c.dtlb_2m.sets, c.dtlb_2m.ways),
+        dtlb_1g(c.dtlb_1g.sets, c.dtlb_1g.ways),
         stlb(c.stlb.sets, c.stlb.ways),
         pml4e(c.pwc_pml4e.sets, c.pwc_pml4e.ways),
         pdpte(c.pwc_pdpte.sets, c.pwc_pdpte.ways),
@@ -42,7 +44,9 @@ struct Cpu {
         l1d(c.l1d.sets, c.l1d.ways),
         l2(c.l2.sets, c.l2.ways) {}
 
-  SetAssoc<TlbEntry> dtlb_4k, stlb;  // keys: PCID << 36 | virtual page number
+  // Keys: PCID << 36 | virtual page number of the entry's size (tlb_key). The STLB holds 4 KiB
+  // and 2 MiB translations (Skylake's is shared), the 2 MiB ones keyed with kStlbHuge set.
+  SetAssoc<TlbEntry> dtlb_4k, dtlb_2m, dtlb_1g, stlb;
   // The DTLB slot used last: the most recently used way of its set, so hitting it again needs
   // no LRU update (a simulation shortcut, invisible in the results).
   std::uint64_t mru_key = ~0ull;
@@ -63,6 +67,11 @@ struct Cpu {
 // has 36 bits of 4 KiB page number).
 inline std::uint64_t tlb_key(unsigned pcid, vaddr_t va, unsigned shift) noexcept {
   return (std::uint64_t(pcid) << 36) | (va >> shift);
+}
+// A 2 MiB translation in the STLB: bit 35 is above every 4 KiB page number of a 47-bit space.
+inline constexpr std::uint64_t kStlbHuge = 1ull << 35;
+inline std::uint64_t stlb_key_2m(unsigned pcid, vaddr_t va) noexcept {
+  return tlb_key(pcid, va, 21) | kStlbHuge;
 }
 
 class Hardware {
@@ -92,6 +101,7 @@ class Hardware {
   // Invalidate what a CPU caches for a PCID: one page (INVLPG, which also drops every
   // paging-structure cache entry of the PCID, SDM 4.10.4.1) or everything.
   void invlpg(Cpu& cpu, unsigned pcid, vaddr_t va) noexcept;
+  void drop_translation(Cpu& cpu, unsigned pcid, vaddr_t va) noexcept;
   void flush_pcid(Cpu& cpu, unsigned pcid) noexcept;
 
   std::string stats_json() const;  // every CPU's statistics

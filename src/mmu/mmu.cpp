@@ -14,8 +14,9 @@ namespace {
 struct HwWalk {
   Page* page = nullptr;     // the data frame, when the translation succeeded
   unsigned error_code = 0;  // the #PF error code otherwise
-  pteval_t pte = 0;         // the PTE, after A/D were set
+  pteval_t pte = 0;         // the leaf entry (PTE, or a PS=1 PDE or PDPTE), after A/D were set
   bool writable = false;    // RW at every level
+  unsigned shift = 12;      // the page size of the translation: 12, 21 (PS=1 PDE) or 30
 };
 
 // One entry of the walk: present, user, and writable if this is a write.
@@ -58,12 +59,23 @@ static HwWalk hw_walk(Kernel& k, Cpu* cpu, MmStruct& mm, vaddr_t addr, bool writ
     const bool timed = cpu && level >= first;
     if (timed) k.hw->access(*cpu, (raw(k.mem.pfn(*table)) << PAGE_SHIFT) | idx[level] * 8);
     if (!entry_allows(e, write, w.error_code)) return w;
-    const pteval_t set = _PAGE_ACCESSED | (level == 3 && write ? _PAGE_DIRTY : 0);
+    // A PS=1 PDE (2 MiB) or PDPTE (1 GiB) is the leaf: the walk stops there, and the paging-
+    // structure caches get no entry for its level (SDM 4.10.3.1).
+    const bool leaf = level == 3 || ((level == 1 || level == 2) && (e & _PAGE_PSE));
+    const pteval_t set = _PAGE_ACCESSED | (leaf && write ? _PAGE_DIRTY : 0);
     if ((e & set) != set) {
       e |= set;
       if (cpu) cpu->clock += k.hw->cfg.atomic_rmw;
     }
     writable &= (e & _PAGE_RW) != 0;
+    if (leaf && level != 3) {
+      w.shift = level == 2 ? PMD_SHIFT : PUD_SHIFT;
+      w.pte = e;
+      w.writable = writable;
+      const std::uint64_t sub = (addr & ((1ull << w.shift) - 1)) >> PAGE_SHIFT;
+      w.page = &k.mem.page(Pfn{raw(pmd_pfn(e)) + sub});
+      return w;
+    }
     if (level == 3) break;
     Page& next = k.table_of(e);
     if (timed) {
@@ -105,21 +117,31 @@ Result<std::uint64_t> Kernel::user_access_walk(MmStruct& mm, vaddr_t addr, bool 
       TlbEntry e;
       bool hit = false;
       bool in_stlb = false;
+      // The DTLBs of each page size are looked up in parallel, then the STLB (4 KiB and 2 MiB).
+      // A huge entry holds its first frame: the access goes to the subpage of addr.
+      std::uint64_t sub = 0;
       if (const std::size_t slot = cpu->dtlb_4k.find(key); slot != cpu->dtlb_4k.npos) {
         e = cpu->dtlb_4k.value_at(slot), hit = true;
         cpu->mru_key = key, cpu->mru_slot = slot;
+      } else if (const TlbEntry* h = cpu->dtlb_2m.lookup(tlb_key(mm.pcid, addr, PMD_SHIFT))) {
+        e = *h, hit = true, sub = pte_index(addr);
+      } else if (const TlbEntry* g = cpu->dtlb_1g.lookup(tlb_key(mm.pcid, addr, PUD_SHIFT))) {
+        e = *g, hit = true, sub = (addr & ~PUD_MASK) >> PAGE_SHIFT;
       } else {
         cpu->clock += c.stlb.latency;
         if (const TlbEntry* s = cpu->stlb.lookup(key)) {
           e = *s, hit = in_stlb = true;
           cpu->mru_key = key, cpu->mru_slot = cpu->dtlb_4k.insert_slot(key, e);
+        } else if (const TlbEntry* s2 = cpu->stlb.lookup(stlb_key_2m(mm.pcid, addr))) {
+          e = *s2, hit = in_stlb = true, sub = pte_index(addr);
+          cpu->dtlb_2m.insert(tlb_key(mm.pcid, addr, PMD_SHIFT), e);
         }
       }
       // A hit counts only when the entry serves the access; one that can't serve a write (read
       // only, or filled without D) walks again and counts as such.
       if (hit && (!write || (e.writable && e.dirty))) {
         ++(in_stlb ? cpu->stats.stlb_hits : cpu->stats.dtlb_hits);
-        return data_access(mem.page(Pfn{e.pfn}));
+        return data_access(mem.page(Pfn{e.pfn + sub}));
       }
       ++(hit ? cpu->stats.walk_dirty_rewalks : cpu->stats.tlb_misses);
     }
@@ -131,15 +153,25 @@ Result<std::uint64_t> Kernel::user_access_walk(MmStruct& mm, vaddr_t addr, bool 
     }
     if (w.page) {
       if (cpu) {
-        const TlbEntry fill{raw(mem.pfn(*w.page)), w.writable, (w.pte & _PAGE_DIRTY) != 0};
-        cpu->stlb.insert(key, fill);
-        cpu->mru_key = key, cpu->mru_slot = cpu->dtlb_4k.insert_slot(key, fill);
+        const bool dirty = (w.pte & _PAGE_DIRTY) != 0;
+        if (w.shift == PAGE_SHIFT) {
+          const TlbEntry fill{raw(mem.pfn(*w.page)), w.writable, dirty};
+          cpu->stlb.insert(key, fill);
+          cpu->mru_key = key, cpu->mru_slot = cpu->dtlb_4k.insert_slot(key, fill);
+        } else {
+          const TlbEntry fill{raw(pmd_pfn(w.pte)), w.writable, dirty};
+          if (w.shift == PMD_SHIFT) {
+            cpu->stlb.insert(stlb_key_2m(mm.pcid, addr), fill);
+            cpu->dtlb_2m.insert(tlb_key(mm.pcid, addr, PMD_SHIFT), fill);
+          } else {
+            cpu->dtlb_1g.insert(tlb_key(mm.pcid, addr, PUD_SHIFT), fill);
+          }
+        }
       }
       return data_access(*w.page);
     }
     if (cpu) {
-      cpu->dtlb_4k.invalidate(key);  // a #PF invalidates the faulting translation
-      cpu->stlb.invalidate(key);
+      hw->drop_translation(*cpu, mm.pcid, addr);  // a #PF invalidates the faulting translation
       cpu->clock += hw->cfg.exception;
     }
     const vm_fault_t f = do_user_addr_fault(mm, addr, w.error_code);

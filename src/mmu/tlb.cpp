@@ -30,16 +30,17 @@ void flush_on_cpus(Kernel& k, MmStruct& mm, Flush&& flush) {
 }
 }  // namespace
 
-void Kernel::flush_tlb_range(MmStruct& mm, vaddr_t start, vaddr_t end) {
+// stride_shift: PMD_SHIFT for a range of huge PMDs (flush_pmd_tlb_range), one INVLPG per 2 MiB.
+void Kernel::flush_tlb_range(MmStruct& mm, vaddr_t start, vaddr_t end, unsigned stride_shift) {
   ++tlb_stats.flush_range;
   if (!hw) return;
-  const std::uint64_t pages = (end - start) >> PAGE_SHIFT;
+  const std::uint64_t pages = (end - start) >> stride_shift;
   flush_on_cpus(*this, mm, [&](Cpu& cpu) -> std::uint64_t {
     if (pages > hw->cfg.flush_ceiling) {
       hw->flush_pcid(cpu, mm.pcid);
       return hw->cfg.full_flush;
     }
-    for (vaddr_t a = start; a < end; a += PAGE_SIZE) hw->invlpg(cpu, mm.pcid, a);
+    for (vaddr_t a = start; a < end; a += 1ull << stride_shift) hw->invlpg(cpu, mm.pcid, a);
     return pages * hw->cfg.invlpg;
   });
 }

@@ -59,6 +59,7 @@ struct FlatVma {
   std::uint64_t pgoff = 0;  // page offset of `start` in the object (shared only)
   bool dontfork = false;    // VM_DONTCOPY
   bool wipe = false;        // VM_WIPEONFORK: the child gets this range empty
+  std::uint8_t thp = 0;     // 1: VM_HUGEPAGE, 2: VM_NOHUGEPAGE (MADV_(NO)HUGEPAGE)
 };
 
 // One page's reference from one pin call. unpin(addr, len) drops the newest pin of every page
@@ -260,6 +261,8 @@ class FlatModel {
       case Advice::free_:
       case Advice::populate_read:
       case Advice::populate_write:
+      case Advice::hugepage:
+      case Advice::nohugepage:
         break;
       default:
         return {Errno::inval};  // the test sends nothing else
@@ -304,6 +307,12 @@ class FlatModel {
     // No content changes: COLD ages pages; PAGEOUT without swap drops only MADV_FREE'd clean
     // pages (the test sends no MADV_FREE) and shmem pages never written (which read zero).
     if (advice == Advice::cold || advice == Advice::pageout) return {hole ? Errno::nomem : kOk};
+    // THP policy changes where pages come from, never what they hold; the flags split VMAs.
+    if (advice == Advice::hugepage || advice == Advice::nohugepage) {
+      const std::uint8_t t = advice == Advice::hugepage ? 1 : 2;
+      for_range(p, a, len, [&](FlatVma& v) { v.thp = t; });
+      return {hole ? Errno::nomem : kOk};
+    }
     if (advice == Advice::free_) {
       // VMA after VMA: a shared one (not anonymous) stops the walk with EINVAL; a private one's
       // pages become lazily freeable, then a hole gives ENOMEM.
@@ -719,7 +728,7 @@ class FlatModel {
   }
   static bool mergeable(const FlatVma& l, const FlatVma& r) {
     return l.prot == r.prot && l.shared == r.shared && l.dontfork == r.dontfork &&
-           l.wipe == r.wipe &&
+           l.wipe == r.wipe && l.thp == r.thp &&
            (!l.shared || (l.obj == r.obj && l.pgoff + (l.end - l.start) / kPageSize == r.pgoff));
   }
   FlatVma& vma_ref(int p, vaddr_t a) {

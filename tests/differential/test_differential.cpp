@@ -201,6 +201,10 @@ std::string advice_name(Advice a) {
       return "POPULATE_READ";
     case Advice::populate_write:
       return "POPULATE_WRITE";
+    case Advice::hugepage:
+      return "HUGEPAGE";
+    case Advice::nohugepage:
+      return "NOHUGEPAGE";
   }
   return "?";
 }
@@ -260,9 +264,10 @@ constexpr std::uint64_t kSwapBytes = 16ull << 20;
 constexpr std::uint64_t kSmallMachineBytes = 2ull << 20;
 
 MachineConfig machine_config(bool timed, bool zero_page = true, bool swap = false,
-                             bool small = false) {
+                             bool small = false, ThpMode thp = ThpMode::never) {
   MachineConfig c{.memory_bytes = small ? kSmallMachineBytes : kMachineBytes,
-                  .zero_page = zero_page};
+                  .zero_page = zero_page,
+                  .thp = thp};
   if (swap) c.swap_bytes = kSwapBytes;
   if (timed) {
     c.cpus = kTimedCpus;
@@ -272,15 +277,17 @@ MachineConfig machine_config(bool timed, bool zero_page = true, bool swap = fals
 }
 
 std::string run_tag(const std::string& policy, bool timed, bool zero_page = true, bool swap = false,
-                    bool small = false) {
+                    bool small = false, ThpMode thp = ThpMode::never) {
   return mode_tag(policy) + (timed ? "_timed" : "") + (zero_page ? "" : "_nozeropage") +
-         (swap ? "_swap" : "") + (small ? "_small" : "");
+         (swap ? "_swap" : "") + (small ? "_small" : "") +
+         (thp == ThpMode::never ? "" : "_thp_" + std::string(to_string(thp)));
 }
 std::string run_name(const std::string& policy, bool timed, bool zero_page = true,
-                     bool swap = false, bool small = false) {
+                     bool swap = false, bool small = false, ThpMode thp = ThpMode::never) {
   return mode_name(policy) + (timed ? ", timed on " + std::to_string(kTimedCpus) + " CPUs" : "") +
          (zero_page ? "" : ", without the zero page") + (swap ? ", with a swap device" : "") +
-         (small ? " and 2 MiB of memory" : "");
+         (small ? " and 2 MiB of memory" : "") +
+         (thp == ThpMode::never ? "" : ", THP " + std::string(to_string(thp)));
 }
 
 struct RunConfig {
@@ -292,19 +299,20 @@ struct RunConfig {
   bool zero_page = true;              // MachineConfig::zero_page of the machine and its twin
   bool swap = false;                  // a swap device (kSwapBytes), more pageouts, swapoff
   bool small = false;                 // kSmallMachineBytes of memory: direct reclaim
+  ThpMode thp = ThpMode::never;       // THP enabled mode; 2 MiB-aligned mappings, MADV_(NO)HUGEPAGE
 };
 
 class DifferentialRun {
  public:
   explicit DifferentialRun(const RunConfig& cfg)
       : cfg_(cfg),
-        m_(machine_config(cfg.timed, cfg.zero_page, cfg.swap, cfg.small)),
+        m_(machine_config(cfg.timed, cfg.zero_page, cfg.swap, cfg.small, cfg.thp)),
         rng_(cfg.seed) {
     // Under direct reclaim the twin would reclaim other pages (its tables take other frames):
     // the small runs check the seed against the model alone.
     if (cfg.mode == ForkMode::seed && !cfg.small)
-      twin_ =
-          std::make_unique<Machine>(machine_config(cfg.timed, cfg.zero_page, cfg.swap, cfg.small));
+      twin_ = std::make_unique<Machine>(
+          machine_config(cfg.timed, cfg.zero_page, cfg.swap, cfg.small, cfg.thp));
   }
 
   // Runs the operations; returns false (after printing the reproducer) on the first mismatch.
@@ -369,8 +377,14 @@ class DifferentialRun {
                   " (swap cache hits " + std::to_string(vs.swapcache_hits) +
                   "), continuation frames " + std::to_string(vs.swap_cont_pages) + "; "
             : "";
+    const std::string thp = cfg_.thp != ThpMode::never
+                                ? "THPs faulted " + std::to_string(vs.thp_fault_alloc) +
+                                      " (fallbacks " + std::to_string(vs.thp_fault_fallback) +
+                                      "), PMDs split " + std::to_string(vs.thp_split_pmd) +
+                                      ", THPs split " + std::to_string(vs.thp_split_page) + "; "
+                                : "";
     std::string out =
-        std::string(tolerated_ ? "STOPPED EARLY on ENOMEM or an OOM kill; " : "") + swap +
+        std::string(tolerated_ ? "STOPPED EARLY on ENOMEM or an OOM kill; " : "") + swap + thp +
         (cfg_.small ? "reclaimed " + std::to_string(vs.pgsteal) + " of " +
                           std::to_string(vs.pgscan) + " scanned; "
                     : "") +
@@ -1153,8 +1167,8 @@ class DifferentialRun {
   }
 
   void do_mmap(Live& l) {
-    if (cfg_.mode == ForkMode::shared && rng_.chance(kBigMmapPercent) &&
-        footprint() + 2 * kSpanPages <= kFootprintCap)
+    if ((cfg_.mode == ForkMode::shared || cfg_.thp != ThpMode::never) &&
+        rng_.chance(kBigMmapPercent) && footprint() + 2 * kSpanPages <= kFootprintCap)
       return do_big_mmap(l);
     std::uint64_t pages = random_pages();
     std::uint64_t len = pages * kPageSize;
@@ -1197,10 +1211,17 @@ class DifferentialRun {
     const std::uint64_t spans = rng_.range(1, 2);
     const vaddr_t addr =
         kArenaBase + rng_.below(kArenaPages / kSpanPages - spans + 1) * kSpanPages * kPageSize;
+    const std::uint64_t len = spans * kSpanPages * kPageSize;
     MapFlags flags = MapFlags::private_ | MapFlags::anonymous | MapFlags::fixed;
-    if (rng_.chance(60)) flags = flags | MapFlags::populate;
-    mmap_once(l, addr, spans * kSpanPages * kPageSize,
-              rng_.chance(85) ? Prot::read | Prot::write : Prot::read, flags);
+    // THP "madvise": most big mappings ask for huge pages before they are populated, as a
+    // program under that mode does (mmap, MADV_HUGEPAGE, then touch or MADV_POPULATE_*).
+    const bool advise = cfg_.thp == ThpMode::madvise && rng_.chance(75);
+    if (!advise && rng_.chance(60)) flags = flags | MapFlags::populate;
+    mmap_once(l, addr, len, rng_.chance(85) ? Prot::read | Prot::write : Prot::read, flags);
+    if (!advise || failed_) return;
+    madvise_once(l, addr, len, Advice::hugepage);
+    if (!failed_ && rng_.chance(60))
+      madvise_once(l, addr, len, rng_.chance(70) ? Advice::populate_write : Advice::populate_read);
   }
 
   void mmap_once(Live& l, vaddr_t addr, std::uint64_t len, Prot prot, MapFlags flags) {
@@ -1317,6 +1338,9 @@ class DifferentialRun {
     // the swap entries must meet every other call.
     Advice adv = kAdvice[cfg_.swap ? rng_.weighted({35, 14, 14, 17, 20, 6, 4, 3, 60, 5, 6})
                                    : rng_.weighted({35, 14, 14, 17, 20, 6, 4, 3, 6, 5, 6})];
+    // A THP run turns THP off and on again for some ranges (VMAs split at the boundaries).
+    if (cfg_.thp != ThpMode::never && rng_.chance(15))
+      adv = rng_.chance(50) ? Advice::nohugepage : Advice::hugepage;
     auto [a, len] = pick_range(l.mid);
     spoil_range(a, len);
     madvise_once(l, a, len, adv);
@@ -1660,11 +1684,12 @@ struct SeedParam {
   bool zero_page = true;
   bool swap = false;
   bool small = false;
+  ThpMode thp = ThpMode::never;
 };
 
 void PrintTo(const SeedParam& p, std::ostream* os) {
   *os << "seed " << p.seed << " with the "
-      << run_name(p.policy, p.timed, p.zero_page, p.swap, p.small);
+      << run_name(p.policy, p.timed, p.zero_page, p.swap, p.small, p.thp);
 }
 
 class RandomOps : public ::testing::TestWithParam<SeedParam> {};
@@ -1678,6 +1703,7 @@ TEST_P(RandomOps, MatchesFlatModel) {
   cfg.zero_page = GetParam().zero_page;
   cfg.swap = GetParam().swap;
   cfg.small = GetParam().small;
+  cfg.thp = GetParam().thp;
   bool set = false;
   if (std::uint64_t s = env_u64("COWPTE_DIFF_SEED", &set); set) cfg.seed = s;
   if (std::uint64_t n = env_u64("COWPTE_DIFF_OPS", &set); set) cfg.ops = n;
@@ -1691,14 +1717,14 @@ TEST_P(RandomOps, MatchesFlatModel) {
   EXPECT_TRUE(run.run());
   RecordProperty("ops", std::to_string(run.ops_done()));
   std::printf("[ calls    ] seed %" PRIu64 ", %s, %" PRIu64 " ops (kind ok/errors): %s\n", cfg.seed,
-              run_name(cfg.policy, cfg.timed, cfg.zero_page, cfg.swap, cfg.small).c_str(),
+              run_name(cfg.policy, cfg.timed, cfg.zero_page, cfg.swap, cfg.small, cfg.thp).c_str(),
               run.ops_done(), run.summary().c_str());
 }
 
 std::string seed_name(const ::testing::TestParamInfo<SeedParam>& info) {
   return "seed" + std::to_string(info.param.seed) + "_" +
          run_tag(info.param.policy, info.param.timed, info.param.zero_page, info.param.swap,
-                 info.param.small);
+                 info.param.small, info.param.thp);
 }
 
 // 10 x 10,000 operations with the classic fork, 5 x 10,000 under each COW-PTE policy.
@@ -1780,6 +1806,26 @@ std::vector<SeedParam> reclaim_runs() {
 }
 INSTANTIATE_TEST_SUITE_P(DifferentialReclaim, RandomOps, ::testing::ValuesIn(reclaim_runs()),
                          seed_name);
+
+// THP "always" and "madvise" (2 MiB-aligned mappings now and then, MADV_HUGEPAGE and
+// MADV_NOHUGEPAGE; under "madvise" most big mappings ask for huge pages) under every sound
+// policy, one timed on two CPUs (2 MiB TLB entries), two with swap (pageout splits THPs), one
+// without the zero page: huge faults, the huge zero page, fork's copy_huge_pmd, COW
+// faults that split, partial munmap, mprotect and madvise splits, mremap of huge PMDs, pins.
+std::vector<SeedParam> thp_runs() {
+  std::vector<SeedParam> params;
+  const std::vector<std::string> names = sound_fork_policy_names();
+  for (std::size_t i = 0; i < names.size(); ++i)
+    for (ThpMode mode : {ThpMode::always, ThpMode::madvise})
+      params.push_back(SeedParam{801 + 10 * i + (mode == ThpMode::madvise ? 5 : 0), names[i], false,
+                                 true, false, false, mode});
+  params.push_back(SeedParam{891, "seed", true, true, false, false, ThpMode::always});
+  params.push_back(SeedParam{892, "classic", false, true, true, false, ThpMode::always});
+  params.push_back(SeedParam{893, "classic", true, false, false, false, ThpMode::always});
+  params.push_back(SeedParam{894, "seed", false, true, true, false, ThpMode::madvise});
+  return params;
+}
+INSTANTIATE_TEST_SUITE_P(DifferentialThp, RandomOps, ::testing::ValuesIn(thp_runs()), seed_name);
 
 TEST(ForkPolicies, RegistryListsTheBuiltInPoliciesAndEachForks) {
   const std::vector<std::string> names = fork_policy_names();

@@ -33,9 +33,9 @@ inline bool pmd_put_pte(Page& pte_table) noexcept {
 inline int cow_pte_count(const Page& pte_table) noexcept { return pte_table._refcount; }
 inline bool mm_cow_pte(const MmStruct& mm) noexcept { return mm.test_flag(MMF_COW_PTE); }
 // A COW-ed PTE table: a present, write-protected PMD in an mm with MMF_COW_PTE (the series'
-// is_cow_pte_available / !pmd_write test).
+// is_cow_pte_available / !pmd_write test). A write-protected huge PMD maps a THP, no table.
 inline bool pmd_cow_pte(const MmStruct& mm, pteval_t pmd) noexcept {
-  return !pmd_none(pmd) && !pmd_write(pmd) && mm_cow_pte(mm);
+  return !pmd_none(pmd) && !pmd_write(pmd) && !pmd_trans_huge(pmd) && mm_cow_pte(mm);
 }
 
 // What the kernel offers a policy (implemented by the library). A policy composes these with

@@ -46,10 +46,18 @@ struct MmGather {
     pages.push_back(&page);
     return pages.size() >= kMaxPages;
   }
+  bool cleared_ptes = false;  // 4 KiB translations were cleared (else only huge PMDs)
   void tlb_remove_tlb_entry(vaddr_t addr, std::uint64_t size) {  // tlb_flush_pte_range
     start = std::min(start, addr);
     end = std::max(end, addr + size);
+    cleared_ptes = true;
   }
+  void tlb_remove_pmd_tlb_entry(vaddr_t addr, std::uint64_t size) {  // tlb_flush_pmd_range
+    start = std::min(start, addr);
+    end = std::max(end, addr + size);
+  }
+  // tlb_get_unmap_shift: a range of huge PMDs only is flushed one INVLPG per 2 MiB.
+  unsigned unmap_shift() const noexcept { return cleared_ptes ? 12 : 21; }
   bool need_flush() const { return end > start; }
 };
 

@@ -115,6 +115,21 @@ constexpr bool pmd_present(pteval_t v) noexcept {
 }
 constexpr bool pmd_write(pteval_t v) noexcept { return v & _PAGE_RW; }
 constexpr bool pmd_trans_huge(pteval_t v) noexcept { return v & _PAGE_PSE; }
+// Huge PMDs (a 2 MiB leaf: PSE set) carry a PTE's bits otherwise (pgtable.h's pmd_* forms).
+constexpr pteval_t pmd_mkhuge(pteval_t v) noexcept { return v | _PAGE_PSE; }
+constexpr pteval_t mk_huge_pmd(Pfn pfn, pteval_t prot) noexcept {
+  return pmd_mkhuge(pfn_pte(pfn, prot));
+}
+constexpr bool pmd_young(pteval_t v) noexcept { return v & _PAGE_ACCESSED; }
+constexpr bool pmd_dirty(pteval_t v) noexcept { return v & _PAGE_DIRTY; }
+constexpr bool pmd_soft_dirty(pteval_t v) noexcept { return v & _PAGE_SOFT_DIRTY; }
+constexpr pteval_t pmd_mkold(pteval_t v) noexcept { return v & ~_PAGE_ACCESSED; }
+constexpr pteval_t pmd_mkyoung(pteval_t v) noexcept { return v | _PAGE_ACCESSED; }
+constexpr pteval_t pmd_mkdirty(pteval_t v) noexcept { return v | _PAGE_DIRTY | _PAGE_SOFT_DIRTY; }
+constexpr pteval_t pmd_mksoft_dirty_huge(pteval_t v) noexcept { return v | _PAGE_SOFT_DIRTY; }
+constexpr pteval_t pmd_modify(pteval_t v, pteval_t newprot) noexcept {
+  return pte_modify(v, newprot) | _PAGE_PSE;
+}
 constexpr pteval_t pmd_wrprotect(pteval_t v) noexcept { return v & ~_PAGE_RW; }
 constexpr pteval_t pmd_mkwrite(pteval_t v) noexcept { return v | _PAGE_RW; }
 constexpr Pfn pmd_pfn(pteval_t v) noexcept { return Pfn{(v & PTE_PFN_MASK) >> PAGE_SHIFT}; }
