@@ -72,6 +72,12 @@ struct MachineConfig {
   // transparent_hugepage/use_zero_page: a THP read fault maps the huge zero page (unless
   // zero_page is false, as mm_forbids_zeropage).
   bool thp_use_zero_page = true;
+  // transparent_hugepage/khugepaged/max_ptes_{none,swap,shared} (0..511): how many empty (or
+  // zero-page), swapped and shared PTEs khugepaged accepts in a span it collapses. Linux's
+  // defaults. MADV_COLLAPSE ignores them, as in Linux.
+  unsigned khugepaged_max_ptes_none = 511;
+  unsigned khugepaged_max_ptes_swap = 64;
+  unsigned khugepaged_max_ptes_shared = 256;
   // The cycle-level timing model (TLBs, caches, kernel path costs); off by default.
   TimingConfig timing{};
 };
@@ -133,6 +139,12 @@ class Machine {
   // Proactive reclaim of up to `pages` anonymous pages (cgroup v2's memory.reclaim): the same
   // scan direct reclaim runs when an allocation finds no free frame. Returns the pages freed.
   std::uint64_t reclaim(std::uint64_t pages);
+  // One deterministic pass of khugepaged (khugepaged_do_scan): it walks the registered mms in
+  // order from where the last pass stopped, up to `pages` pages (512 per 2 MiB span scanned,
+  // one per VMA skipped), and collapses each span that passes hpage_collapse_scan_pmd into a
+  // 2 MiB THP. Returns the spans it collapsed. Under COW PTE it breaks a shared table before
+  // scanning it (the series' patch 05). Timed on CPU `cpu` when the timing model is on.
+  std::uint64_t khugepaged_scan(std::uint64_t pages, unsigned cpu = 0);
 
  private:
   friend class Process;

@@ -23,6 +23,7 @@ enum class Phase : std::uint8_t {
   zap,                  // munmap / MADV_DONTNEED
   exit,                 // exit_mmap
   other_syscall,        // mmap, mprotect, madvise, pin, ...
+  collapse,             // khugepaged's scan and MADV_COLLAPSE (collapse_huge_page)
   count
 };
 const char* to_string(Phase) noexcept;

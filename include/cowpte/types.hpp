@@ -47,6 +47,7 @@ enum class Advice : int {  // Linux's values
   populate_write = 23,
   hugepage = 14,    // MADV_HUGEPAGE: VM_HUGEPAGE, THP faults under ThpMode::madvise
   nohugepage = 15,  // MADV_NOHUGEPAGE: VM_NOHUGEPAGE, no THP faults whatever the mode
+  collapse = 25,    // MADV_COLLAPSE: collapse each 2 MiB span into a THP now, whatever the mode
 };
 // /sys/kernel/mm/transparent_hugepage/enabled: when an anonymous fault may map a 2 MiB page.
 enum class ThpMode : std::uint8_t { always, madvise, never };
@@ -186,6 +187,10 @@ struct VmStat {
   std::uint64_t thp_split_pmd = 0;           // huge PMDs split into PTE tables
   std::uint64_t thp_split_page = 0;          // THPs split into 512 base pages
   std::uint64_t nr_anon_thp = 0;             // THPs now (gauge)
+  std::uint64_t thp_collapse_alloc = 0;      // 2 MiB pages khugepaged or MADV_COLLAPSE got
+  std::uint64_t thp_collapse_alloc_failed = 0;   // ... and did not get (no free 2 MiB block)
+  std::uint64_t khugepaged_pages_collapsed = 0;  // spans khugepaged collapsed (sysfs, in THPs)
+  std::uint64_t khugepaged_full_scans = 0;       // passes over every registered mm (sysfs)
 };
 
 struct PtWalk {  // the path of one address from the top table down

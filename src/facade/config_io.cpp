@@ -173,6 +173,10 @@ void check_machine_config(const MachineConfig& cfg) {
                           std::to_string(kMinSwapBytes) + " (or 0: no swap)");
   if (!find_fork_policy(cfg.cow_pte_policy))
     bad("cow_pte_policy", "\"" + cfg.cow_pte_policy.str() + "\" is " + policy_list());
+  // The khugepaged sysfs files refuse a value above HPAGE_PMD_NR - 1.
+  check_range("khugepaged_max_ptes_none", cfg.khugepaged_max_ptes_none, 0, 511);
+  check_range("khugepaged_max_ptes_swap", cfg.khugepaged_max_ptes_swap, 0, 511);
+  check_range("khugepaged_max_ptes_shared", cfg.khugepaged_max_ptes_shared, 0, 511);
   const TimingConfig& t = cfg.timing;
   if (!(t.ghz >= kMinGhz && t.ghz <= kMaxGhz))  // also rejects NaN
     bad("timing.ghz", "is " + std::to_string(t.ghz) + ", out of range " + std::to_string(kMinGhz) +
@@ -195,6 +199,9 @@ MachineConfig machine_config_from_json(const std::string& text) {
     get(j, "trace", cfg.trace, known, "");
     get(j, "zero_page", cfg.zero_page, known, "");
     get(j, "thp_use_zero_page", cfg.thp_use_zero_page, known, "");
+    get(j, "khugepaged_max_ptes_none", cfg.khugepaged_max_ptes_none, known, "");
+    get(j, "khugepaged_max_ptes_swap", cfg.khugepaged_max_ptes_swap, known, "");
+    get(j, "khugepaged_max_ptes_shared", cfg.khugepaged_max_ptes_shared, known, "");
     known.emplace_back("thp");
     if (auto it = j.find("thp"); it != j.end()) {
       if (!it->is_string()) bad("thp", std::string("must be a string, not ") + it->type_name());
@@ -239,6 +246,9 @@ std::string to_json(const MachineConfig& cfg) {
   j["zero_page"] = cfg.zero_page;
   j["thp"] = std::string(to_string(cfg.thp));
   j["thp_use_zero_page"] = cfg.thp_use_zero_page;
+  j["khugepaged_max_ptes_none"] = cfg.khugepaged_max_ptes_none;
+  j["khugepaged_max_ptes_swap"] = cfg.khugepaged_max_ptes_swap;
+  j["khugepaged_max_ptes_shared"] = cfg.khugepaged_max_ptes_shared;
   j["cow_pte_policy"] = cfg.cow_pte_policy.str();
   j["timing"] = to(cfg.timing);
   return j.dump(2);

@@ -200,6 +200,26 @@ std::uint64_t Machine::reclaim(std::uint64_t pages) {
   k.in_reclaim = false;
   return n;
 }
+std::uint64_t Machine::khugepaged_scan(std::uint64_t pages, unsigned cpu) {
+  Kernel& k = *kernel_;
+  if (k.hw && cpu >= k.hw->cpus.size())
+    throw std::invalid_argument("khugepaged_scan: no CPU " + std::to_string(cpu));
+  // khugepaged is a kernel thread: its cycles go to the CPU it runs on, and to no process.
+  Cpu* const prev = k.cur_cpu;
+  if (k.hw) {
+    Cpu& c = k.hw->cpus[cpu];
+    if (c.owner != 0) k.settle_stats(c, 0);
+    k.cur_cpu = &c;
+  }
+  std::uint64_t n = 0;
+  {
+    Kernel::PhaseScope phase(k, Phase::collapse);
+    n = k.khugepaged_do_scan(pages);
+  }
+  k.cur_cpu = prev;
+  if (!k.busy_mm && k.oom_pending) k.oom_reap_pending();  // a victim of the scan's allocations
+  return n;
+}
 VmStat Machine::vmstat() const {
   VmStat s = kernel_->vm_events;
   if (const SwapInfo* si = kernel_->swap.get()) {

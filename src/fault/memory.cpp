@@ -91,7 +91,7 @@ vm_fault_t Kernel::__handle_mm_fault(Vma& vma, vaddr_t address, unsigned flags) 
   // Transparent huge pages: an empty PMD of an eligible span gets a 2 MiB page (create_huge_pmd);
   // a huge PMD takes a write or unshare fault itself (wp_huge_pmd) and splits to fall back.
   const pteval_t orig_pmd = vmf.pmd.get();
-  if (pmd_none(orig_pmd) && hugepage_vma_check(vma, address & PMD_MASK)) {
+  if (pmd_none(orig_pmd) && hugepage_vma_check(vma, vma.vm_flags, false, true, true)) {
     PhaseScope phase(*this, Phase::fault_anonymous);
     if (const vm_fault_t ret = do_huge_pmd_anonymous_page(vmf); !(ret & VM_FAULT_FALLBACK))
       return ret;

@@ -11,6 +11,7 @@ int Kernel::dup_mmap(MmStruct& mm, MmStruct& oldmm) {
   MmapWriteGuard old_lock(oldmm);
   MmapWriteGuard new_lock(mm);  // mmap_write_lock_nested(SINGLE_DEPTH_NESTING)
   int retval = 0;
+  khugepaged_fork(mm, oldmm);
   cow_pte_recover = {};
   for (Vma& mpnt : oldmm.mm_mt) {
     if (mpnt.vm_flags & VM_DONTCOPY) continue;

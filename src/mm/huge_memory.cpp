@@ -10,21 +10,28 @@
 
 namespace cowpte {
 
-// transhuge_vma_suitable: the 2 MiB span at haddr lies inside the VMA, and the VMA's offset in
-// its mapping is aligned as its address is (an anonymous VMA moved by mremap may not be).
-bool Kernel::transhuge_vma_suitable(const Vma& vma, vaddr_t haddr) noexcept {
-  if (((vma.vm_start >> PAGE_SHIFT) - vma.vm_pgoff) & (HPAGE_PMD_NR - 1)) return false;
+// transhuge_vma_suitable: the 2 MiB span at addr lies inside the VMA. An anonymous VMA's
+// offset needs no alignment (a file VMA's would; the model has no file THPs).
+bool Kernel::transhuge_vma_suitable(const Vma& vma, vaddr_t addr) noexcept {
+  const vaddr_t haddr = addr & PMD_MASK;
   return haddr >= vma.vm_start && haddr + PMD_SIZE <= vma.vm_end;
 }
 
-// hugepage_vma_check (v6.1; thp_vma_allowable_order later): may a fault at haddr map a THP?
-// Private anonymous memory only (shmem THP is not modelled); MADV_NOHUGEPAGE forbids it, the
-// "madvise" mode needs MADV_HUGEPAGE.
-bool Kernel::hugepage_vma_check(const Vma& vma, vaddr_t haddr) const noexcept {
-  if (cfg.thp == ThpMode::never || (vma.vm_flags & VM_NOHUGEPAGE)) return false;
-  if (cfg.thp == ThpMode::madvise && !(vma.vm_flags & VM_HUGEPAGE)) return false;
-  if (!vma_is_anonymous(vma) || (vma.vm_flags & VM_SHARED)) return false;
-  return transhuge_vma_suitable(vma, haddr);
+// hugepage_vma_check (v6.2; thp_vma_allowable_order later): may vma hold THPs? MADV_NOHUGEPAGE
+// forbids them; outside a fault the VMA must hold a whole aligned span; shmem THPs are not
+// modelled (never); "enabled" applies unless enforce_sysfs is false (MADV_COLLAPSE): "never"
+// allows none, "madvise" only VM_HUGEPAGE VMAs. An anonymous VMA without anon memory yet is
+// eligible for a fault (and for smaps), not for khugepaged or MADV_COLLAPSE.
+bool Kernel::hugepage_vma_check(const Vma& vma, std::uint64_t vm_flags, bool smaps, bool in_pf,
+                                bool enforce_sysfs) const noexcept {
+  if (vm_flags & VM_NOHUGEPAGE) return false;
+  if (!in_pf && !transhuge_vma_suitable(vma, vma.vm_end - PMD_SIZE)) return false;
+  if (!vma_is_anonymous(vma)) return false;  // shmem_huge_enabled: shmem THPs are not modelled
+  if (enforce_sysfs &&
+      (cfg.thp == ThpMode::never || (!(vm_flags & VM_HUGEPAGE) && cfg.thp != ThpMode::always)))
+    return false;
+  if (!vma.anon_vma) return smaps || in_pf;
+  return true;
 }
 
 // get_huge_zero_page: a 2 MiB compound page of zeros, made on first use, with the kernel's one
@@ -118,7 +125,9 @@ void Kernel::page_remove_rmap_compound(Page& head) {
 vm_fault_t Kernel::do_huge_pmd_anonymous_page(VmFault& vmf) {
   Vma& vma = *vmf.vma;
   MmStruct& mm = *vma.vm_mm;
+  if (!transhuge_vma_suitable(vma, vmf.address)) return VM_FAULT_FALLBACK;
   if (!anon_vma_prepare(vma)) return VM_FAULT_OOM;
+  khugepaged_enter_vma(vma, vma.vm_flags);
   if (!(vmf.flags & FAULT_FLAG_WRITE) && !mm_forbids_zeropage() && cfg.thp_use_zero_page) {
     Page* pgtable = pte_alloc_one(mm);
     if (!pgtable) return VM_FAULT_OOM;

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 #include <spdlog/logger.h>
+#include <list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -75,6 +76,31 @@ struct VmFault {
   Page* page = nullptr;          // the page found or made by the fault
   Page* prealloc_pte = nullptr;  // a PTE table allocated ahead (do_fault_around)
 };
+
+// enum scan_result (mm/khugepaged.c): why khugepaged or MADV_COLLAPSE did or did not collapse
+// a span (the mm_khugepaged_scan_pmd tracepoint's result). cow_pte is the series' SCAN_COW_PTE.
+enum class ScanResult : std::uint8_t {
+  fail,
+  succeed,
+  pmd_null,
+  pmd_none,
+  pmd_mapped,
+  exceed_none_pte,
+  exceed_swap_pte,
+  exceed_shared_pte,
+  pte_non_present,
+  page_ro,
+  lack_referenced_page,
+  page_null,
+  page_count,
+  page_anon,
+  vma_null,
+  vma_check,
+  alloc_huge_page_fail,
+  cow_pte,
+  count
+};
+const char* to_string(ScanResult r) noexcept;
 
 // fault_around_bytes (mm/memory.c): read faults on file/shmem VMAs map up to 16 cached pages.
 inline constexpr std::uint64_t kFaultAroundBytes = 65536;
@@ -428,7 +454,10 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
 
   // ---- src/mm/huge_memory.cpp: transparent huge pages for anonymous memory (mm/huge_memory.c,
   //      mm/pgtable-generic.c, include/linux/huge_mm.h) ----
-  bool hugepage_vma_check(const Vma& vma, vaddr_t haddr) const noexcept;
+  // hugepage_vma_check (v6.2): may vma hold THPs? in_pf: for a fault (the span is checked by
+  // the caller); enforce_sysfs: the "enabled" mode applies (not for MADV_COLLAPSE).
+  bool hugepage_vma_check(const Vma& vma, std::uint64_t vm_flags, bool smaps, bool in_pf,
+                          bool enforce_sysfs) const noexcept;
   static bool transhuge_vma_suitable(const Vma& vma, vaddr_t haddr) noexcept;
   Page* huge_zero_page = nullptr;    // allocated by the first read fault that maps it
   std::uint64_t huge_zero_pmds = 0;  // huge PMDs that map it (it is freed with the last)
@@ -461,6 +490,39 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
   void page_add_new_anon_rmap_compound(Page& head, Vma& vma, vaddr_t haddr);
   int page_try_dup_anon_rmap_compound(Page& head, Vma& src_vma);
   void page_remove_rmap_compound(Page& head);
+
+  // ---- src/mm/khugepaged.cpp: khugepaged and MADV_COLLAPSE (mm/khugepaged.c, v6.2; the
+  //      series' [PATCH v3 05/14] mm/khugepaged: Break COW PTE before scanning pte) ----
+  struct CollapseControl {
+    bool is_khugepaged;  // the daemon (its limits and referenced checks) or MADV_COLLAPSE
+  };
+  // khugepaged_scan: the mms registered (khugepaged_mm_slot), and where the scan stands.
+  struct KhugepagedScan {
+    std::list<MmStruct*> mm_slots;
+    std::list<MmStruct*>::iterator slot{};
+    bool has_slot = false;  // khugepaged_scan.mm_slot != NULL
+    vaddr_t address = 0;
+  } khugepaged;
+  void khugepaged_enter_vma(Vma& vma, std::uint64_t vm_flags);
+  void __khugepaged_enter(MmStruct& mm);
+  void khugepaged_fork(MmStruct& mm, const MmStruct& oldmm);
+  void khugepaged_exit(MmStruct& mm);
+  ScanResult find_pmd_or_thp_or_none(MmStruct& mm, vaddr_t address, EntryRef& pmd);
+  bool is_refcount_suitable(const Page& head) const noexcept;
+  ScanResult hpage_collapse_scan_pmd(MmStruct& mm, Vma& vma, vaddr_t address,
+                                     const CollapseControl& cc);
+  ScanResult trace_scan(MmStruct& mm, vaddr_t address, ScanResult r);
+  ScanResult hugepage_vma_revalidate(MmStruct& mm, vaddr_t address, const CollapseControl& cc,
+                                     Vma*& vma);
+  ScanResult __collapse_huge_page_swapin(MmStruct& mm, Vma& vma, vaddr_t haddr);
+  ScanResult __collapse_huge_page_isolate(Vma& vma, Page& table, const CollapseControl& cc);
+  void __collapse_huge_page_copy(MmStruct& mm, Vma& vma, Page& table, Page& hpage);
+  ScanResult collapse_huge_page(MmStruct& mm, vaddr_t address, unsigned unmapped,
+                                const CollapseControl& cc);
+  std::uint64_t khugepaged_scan_mm_slot(std::uint64_t pages, const CollapseControl& cc);
+  std::uint64_t khugepaged_do_scan(std::uint64_t pages);
+  Result<void> madvise_collapse(Vma& vma, vaddr_t start, vaddr_t end);
+  static Errno madvise_collapse_errno(ScanResult r) noexcept;
 
   // ---- src/fault/memory.cpp (mm/memory.c) ----
   vm_fault_t handle_mm_fault(Vma& vma, vaddr_t address, unsigned flags);

@@ -252,6 +252,7 @@ Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_i
     case Advice::populate_write:
     case Advice::hugepage:
     case Advice::nohugepage:
+    case Advice::collapse:
       break;
     default:
       return Errno::inval;  // madvise_behavior_valid
@@ -291,13 +292,21 @@ Result<void> Kernel::do_madvise(MmStruct& mm, vaddr_t start, std::uint64_t len_i
     case Advice::hugepage:
     case Advice::nohugepage: {
       // hugepage_madvise: VM_HUGEPAGE and VM_NOHUGEPAGE exclude each other. The THPs mapped
-      // already stay (khugepaged would collapse new ones; the model has no khugepaged yet).
+      // already stay; MADV_HUGEPAGE registers the mm with khugepaged where the VMA qualifies.
       MmapWriteGuard lock(mm);
       return madvise_walk_vmas(mm, start, end, [&](Vma& v, vaddr_t s, vaddr_t e) -> Result<void> {
         std::uint64_t nf = v.vm_flags & ~(VM_HUGEPAGE | VM_NOHUGEPAGE);
         nf |= advice == Advice::hugepage ? VM_HUGEPAGE : VM_NOHUGEPAGE;
+        if (advice == Advice::hugepage) khugepaged_enter_vma(v, nf);
         if (!madvise_update_vma(mm, v, s, e, nf)) return Errno::nomem;
         return {};
+      });
+    }
+    case Advice::collapse: {
+      MmapReadGuard lock(mm);
+      PhaseScope phase(*this, Phase::collapse);
+      return madvise_walk_vmas(mm, start, end, [&](Vma& v, vaddr_t s, vaddr_t e) -> Result<void> {
+        return madvise_collapse(v, s, e);
       });
     }
     case Advice::wipeonfork:

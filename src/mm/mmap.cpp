@@ -242,7 +242,9 @@ Result<vaddr_t> Kernel::mmap_region(MmStruct& mm, vaddr_t addr, std::uint64_t le
   vma->vm_pgoff = shared ? 0 : addr >> PAGE_SHIFT;
   vma_set_page_prot(*vma);
   mm.mm_mt.insert(*vma);
-  vma_merge(mm, *vma);
+  // vma_merge; a VMA that merged into one with anon memory may be khugepaged's now.
+  Vma& merged = *vma_merge(mm, *vma);
+  khugepaged_enter_vma(merged, merged.vm_flags);
   COWPTE_TRACE(*this, "mmap: pid {} {:#x}-{:#x} flags {:#x}", mm.pid, addr, addr + len, vm_flags);
   return addr;
 }

@@ -286,6 +286,7 @@ void Kernel::free_pgtables(MmGather& tlb, const std::vector<Vma*>& vmas, vaddr_t
 // exit_mmap: zap everything, free every table, drop the VMAs. At the end every RSS counter and
 // pgtables_bytes must be zero ("BUG: Bad rss-counter state" otherwise).
 void Kernel::exit_mmap(MmStruct& mm) {
+  khugepaged_exit(mm);  // __mmput
   MmapWriteGuard lock(mm);
   std::vector<Vma*> vmas;
   for (Vma& v : mm.mm_mt) vmas.push_back(&v);

@@ -9,7 +9,8 @@ const char* to_string(Phase p) noexcept {
   static constexpr const char* kNames[] = {"user_access", "fork",          "fault_anonymous",
                                            "fault_wp",    "fault_shmem",   "fault_swap",
                                            "reclaim",     "break_cow_pte", "tfork_one_pte_table",
-                                           "zap",         "exit",          "other_syscall"};
+                                           "zap",         "exit",          "other_syscall",
+                                           "collapse"};
   static_assert(std::size(kNames) == std::size_t(Phase::count));
   return kNames[std::size_t(p)];
 }

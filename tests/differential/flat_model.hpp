@@ -48,6 +48,10 @@ inline std::uint64_t vpn(vaddr_t a) { return a / kPageSize; }
 struct Outcome {
   Errno err = kOk;
   std::uint64_t value = 0;
+  // MADV_COLLAPSE only: err is the result if every span's pages allow the collapse; what the
+  // model does not see (a VMA without anon memory yet, read-only or empty spans, pins, no free
+  // 2 MiB block) may instead give EINVAL, EAGAIN or ENOMEM at the first private VMA reached.
+  bool collapse_uncertain = false;
   bool ok() const { return err == kOk; }
 };
 
@@ -263,6 +267,7 @@ class FlatModel {
       case Advice::populate_write:
       case Advice::hugepage:
       case Advice::nohugepage:
+      case Advice::collapse:
         break;
       default:
         return {Errno::inval};  // the test sends nothing else
@@ -288,6 +293,21 @@ class FlatModel {
         va = e;
       }
       return {};  // contents do not change
+    }
+    // MADV_COLLAPSE never changes contents. VMA after VMA: shared memory (no shmem THPs) and
+    // MADV_NOHUGEPAGE stop the walk with EINVAL; a private VMA's spans collapse or not as their
+    // pages decide; then a hole gives ENOMEM.
+    if (advice == Advice::collapse) {
+      Outcome out;
+      for (const FlatVma* v : vs) {
+        if (v->shared || v->thp == 2) {
+          out.err = Errno::inval;
+          return out;
+        }
+        out.collapse_uncertain = true;
+      }
+      if (hole) out.err = Errno::nomem;
+      return out;
     }
     // madvise_walk_vmas: the advice goes to every mapped part of the range, then a hole gives
     // ENOMEM.

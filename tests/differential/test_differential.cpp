@@ -205,6 +205,8 @@ std::string advice_name(Advice a) {
       return "HUGEPAGE";
     case Advice::nohugepage:
       return "NOHUGEPAGE";
+    case Advice::collapse:
+      return "COLLAPSE";
   }
   return "?";
 }
@@ -377,12 +379,16 @@ class DifferentialRun {
                   " (swap cache hits " + std::to_string(vs.swapcache_hits) +
                   "), continuation frames " + std::to_string(vs.swap_cont_pages) + "; "
             : "";
-    const std::string thp = cfg_.thp != ThpMode::never
-                                ? "THPs faulted " + std::to_string(vs.thp_fault_alloc) +
-                                      " (fallbacks " + std::to_string(vs.thp_fault_fallback) +
-                                      "), PMDs split " + std::to_string(vs.thp_split_pmd) +
-                                      ", THPs split " + std::to_string(vs.thp_split_page) + "; "
-                                : "";
+    const std::string thp =
+        cfg_.thp != ThpMode::never
+            ? "THPs faulted " + std::to_string(vs.thp_fault_alloc) + " (fallbacks " +
+                  std::to_string(vs.thp_fault_fallback) + "), PMDs split " +
+                  std::to_string(vs.thp_split_pmd) + ", THPs split " +
+                  std::to_string(vs.thp_split_page) + "; MADV_COLLAPSE done " +
+                  std::to_string(collapse_ok_) + ", refused by the pages " +
+                  std::to_string(collapse_refused_) + "; khugepaged collapsed " +
+                  std::to_string(khugepaged_collapsed_) + "; "
+            : "";
     std::string out =
         std::string(tolerated_ ? "STOPPED EARLY on ENOMEM or an OOM kill; " : "") + swap + thp +
         (cfg_.small ? "reclaimed " + std::to_string(vs.pgsteal) + " of " +
@@ -1055,19 +1061,22 @@ class DifferentialRun {
       kMremap,
       kSwapoff,
       kMigrate,
+      kKhugepaged,
       kCount
     };
     // set_cpu only in the timed runs (a zero weight is never drawn, so the untimed runs draw
     // what they drew before it existed).
     // swapoff and migrate_page only in the swap runs, as set_cpu.
+    // khugepaged only in the THP runs.
     static const unsigned kWeights[kCount] = {260, 220, 90, 50, 60, 80, 40, 28, 50,
-                                              40,  30,  6,  0,  0,  45, 0,  0};
+                                              40,  30,  6,  0,  0,  45, 0,  0,  0};
     static const unsigned kWeightsCowPte[kCount] = {260, 220, 90, 50, 60, 80, 40, 28, 50,
-                                                    40,  30,  6,  10, 0,  45, 0,  0};
+                                                    40,  30,  6,  10, 0,  45, 0,  0,  0};
     unsigned weights[kCount];
     std::copy_n(cfg_.mode == ForkMode::classic ? kWeights : kWeightsCowPte, kCount, weights);
     if (cfg_.timed) weights[kSetCpu] = kSetCpuWeight;
     if (cfg_.swap) weights[kSwapoff] = 1, weights[kMigrate] = 20;
+    if (cfg_.thp != ThpMode::never) weights[kKhugepaged] = 8;
     Op op = static_cast<Op>(rng_.weighted(weights));
     if (op == kDead && dead_.empty()) op = kLoad;
     if (op == kSwapoff && op_ < kDefaultOps * 3 / 4) op = kLoad;  // the last quarter: no swap
@@ -1111,6 +1120,8 @@ class DifferentialRun {
         return do_swapoff();
       case kMigrate:
         return do_migrate(l);
+      case kKhugepaged:
+        return do_khugepaged();
       case kCount:
         break;
     }
@@ -1318,6 +1329,22 @@ class DifferentialRun {
       fail(d + ": " + errname(r.error()) + ", expected a new frame, EBUSY or ENOMEM");
   }
 
+  // khugepaged (THP runs): one pass of a random length; contents never change, and the twin
+  // (the classic fork) collapses the same spans.
+  void do_khugepaged() {
+    const std::uint64_t pages = rng_.range(1, 4) * kSpanPages;
+    const std::uint64_t n = m_.khugepaged_scan(pages);
+    note("machine.khugepaged_scan(" + std::to_string(pages) + ")", kOk, std::to_string(n));
+    khugepaged_collapsed_ += n;
+    if (twin_) {
+      const std::uint64_t t = twin_->khugepaged_scan(pages);
+      if (t != n)
+        fail("khugepaged_scan(" + std::to_string(pages) + ") collapsed " + std::to_string(n) +
+             " spans, " + std::to_string(t) + " with the classic fork (twin machine)");
+    }
+    twin_full_next_ = true;
+  }
+
   // swapoff (swap runs): every swapped page comes back; the values stay. The device is gone for
   // the rest of the run (a second swapoff: EINVAL).
   void do_swapoff() {
@@ -1338,10 +1365,19 @@ class DifferentialRun {
     // the swap entries must meet every other call.
     Advice adv = kAdvice[cfg_.swap ? rng_.weighted({35, 14, 14, 17, 20, 6, 4, 3, 60, 5, 6})
                                    : rng_.weighted({35, 14, 14, 17, 20, 6, 4, 3, 6, 5, 6})];
-    // A THP run turns THP off and on again for some ranges (VMAs split at the boundaries).
-    if (cfg_.thp != ThpMode::never && rng_.chance(15))
-      adv = rng_.chance(50) ? Advice::nohugepage : Advice::hugepage;
+    // A THP run turns THP off and on again for some ranges (VMAs split at the boundaries), and
+    // collapses some, half the time a whole 2 MiB span of the arena.
+    bool span = false;
+    if (cfg_.thp != ThpMode::never && rng_.chance(15)) {
+      const unsigned k = rng_.weighted({35, 30, 35});
+      adv = k == 0 ? Advice::nohugepage : k == 1 ? Advice::hugepage : Advice::collapse;
+      span = adv == Advice::collapse && rng_.chance(50);
+    }
     auto [a, len] = pick_range(l.mid);
+    if (span) {
+      a = kArenaBase + rng_.below(kArenaPages / kSpanPages) * kSpanPages * kPageSize;
+      len = kSpanPages * kPageSize;
+    }
     spoil_range(a, len);
     madvise_once(l, a, len, adv);
     // Half the MADV_FREE calls are followed by reclaim of the same range, and then a load: the
@@ -1360,7 +1396,15 @@ class DifferentialRun {
         pname(l) + ".madvise(" + hex(a) + ", " + hex(len) + ", " + advice_name(adv) + ")";
     auto r = l.proc->madvise(a, len, adv);
     note(d, r.error(), errname(r.error()));
-    expect_err(d, r.error(), model_.madvise(l.mid, a, len, adv).err);
+    const Outcome want = model_.madvise(l.mid, a, len, adv);
+    const Errno got = r.error();
+    if (want.collapse_uncertain && got != want.err &&
+        (got == Errno::inval || got == Errno::again || got == Errno::nomem)) {
+      ++collapse_refused_;  // the pages decided (see Outcome::collapse_uncertain)
+    } else {
+      expect_err(d, got, want.err);
+    }
+    if (adv == Advice::collapse && got == kOk) ++collapse_ok_;
     if (l.twin) twin_same(d, r, l.twin->madvise(a, len, adv));
     twin_dirty(a, len);
     if (len && a % kPageSize == 0) touch(a);
@@ -1652,6 +1696,7 @@ class DifferentialRun {
   std::uint64_t free_at_start_ = 0;
   std::uint64_t min_free_ = ~0ull;
   std::uint64_t cow_stores_ = 0, gup_live_ = 0, gup_detached_ = 0;
+  std::uint64_t collapse_ok_ = 0, collapse_refused_ = 0, khugepaged_collapsed_ = 0;
   std::uint64_t forks_ = 0, sharing_forks_ = 0, shared_tables_ = 0;
   std::int64_t max_sharers_ = 0;
   std::uint64_t twin_free_at_start_ = 0, twin_full_ = 0, twin_partial_ = 0, twin_pages_ = 0;

@@ -41,6 +41,7 @@ enum VmFlags : std::uint64_t {
 inline constexpr std::uint64_t VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC;
 
 // mm->flags bits (sched/coredump.h) and the COW PTE series' two bits.
+inline constexpr unsigned MMF_VM_HUGEPAGE = 16;  // registered with khugepaged
 inline constexpr unsigned MMF_HAS_PINNED = 27;
 inline constexpr unsigned MMF_COW_PTE_READY = 29;
 inline constexpr unsigned MMF_COW_PTE = 30;

@@ -114,6 +114,13 @@ inline int page_mapcount(const Page& p) noexcept {
   const int m = p._mapcount + 1;
   return PageCompound(p) ? m + folio_entire_mapcount(compound_head(p)) : m;
 }
+// total_mapcount (folio_mapcount): every mapping of a THP, PMD and PTE ones; a base page's.
+inline int total_mapcount(const Page& head) noexcept {
+  if (!PageHead(head)) return page_mapcount(head);
+  int m = folio_entire_mapcount(head);
+  for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) m += (&head)[i]._mapcount + 1;
+  return m;
+}
 inline void get_page(Page& p) noexcept { ++compound_head(p)._refcount; }
 inline bool PageAnon(const Page& p) noexcept { return p.test(PG_anon); }
 inline bool PageAnonExclusive(const Page& p) noexcept { return p.test(PG_anon_exclusive); }
