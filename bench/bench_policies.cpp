@@ -14,10 +14,18 @@
 //   swapped_fork/policy:P/mib:N/swapped:S  one fork of N MiB of which S% is swapped out
 //   pressure_snapshot/policy:P/mib:N/every:E  the snapshot on a machine with 75% of the memory
 //                                          it needs (parent and copies) and a swap device
+//   thp_fork/policy:P/mib:N                one fork of N MiB of 2 MiB-aligned memory, THP
+//                                          "always" (copy_huge_pmd per 2 MiB)
+//   real_thp_fork/mib:N                    this machine's kernel forking N MiB, MADV_HUGEPAGE
+//   thp_write_after_fork/policy:P/pattern:S/mib:N  the parent's writes after a THP fork (the
+//                                          first in each 2 MiB splits the PMD and copies 4 KiB)
+//   khugepaged/policy:P/mib:N              one khugepaged pass over a parent whose 4 KiB memory
+//                                          a live child shares (COW PTE: a break per table)
 // Simulated time comes as counters (sim_ns, sim_cycles, *_ns); the benchmark's own time is the
 // host time the simulator took.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -40,9 +48,11 @@ constexpr auto kCounterAvg = benchmark::Counter::kAvgIterations;
 double ns(const Machine& m, double cycles) { return cycles / m.config().timing.ghz; }
 
 void fork_latency(benchmark::State& state, Layout layout, Policy policy, std::uint64_t mib,
-                  bool timed) {
+                  bool timed, ThpMode thp = ThpMode::never) {
   guarded(state, [&] {
-    Machine m(machine_config(mib << 20, timed));
+    MachineConfig cfg = machine_config(mib << 20, timed);
+    cfg.thp = thp;
+    Machine m(cfg);
     Process& parent = m.spawn();
     const Region r = populate(parent, mib << 20, layout);
     arm(parent, policy);
@@ -79,13 +89,16 @@ void fork_latency(benchmark::State& state, Layout layout, Policy policy, std::ui
     c["child_VmPTE_kB"] = double(cpte >> 10);
     c["parent_rss_kB"] = double((prss.anon + prss.file + prss.shmem) * 4);
     c["child_rss_kB"] = double((crss.anon + crss.file + crss.shmem) * 4);
+    c["anon_thp"] = double(m.vmstat().nr_anon_thp);
   });
 }
 
-void real_fork(benchmark::State& state, std::uint64_t mib) {
+void real_fork(benchmark::State& state, std::uint64_t mib, bool huge = false) {
   guarded(state, [&] {
     const std::uint64_t own = own_rss_bytes();
-    RealProcessMemory mem(mib << 20);
+    RealProcessMemory mem(mib << 20, huge);
+    // The kernel may not find 2 MiB pages: the counter says how much it gave.
+    if (huge) state.counters["anon_huge_MiB"] = double(RealProcessMemory::anon_huge_bytes() >> 20);
     Latencies lat;
     for (auto _ : state) {
       const double t = mem.fork_ns();
@@ -112,9 +125,12 @@ void latency_counters(benchmark::State& state, const Machine& m, const std::stri
 }
 
 void write_after_fork_bench(benchmark::State& state, Policy policy, Pattern pattern,
-                            std::uint64_t mib, std::uint64_t random_writes) {
+                            std::uint64_t mib, std::uint64_t random_writes,
+                            ThpMode thp = ThpMode::never) {
   guarded(state, [&] {
-    Machine m(machine_config(mib << 20, true));
+    MachineConfig cfg = machine_config(mib << 20, true);
+    cfg.thp = thp;
+    Machine m(cfg);
     Process& parent = m.spawn();
     const Region r = populate(parent, mib << 20, Layout::aligned);
     arm(parent, policy);
@@ -131,6 +147,38 @@ void write_after_fork_bench(benchmark::State& state, Policy policy, Pattern patt
     c["break_mean_cycles"] = w.breaks ? double(w.break_cycles) / double(w.breaks) : 0;
     c["frames_allocated"] = double(w.frames);
     c["table_frames_allocated"] = double(w.table_frames);
+    c["thp_split_pmd"] = double(m.vmstat().thp_split_pmd);
+  });
+}
+
+// One khugepaged pass (every page of the parent and its child) after a fork of N MiB of 4 KiB
+// pages that asked for THPs (MADV_HUGEPAGE) after they were populated: the child stays alive, so
+// every page is shared and no span collapses (max_ptes_shared); under COW PTE the pass first
+// breaks each table it scans (the series' patch 05), which is the cost it adds.
+void khugepaged_bench(benchmark::State& state, Policy policy, std::uint64_t mib) {
+  guarded(state, [&] {
+    MachineConfig cfg = machine_config(mib << 20, true);
+    cfg.thp = ThpMode::madvise;
+    Machine m(cfg);
+    Process& parent = m.spawn();
+    const Region r = populate(parent, mib << 20, Layout::aligned);
+    parent.madvise(r.start, mib << 20, Advice::hugepage).value();
+    arm(parent, policy);
+    const ForkOutcome f = fork_once(parent);
+    std::uint64_t cycles = 0, collapsed = 0, tables = 0;
+    for (auto _ : state) {
+      const std::uint64_t tables_before = m.pgtable_frames();
+      cycles = cycles_of(m, 0, [&] { collapsed = m.khugepaged_scan(2 * r.pages + 1024); });
+      tables = m.pgtable_frames() - tables_before;
+    }
+    auto& c = state.counters;
+    c["fork_ns"] = ns(m, double(f.cycles));
+    c["pass_ns"] = ns(m, double(cycles));
+    const double spans = 2.0 * double(std::max<std::uint64_t>(r.pages / 512, 1));  // both mms
+    c["pass_ns_per_span"] = ns(m, double(cycles)) / spans;
+    c["collapsed"] = double(collapsed);
+    c["table_frames_allocated"] = double(tables);
+    f.child->exit();
   });
 }
 
@@ -255,6 +303,12 @@ void register_all(const Sweep& sw) {
         ->UseManualTime()
         ->Iterations(sw.real_runs)
         ->Unit(benchmark::kMillisecond);
+  for (std::uint64_t mib : sw.real_thp_mib)
+    benchmark::RegisterBenchmark(("real_thp_fork/mib:" + mib_name(mib)).c_str(),
+                                 [mib](benchmark::State& s) { real_fork(s, mib, true); })
+        ->UseManualTime()
+        ->Iterations(sw.real_runs)
+        ->Unit(benchmark::kMillisecond);
   for (const auto& f : sw.forks)
     for (const Policy& p : policies())
       reg(fmt_fork(f, p),
@@ -290,6 +344,30 @@ void register_all(const Sweep& sw) {
       reg(std::string("pressure_snapshot/policy:") + name(p) + "/mib:" + mib_name(mib) +
               "/every:16",
           [p, mib](benchmark::State& s) { pressure_snapshot_bench(s, p, mib, 16); })
+          ->Iterations(1)
+          ->Unit(benchmark::kMillisecond);
+  for (std::uint64_t mib : sw.thp_fork_mib)
+    for (const Policy& p : policies())
+      reg(std::string("thp_fork/policy:") + name(p) + "/mib:" + mib_name(mib),
+          [p, mib](benchmark::State& s) {
+            fork_latency(s, Layout::aligned, p, mib, true, ThpMode::always);
+          })
+          ->Iterations(fork_iterations({Layout::aligned, mib / 8 + 1, true}))
+          ->Unit(benchmark::kMillisecond);
+  if (sw.thp_write_mib)
+    for (const Policy& p : policies())
+      reg(std::string("thp_write_after_fork/policy:") + name(p) +
+              "/pattern:sequential/mib:" + mib_name(sw.thp_write_mib),
+          [p, &sw](benchmark::State& s) {
+            write_after_fork_bench(s, p, Pattern::sequential, sw.thp_write_mib, sw.random_writes,
+                                   ThpMode::always);
+          })
+          ->Iterations(1)
+          ->Unit(benchmark::kMillisecond);
+  for (std::uint64_t mib : sw.khugepaged_mib)
+    for (const Policy& p : policies())
+      reg(std::string("khugepaged/policy:") + name(p) + "/mib:" + mib_name(mib),
+          [p, mib](benchmark::State& s) { khugepaged_bench(s, p, mib); })
           ->Iterations(1)
           ->Unit(benchmark::kMillisecond);
   for (std::uint64_t mib : sw.snapshot_mib)

@@ -1,5 +1,6 @@
 // This machine's real fork, measured the way the simulator's is set up: a process with `bytes`
-// of private anonymous memory in 4 KiB pages (THP off for the range), every page written, then
+// of private anonymous memory in 4 KiB pages (THP off for the range), or 2 MiB-aligned with
+// MADV_HUGEPAGE (THP-backed where the kernel finds 2 MiB pages), every page written, then
 // fork() timed in the parent until it returns; the child exits at once.
 #pragma once
 
@@ -31,14 +32,22 @@ inline std::uint64_t own_rss_bytes() {
 
 class RealProcessMemory {
  public:
-  explicit RealProcessMemory(std::uint64_t bytes) : bytes_(bytes) {
-    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  explicit RealProcessMemory(std::uint64_t bytes, bool huge = false)
+      : map_bytes_(bytes + (huge ? kHugeBytes : 0)) {
+    void* p =
+        ::mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw std::runtime_error("real mmap failed");
-    base_ = static_cast<char*>(p);
-    ::madvise(base_, bytes, MADV_NOHUGEPAGE);  // 4 KiB PTEs, as the simulated process has
+    map_ = static_cast<char*>(p);
+    base_ = map_;
+    if (huge) {  // the first 2 MiB boundary inside the mapping
+      const auto a = reinterpret_cast<std::uintptr_t>(map_);
+      base_ = map_ + ((kHugeBytes - a % kHugeBytes) % kHugeBytes);
+    }
+    // 4 KiB PTEs, as the simulated process has; or THPs, as the simulated one with THP "always".
+    ::madvise(base_, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
     for (std::uint64_t off = 0; off < bytes; off += 4096) base_[off] = 1;
   }
-  ~RealProcessMemory() { ::munmap(base_, bytes_); }
+  ~RealProcessMemory() { ::munmap(map_, map_bytes_); }
   RealProcessMemory(const RealProcessMemory&) = delete;
   RealProcessMemory& operator=(const RealProcessMemory&) = delete;
 
@@ -60,8 +69,21 @@ class RealProcessMemory {
     return v[v.size() / 2];
   }
 
+  // AnonHugePages of this process, in bytes (/proc/self/smaps_rollup): what the kernel gave.
+  static std::uint64_t anon_huge_bytes() {
+    std::FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
+    char line[256];
+    unsigned long kb = 0;
+    while (f && std::fgets(line, sizeof line, f))
+      if (std::sscanf(line, "AnonHugePages: %lu kB", &kb) == 1) break;
+    if (f) std::fclose(f);
+    return std::uint64_t(kb) << 10;
+  }
+
  private:
-  std::uint64_t bytes_;
+  static constexpr std::uint64_t kHugeBytes = 2ull << 20;
+  std::uint64_t map_bytes_;
+  char* map_ = nullptr;
   char* base_ = nullptr;
 };
 

@@ -38,6 +38,12 @@ struct Sweep {
   // machine whose memory is 75% of the parent's plus the child's copies (reclaim meanwhile).
   std::vector<std::uint64_t> swapped_fork_mib;
   std::vector<std::uint64_t> pressure_snapshot_mib;
+  // THP "always": fork of 2 MiB-aligned THP-backed memory under every policy, with this
+  // machine's fork of MADV_HUGEPAGE memory (real_thp_mib); the parent's writes after a fork of
+  // thp_write_mib; a khugepaged pass over a parent that shares its 4 KiB memory with a child.
+  std::vector<std::uint64_t> thp_fork_mib, real_thp_mib;
+  std::uint64_t thp_write_mib = 0;
+  std::vector<std::uint64_t> khugepaged_mib;
 };
 
 inline std::string fmt_fork(const ForkPoint& f, const Policy& p) {
@@ -87,6 +93,9 @@ inline Sweep make_sweep(const std::string& which) {
     s.snapshot_mib = {8};
     s.swapped_fork_mib = {4};
     s.pressure_snapshot_mib = {8};
+    s.thp_fork_mib = {4}, s.real_thp_mib = fitting({4});
+    s.thp_write_mib = 8;
+    s.khugepaged_mib = {8};
   } else if (which == "short") {
     const std::vector<std::uint64_t> sizes{1, 4, 16, 64, 256, 512, 1024};
     add_forks(s, Layout::plain, true, sizes);
@@ -98,6 +107,9 @@ inline Sweep make_sweep(const std::string& which) {
     s.snapshot_mib = {256};
     s.swapped_fork_mib = {256};
     s.pressure_snapshot_mib = {64};
+    s.thp_fork_mib = {1, 4, 16, 64, 256, 1024}, s.real_thp_mib = fitting(s.thp_fork_mib);
+    s.thp_write_mib = 512;
+    s.khugepaged_mib = {256};
   } else if (which == "full") {
     std::vector<std::uint64_t> sizes;  // every power of two from 1 MiB to 64 GiB
     for (std::uint64_t m = 1; m <= 65536; m *= 2) sizes.push_back(m);
@@ -111,6 +123,9 @@ inline Sweep make_sweep(const std::string& which) {
     s.snapshot_mib = {1024, 4096, 16384};
     s.swapped_fork_mib = {1024};
     s.pressure_snapshot_mib = {256, 1024};
+    s.thp_fork_mib = sizes, s.real_thp_mib = fitting(sizes);
+    s.thp_write_mib = 512;
+    s.khugepaged_mib = {256, 4096};
   }
   return s;
 }

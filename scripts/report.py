@@ -221,6 +221,89 @@ def snapshot_tables(d):
     return [t]
 
 
+def thp_tables(d):
+    """Fork of THP-backed memory against 4 KiB memory, the writes after it, and khugepaged."""
+    thp = index(d["thp_fork"], "policy", "mib")
+    if not thp:
+        return []
+    forks = index(d["fork"], "layout", "policy", "mib", "timed")
+    real, real_thp = index(d["real_fork"], "mib"), index(d["real_thp_fork"], "mib")
+    sizes = sorted({k[1] for k in thp})
+    t = Table("Fork latency with THP \"always\" (2 MiB-aligned memory) against 4 KiB pages, "
+              "simulated",
+              ["size"] + [f"THP, {label(p)}" for p in POLICIES] +
+              [f"4 KiB, {label(p)}" for p in POLICIES] +
+              ["THPs", "real fork, MADV_HUGEPAGE", "real AnonHugePages", "real fork, 4 KiB"],
+              note="4 KiB: the plain layout's forks of the same size (a size the sweep did not "
+                   "run shows -). With THP every policy forks the same way: a PMD-mapped THP "
+                   "takes copy_huge_pmd, COW PTE has no table to share.")
+    for s in sizes:
+        rt = real_thp.get((s,), {})
+        t.add(size(s), *[fmt(thp.get((p, s), {}).get("sim_ns"), "ns") for p in POLICIES],
+              *[fmt(forks.get(("plain", p, s, 1), {}).get("sim_ns"), "ns") for p in POLICIES],
+              f"{thp.get(('classic', s), {}).get('anon_thp', 0):.0f}",
+              fmt(rt.get("median_ns"), "ns"),
+              f"{rt['anon_huge_MiB']:.0f} MiB" if "anon_huge_MiB" in rt else "-",
+              fmt(real.get((s,), {}).get("median_ns"), "ns"))
+    out = [t]
+    w = index(d["thp_write_after_fork"], "policy")
+    if w:
+        mib = next((r["mib"] for r in d["thp_write_after_fork"] if "mib" in r), None)
+        wt = Table(f"The parent's sequential writes after a THP fork of "
+                   f"{size(int(mib)) if mib else '?'} (per store, simulated)",
+                   ["policy", "first store per 2 MiB (split + 4 KiB copy)", "mean", "p99", "max",
+                    "PMDs split"])
+        for p in POLICIES:
+            r = w.get((p,))
+            if r:
+                wt.add(label(p), fmt(r["first_in_span_mean_ns"], "ns"), fmt(r["mean_ns"], "ns"),
+                       fmt(r["p99_ns"], "ns"), fmt(r["max_ns"], "ns"),
+                       f"{r.get('thp_split_pmd', 0):.0f}")
+        out.append(wt)
+    k = index(d["khugepaged"], "policy", "mib")
+    if k:
+        kt = Table("One khugepaged pass over a parent and its live child sharing 4 KiB memory "
+                   "(simulated)",
+                   ["size", "policy", "pass", "per 2 MiB span", "table frames allocated",
+                    "collapsed"],
+                   note="Every page is shared, so nothing collapses (max_ptes_shared 256); under "
+                        "COW PTE the scan breaks each shared table first (the series' patch 05).")
+        for (p0, s) in sorted(k, key=lambda x: x[1]):
+            if p0 != "classic":
+                continue
+            for p in POLICIES:
+                r = k.get((p, s))
+                if r:
+                    kt.add(size(s), label(p), fmt(r["pass_ns"], "ns"),
+                           fmt(r["pass_ns_per_span"], "ns"),
+                           f"{r['table_frames_allocated']:.0f}", f"{r['collapsed']:.0f}")
+        out.append(kt)
+    return out
+
+
+def plot_thp_fork(plt, d):
+    thp = index(d["thp_fork"], "policy", "mib")
+    forks = index(d["fork"], "layout", "policy", "mib", "timed")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for p, mk in zip(POLICIES, MARKERS):
+        xs = sorted(s for (q, s) in thp if q == p)
+        ax.plot(xs, [thp[(p, s)]["sim_ns"] / 1e6 for s in xs], marker=mk, color=color(p),
+                label=f"THP, {label(p)}")
+        xs = sorted(k[2] for k in forks if k[0] == "plain" and k[1] == p and k[3] == 1)
+        ax.plot(xs, [forks[("plain", p, s, 1)]["sim_ns"] / 1e6 for s in xs], marker=mk,
+                color=color(p), linestyle=":", fillstyle="none", label=f"4 KiB, {label(p)}")
+    for kind, style, lab in (("real_thp_fork", "k--", "real kernel, MADV_HUGEPAGE"),
+                             ("real_fork", "k:", "real kernel, 4 KiB")):
+        r = index(d[kind], "mib")
+        xs = sorted(k[0] for k in r)
+        ax.plot(xs, [r[(s,)]["median_ns"] / 1e6 for s in xs], style, marker="x", label=lab)
+    ax.set(xscale="log", yscale="log", xlabel="populated memory (MiB)", ylabel="fork latency (ms)",
+           title="fork() of THP-backed memory against 4 KiB pages")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
 def swap_tables(d):
     s = index(d["swapped_fork"], "policy", "mib", "swapped")
     t = Table("Fork of swapped-out memory: the parent's first S% pages were paged out "
@@ -364,6 +447,8 @@ def plots(d, outdir):
         figs["swapped_fork.png"] = plot_swapped_fork(plt, d)
     if index(d["pressure_snapshot"], "policy"):
         figs["pressure_snapshot.png"] = plot_pressure_snapshot(plt, d)
+    if index(d["thp_fork"], "policy"):
+        figs["thp_fork.png"] = plot_thp_fork(plt, d)
     for name, fig in figs.items():
         fig.tight_layout()
         fig.savefig(f"{outdir}/{name}", dpi=110)
@@ -387,7 +472,7 @@ def main():
     POLICIES[:] = [p for p in KNOWN if p in seen] + sorted(seen - set(KNOWN))
     errors = [r for recs in d.values() for r in recs if "error" in r]
     tables = (fork_tables(d) + write_tables(d) + server_tables(d) + snapshot_tables(d) +
-              swap_tables(d) + speed_table(d))
+              swap_tables(d) + thp_tables(d) + speed_table(d))
     print(f"cowpte fork comparison, sweep '{ctx.get('cowpte_sweep', '?')}', "
           f"{ctx.get('date', '')}, {ctx.get('num_cpus', '?')} CPUs\n")
     for t in tables:
@@ -398,7 +483,8 @@ def main():
     for r in errors:
         print(f"benchmark failed: {r}", file=sys.stderr)
     missing = [k for k in ("fork", "real_fork", "write_after_fork", "fork_server", "snapshot",
-                           "swapped_fork", "pressure_snapshot")
+                           "swapped_fork", "pressure_snapshot", "thp_fork", "real_thp_fork",
+                           "thp_write_after_fork", "khugepaged")
                if not d.get(k)]
     if missing:
         print(f"report: no {', '.join(missing)} benchmarks in {a.json}", file=sys.stderr)
