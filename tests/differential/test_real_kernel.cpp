@@ -44,6 +44,7 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -93,6 +94,7 @@ struct Slot {
 
 struct Mailbox {
   Slot slots[kMaxAgents];
+  bool thp = false;  // the agents keep THP (the RealKernelThp runs)
 };
 
 // A load or store is the agent's own access (not process_vm_readv, whose FOLL_PIN unshares a
@@ -133,7 +135,7 @@ void futex_wake(std::atomic<std::uint32_t>& w) {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGSEGV, &sa, nullptr);
   sigaction(SIGBUS, &sa, nullptr);
-  prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
+  if (!mb->thp) prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
   Slot* s = &mb->slots[slot];
   std::uint32_t seen = 0;  // a fresh slot: the test posts its first command as seq 1
   s->pid.store(getpid());
@@ -198,7 +200,7 @@ void futex_wake(std::atomic<std::uint32_t>& w) {
 struct RealVma {
   vaddr_t start, end;
   std::string perms;
-  std::uint64_t rss = 0, anon = 0, swap = 0;  // bytes
+  std::uint64_t rss = 0, anon = 0, swap = 0, anon_huge = 0;  // bytes
 };
 
 // The VMAs of pid inside the arena, with Rss and Anonymous from smaps.
@@ -221,6 +223,8 @@ std::vector<RealVma> real_vmas(pid_t pid) {
     if (std::sscanf(line.c_str(), "Rss: %lu kB", &kb) == 1) out.back().rss = kb << 10;
     if (std::sscanf(line.c_str(), "Anonymous: %lu kB", &kb) == 1) out.back().anon = kb << 10;
     if (std::sscanf(line.c_str(), "Swap: %lu kB", &kb) == 1) out.back().swap = kb << 10;
+    if (std::sscanf(line.c_str(), "AnonHugePages: %lu kB", &kb) == 1)
+      out.back().anon_huge = kb << 10;
   }
   return out;
 }
@@ -250,6 +254,39 @@ bool host_maps_zero_page() {
   return (w[0] & pfn_mask) && (w[0] & pfn_mask) == (w[1] & pfn_mask);
 }
 
+// The host's THP events that make a sequence's THP layout the host's own choice (a 2 MiB page
+// it could not allocate, a collapse by its khugepaged): a THP run that diverges after one of
+// these is the host's noise, not the model's error.
+std::uint64_t host_thp_noise() {
+  std::ifstream in("/proc/vmstat");
+  std::string key;
+  std::uint64_t v = 0, n = 0;
+  while (in >> key >> v)
+    if (key == "thp_fault_fallback" || key == "thp_collapse_alloc") n += v;
+  return n;
+}
+
+// A sysfs knob set for the test's duration and restored after it (root only).
+class SysfsKnob {
+ public:
+  SysfsKnob(std::string path, const std::string& value) : path_(std::move(path)) {
+    std::ifstream in(path_);
+    if (!(in >> old_)) return;
+    std::ofstream out(path_);
+    ok_ = static_cast<bool>(out << value);
+  }
+  ~SysfsKnob() {
+    if (ok_) std::ofstream(path_) << old_;
+  }
+  SysfsKnob(const SysfsKnob&) = delete;
+  SysfsKnob& operator=(const SysfsKnob&) = delete;
+  bool ok() const { return ok_; }
+
+ private:
+  std::string path_, old_;
+  bool ok_ = false;
+};
+
 bool pfns_visible() {
   void* p = ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   static_cast<volatile char*>(p)[0] = 1;
@@ -270,15 +307,18 @@ struct Agent {
 class RealRun {
  public:
   RealRun(std::string policy, std::uint64_t seed, std::uint64_t steps, bool zero_page,
-          bool structure, bool swap = false)
+          bool structure, bool swap = false, bool thp = false)
       : policy_(std::move(policy)),
         seed_(seed),
         steps_(steps),
         structure_(structure && policy_ == "classic"),
         swap_(swap),
+        thp_(thp),
         m_(MachineConfig{.memory_bytes = 512ull << 20,
                          .swap_bytes = swap ? 256ull << 20 : 0,
-                         .zero_page = zero_page}),
+                         .zero_page = zero_page,
+                         .thp = thp ? ThpMode::madvise : ThpMode::never,
+                         .thp_use_zero_page = false}),
         rng_(seed) {}
 
   ~RealRun() {
@@ -292,6 +332,7 @@ class RealRun {
         ::mmap(nullptr, sizeof(Mailbox), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return fail("mailbox mmap failed");
     mb_ = new (p) Mailbox;
+    mb_->thp = thp_;
     // The arena must be free in the test process, whose address space the first agent inherits.
     if (const std::vector<RealVma> taken = real_vmas(getpid()); !taken.empty())
       return fail("the test process maps " + hex(taken[0].start) + "-" + hex(taken[0].end) +
@@ -313,6 +354,8 @@ class RealRun {
   }
 
   const std::string& failure() const { return failure_; }
+  std::uint64_t huge_seen() const { return huge_seen_; }
+  std::uint64_t subpages_seen() const { return subpages_seen_; }
   // kind -> (ok, errors), over the run.
   const std::map<std::string, std::pair<std::uint64_t, std::uint64_t>>& tally() const {
     return tally_;
@@ -324,7 +367,11 @@ class RealRun {
     for (const std::string& l : log_) os << "  " << l << "\n";
     os << "rerun: COWPTE_REAL_SEED=" << seed_
        << " COWPTE_REAL_SEQUENCES=1 COWPTE_REAL_STEPS=" << step_ + 1
-       << " cowpte_tests --gtest_filter='RealKernel/*" << policy_ << "*'\n";
+       << " cowpte_tests --gtest_filter='"
+       << (thp_    ? "RealKernelThp"
+           : swap_ ? "RealKernelSwap"
+                   : "RealKernel")
+       << "/*" << policy_ << "*'\n";
     return os.str();
   }
 
@@ -446,8 +493,21 @@ class RealRun {
   }
 
   bool do_mmap(const Agent& a) {
-    const vaddr_t addr = page_addr();
-    const std::uint64_t len = clip(addr, length());
+    vaddr_t addr = page_addr();
+    std::uint64_t len = clip(addr, length());
+    // THP runs: a third of the mappings are one or two whole 2 MiB spans, most of them asking
+    // for THPs at once (as a program under "madvise" does). Only spans this process never
+    // mapped before: where a PTE table outlived an earlier mapping, whether the new one may
+    // take a huge PMD depends on when each kernel frees page tables, which v6.2 and the hosts'
+    // 6.18 do differently.
+    bool big = false;
+    if (thp_ && below(3) == 0) {
+      const unsigned span = static_cast<unsigned>(below(kArenaPages / 512 - 1));
+      const unsigned n = 1 + static_cast<unsigned>(below(2));
+      big = !touched(a, span) && (n == 1 || !touched(a, span + 1));
+      if (big) addr = kArena + span * kSpan, len = n * kSpan;
+    }
+    mark_touched(a, addr, len);
     static constexpr int kProts[] = {PROT_NONE, PROT_READ, PROT_READ | PROT_WRITE,
                                      PROT_READ | PROT_WRITE};
     const int prot = kProts[below(4)];
@@ -461,6 +521,11 @@ class RealRun {
                              std::to_string(prot) + ", flags " + hex(flags) + ")";
     if (!same(what, s.err, err_of(r))) return false;
     if (r && static_cast<vaddr_t>(s.ret) != *r) return fail(what + ": address differs");
+    if (big && r && below(4) != 0) {
+      post(a, Op::madvise, addr, len, static_cast<std::uint64_t>(Advice::hugepage));
+      return same(who(a) + ".madvise(" + hex(addr) + ", " + hex(len) + ", HUGEPAGE)",
+                  mb_->slots[a.slot].err, err_of(a.proc->madvise(addr, len, Advice::hugepage)));
+    }
     return true;
   }
 
@@ -501,7 +566,13 @@ class RealRun {
         Advice::populate_read, Advice::populate_write, Advice::free_,    Advice::free_,
         Advice::pageout,       Advice::pageout,        Advice::cold,     Advice::remove,
         Advice::wipeonfork,    Advice::keeponfork};
-    const Advice adv = kAdvice[below(std::size(kAdvice))];
+    Advice adv = kAdvice[below(std::size(kAdvice))];
+    if (thp_ && below(3) == 0) adv = below(4) ? Advice::hugepage : Advice::nohugepage;
+    // THP runs leave out the advice that splits a THP itself (split_huge_page): since 6.12 the
+    // hosts' split maps a zero-filled subpage to the zero page or drops it (Rss falls), where
+    // v6.2 keeps all 512. MADV_DONTNEED and mprotect split the PMD only, as in v6.2.
+    if (thp_ && (adv == Advice::pageout || adv == Advice::cold || adv == Advice::free_))
+      adv = Advice::hugepage;
     post(a, Op::madvise, addr, len, static_cast<std::uint64_t>(static_cast<int>(adv)));
     return same(who(a) + ".madvise(" + hex(addr) + ", " + hex(len) + ", " +
                     std::to_string(static_cast<int>(adv)) + ")",
@@ -574,6 +645,8 @@ class RealRun {
     // the destination v6.1 does before that EINVAL and 6.17+ (the hosts) not at all.
     if (below(40) == 0 && !(flags & 3)) old_len = 0;
     if (!new_len) new_len = kPage;
+    mark_touched(a, (flags & 2) ? na : addr, (flags & 2) ? new_len : std::max(old_len, new_len));
+    if (old_len == 0) mark_touched(a, kArena, kArenaPages * kPage);  // a duplicate lands anywhere
     post(a, Op::mremap, addr, old_len, new_len, flags, na);
     const Slot& s = mb_->slots[a.slot];
     auto r = a.proc->mremap(addr, old_len, new_len, static_cast<MremapFlags>(flags), na);
@@ -622,7 +695,20 @@ class RealRun {
     auto r = a.proc->fork();
     if (!same(who(a) + ".fork()", 0, err_of(r))) return false;
     live_.push_back({slot, static_cast<pid_t>(s.ret), *r});
+    touched_[slot] = touched_[a.slot];
     return true;
+  }
+
+  // The 2 MiB spans of the arena an agent (or its ancestors) ever mapped something into.
+  bool touched(const Agent& a, unsigned span) const {
+    auto it = touched_.find(a.slot);
+    return it != touched_.end() && it->second.count(span);
+  }
+  void mark_touched(const Agent& a, vaddr_t addr, std::uint64_t len) {
+    if (addr < kArena || addr >= kArenaEnd || !len) return;
+    const vaddr_t end = std::min<vaddr_t>(kArenaEnd, addr + len);
+    for (vaddr_t s = (addr - kArena) / kSpan; s <= (end - 1 - kArena) / kSpan; ++s)
+      touched_[a.slot].insert(static_cast<unsigned>(s));
   }
 
   bool do_exit(const Agent& a) {
@@ -666,6 +752,11 @@ class RealRun {
         // The kernel swaps shmem too (its smaps counts a shared VMA's swapped file pages); the
         // model keeps shmem in memory, so Swap is compared in private VMAs only.
         const bool private_vma = rv[i].perms.size() > 3 && rv[i].perms[3] == 'p';
+        if (rv[i].anon_huge != mv[i].anon_huge)
+          return fail(who(a) + ": smaps of " + hex(rv[i].start) + ": kernel AnonHugePages " +
+                      std::to_string(rv[i].anon_huge) + ", cowpte " +
+                      std::to_string(mv[i].anon_huge));
+        huge_seen_ += mv[i].anon_huge / kSpan;
         if (rv[i].rss != mv[i].rss || rv[i].anon != mv[i].anonymous ||
             (swap_ && private_vma && rv[i].swap != mv[i].swap))
           return fail(who(a) + ": smaps of " + hex(rv[i].start) + ": kernel Rss " +
@@ -689,6 +780,16 @@ class RealRun {
           if (!rp) continue;
           const std::string here = who(a) + " " + hex(va);
           const std::uint64_t rpfn = words[j] & ((1ull << 55) - 1);
+          // A THP's subpages are consecutive frames on both sides: where the previous page
+          // maps the previous subpage of the same THP in cowpte, the kernel's frames follow too.
+          if (j > 0 && (words[j - 1] >> 63) && m_.page_info(pm.pfn).compound_tail &&
+              a.proc->pagemap(va - kPage).pfn + 1 == pm.pfn) {
+            const std::uint64_t prev = words[j - 1] & ((1ull << 55) - 1);
+            if (rpfn != prev + 1)
+              return fail(here + ": a THP subpage in cowpte, but the kernel's frame " + hex(rpfn) +
+                          " does not follow " + hex(prev));
+            ++subpages_seen_;
+          }
           const std::string& r1 = real_owner.try_emplace(rpfn, here).first->second;
           const std::string& m1 = model_owner.try_emplace(pm.pfn, here).first->second;
           if (r1 != m1)
@@ -710,7 +811,11 @@ class RealRun {
   std::uint64_t seed_, steps_, step_ = 0;
   bool structure_;
   bool swap_;
-  std::uint64_t swapped_seen_ = 0;  // swapped pages compared
+  bool thp_;
+  std::map<unsigned, std::set<unsigned>> touched_;  // agent slot -> spans (THP runs)
+  std::uint64_t huge_seen_ = 0;                     // THPs compared (per VMA and step)
+  std::uint64_t subpages_seen_ = 0;                 // THP subpages whose frames were compared
+  std::uint64_t swapped_seen_ = 0;                  // swapped pages compared
   Machine m_;
   std::mt19937_64 rng_;
   Mailbox* mb_ = nullptr;
@@ -811,6 +916,59 @@ TEST_P(RealKernelSwap, MatchesTheHostKernelWithSwap) {
 }
 
 INSTANTIATE_TEST_SUITE_P(RealKernelSwap, RealKernelSwap, ::testing::Values("classic", "seed"),
+                         [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
+
+// THP "madvise" on both sides (the host's mode): big aligned mappings, MADV_HUGEPAGE and
+// MADV_NOHUGEPAGE; with the classic fork each VMA's AnonHugePages must agree and a THP's
+// subpages must be consecutive frames in the kernel too. The host's huge zero page is turned
+// off for the run (v6.2 splits it on a write fault; the hosts' 6.18 maps a new THP instead),
+// as is the model's. A divergence after the host failed a 2 MiB allocation or its khugepaged
+// collapsed something is the host's choice: that sequence is dropped and counted.
+class RealKernelThp : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(RealKernelThp, MatchesTheHostKernelWithThp) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root: PFNs in /proc/PID/pagemap, THP sysfs knobs";
+  if (!pfns_visible()) GTEST_SKIP() << "/proc/self/pagemap shows no PFNs";
+  std::string enabled;
+  std::getline(std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled"), enabled);
+  if (enabled.find("[madvise]") == std::string::npos &&
+      enabled.find("[always]") == std::string::npos)
+    GTEST_SKIP() << "the host's THP is off: " << enabled;
+  SysfsKnob no_huge_zero("/sys/kernel/mm/transparent_hugepage/use_zero_page", "0");
+  if (!no_huge_zero.ok()) GTEST_SKIP() << "cannot turn off the host's huge zero page";
+  const bool zero_page = host_maps_zero_page();
+  const std::uint64_t sequences = env_or("COWPTE_REAL_SEQUENCES", 10);
+  const std::uint64_t steps = env_or("COWPTE_REAL_STEPS", 400);
+  const std::uint64_t first = env_or("COWPTE_REAL_SEED", 9000);
+  std::uint64_t huge = 0, noisy = 0, subpages = 0;
+  for (std::uint64_t i = 0; i < sequences; ++i) {
+    const std::uint64_t noise = host_thp_noise();
+    RealRun run(GetParam(), first + i, steps, zero_page, true, false, true);
+    if (!run.run()) {
+      if (host_thp_noise() != noise) {
+        ++noisy;
+        std::printf("[ real     ] seed %" PRIu64 " dropped (the host fell back or collapsed): %s\n",
+                    first + i, run.failure().c_str());
+        continue;
+      }
+      ADD_FAILURE() << run.report();
+      return;
+    }
+    huge += run.huge_seen();
+    subpages += run.subpages_seen();
+  }
+  std::printf("[ real     ] %s with THP: %" PRIu64 " sequences of %" PRIu64
+              " steps, zero divergences (%" PRIu64
+              " dropped after a host THP fallback or collapse), %" PRIu64 " THPs and %" PRIu64
+              " subpage frames compared\n",
+              GetParam().c_str(), sequences, steps, noisy, huge, subpages);
+  EXPECT_LT(noisy, sequences) << "every sequence met the host's THP noise";
+  if (GetParam() == "classic") {
+    EXPECT_GT(huge, 0u) << "no THP was ever compared";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(RealKernelThp, RealKernelThp, ::testing::Values("classic", "seed"),
                          [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
 
 // Every registered policy but "seed_exact", which is the series as posted, bugs included.
