@@ -206,7 +206,7 @@ struct Harness {
     return MapFlags(f);
   }
   Advice advice() {
-    static constexpr int kAdvice[] = {4, 8, 9, 10, 11, 18, 19, 20, 21, 22, 23};
+    static constexpr int kAdvice[] = {4, 8, 9, 10, 11, 14, 15, 18, 19, 20, 21, 22, 23, 25};
     if (in.ConsumeIntegralInRange<int>(0, 15) == 0) return Advice(in.ConsumeIntegral<int>());
     return Advice(kAdvice[in.ConsumeIntegralInRange<std::size_t>(0, std::size(kAdvice) - 1)]);
   }
@@ -455,8 +455,8 @@ struct Harness {
         }
         break;
       }
-      case 27: {  // swap and memory pressure, machine-wide
-        switch (in.ConsumeIntegralInRange<int>(0, 4)) {
+      case 27: {  // swap, memory pressure and khugepaged, machine-wide
+        switch (in.ConsumeIntegralInRange<int>(0, 5)) {
           case 0: {
             const Result<void> r = m.swapoff();
             if (!r && r.error() != Errno::nomem && r.error() != Errno::inval)
@@ -477,6 +477,9 @@ struct Harness {
             break;
           case 3:
             m.reset_stats();
+            break;
+          case 4:  // a collapse keeps every value: the model's words stay right
+            (void)m.khugepaged_scan(in.ConsumeIntegralInRange<std::uint64_t>(0, 4096));
             break;
           default:
             (void)m.vmstat();
@@ -521,6 +524,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   cfg.zero_page = !(knobs & 0x80);  // half the machines without the zero page
   // Half the machines with a swap device (now and then one below mkswap's minimum: refused).
   if (knobs & 0x40) cfg.swap_bytes = in.ConsumeIntegralInRange<std::uint64_t>(1, 4096) * kPage;
+  // THP "always", "madvise" or "never", a third each; now and then a khugepaged limit, some
+  // out of range (refused).
+  const std::uint8_t thp = in.ConsumeIntegral<std::uint8_t>();
+  cfg.thp = thp % 3 == 0 ? ThpMode::always : thp % 3 == 1 ? ThpMode::madvise : ThpMode::never;
+  if ((thp & 0x38) == 0x08)
+    cfg.khugepaged_max_ptes_none = in.ConsumeIntegralInRange<unsigned>(0, 600);
+  if ((thp & 0x38) == 0x10)
+    cfg.khugepaged_max_ptes_shared = in.ConsumeIntegralInRange<unsigned>(0, 600);
   std::unique_ptr<Machine> m;
   try {
     check_machine_config(cfg);
