@@ -18,17 +18,20 @@
 
 namespace cowpte::bench {
 
-// This process's resident memory (code, libraries, heap, stack): its real fork copies the
-// page tables of that too, beside the memory under test.
-inline std::uint64_t own_rss_bytes() {
-  std::FILE* f = std::fopen("/proc/self/status", "r");
+// The first "<key> N kB" line of a /proc file, in bytes (0 if there is none).
+inline std::uint64_t proc_kb_field(const char* path, const char* format) {
+  std::FILE* f = std::fopen(path, "r");
   char line[256];
   unsigned long kb = 0;
   while (f && std::fgets(line, sizeof line, f))
-    if (std::sscanf(line, "VmRSS: %lu kB", &kb) == 1) break;
+    if (std::sscanf(line, format, &kb) == 1) break;
   if (f) std::fclose(f);
   return std::uint64_t(kb) << 10;
 }
+
+// This process's resident memory (code, libraries, heap, stack): its real fork copies the
+// page tables of that too, beside the memory under test.
+inline std::uint64_t own_rss_bytes() { return proc_kb_field("/proc/self/status", "VmRSS: %lu kB"); }
 
 class RealProcessMemory {
  public:
@@ -71,13 +74,7 @@ class RealProcessMemory {
 
   // AnonHugePages of this process, in bytes (/proc/self/smaps_rollup): what the kernel gave.
   static std::uint64_t anon_huge_bytes() {
-    std::FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
-    char line[256];
-    unsigned long kb = 0;
-    while (f && std::fgets(line, sizeof line, f))
-      if (std::sscanf(line, "AnonHugePages: %lu kB", &kb) == 1) break;
-    if (f) std::fclose(f);
-    return std::uint64_t(kb) << 10;
+    return proc_kb_field("/proc/self/smaps_rollup", "AnonHugePages: %lu kB");
   }
 
  private:

@@ -13,8 +13,8 @@ namespace cowpte {
 // transhuge_vma_suitable: the 2 MiB span at addr lies inside the VMA. An anonymous VMA's
 // offset needs no alignment (a file VMA's would; the model has no file THPs).
 bool Kernel::transhuge_vma_suitable(const Vma& vma, vaddr_t addr) noexcept {
-  const vaddr_t haddr = addr & PMD_MASK;
-  return haddr >= vma.vm_start && haddr + PMD_SIZE <= vma.vm_end;
+  const vaddr_t haddr = addr & PMD_MASK;  // (written so that nothing wraps below 2 MiB)
+  return haddr >= vma.vm_start && vma.vm_end >= PMD_SIZE && haddr <= vma.vm_end - PMD_SIZE;
 }
 
 // hugepage_vma_check (v6.2; thp_vma_allowable_order later): may vma hold THPs? MADV_NOHUGEPAGE

@@ -74,10 +74,10 @@ struct World {
   cowpte_test::ProcSnap parent_before_op;
 };
 
-World MakeWorld(std::uint64_t swap_bytes = 0) {
+World MakeWorld(std::uint64_t swap_bytes = 0, cowpte::ThpMode thp = cowpte::ThpMode::never) {
   World w;
   w.m = std::make_unique<Machine>(
-      MachineConfig{.memory_bytes = 32ull << 20, .swap_bytes = swap_bytes});
+      MachineConfig{.memory_bytes = 32ull << 20, .swap_bytes = swap_bytes, .thp = thp});
   w.baseline_free = w.m->free_pages();
   w.parent = &w.m->spawn();
   return w;
@@ -161,11 +161,12 @@ struct Scenario {
   // Checks after the operation succeeded.
   std::function<void(World&)> after_success = [](World&) {};
   std::uint64_t swap_bytes = 0;  // a swap device in the machine
+  cowpte::ThpMode thp = cowpte::ThpMode::never;
 };
 
 // A fresh world with the scenario's state, and what it showed just before the operation.
 World Prepare(const Scenario& s) {
-  World w = MakeWorld(s.swap_bytes);
+  World w = MakeWorld(s.swap_bytes, s.thp);
   s.setup(w);
   if (::testing::Test::HasFatalFailure()) return w;
   w.free_before_op = w.m->free_pages();
@@ -827,6 +828,84 @@ TEST(AllocFailure, MigratePage) {
     Write(w, w.parent, kT, 0x8000);
   };
   s.op = [](World& w) { return ErrOf(w.m->migrate_page(w.parent->pagemap(kT).pfn)); };
+  RunSweep(s);
+}
+
+// ---- transparent huge pages ----
+
+// Fork of THP-backed memory (THP "always"): each huge PMD needs the child's deposited table
+// (copy_huge_pmd), beside the 4 KiB VMA's tables. Every failure is ENOMEM with the parent's
+// THPs intact; a success shares them.
+TEST(AllocFailure, ForkWithThps) {
+  Scenario s;
+  s.name = "fork with THPs";
+  s.thp = cowpte::ThpMode::always;
+  s.setup = [](World& w) {
+    Map(w, kA, 16, kRW, kFixedPriv);
+    for (int i = 0; i < 4; ++i) Write(w, w.parent, kA + i * kPage, 0xA000 + i);
+    Map(w, kT, 1024, kRW, kFixedPriv);  // two 2 MiB spans
+    Write(w, w.parent, kT + 5 * kPage, 0x7001);
+    Write(w, w.parent, kT + 600 * kPage, 0x7002);
+  };
+  s.op = [](World& w) {
+    auto r = w.parent->fork();
+    if (!r.has_value()) return r.error();
+    w.child = *r;
+    w.child_values = w.parent_values;
+    return Errno{};
+  };
+  s.after_failure = [](World& w) {
+    EXPECT_EQ(w.m->free_pages(), w.free_before_op) << "frames of the failed child leaked";
+    EXPECT_EQ(w.m->walk(*w.parent, kT).levels, 3) << "the parent's THP is no longer PMD-mapped";
+  };
+  s.after_success = [](World& w) {
+    EXPECT_EQ(w.m->walk(*w.child, kT + 600 * kPage).levels, 3);
+    EXPECT_EQ(w.parent->pagemap(kT).pfn, w.child->pagemap(kT).pfn);
+  };
+  RunSweep(s);
+}
+
+// The first write after a THP fork splits the parent's PMD (its deposited table: no
+// allocation) and copies 4 KiB: without that page VM_FAULT_OOM, the PMD split, every value kept.
+TEST(AllocFailure, CowWriteFaultOnAThpAfterFork) {
+  Scenario s;
+  s.name = "COW write fault on a THP";
+  s.thp = cowpte::ThpMode::always;
+  s.setup = [](World& w) {
+    Map(w, kT, 512, kRW, kFixedPriv);
+    Write(w, w.parent, kT + 9 * kPage, 0x9009);
+    auto r = w.parent->fork();
+    ASSERT_TRUE(r.has_value());
+    w.child = *r;
+    w.child_values = w.parent_values;
+  };
+  s.op = [](World& w) { return TryWrite(w, w.parent, kT + 9 * kPage, 0x9999); };
+  s.after_failure = [](World& w) {
+    EXPECT_EQ(w.m->walk(*w.parent, kT).levels, 4);        // split before the copy, as Linux
+    EXPECT_EQ(w.m->walk(*w.child, kT).levels, 3);         // the child's THP stays
+    EXPECT_EQ(*w.parent->load(kT + 9 * kPage), 0x9009u);  // the shared subpage, unchanged
+  };
+  s.after_success = [](World& w) {
+    EXPECT_NE(w.parent->pagemap(kT + 9 * kPage).pfn, w.child->pagemap(kT + 9 * kPage).pfn);
+  };
+  RunSweep(s);
+}
+
+// MADV_COLLAPSE needs its 2 MiB page: without it ENOMEM, and the span keeps its 4 KiB pages.
+TEST(AllocFailure, MadvCollapse) {
+  Scenario s;
+  s.name = "MADV_COLLAPSE";
+  s.thp = cowpte::ThpMode::madvise;
+  s.setup = [](World& w) {
+    Map(w, kT, 512, kRW, kFixedPriv);
+    for (int i = 0; i < 40; i += 3) Write(w, w.parent, kT + i * kPage, 0x6000 + i);
+  };
+  s.op = [](World& w) { return ErrOf(w.parent->madvise(kT, 512 * kPage, Advice::collapse)); };
+  s.after_failure = [](World& w) {
+    EXPECT_EQ(w.m->walk(*w.parent, kT).levels, 4);
+    EXPECT_EQ(w.m->free_pages(), w.free_before_op);
+  };
+  s.after_success = [](World& w) { EXPECT_EQ(w.m->walk(*w.parent, kT).levels, 3); };
   RunSweep(s);
 }
 
