@@ -694,8 +694,8 @@ class RealRun {
     wait_ready(mb_->slots[slot]);
     auto r = a.proc->fork();
     if (!same(who(a) + ".fork()", 0, err_of(r))) return false;
+    touched_[slot] = touched_[a.slot];  // before push_back, which may move `a`
     live_.push_back({slot, static_cast<pid_t>(s.ret), *r});
-    touched_[slot] = touched_[a.slot];
     return true;
   }
 
