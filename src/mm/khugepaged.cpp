@@ -226,7 +226,7 @@ void Kernel::__collapse_huge_page_copy(MmStruct& mm, Vma& vma, Page& table, Page
 // collapse_huge_page: allocate the THP, bring swapped pages in, clear the PMD and flush (no
 // walk can reach the table any more), check the PTEs again, copy, and map the THP with one
 // PMD; the emptied PTE table is deposited under it. On a failed check the PMD points at the
-// table again and nothing else changed.
+// table again as it was (pages the swap-in brought back stay in memory, as in Linux).
 ScanResult Kernel::collapse_huge_page(MmStruct& mm, vaddr_t address, unsigned unmapped,
                                       const CollapseControl& cc) {
   Page* hpage = mem.alloc_huge_page();  // alloc_charge_hpage
