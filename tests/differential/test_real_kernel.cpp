@@ -963,7 +963,8 @@ TEST_P(RealKernelThp, MatchesTheHostKernelWithThp) {
               " subpage frames compared\n",
               GetParam().c_str(), sequences, steps, noisy, huge, subpages);
   EXPECT_LT(noisy, sequences) << "every sequence met the host's THP noise";
-  if (GetParam() == "classic") {
+  // A short run (the sanitizer builds run one sequence) may draw no THP-eligible span.
+  if (GetParam() == "classic" && sequences - noisy >= 5) {
     EXPECT_GT(huge, 0u) << "no THP was ever compared";
   }
 }
