@@ -2,7 +2,7 @@
 // that the benchmarks (bench_policies.cpp) and the tests (tests/scenarios/test_workloads.cpp) run
 // the same code: a populated parent under one fork policy, fork, and the cost moved to later
 // (writes after fork, a fuzzer's fork server, a Redis-style snapshot). Every latency is in
-// simulated cycles of the timing model, read from Machine::cycles() of the CPU that ran it.
+// simulated cycles of the timing model, read from Machine::busy_cycles() of the CPU that ran it.
 #pragma once
 
 #include <algorithm>
@@ -117,12 +117,13 @@ class Latencies {
   bool sorted_ = true;
 };
 
-// The simulated cycles f() takes on CPU cpu.
+// The simulated cycles f() takes on CPU cpu: the busy cycles, not the idle ones before f()
+// could start (on two CPUs an operation waits for the other CPU's latest start).
 template <class F>
 std::uint64_t cycles_of(Machine& m, unsigned cpu, F&& f) {
-  const std::uint64_t before = m.cycles(cpu);
+  const std::uint64_t before = m.busy_cycles(cpu);
   f();
-  return m.cycles(cpu) - before;
+  return m.busy_cycles(cpu) - before;
 }
 
 // One fork, seen from the parent: the child, the cycles the fork took, the frames it

@@ -121,8 +121,13 @@ class Machine {
   std::vector<std::string> dmesg() const;
   // The timing model (null statistics when MachineConfig::timing.enabled is false).
   bool timed() const;
-  std::uint64_t cycles(unsigned cpu) const;  // simulated cycles CPU cpu has run
-  std::string hw_stats_json() const;         // per-CPU and per-process statistics, JSON
+  // The machine's time on CPU cpu, in cycles: what it ran plus what it idled (HwStats::
+  // idle_cycles). Every CPU's clock is a view of one time; the README's "Time on several CPUs".
+  std::uint64_t cycles(unsigned cpu) const;
+  // cycles(cpu) less the CPU's idle cycles: what it ran. An operation's latency is the change
+  // of this across the call (cycles() would add the idle time before the operation started).
+  std::uint64_t busy_cycles(unsigned cpu) const;
+  std::string hw_stats_json() const;  // per-CPU and per-process statistics, JSON
   // Every timing statistic (per CPU and per process) starts again from zero, e.g. after a
   // warm-up; the CPU clocks (cycles()) go on. docs/facade.md has the JSON's schema.
   void reset_stats();
@@ -226,6 +231,9 @@ class Process {
   Machine* machine_;
   int pid_;
   unsigned cpu_ = 0;
+  // The timing model: the task cannot run before this cycle: the end of its fork (a child),
+  // or of its last operation on a CPU it has left (a context switch or set_cpu records it).
+  std::uint64_t ready_at_ = 0;
   std::unique_ptr<MmStruct> mm_;
 };
 

@@ -42,6 +42,10 @@ struct HwStats {
   std::uint64_t l1d_hits = 0, l2_hits = 0, llc_hits = 0, dram_accesses = 0;
   std::uint64_t invlpg = 0, full_flushes = 0, shootdowns_sent = 0, shootdowns_received = 0;
   std::uint64_t lock_waits = 0, lock_wait_cycles = 0;
+  // A CPU's cycles with nothing to run: its clock moved forward to the machine's time, or to
+  // the moment a task became runnable (a forked child, a migrated task), or to a shootdown
+  // IPI's arrival. Per CPU only (a process is never charged for idle time).
+  std::uint64_t idle_cycles = 0;
   HwStats& operator+=(const HwStats& o) noexcept;
   HwStats& operator-=(const HwStats& o) noexcept;
 };

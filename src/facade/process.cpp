@@ -171,6 +171,11 @@ std::uint64_t Machine::cycles(unsigned cpu) const {
   if (!kernel_->hw || cpu >= kernel_->hw->cpus.size()) return 0;
   return kernel_->hw->cpus[cpu].clock;
 }
+std::uint64_t Machine::busy_cycles(unsigned cpu) const {
+  if (!kernel_->hw || cpu >= kernel_->hw->cpus.size()) return 0;
+  const Cpu& c = kernel_->hw->cpus[cpu];
+  return c.clock - c.idle;
+}
 Result<void> Machine::swapoff() { return kernel_->sys_swapoff(); }
 Result<pfn_t> Machine::migrate_page(pfn_t pfn) {
   Kernel& k = *kernel_;
@@ -209,6 +214,7 @@ std::uint64_t Machine::khugepaged_scan(std::uint64_t pages, unsigned cpu) {
   if (k.hw) {
     Cpu& c = k.hw->cpus[cpu];
     if (c.owner != 0) k.settle_stats(c, 0);
+    k.start_at(c, 0);
     k.cur_cpu = &c;
   }
   std::uint64_t n = 0;
@@ -349,12 +355,23 @@ Result<void> Process::store(vaddr_t addr, std::uint64_t value) {
 Result<Process*> Process::fork() {
   if (!alive()) return Errno::srch;
   COWPTE_SYSCALL(Phase::fork);
-  return k.kernel_clone(*this);
+  auto child = k.kernel_clone(*this);
+  // wake_up_new_task: the child becomes runnable as its parent's fork ends, not before.
+  if (child && k.cur_cpu) (*child)->ready_at_ = k.cur_cpu->clock;
+  return child;
 }
 
 Result<void> Process::set_cpu(unsigned cpu) {
   if (!alive()) return Errno::srch;
   if (cpu >= machine_->config().cpus) return Errno::inval;
+  if (Kernel& k = machine_->kernel(); k.hw && cpu != cpu_) {
+    // The task leaves its CPU at that CPU's time (if it ran there last) and arrives on the new
+    // one as a newcomer, so the new CPU's clock waits for it (Kernel::Entry).
+    Cpu& from = k.hw->cpus[cpu_];
+    if (from.owner == pid_) ready_at_ = std::max(ready_at_, from.clock);
+    Cpu& to = k.hw->cpus[cpu];
+    if (to.owner == pid_) k.settle_stats(to, 0);
+  }
   cpu_ = cpu;
   return {};
 }

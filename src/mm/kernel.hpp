@@ -143,6 +143,9 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
     Cpu* prev_;
     MmStruct* prev_mm_;
   };
+  // Process p takes cpu over from the task that ran there last (src/mmu/timing.cpp): that task
+  // cannot run anywhere before the CPU's clock now, and its statistics are settled.
+  void context_switch(Cpu& cpu, Process& p) noexcept;
   // ---- src/facade/process.cpp and src/fork/fork.cpp: process lifetime (kernel/fork.c mm_alloc,
   //      kernel/pid.c alloc_pid, kernel/exit.c) ----
   // mm_alloc -> mm_init: a new mm with its PCID and pgd; EAGAIN when no PCID is left (the
@@ -643,7 +646,8 @@ inline Kernel::Entry::Entry(Kernel& k, Process& p, bool syscall)
   if (!k.hw) return;
   Cpu& cpu = k.hw->cpus[p.cpu()];
   if (cpu.owner != p.pid()) [[unlikely]]
-    k.settle_stats(cpu, p.pid());  // a context switch
+    k.context_switch(cpu, p);
+  if (!prev_) k.start_at(cpu, p.ready_at_);  // a nested entry runs inside its caller's time
   k.cur_cpu = &cpu;
   if (MmStruct* mm = p.mm()) mm->cpumask |= 1ull << p.cpu();
   if (syscall) cpu.clock += k.hw->cfg.syscall;
@@ -706,6 +710,11 @@ inline bool Kernel::user_access_hit_unentered(Process& p, vaddr_t addr, bool wri
   if (!hw || cur_cpu) return false;
   Cpu& cpu = hw->cpus[p.cpu()];
   if (cpu.owner != p.pid() || (addr & 7) || !is_canonical(addr) || addr >= TASK_SIZE) return false;
+  // The task owns the CPU, so its runnable time is behind the clock (set_cpu makes sure); only
+  // another CPU's later start can hold this access back, and Entry handles that.
+  if (now > cpu.clock) [[unlikely]]
+    return false;
+  now = cpu.clock;
   MmStruct& mm = *p.mm();
   mm.cpumask |= 1ull << p.cpu();
   return dtlb_mru_access(cpu, mm, addr, write, val);

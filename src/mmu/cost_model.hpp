@@ -6,6 +6,7 @@
 // out-of-line parts (settling statistics at a context switch, lock timing, TLB flushes).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -32,8 +33,26 @@ class CostModel {
       cur_cpu->clock += op_cycles(op);
   }
 
-  std::unique_ptr<Hardware> hw;     // null when the timing model is off
-  Cpu* cur_cpu = nullptr;           // the CPU the current kernel path runs on, while timed
+  std::unique_ptr<Hardware> hw;  // null when the timing model is off
+  Cpu* cur_cpu = nullptr;        // the CPU the current kernel path runs on, while timed
+  // The machine's time: when the latest operation (a user access or a system call of any task,
+  // a khugepaged pass) started. The facade's calls are events in this order; an operation never
+  // starts before the one called before it, so CPUs overlap but never run backwards in time.
+  std::uint64_t now = 0;
+  // A CPU has nothing to run until t: its clock moves there and the gap counts as idle.
+  static void idle_until(Cpu& cpu, std::uint64_t t) noexcept {
+    if (t > cpu.clock) {
+      cpu.stats.idle_cycles += t - cpu.clock;
+      cpu.idle += t - cpu.clock;
+      cpu.clock = t;
+    }
+  }
+  // An operation starts on cpu no earlier than `ready` (the task's runnable time) and the
+  // machine's time; that start is the machine's time from now on.
+  void start_at(Cpu& cpu, std::uint64_t ready) noexcept {
+    idle_until(cpu, std::max(ready, now));
+    now = cpu.clock;
+  }
   std::vector<HwStats> proc_stats;  // per process (index pid - 1)
   std::unique_ptr<LockTiming> timed_locks;
   // Charge cycles, a data access to an entry, the struct page line of a frame (with an atomic

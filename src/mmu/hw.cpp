@@ -41,7 +41,8 @@ void each_counter(HwStats& a, const HwStats& b, F f) {
                                             &HwStats::shootdowns_sent,
                                             &HwStats::shootdowns_received,
                                             &HwStats::lock_waits,
-                                            &HwStats::lock_wait_cycles};
+                                            &HwStats::lock_wait_cycles,
+                                            &HwStats::idle_cycles};
   for (auto f_ : fields) f(a.*f_, b.*f_);
 }
 }  // namespace
@@ -139,6 +140,7 @@ nlohmann::json hw_stats_to_json(const HwStats& s) {
                 {"shootdowns_sent", s.shootdowns_sent},
                 {"shootdowns_received", s.shootdowns_received}};
   j["locks"] = {{"waits", s.lock_waits}, {"wait_cycles", s.lock_wait_cycles}};
+  j["idle_cycles"] = s.idle_cycles;
   return j;
 }
 

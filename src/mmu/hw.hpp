@@ -55,6 +55,7 @@ struct Cpu {
   SetAssoc<> l1d, l2;                    // keys: physical line number
   std::uint64_t clock = 0;               // cycles this CPU has run
   std::uint64_t clock_at_reset = 0;      // clock when Machine::reset_stats() last ran
+  std::uint64_t idle = 0;                // cycles of clock spent idle, ever (stats: since reset)
   std::uint64_t last_line = ~0ull;       // the line the last access touched (an L1 hit again)
   HwStats stats;
   // The process whose account the counters since at_switch belong to (a context switch, or a

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <array>
 #include <unordered_map>
 
 #include "mm/kernel.hpp"
@@ -12,9 +13,14 @@ namespace cowpte {
 
 namespace {
 
-// Simulated-time locks: each lock remembers when its last writer (and its last reader) let it
-// go. A CPU taking it earlier than that waits until then: contention between CPUs' kernel
-// paths, deterministic for a given operation order.
+// Simulated-time locks. Each lock remembers the intervals its last holders held it, writers
+// and readers apart. A CPU that takes it at a time inside another holder's interval waits
+// until that holder let go (and again if that lands in another interval); a time outside
+// every interval takes it at once, even when a holder came later on another CPU's clock: the
+// holders did not overlap. Kernel paths run one at a time, to completion, so a holder's
+// interval is known before anyone else asks; what the model cannot see is a later holder on
+// another CPU whose start falls inside this holder's interval (it took the lock first in
+// simulated order and does not wait). Deterministic for a given order of operations.
 class TimedLocks final : public LockTiming {
  public:
   explicit TimedLocks(Kernel& k) : k_(k) {}
@@ -22,27 +28,61 @@ class TimedLocks final : public LockTiming {
   void acquire(const void* lock, bool exclusive) override {
     Cpu* cpu = k_.cur_cpu;
     if (!cpu) return;
-    const Times& t = times(lock);
-    const std::uint64_t ready = exclusive ? std::max(t.write_free, t.read_free) : t.write_free;
+    Times& t = times(lock);
+    const std::uint64_t ready = t.free_at(cpu->clock, exclusive);
     if (ready > cpu->clock) {
       ++cpu->stats.lock_waits;
       cpu->stats.lock_wait_cycles += ready - cpu->clock;
       cpu->clock = ready;
     }
     cpu->clock += k_.hw->cfg.lock_acquire;
+    if (t.depth++ == 0) t.since = cpu->clock;  // a reader may take it again inside its hold
   }
   void release(const void* lock, bool exclusive) override {
     Cpu* cpu = k_.cur_cpu;
     if (!cpu) return;
     cpu->clock += k_.hw->cfg.lock_release;
     Times& t = times(lock);
-    std::uint64_t& at = exclusive ? t.write_free : t.read_free;
-    at = std::max(at, cpu->clock);
+    if (t.depth == 0 || --t.depth != 0) return;
+    t.record(exclusive, Hold{t.since, cpu->clock});
   }
 
  private:
+  struct Hold {
+    std::uint64_t from = 0, to = 0;  // [from, to): held
+  };
+  // The last kHolds holders of each kind: enough for the CPUs that contend on one lock within
+  // one operation's span; an older holder's interval is long over by then.
+  static constexpr std::size_t kHolds = 4;
   struct Times {
-    std::uint64_t write_free = 0, read_free = 0;
+    std::array<Hold, kHolds> writers{}, readers{};
+    std::uint8_t next_writer = 0, next_reader = 0;
+    unsigned depth = 0;
+    std::uint64_t since = 0;
+
+    // When a CPU asking at time `at` may take the lock: a writer waits for every holder, a
+    // reader for writers only.
+    std::uint64_t free_at(std::uint64_t at, bool exclusive) const noexcept {
+      for (bool moved = true; moved;) {
+        moved = false;
+        for (const Hold& h : writers) moved |= push_past(h, at);
+        if (exclusive)
+          for (const Hold& h : readers) moved |= push_past(h, at);
+      }
+      return at;
+    }
+    static bool push_past(const Hold& h, std::uint64_t& at) noexcept {
+      if (h.from <= at && at < h.to) {
+        at = h.to;
+        return true;
+      }
+      return false;
+    }
+    void record(bool exclusive, Hold h) noexcept {
+      std::uint8_t& next = exclusive ? next_writer : next_reader;
+      (exclusive ? writers : readers)[next] = h;
+      next = std::uint8_t((next + 1) % kHolds);
+    }
   };
   // One record per lock ever taken: split locks of table frames (one frame in 512), the mm's
   // page_table_lock and mmap_lock. A hash map, not an array over every frame: that array cost
@@ -67,10 +107,18 @@ void CostModel::settle_stats(Cpu& cpu, int new_owner) noexcept {
   if (cpu.owner) {
     HwStats delta = cpu.stats;
     delta -= cpu.at_switch;
+    delta.idle_cycles = 0;  // the CPU's, not the process's
     proc_stats[std::size_t(cpu.owner - 1)] += delta;
   }
   cpu.at_switch = cpu.stats;
   cpu.owner = new_owner;
+}
+
+void Kernel::context_switch(Cpu& cpu, Process& p) noexcept {
+  if (cpu.owner)
+    if (Process* prev = procs.find(cpu.owner))
+      prev->ready_at_ = std::max(prev->ready_at_, cpu.clock);
+  settle_stats(cpu, p.pid());
 }
 
 nlohmann::json hw_stats_to_json(const HwStats& s);  // src/mmu/hw.cpp

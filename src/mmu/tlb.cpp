@@ -20,6 +20,8 @@ void flush_on_cpus(Kernel& k, MmStruct& mm, Flush&& flush) {
       cpu.clock += cost;
       continue;
     }
+    // The IPI arrives at the initiator's time: an idle target was idle until then.
+    if (k.cur_cpu) CostModel::idle_until(cpu, k.cur_cpu->clock);
     cpu.clock += hw.cfg.ipi_handle + cost;
     ++cpu.stats.shootdowns_received;
     if (k.cur_cpu) {

@@ -223,18 +223,120 @@ TEST_F(TimingTwoCpus, AFlushReachesTheOtherCpuAsAShootdown) {
   m.check_invariants();
 }
 
-TEST_F(TimingTwoCpus, ALockHeldLaterByAnotherCpuMakesThisOneWait) {
+// One simulated time (issue 14): a CPU's clock is the machine's time on that CPU.
+std::uint64_t idle_cycles(const Machine& m, unsigned cpu) {
+  return nlohmann::json::parse(m.hw_stats_json())["cpus"][cpu]["idle_cycles"].get<std::uint64_t>();
+}
+
+// The child of a fork is runnable when its parent's fork ends: CPU 1, idle until then, starts
+// it there, and the table lock the parent released during the fork is no wait for it. (Before,
+// CPU 1's clock started at 0 and the child "waited" 19-24 million cycles for that lock.)
+TEST_F(TimingTwoCpus, AForkedChildStartsWhenItsParentsForkEnds) {
   Process& p = mapped(512);
   for (std::uint64_t i = 0; i < 512; ++i) ok(p.store(kBase + i * kPage, i));  // CPU 0 runs ahead
   ok(p.set_cow_pte(CowPtePolicy::seed));
-  auto c = p.fork();  // the child runs on CPU 1, whose clock is still near 0
+  auto c = p.fork();  // the child goes on CPU 1
   ASSERT_TRUE(c);
   ASSERT_EQ((*c)->cpu(), 1u);
-  ASSERT_LT(m.cycles(1), m.cycles(0));
-  ok((*c)->store(kBase, 5));  // breaks the shared table: its lock was last released by CPU 0
+  const std::uint64_t fork_end = m.cycles(0);
+  EXPECT_EQ(m.cycles(1), 0u) << "CPU 1 has not run yet";
+  ok((*c)->store(kBase, 5));  // breaks the shared table (refcount 2: a copy)
   const HwStats s = stats(**c);
-  EXPECT_GE(s.lock_waits, 1u);
-  EXPECT_GT(s.lock_wait_cycles, 0u);
+  EXPECT_EQ(s.lock_waits, 0u) << "the parent let the lock go before the child could run";
+  EXPECT_EQ(s.lock_wait_cycles, 0u);
+  EXPECT_GE(idle_cycles(m, 1), fork_end) << "CPU 1 idled until the child was runnable";
+  EXPECT_LE(idle_cycles(m, 1), fork_end + 1000) << "... and not much longer";
+  EXPECT_EQ(stats(p).idle_cycles, 0u) << "idle time belongs to a CPU, not to a process";
+  EXPECT_LT(m.cycles(1) - idle_cycles(m, 1), 1'000'000u) << "the first store's own cost";
+  EXPECT_EQ(*(*c)->load(kBase), 5u);
+  EXPECT_EQ(*p.load(kBase), 0u);
+  m.check_invariants();
+}
+
+// A wait needs a holder whose interval really contains the moment the lock is asked for: the
+// parent and the child write into their shared table at the same moment (one call after the
+// other, nothing between), so the child asks while the parent's break holds the table's lock.
+// Called after the parent has gone on, the child's store finds the lock long free.
+TEST_F(TimingTwoCpus, ALockWaitNeedsAHolderThatOverlapped) {
+  for (const bool overlap : {true, false}) {
+    SCOPED_TRACE(overlap ? "overlapping" : "later");
+    Machine mm(timed(2));
+    Process& p = mm.spawn();
+    ASSERT_TRUE(p.mmap(kBase, 512 * kPage, kRW, kPrivFixed));
+    for (std::uint64_t i = 0; i < 512; ++i) ok(p.store(kBase + i * kPage, i));
+    ok(p.set_cow_pte(CowPtePolicy::seed));
+    Process& c = **p.fork();
+    ASSERT_TRUE(c.load(kBase));     // CPU 1 catches up with the fork's end (a TLB-missing read)
+    ok(p.store(kBase + kPage, 7));  // the parent breaks the shared table, holding its lock
+    if (!overlap)
+      for (std::uint64_t i = 2; i < 64; ++i) ok(p.store(kBase + i * kPage, i + 100));
+    ok(c.store(kBase + 2 * kPage, 9));  // the child's fault takes the table's lock
+    const HwStats s = c.hw_stats();
+    if (overlap) {
+      EXPECT_GE(s.lock_waits, 1u);
+      EXPECT_GT(s.lock_wait_cycles, 0u);
+    } else {
+      EXPECT_EQ(s.lock_waits, 0u);
+    }
+    EXPECT_EQ(*c.load(kBase + 2 * kPage), 9u);
+    EXPECT_EQ(*p.load(kBase + kPage), 7u);
+    mm.check_invariants();
+  }
+}
+
+// A CPU with nothing to run is idle until work arrives, and the work cannot start before the
+// machine's time: the latest call's start.
+TEST_F(TimingTwoCpus, AnIdleCpuWaitsForTheMachinesTime) {
+  Process& p = mapped(64);
+  for (std::uint64_t i = 0; i < 63; ++i) ok(p.store(kBase + i * kPage, i));
+  const std::uint64_t last_start = m.cycles(0);
+  ok(p.store(kBase + 63 * kPage, 1));  // starts at last_start (a fault: not a TLB hit)
+  Process& q = m.spawn();
+  ok(q.set_cpu(1));
+  ASSERT_TRUE(q.mmap(kBase + (1ull << 30), 4 * kPage, kRW, kPrivFixed));  // on CPU 1
+  EXPECT_EQ(idle_cycles(m, 1), last_start) << "CPU 1 idled from 0 until the machine's time";
+  ok(q.store(kBase + (1ull << 30), 1));
+  EXPECT_EQ(idle_cycles(m, 0), 0u);
+  // Now q runs ahead on CPU 1; p's next access on CPU 0 starts no earlier than q's did.
+  const std::uint64_t q_start = m.cycles(1);
+  ok(q.store(kBase + (1ull << 30) + kPage, 2));
+  ASSERT_GT(q_start, m.cycles(0));
+  const std::uint64_t cpu0_before = m.cycles(0);
+  ok(p.store(kBase + 63 * kPage, 3));  // a TLB hit, but CPU 0 is behind the machine's time
+  EXPECT_EQ(idle_cycles(m, 0), q_start - cpu0_before);
+  EXPECT_EQ(m.busy_cycles(0), m.cycles(0) - idle_cycles(m, 0));
+  EXPECT_EQ(m.busy_cycles(1), m.cycles(1) - idle_cycles(m, 1));
+  m.check_invariants();
+}
+
+// A task moved to another CPU arrives there when it left the old one, not at the new CPU's
+// earlier time; a shootdown IPI reaches an idle CPU at the sender's time.
+TEST_F(TimingTwoCpus, MigrationAndShootdownsKeepOneTime) {
+  Process& p = mapped(64);
+  for (std::uint64_t i = 0; i < 64; ++i) ok(p.store(kBase + i * kPage, i));
+  const std::uint64_t left = m.cycles(0);
+  ok(p.set_cpu(1));
+  ok(p.store(kBase, 7));  // a TLB miss on CPU 1
+  EXPECT_EQ(idle_cycles(m, 1), left);
+  const std::uint64_t cpu0 = m.cycles(0);
+  ok(p.munmap(kBase, 64 * kPage));  // flushes CPU 0 too (mm_cpumask): an IPI
+  EXPECT_GT(idle_cycles(m, 0), 0u) << "CPU 0 idled until the IPI arrived";
+  EXPECT_GT(m.cycles(0), cpu0);
+  EXPECT_GE(m.cycles(0), left);
+  m.check_invariants();
+}
+
+// One CPU: nothing is ever idle and no lock waits (every holder ended before the next began).
+TEST_F(Timing, OneCpuIsNeverIdle) {
+  Process& p = mapped(512);
+  for (std::uint64_t i = 0; i < 512; ++i) ok(p.store(kBase + i * kPage, i));
+  ok(p.set_cow_pte(CowPtePolicy::seed));
+  Process& c = **p.fork();
+  ok(c.store(kBase, 1));
+  ok(p.store(kBase + kPage, 2));
+  c.exit();
+  EXPECT_EQ(idle_cycles(m, 0), 0u);
+  EXPECT_EQ(stats(p).lock_waits, 0u);
   m.check_invariants();
 }
 
