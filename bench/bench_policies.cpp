@@ -289,6 +289,82 @@ void pressure_snapshot_bench(benchmark::State& state, Policy policy, std::uint64
   });
 }
 
+// A parent with `threads` threads, each on a CPU of its own (cpus = threads), each having
+// written a slice of the memory: fork from the main thread write-protects the parent's PTEs and
+// shoots its TLB entries down on every other CPU the mm ran on (an IPI each).
+void threaded_fork_bench(benchmark::State& state, Policy policy, std::uint64_t mib,
+                         unsigned threads) {
+  guarded(state, [&] {
+    Machine m(machine_config(mib << 20, true, threads));
+    Process& parent = m.spawn();
+    const Region r = populate(parent, mib << 20, Layout::aligned);
+    arm(parent, policy);
+    std::vector<Process*> tasks{&parent};
+    for (unsigned i = 1; i < threads; ++i) tasks.push_back(tasks.back()->clone_vm().value());
+    auto touch = [&] {  // each thread runs: its CPU joins mm_cpumask and caches translations
+      for (std::uint64_t i = 0; i < std::min<std::uint64_t>(r.pages, 4096); ++i)
+        (void)tasks[i % threads]->load(r.page(i)).value();
+    };
+    touch();
+    fork_once(parent).child->exit();  // the cold fork, as fork_latency
+    double cycles = 0, sent = 0;
+    for (auto _ : state) {
+      state.PauseTiming();
+      touch();
+      const std::uint64_t sent0 = parent.hw_stats().shootdowns_sent;
+      state.ResumeTiming();
+      const ForkOutcome o = fork_once(parent);
+      state.PauseTiming();
+      cycles += double(o.cycles);
+      sent += double(parent.hw_stats().shootdowns_sent - sent0);
+      o.child->exit();
+      state.ResumeTiming();
+    }
+    auto& c = state.counters;
+    c["sim_ns"] = benchmark::Counter(ns(m, cycles), kCounterAvg);
+    c["shootdowns_sent"] = benchmark::Counter(sent, kCounterAvg);
+  });
+}
+
+// After a fork (the child stays), `threads` threads of the parent write into the same PTE
+// tables at once: thread t writes pages t, t + T, t + 2T, ... of each 2 MiB span, one store per
+// thread in turn, so their faults contend on each table's split lock (and, under COW PTE, on the
+// break of the shared table). Throughput in simulated time: writes over the span from the
+// first store's start to the last store's end on any CPU.
+void threaded_writes_bench(benchmark::State& state, Policy policy, std::uint64_t mib,
+                           unsigned threads) {
+  guarded(state, [&] {
+    Machine m(machine_config(mib << 20, true, threads));
+    Process& parent = m.spawn();
+    const Region r = populate(parent, mib << 20, Layout::aligned);
+    arm(parent, policy);
+    std::vector<Process*> tasks{&parent};
+    for (unsigned i = 1; i < threads; ++i) tasks.push_back(tasks.back()->clone_vm().value());
+    Process* child = nullptr;
+    std::uint64_t start = 0, end = 0, waits = 0, wait_cycles = 0;
+    for (auto _ : state) {
+      child = parent.fork().value();
+      for (unsigned t = 0; t < threads; ++t) start = std::max(start, m.cycles(tasks[t]->cpu()));
+      std::vector<HwStats> before;
+      for (Process* t : tasks) before.push_back(t->hw_stats());
+      for (std::uint64_t i = 0; i < r.pages; ++i) tasks[i % threads]->store(r.page(i), i).value();
+      for (unsigned t = 0; t < threads; ++t) {
+        end = std::max(end, m.cycles(tasks[t]->cpu()));
+        const HwStats s = tasks[t]->hw_stats();
+        waits += s.lock_waits - before[t].lock_waits;
+        wait_cycles += s.lock_wait_cycles - before[t].lock_wait_cycles;
+      }
+    }
+    auto& c = state.counters;
+    c["writes"] = double(r.pages);
+    c["writes_per_sim_s"] = double(r.pages) * 1e9 / ns(m, double(end - start));
+    c["makespan_ns"] = ns(m, double(end - start));
+    c["lock_waits"] = double(waits);
+    c["lock_wait_ns"] = ns(m, double(wait_cycles));
+    child->exit();
+  });
+}
+
 std::string mib_name(std::uint64_t mib) { return std::to_string(mib); }
 
 void register_all(const Sweep& sw) {
@@ -370,6 +446,22 @@ void register_all(const Sweep& sw) {
           [p, mib](benchmark::State& s) { khugepaged_bench(s, p, mib); })
           ->Iterations(1)
           ->Unit(benchmark::kMillisecond);
+  for (std::uint64_t mib : sw.threaded_fork_mib)
+    for (unsigned threads : sw.threads)
+      for (const Policy& p : policies())
+        reg(std::string("threaded_fork/policy:") + name(p) + "/mib:" + mib_name(mib) +
+                "/tasks:" + std::to_string(threads),
+            [p, mib, threads](benchmark::State& s) { threaded_fork_bench(s, p, mib, threads); })
+            ->Iterations(fork_iterations({Layout::aligned, mib, true}))
+            ->Unit(benchmark::kMillisecond);
+  for (std::uint64_t mib : sw.threaded_write_mib)
+    for (unsigned threads : sw.threads)
+      for (const Policy& p : policies())
+        reg(std::string("threaded_writes/policy:") + name(p) + "/mib:" + mib_name(mib) +
+                "/tasks:" + std::to_string(threads),
+            [p, mib, threads](benchmark::State& s) { threaded_writes_bench(s, p, mib, threads); })
+            ->Iterations(1)
+            ->Unit(benchmark::kMillisecond);
   for (std::uint64_t mib : sw.snapshot_mib)
     for (std::uint64_t every : sw.snapshot_every)
       for (const Policy& p : policies())

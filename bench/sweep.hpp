@@ -44,6 +44,11 @@ struct Sweep {
   std::vector<std::uint64_t> thp_fork_mib, real_thp_mib;
   std::uint64_t thp_write_mib = 0;
   std::vector<std::uint64_t> khugepaged_mib;
+  // Threads (clone_vm), each on a CPU of its own: fork of a multithreaded parent (the
+  // shootdowns grow with the CPUs), and the parent's threads writing into shared tables after a
+  // fork (contention on one table's split lock).
+  std::vector<std::uint64_t> threaded_fork_mib, threaded_write_mib;
+  std::vector<unsigned> threads{1, 2, 4, 8};
 };
 
 inline std::string fmt_fork(const ForkPoint& f, const Policy& p) {
@@ -96,6 +101,7 @@ inline Sweep make_sweep(const std::string& which) {
     s.thp_fork_mib = {4}, s.real_thp_mib = fitting({4});
     s.thp_write_mib = 8;
     s.khugepaged_mib = {8};
+    s.threaded_fork_mib = {8}, s.threaded_write_mib = {4}, s.threads = {1, 2};
   } else if (which == "short") {
     const std::vector<std::uint64_t> sizes{1, 4, 16, 64, 256, 512, 1024};
     add_forks(s, Layout::plain, true, sizes);
@@ -110,6 +116,7 @@ inline Sweep make_sweep(const std::string& which) {
     s.thp_fork_mib = {1, 4, 16, 64, 256, 1024}, s.real_thp_mib = fitting(s.thp_fork_mib);
     s.thp_write_mib = 512;
     s.khugepaged_mib = {256};
+    s.threaded_fork_mib = {1024}, s.threaded_write_mib = {64};
   } else if (which == "full") {
     std::vector<std::uint64_t> sizes;  // every power of two from 1 MiB to 64 GiB
     for (std::uint64_t m = 1; m <= 65536; m *= 2) sizes.push_back(m);
@@ -126,6 +133,7 @@ inline Sweep make_sweep(const std::string& which) {
     s.thp_fork_mib = sizes, s.real_thp_mib = fitting(sizes);
     s.thp_write_mib = 512;
     s.khugepaged_mib = {256, 4096};
+    s.threaded_fork_mib = {1024, 4096}, s.threaded_write_mib = {64, 1024};
   }
   return s;
 }

@@ -52,7 +52,7 @@ def parse(path):
     for name, reps in runs.items():
         parts = name.split("/")
         rec = dict(p.split(":", 1) for p in parts[1:] if ":" in p)
-        for k in ("mib", "touch", "every", "timed", "swapped"):
+        for k in ("mib", "touch", "every", "timed", "swapped", "tasks"):
             if k in rec:
                 rec[k] = int(rec[k])
         errors = [b.get("error_message", "error") for b in reps if b.get("error_occurred")]
@@ -281,6 +281,43 @@ def thp_tables(d):
     return out
 
 
+def thread_tables(d):
+    """Fork of a multithreaded parent, and the parent's threads writing after a fork."""
+    out = []
+    f = index(d["threaded_fork"], "policy", "mib", "tasks")
+    if f:
+        for mib in sorted({k[1] for k in f}):
+            threads = sorted({k[2] for k in f if k[1] == mib})
+            t = Table(f"Fork of a {size(mib)} parent with threads, one CPU each (simulated)",
+                      ["threads"] + [f"{label(p)}" for p in POLICIES] + ["shootdown IPIs"],
+                      note="The fork write-protects the parent's PTEs and flushes its TLB "
+                           "entries on every other CPU the mm ran on: one IPI each, charged "
+                           "to both sides.")
+            for n in threads:
+                t.add(str(n), *[fmt(f.get((p, mib, n), {}).get("sim_ns"), "ns") for p in POLICIES],
+                      f"{f.get(('classic', mib, n), {}).get('shootdowns_sent', 0):.0f}")
+            out.append(t)
+    w = index(d["threaded_writes"], "policy", "mib", "tasks")
+    if w:
+        for mib in sorted({k[1] for k in w}):
+            t = Table(f"The parent's threads writing every page of {size(mib)} after a fork, "
+                      f"round-robin within each table (simulated)",
+                      ["threads", "policy", "writes per second", "makespan", "lock waits",
+                       "waited"],
+                      note="Thread t writes pages t, t+T, ... of each 2 MiB span, so their "
+                           "faults meet on each table's split lock; under COW PTE the first "
+                           "write breaks the shared table while the others wait.")
+            for n in sorted({k[2] for k in w if k[1] == mib}):
+                for p in POLICIES:
+                    r = w.get((p, mib, n))
+                    if r:
+                        t.add(str(n), label(p), f"{r['writes_per_sim_s'] / 1e6:.2f} M",
+                              fmt(r["makespan_ns"], "ns"), f"{r['lock_waits']:.0f}",
+                              fmt(r["lock_wait_ns"], "ns"))
+            out.append(t)
+    return out
+
+
 def plot_thp_fork(plt, d):
     thp = index(d["thp_fork"], "policy", "mib")
     forks = index(d["fork"], "layout", "policy", "mib", "timed")
@@ -472,7 +509,7 @@ def main():
     POLICIES[:] = [p for p in KNOWN if p in seen] + sorted(seen - set(KNOWN))
     errors = [r for recs in d.values() for r in recs if "error" in r]
     tables = (fork_tables(d) + write_tables(d) + server_tables(d) + snapshot_tables(d) +
-              swap_tables(d) + thp_tables(d) + speed_table(d))
+              swap_tables(d) + thp_tables(d) + thread_tables(d) + speed_table(d))
     print(f"cowpte fork comparison, sweep '{ctx.get('cowpte_sweep', '?')}', "
           f"{ctx.get('date', '')}, {ctx.get('num_cpus', '?')} CPUs\n")
     for t in tables:
@@ -484,7 +521,8 @@ def main():
         print(f"benchmark failed: {r}", file=sys.stderr)
     missing = [k for k in ("fork", "real_fork", "write_after_fork", "fork_server", "snapshot",
                            "swapped_fork", "pressure_snapshot", "thp_fork", "real_thp_fork",
-                           "thp_write_after_fork", "khugepaged")
+                           "thp_write_after_fork", "khugepaged", "threaded_fork",
+                           "threaded_writes")
                if not d.get(k)]
     if missing:
         print(f"report: no {', '.join(missing)} benchmarks in {a.json}", file=sys.stderr)

@@ -162,6 +162,9 @@ class Machine {
 class Process {
  public:
   int pid() const { return pid_; }
+  // The thread group (getpid() in a thread): the pid of the task whose spawn or fork made the
+  // mm; clone_vm() tasks share their creator's.
+  int tgid() const { return tgid_; }
   bool alive() const;
 
   Result<vaddr_t> mmap(vaddr_t addr, std::uint64_t length, Prot, MapFlags);
@@ -179,12 +182,18 @@ class Process {
   Result<void> store(vaddr_t addr, std::uint64_t value);  // 8-byte aligned user store
 
   Result<Process*> fork();  // the child; the Machine owns it
+  // clone(CLONE_VM | CLONE_THREAD | CLONE_FILES ...), a thread: a new task sharing this task's
+  // mm (its memory, its VMAs, its page tables and its pins), in this task's thread group, on
+  // the CPU after this task's. The Machine owns it. ESRCH once this task has exited.
+  Result<Process*> clone_vm();
   // prctl(PR_SET_COW_PTE): the next fork shares PTE tables, under the machine's
   // cow_pte_policy; the child inherits it. EINVAL once a fork has turned it on (it stays on).
   Result<void> set_cow_pte();
   Result<void> pin(vaddr_t addr, std::uint64_t length, PinFlags);  // pin_user_pages
   Result<void> unpin(vaddr_t addr, std::uint64_t length);          // unpin_user_pages
-  void exit();                                                     // exit_mmap; the pid is reaped
+  // exit(2) of this task; its pid is reaped. The mm goes (exit_mmap, and the group's pins are
+  // released) with the last task using it: a thread's exit leaves it to the others.
+  void exit();
 
   PagemapEntry pagemap(vaddr_t addr) const;  // /proc/PID/pagemap for one page
   std::vector<SmapsEntry> smaps() const;     // /proc/PID/smaps, one per VMA
@@ -225,16 +234,17 @@ class Process {
   friend class Kernel;
   friend class Machine;
   friend struct detail::Access;
-  Process(Machine& m, int pid, std::unique_ptr<MmStruct> mm);
+  Process(Machine& m, int pid, int tgid, std::shared_ptr<MmStruct> mm);
   MmStruct* mm() { return mm_.get(); }  // nullptr after exit
   const MmStruct* mm() const { return mm_.get(); }
   Machine* machine_;
   int pid_;
+  int tgid_;
   unsigned cpu_ = 0;
   // The timing model: the task cannot run before this cycle: the end of its fork (a child),
   // or of its last operation on a CPU it has left (a context switch or set_cpu records it).
   std::uint64_t ready_at_ = 0;
-  std::unique_ptr<MmStruct> mm_;
+  std::shared_ptr<MmStruct> mm_;  // shared by the tasks of a thread group (mm_users counts them)
 };
 
 }  // namespace cowpte

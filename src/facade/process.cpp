@@ -95,10 +95,11 @@ void Kernel::mm_free_pcid(MmStruct& mm) {
   pcids_.free(mm.pcid);
 }
 
-Process& Kernel::add_process(std::unique_ptr<MmStruct> mm, unsigned cpu) {
+Process& Kernel::add_process(std::shared_ptr<MmStruct> mm, unsigned cpu, int tgid) {
   const int pid = procs.next_pid();
-  mm->pid = pid;
-  Process& p = procs.add(std::unique_ptr<Process>(new Process(machine, pid, std::move(mm))));
+  if (!tgid) tgid = pid;
+  if (!mm->pid) mm->pid = pid;  // a new mm: named after its first task
+  Process& p = procs.add(std::unique_ptr<Process>(new Process(machine, pid, tgid, std::move(mm))));
   p.cpu_ = cpu;
   proc_stats.emplace_back();
   return p;
@@ -113,8 +114,8 @@ Process& Kernel::spawn() {
   return **r;
 }
 
-void Kernel::release_gup_refs(int pid) {
-  for (const GupRef& r : gup_refs.take_all(pid)) {
+void Kernel::release_gup_refs(int tgid) {
+  for (const GupRef& r : gup_refs.take_all(tgid)) {
     if (r.pin) {
       unpin_user_page(*r.page);
     } else {
@@ -123,15 +124,24 @@ void Kernel::release_gup_refs(int pid) {
   }
 }
 
-// do_exit -> exit_mm -> mmput -> exit_mmap; the pins the process's "driver" held (io_uring
-// buffers, vmsplice pipes) are released with it.
+// do_exit -> exit_mm -> mmput -> exit_mmap once the last task has left the mm; the pins the
+// thread group's "driver" held (io_uring buffers, vmsplice pipes: the group's files) are
+// released with it.
 void Kernel::do_exit(Process& p) {
-  exit_mmap(*p.mm_);
-  mm_free_pcid(*p.mm_);
-  release_gup_refs(p.pid());
-  pgd_free(*p.mm_);
+  MmStruct& mm = *p.mm_;
+  if (--mm.mm_users == 0) {  // mmput
+    exit_mmap(mm);
+    mm_free_pcid(mm);
+    release_gup_refs(p.tgid());
+    pgd_free(mm);
+  }
   p.mm_.reset();
   COWPTE_TRACE(*this, "exit: pid {}", p.pid());
+}
+
+void Kernel::exit_mm_tasks(MmStruct& mm) {
+  for (Process& t : procs)
+    if (t.mm() == &mm) do_exit(t);  // the last one frees mm: no use of it after that
 }
 
 // ---------------- Machine ----------------
@@ -290,8 +300,8 @@ PtWalk Machine::walk(const Process& proc, vaddr_t va) const {
 
 // ---------------- Process ----------------
 
-Process::Process(Machine& m, int pid, std::unique_ptr<MmStruct> mm)
-    : machine_(&m), pid_(pid), mm_(std::move(mm)) {}
+Process::Process(Machine& m, int pid, int tgid, std::shared_ptr<MmStruct> mm)
+    : machine_(&m), pid_(pid), tgid_(tgid), mm_(std::move(mm)) {}
 Process::~Process() = default;
 
 bool Process::alive() const { return mm_ != nullptr; }
@@ -361,6 +371,14 @@ Result<Process*> Process::fork() {
   return child;
 }
 
+Result<Process*> Process::clone_vm() {
+  if (!alive()) return Errno::srch;
+  COWPTE_SYSCALL(Phase::fork);
+  auto task = k.kernel_clone(*this, Kernel::kCloneVm | Kernel::kCloneThread);
+  if (task && k.cur_cpu) (*task)->ready_at_ = k.cur_cpu->clock;
+  return task;
+}
+
 Result<void> Process::set_cpu(unsigned cpu) {
   if (!alive()) return Errno::srch;
   if (cpu >= machine_->config().cpus) return Errno::inval;
@@ -422,8 +440,8 @@ bool gup_vmas_ok(MmStruct& mm, vaddr_t addr, std::uint64_t nr, unsigned gup_flag
 
 // GUP for the facade: all pages or none. The range is checked first, so a refused call changes
 // nothing; an allocation failure while faulting pages in releases what was taken.
-static Result<void> facade_gup(Kernel& k, MmStruct& mm, int pid, vaddr_t addr, std::uint64_t length,
-                               unsigned gup_flags) {
+static Result<void> facade_gup(Kernel& k, MmStruct& mm, int tgid, vaddr_t addr,
+                               std::uint64_t length, unsigned gup_flags) {
   auto nr = gup_range(addr, length);
   if (!nr) return nr.error();
   if (*nr == 0) return {};
@@ -444,7 +462,7 @@ static Result<void> facade_gup(Kernel& k, MmStruct& mm, int pid, vaddr_t addr, s
     return stopped == -EFAULT ? Errno::fault : Errno::nomem;  // a SIGBUS or SIGSEGV, or OOM
   }
   for (std::uint64_t i = 0; i < pages.size(); ++i)
-    k.gup_refs.add(pid, GupRef{addr + (i << PAGE_SHIFT), pages[i], pin});
+    k.gup_refs.add(tgid, GupRef{addr + (i << PAGE_SHIFT), pages[i], pin});
   return {};
 }
 
@@ -466,32 +484,32 @@ Result<void> Process::pin(vaddr_t addr, std::uint64_t length, PinFlags flags) {
   COWPTE_SYSCALL(Phase::other_syscall);
   const auto f = static_cast<std::uint32_t>(flags);
   if (f & ~static_cast<std::uint32_t>(PinFlags::write | PinFlags::longterm)) return Errno::inval;
-  return facade_gup(machine_->kernel(), *mm_, pid_, addr, length, FOLL_PIN | FOLL_TOUCH | f);
+  return facade_gup(machine_->kernel(), *mm_, tgid_, addr, length, FOLL_PIN | FOLL_TOUCH | f);
 }
 
 Result<void> Process::unpin(vaddr_t addr, std::uint64_t length) {
   if (!alive()) return Errno::srch;
   COWPTE_SYSCALL(Phase::other_syscall);
-  return facade_gup_release(machine_->kernel(), pid_, addr, length, true);
+  return facade_gup_release(machine_->kernel(), tgid_, addr, length, true);
 }
 
 Result<void> Process::gup_get(vaddr_t addr, std::uint64_t length) {
   if (!alive()) return Errno::srch;
   COWPTE_SYSCALL(Phase::other_syscall);
-  return facade_gup(machine_->kernel(), *mm_, pid_, addr, length, FOLL_GET | FOLL_TOUCH);
+  return facade_gup(machine_->kernel(), *mm_, tgid_, addr, length, FOLL_GET | FOLL_TOUCH);
 }
 
 Result<void> Process::gup_put(vaddr_t addr, std::uint64_t length) {
   if (!alive()) return Errno::srch;
   COWPTE_SYSCALL(Phase::other_syscall);
-  return facade_gup_release(machine_->kernel(), pid_, addr, length, false);
+  return facade_gup_release(machine_->kernel(), tgid_, addr, length, false);
 }
 
 Result<std::uint64_t> Process::read_gup(vaddr_t addr) const {
   if (!alive()) return Errno::srch;
   if (addr & 7) return Errno::inval;
   const Kernel& k = machine_->kernel();
-  const GupRef* r = k.gup_refs.newest(pid_, addr & PAGE_MASK);
+  const GupRef* r = k.gup_refs.newest(tgid_, addr & PAGE_MASK);
   if (!r) return Errno::inval;
   return k.mem.load_word(*r->page, addr & (PAGE_SIZE - 1));
 }

@@ -76,11 +76,20 @@ void Kernel::zap_unlinked_ptes(MmStruct& mm) {
 }
 
 // kernel_clone: the COW PTE series turns MMF_COW_PTE_READY into MMF_COW_PTE before copying.
-// A failed copy tears the half-built mm down with exit_mmap; no pid is used up.
-Result<Process*> Kernel::kernel_clone(Process& parent) {
+// A failed copy tears the half-built mm down with exit_mmap; no pid is used up. With CLONE_VM
+// the new task shares the mm (copy_mm: mmget) and, with CLONE_THREAD, its creator's group.
+Result<Process*> Kernel::kernel_clone(Process& parent, std::uint64_t clone_flags) {
   MmStruct& oldmm = *parent.mm();
-  COWPTE_TRACE(*this, "fork: pid {} start", oldmm.pid);
   tm_op(Op::fork_base);  // copy_process: task, creds, files, signals, pid
+  // The new task starts on the next CPU (the scheduler spreads them).
+  const unsigned cpu = (parent.cpu() + 1) % cfg.cpus;
+  if (clone_flags & kCloneVm) {
+    ++oldmm.mm_users;  // mmget
+    Process& task = add_process(parent.mm_, cpu, clone_flags & kCloneThread ? parent.tgid() : 0);
+    COWPTE_TRACE(*this, "clone: pid {} -> thread {}", parent.pid(), task.pid());
+    return &task;
+  }
+  COWPTE_TRACE(*this, "fork: pid {} start", oldmm.pid);
   if (oldmm.test_flag(MMF_COW_PTE_READY)) {
     oldmm.clear_flag(MMF_COW_PTE_READY);
     oldmm.set_flag(MMF_COW_PTE);
@@ -101,9 +110,8 @@ Result<Process*> Kernel::kernel_clone(Process& parent) {
     COWPTE_TRACE(*this, "fork: pid {} failed {}", oldmm.pid, err);
     return Errno::nomem;
   }
-  // alloc_pid, after copy_mm. The child starts on the next CPU (the scheduler spreads them); its
-  // mm has run nowhere yet.
-  Process& child = add_process(std::move(mm), (parent.cpu() + 1) % cfg.cpus);
+  // alloc_pid, after copy_mm; the child's mm has run nowhere yet.
+  Process& child = add_process(std::move(mm), cpu);
   COWPTE_TRACE(*this, "fork: pid {} -> child {}", oldmm.pid, child.pid());
   return &child;
 }

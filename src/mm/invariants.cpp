@@ -31,11 +31,21 @@ class Checker {
       if (k_.mem.load_word(*k_.zero_page, off))
         fail(fmt::format("the zero page holds data: {:#x} at offset {:#x}",
                          k_.mem.load_word(*k_.zero_page, off), off));
+    // Each mm once, in the order of its first live task, named by it; threads share it
+    // (mm_users counts them).
+    std::vector<std::pair<MmStruct*, int>> mms;  // the mm, its first live task's pid
+    std::map<const MmStruct*, int> users;
     for (Process& p : k_.procs)
-      if (MmStruct* mm = detail::Access::mm(p)) check_mm(*mm, p.pid());
+      if (MmStruct* mm = detail::Access::mm(p))
+        if (users[mm]++ == 0) mms.emplace_back(mm, p.pid());
+    for (auto [mm, pid] : mms) {
+      if (mm->mm_users != users[mm])
+        fail(fmt::format("pid {}: mm_users is {}, {} live tasks use the mm", pid, mm->mm_users,
+                         users[mm]));
+      check_mm(*mm, pid);
+    }
     check_shared_tables();
-    for (Process& p : k_.procs)
-      if (MmStruct* mm = detail::Access::mm(p)) check_counters(*mm, p.pid());
+    for (auto [mm, pid] : mms) check_counters(*mm, pid);
     for (ShmemFile* f : files_) count_file(*f);
     k_.gup_refs.for_each([&](int, const GupRef& r) {
       const Page& folio = compound_head(*r.page);
@@ -449,8 +459,8 @@ class Checker {
     std::map<unsigned, MmStruct*> by_pcid;
     for (Process& p : k_.procs)
       if (MmStruct* mm = detail::Access::mm(p))
-        if (!by_pcid.emplace(mm->pcid, mm).second)
-          fail(fmt::format("pid {}: PCID {} is another live process's too", p.pid(), mm->pcid));
+        if (auto [it, added] = by_pcid.emplace(mm->pcid, mm); !added && it->second != mm)
+          fail(fmt::format("pid {}: PCID {} is another live mm's too", p.pid(), mm->pcid));
     const std::uint64_t vpn_mask = (1ull << 36) - 1;
     for (std::size_t c = 0; c < k_.hw->cpus.size(); ++c) {
       const Cpu& cpu = k_.hw->cpus[c];

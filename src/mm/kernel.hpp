@@ -153,11 +153,14 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
   Result<std::unique_ptr<MmStruct>> mm_alloc();
   // Flush mm's PCID from every CPU and give it back (exit, or a fork that failed).
   void mm_free_pcid(MmStruct& mm);
-  // alloc_pid: a new process with mm, starting on cpu.
-  Process& add_process(std::unique_ptr<MmStruct> mm, unsigned cpu);
+  // alloc_pid: a new task with mm, starting on cpu, in thread group tgid (0: a group of its own).
+  Process& add_process(std::shared_ptr<MmStruct> mm, unsigned cpu, int tgid = 0);
   Process& spawn();
-  void release_gup_refs(int pid);
+  void release_gup_refs(int tgid);
+  // do_exit -> exit_mm -> mmput: the task leaves its mm; the last one tears it down.
   void do_exit(Process& p);
+  // Every task using mm exits (the OOM killer's victim is a thread group: all of it dies).
+  void exit_mm_tasks(MmStruct& mm);
 
   // ---- src/mmu/tlb.cpp: TLB maintenance (arch/x86/mm/tlb.c). INVLPG up to flush_ceiling
   //      pages, else a PCID flush, on this CPU, and a shootdown IPI to every other CPU in
@@ -413,7 +416,12 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
   }
 
   // ---- src/fork/fork.cpp (kernel/fork.c) ----
-  Result<Process*> kernel_clone(Process& parent);
+  // CLONE_VM (and CLONE_THREAD): copy_mm takes a reference on the parent's mm instead of
+  // duplicating it.
+  static constexpr std::uint64_t kCloneVm = 0x100,
+                                 kCloneThread =
+                                     0x10000;  // CLONE_VM, CLONE_THREAD (<sched.h> has the macros)
+  Result<Process*> kernel_clone(Process& parent, std::uint64_t clone_flags = 0);
   int dup_mmap(MmStruct& mm, MmStruct& oldmm);
   void zap_unlinked_ptes(MmStruct& mm);
 

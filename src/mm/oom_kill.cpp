@@ -22,7 +22,7 @@ bool Kernel::out_of_memory() {
   long chosen = -1;
   for (Process& p : procs) {
     const MmStruct* mm = p.mm();
-    if (!mm || &p == oom_pending) continue;
+    if (!mm || (oom_pending && mm == oom_pending->mm())) continue;
     if (const long points = oom_badness(*mm); points >= chosen) {
       chosen = points;
       victim = &p;
@@ -34,13 +34,13 @@ bool Kernel::out_of_memory() {
   kernel_log.push_back(fmt::format(
       "Out of memory: Killed process {} anon-rss:{}kB, file-rss:{}kB, shmem-rss:{}kB, swapents:{}, "
       "pgtables:{}kB",
-      victim->pid(), r[MM_ANONPAGES] * 4, r[MM_FILEPAGES] * 4, r[MM_SHMEMPAGES] * 4, r[MM_SWAPENTS],
-      victim->mm()->pgtables_bytes / 1024));
+      victim->tgid(), r[MM_ANONPAGES] * 4, r[MM_FILEPAGES] * 4, r[MM_SHMEMPAGES] * 4,
+      r[MM_SWAPENTS], victim->mm()->pgtables_bytes / 1024));
   if (victim->mm() == busy_mm) {
     oom_pending = victim;
     return false;
   }
-  do_exit(*victim);
+  exit_mm_tasks(*victim->mm());  // the whole thread group
   return true;
 }
 
@@ -48,7 +48,7 @@ bool Kernel::out_of_memory() {
 void Kernel::oom_reap_pending() {
   Process* victim = oom_pending;
   oom_pending = nullptr;
-  if (victim->mm()) do_exit(*victim);
+  if (MmStruct* mm = victim->mm()) exit_mm_tasks(*mm);
 }
 
 }  // namespace cowpte

@@ -402,6 +402,7 @@ class DifferentialRun {
         std::to_string(model_.lazy_kept_seen) + "; PTE tables shared at fork " +
         std::to_string(shared_tables_) + " (in " + std::to_string(sharing_forks_) + " of " +
         std::to_string(forks_) + " forks, up to " + std::to_string(max_sharers_) + " sharers)" +
+        "; threads made by clone_vm " + std::to_string(clones_) +
         (twin_ ? "; classic twin compared " + std::to_string(twin_full_) + " times in full, " +
                      std::to_string(twin_partial_) + " times on recent spans, " +
                      std::to_string(twin_pages_) +
@@ -625,6 +626,7 @@ class DifferentialRun {
     constexpr std::uint64_t kPresent = 1ull << 63, kExclusive = 1ull << 56, kSoftDirty = 1ull << 55;
 
     for (const Live& l : live_) {
+      if (!first_task(l)) continue;  // a thread sees its group's mm: count its mappings once
       const int pid = l.proc->pid();
       for (const auto& [s, v] : model_.proc(l.mid).vmas) {
         for (vaddr_t va = v.start; va < v.end; va += kPageSize) {
@@ -822,6 +824,7 @@ class DifferentialRun {
     // RSS: equal, but for the extra shmem pages each process maps; page-table bytes: equal (the
     // seed charges each sharer as if it had its own table).
     for (const Live& l : live_) {
+      if (!first_task(l)) continue;
       std::int64_t extra = 0;
       if (const auto it = extra_shmem_.find(l.proc->pid()); it != extra_shmem_.end())
         for (const auto& [span, n] : it->second) extra += static_cast<std::int64_t>(n);
@@ -1062,16 +1065,17 @@ class DifferentialRun {
       kSwapoff,
       kMigrate,
       kKhugepaged,
+      kClone,
       kCount
     };
     // set_cpu only in the timed runs (a zero weight is never drawn, so the untimed runs draw
     // what they drew before it existed).
     // swapoff and migrate_page only in the swap runs, as set_cpu.
     // khugepaged only in the THP runs.
-    static const unsigned kWeights[kCount] = {260, 220, 90, 50, 60, 80, 40, 28, 50,
-                                              40,  30,  6,  0,  0,  45, 0,  0,  0};
-    static const unsigned kWeightsCowPte[kCount] = {260, 220, 90, 50, 60, 80, 40, 28, 50,
-                                                    40,  30,  6,  10, 0,  45, 0,  0,  0};
+    static const unsigned kWeights[kCount] = {260, 220, 90, 50, 60, 80, 40, 28, 50, 40,
+                                              30,  6,   0,  0,  45, 0,  0,  0,  12};
+    static const unsigned kWeightsCowPte[kCount] = {260, 220, 90, 50, 60, 80, 40, 28, 50, 40,
+                                                    30,  6,   10, 0,  45, 0,  0,  0,  12};
     unsigned weights[kCount];
     std::copy_n(cfg_.mode == ForkMode::classic ? kWeights : kWeightsCowPte, kCount, weights);
     if (cfg_.timed) weights[kSetCpu] = kSetCpuWeight;
@@ -1080,7 +1084,7 @@ class DifferentialRun {
     Op op = static_cast<Op>(rng_.weighted(weights));
     if (op == kDead && dead_.empty()) op = kLoad;
     if (op == kSwapoff && op_ < kDefaultOps * 3 / 4) op = kLoad;  // the last quarter: no swap
-    if (op == kFork && live_.size() >= kMaxLive) op = kExit;
+    if ((op == kFork || op == kClone) && live_.size() >= kMaxLive) op = kExit;
     if (op == kMmap && footprint() > kFootprintCap - 64) op = kMunmap;
     Live& l = pick_live();
     if (op == kFork && footprint() + private_pages(l.mid) > kFootprintCap) op = kExit;
@@ -1122,6 +1126,8 @@ class DifferentialRun {
         return do_migrate(l);
       case kKhugepaged:
         return do_khugepaged();
+      case kClone:
+        return do_clone(l);
       case kCount:
         break;
     }
@@ -1492,6 +1498,37 @@ class DifferentialRun {
     sharing_forks_ += n != 0;
   }
 
+  // A thread: a new task sharing l's mm, so the same model process (its memory and its pins).
+  void do_clone(Live& l) {
+    const std::string d = pname(l) + ".clone_vm()";
+    auto r = l.proc->clone_vm();
+    note(d, r.error(), r ? "p" + std::to_string((*r)->pid()) : errname(r.error()));
+    Result<Process*> t = l.twin ? l.twin->clone_vm() : Result<Process*>(nullptr);
+    if (!expect_err(d, r.error(), kOk) || !r) return;
+    if (!twin_same(d, r.error(), t.error())) return;
+    Process* task = *r;
+    if (!task || !task->alive() || task == l.proc || task->tgid() != l.proc->tgid())
+      return fail(d + ": not a new live task of the thread group");
+    if (m_.walk(*task, kArenaBase).table[0] != m_.walk(*l.proc, kArenaBase).table[0])
+      return fail(d + ": the thread has a pgd of its own");
+    const Live parent = l;  // push_back moves `l`
+    live_.push_back({parent.mid, task, *t});
+    ++clones_;
+  }
+
+  // l is the first live task of its model process (threads share one mm and its mappings).
+  bool first_task(const Live& l) const {
+    for (const Live& o : live_)
+      if (o.mid == l.mid) return &o == &l;
+    return false;
+  }
+
+  // The last task of a model process leaves it: its mm goes.
+  bool last_task_of(int mid) const {
+    return std::count_if(live_.begin(), live_.end(), [&](const Live& o) { return o.mid == mid; }) ==
+           1;
+  }
+
   void do_exit(std::size_t idx) {
     Live l = live_[idx];
     log(pname(l) + ".exit()");
@@ -1499,7 +1536,7 @@ class DifferentialRun {
     l.proc->exit();
     if (l.twin) l.twin->exit();
     twin_full_next_ = true;
-    model_.exit(l.mid);
+    if (last_task_of(l.mid)) model_.exit(l.mid);
     live_.erase(live_.begin() + static_cast<std::ptrdiff_t>(idx));
     dead_.push_back(l.proc);
     if (l.proc->alive() || m_.find(pid) != nullptr)
@@ -1655,7 +1692,8 @@ class DifferentialRun {
       l.proc->exit();
       if (l.twin) l.twin->exit();
       twin_full_next_ = true;
-      model_.exit(l.mid);
+      if (std::none_of(live_.begin(), live_.end(), [&](const Live& o) { return o.mid == l.mid; }))
+        model_.exit(l.mid);
       check_invariants();
       if (!failed_) compare_twin();
     }
@@ -1697,7 +1735,7 @@ class DifferentialRun {
   std::uint64_t min_free_ = ~0ull;
   std::uint64_t cow_stores_ = 0, gup_live_ = 0, gup_detached_ = 0;
   std::uint64_t collapse_ok_ = 0, collapse_refused_ = 0, khugepaged_collapsed_ = 0;
-  std::uint64_t forks_ = 0, sharing_forks_ = 0, shared_tables_ = 0;
+  std::uint64_t forks_ = 0, sharing_forks_ = 0, shared_tables_ = 0, clones_ = 0;
   std::int64_t max_sharers_ = 0;
   std::uint64_t twin_free_at_start_ = 0, twin_full_ = 0, twin_partial_ = 0, twin_pages_ = 0;
   std::vector<vaddr_t> twin_spans_;  // spans used since the last comparison

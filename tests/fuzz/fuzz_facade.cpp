@@ -129,8 +129,10 @@ struct Model {
 struct Harness {
   FuzzedDataProvider& in;
   Machine& m;
-  std::vector<Process*> procs;  // every process made, live or exited
-  std::vector<Model> model;     // by index in procs
+  std::vector<Process*> procs;        // every task made, live or exited
+  std::vector<Model> model;           // one per mm
+  std::vector<std::size_t> model_of;  // by index in procs: the model of the task's mm (threads
+                                      // made by clone_vm share their creator's)
 
   std::vector<std::pair<vaddr_t, std::uint64_t>>* regions = nullptr;  // the current process's
   std::uint64_t stores = 0;
@@ -228,6 +230,7 @@ struct Harness {
     }
     procs.push_back(*r);
     model.emplace_back();
+    model_of.push_back(model.size() - 1);
     // A private mapping to start from, so that the first loads and stores hit memory. With a
     // small memory or an injected failure it may fail like any other call.
     auto a = (*r)->mmap(kBase, 16 * kPage, Prot::read | Prot::write,
@@ -241,7 +244,7 @@ struct Harness {
   void step() {
     const std::size_t i = pick();
     Process& p = *procs[i];
-    Model& md = model[i];
+    Model& md = model[model_of[i]];
     regions = &md.regions;
     const bool alive = p.alive();
     switch (in.ConsumeIntegralInRange<int>(0, 27)) {
@@ -363,6 +366,7 @@ struct Harness {
         Model child = md;  // md may move when model grows
         child.valid = md.valid && !md.dontfork_used;
         model.push_back(std::move(child));
+        model_of.push_back(model.size() - 1);
         break;
       }
       case 12:
@@ -399,7 +403,16 @@ struct Harness {
         m.fail_nth_allocation(in.ConsumeIntegralInRange<std::uint64_t>(0, 40));
         break;
       case 19:
-        if (procs.size() < 32) spawn();
+        if (procs.size() >= 32) break;
+        if (in.ConsumeIntegralInRange<int>(0, 2)) {
+          spawn();
+        } else if (auto r = p.clone_vm()) {  // a thread: shares p's mm and its model
+          if (!alive) fail("clone_vm of an exited task succeeded");
+          procs.push_back(*r);
+          model_of.push_back(model_of[i]);
+        } else if (alive || r.error() != Errno::srch) {
+          fail("clone_vm: unexpected errno");
+        }
         break;
       case 20:
         (void)p.set_cpu(in.ConsumeIntegral<unsigned>() % 8);
@@ -544,7 +557,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     fail("Machine accepted a configuration check_machine_config refuses");
   }
   m = std::make_unique<Machine>(cfg);
-  Harness h{in, *m, {}, {}, nullptr, 0};
+  Harness h{in, *m, {}, {}, {}, nullptr, 0};
   h.spawn();
   if (h.procs.empty()) return 0;
   if (in.ConsumeBool()) {

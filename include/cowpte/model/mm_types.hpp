@@ -144,7 +144,8 @@ struct MmStruct {
   // The timing model of this mm's Machine, which every lock taken for the mm reports to (null
   // when timing is off; spinlock.hpp). Not Linux's.
   LockTiming* lock_timing = nullptr;
-  int pid = 0;
+  int pid = 0;       // the thread group's (its first task's pid): for traces and messages
+  int mm_users = 1;  // the tasks using this mm (a thread group); exit_mmap when the last goes
   // Odd while fork copies (write_protect_seq): page_needs_cow_for_dma is only valid then.
   unsigned write_protect_seq = 0;
   // The timing model: the PCID this mm's TLB entries carry, and mm_cpumask (the CPUs it ran
