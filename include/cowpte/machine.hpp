@@ -109,7 +109,7 @@ class Machine {
 
   // --- extensions ---
   const MachineConfig& config() const;
-  std::vector<Process*> processes();  // the live processes, in pid order
+  std::vector<Process*> processes();  // the live tasks (processes and threads), in pid order
   pfn_t zero_pfn() const;             // the shared zero page
   // Fault injection: the nth frame, VMA or anon_vma allocation from now on fails (1 = the next
   // one), and the times - 1 allocations after it too; 0 switches it off. Fires once.

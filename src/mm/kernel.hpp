@@ -104,6 +104,8 @@ const char* to_string(ScanResult r) noexcept;
 
 // fault_around_bytes (mm/memory.c): read faults on file/shmem VMAs map up to 16 cached pages.
 inline constexpr std::uint64_t kFaultAroundBytes = 65536;
+inline constexpr std::uint64_t kMaxMapCount =
+    65530;  // sysctl_max_map_count (DEFAULT_MAX_MAP_COUNT)
 
 // Kernel is the PolicyOps a fork policy gets (final: its own calls of table_of and
 // copy_pte_range are direct calls).

@@ -10,7 +10,6 @@ namespace {
 constexpr std::uint64_t kMapSupported = 0x01 | 0x02 | 0x10 | 0x20 | 0x4000 | 0x8000 | 0x100000;
 constexpr std::uint64_t MAP_FIXED = 0x10, MAP_FIXED_NOREPLACE = 0x100000, MAP_POPULATE = 0x8000,
                         MAP_NORESERVE = 0x4000, MAP_TYPE = 0x0f;
-constexpr std::uint64_t kMaxMapCount = 65530;  // sysctl_max_map_count
 
 bool range_intersects(MmStruct& mm, vaddr_t start, vaddr_t end) {
   const Vma* v = mm.find_vma(start);

@@ -15,7 +15,6 @@ namespace cowpte {
 
 namespace {
 constexpr std::uint64_t MREMAP_MAYMOVE = 1, MREMAP_FIXED = 2, MREMAP_DONTUNMAP = 4;
-constexpr std::uint64_t kMaxMapCount = 65530;  // sysctl_max_map_count
 constexpr std::uint64_t page_align(std::uint64_t len) noexcept {
   return (len + PAGE_SIZE - 1) & PAGE_MASK;
 }
