@@ -53,6 +53,20 @@ expect 2 "'99999999999999999999999'" "$demo" 99999999999999999999999
 expect 2 "'extra'" "$demo" 1 extra
 expect 0 'all exited' "$demo" 1
 
+ex=$bin/cowpte_explore
+expect 0 'usage.*--policies' "$ex" --help
+expect 2 "--schedules '0'" "$ex" --schedules 0
+expect 2 "--schedules 'x'" "$ex" --schedules x
+expect 2 "--policies item 'nope'" "$ex" --policies nope
+expect 2 "--scenarios item 'nope'" "$ex" --scenarios nope
+expect 2 "--strategies item 'dfs'" "$ex" --strategies dfs
+expect 2 "--replay trace '3>'" "$ex" --replay '3>' --policies seed --scenarios break_vs_fault
+expect 2 'needs one --policies' "$ex" --replay '3>1'
+expect 2 "unknown argument '--bogus'" "$ex" --bogus
+expect 2 'a value is missing' "$ex" --seed
+expect 0 '\| break_vs_exit \| seed \| random \| 5 \| 0 \|' "$ex" --policies seed --scenarios break_vs_exit --strategies random --schedules 5
+expect 1 'break_vs_fault under seed_exact, trace 0>1 4>0: invariant' "$ex" --policies seed_exact --scenarios break_vs_fault --replay '0>1 4>0'
+
 cal=$bin/cowpte_calibrate
 expect 0 'usage.*--sizes' "$cal" --help
 expect 2 "--runs '0'" "$cal" --runs 0

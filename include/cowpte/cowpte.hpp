@@ -3,6 +3,7 @@
 #pragma once
 
 #include "cowpte/config_io.hpp"
+#include "cowpte/explore.hpp"
 #include "cowpte/format.hpp"
 #include "cowpte/machine.hpp"
 #include "cowpte/result.hpp"

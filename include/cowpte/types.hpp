@@ -80,7 +80,9 @@ constexpr std::string_view to_string(CowPtePolicy p) noexcept {
   return "";  // not a policy: set_cow_pte answers EINVAL
 }
 
-enum class PinFlags : std::uint32_t { none = 0, write = 0x1, longterm = 0x10000 };  // FOLL_*
+// FOLL_WRITE and FOLL_LONGTERM; `fast` asks for pin_user_pages_fast(): the lockless walk first
+// (GUP-fast, no mmap_lock), the locked one for what it could not pin.
+enum class PinFlags : std::uint32_t { none = 0, write = 0x1, longterm = 0x10000, fast = 0x80000 };
 // mremap(2) flags, Linux's values: MREMAP_MAYMOVE, MREMAP_FIXED, MREMAP_DONTUNMAP.
 enum class MremapFlags : std::uint32_t { none = 0, maymove = 1, fixed = 2, dontunmap = 4 };
 enum class Errno : int {

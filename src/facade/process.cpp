@@ -441,7 +441,7 @@ bool gup_vmas_ok(MmStruct& mm, vaddr_t addr, std::uint64_t nr, unsigned gup_flag
 // GUP for the facade: all pages or none. The range is checked first, so a refused call changes
 // nothing; an allocation failure while faulting pages in releases what was taken.
 static Result<void> facade_gup(Kernel& k, MmStruct& mm, int tgid, vaddr_t addr,
-                               std::uint64_t length, unsigned gup_flags) {
+                               std::uint64_t length, unsigned gup_flags, bool fast = false) {
   auto nr = gup_range(addr, length);
   if (!nr) return nr.error();
   if (*nr == 0) return {};
@@ -450,13 +450,20 @@ static Result<void> facade_gup(Kernel& k, MmStruct& mm, int tgid, vaddr_t addr,
     if (!gup_vmas_ok(mm, addr, *nr, gup_flags)) return Errno::fault;
   }
   std::vector<Page*> pages;
-  long got;
+  long got = 0;
   int stopped = 0;
-  {
-    MmapReadGuard lock(mm);
-    got = k.get_user_pages(mm, addr, *nr, gup_flags, &pages, &stopped);
-  }
   const bool pin = gup_flags & FOLL_PIN;
+  if (fast) {  // internal_get_user_pages_fast: the lockless walk, then the locked one
+    if (pin) mm.set_flag(MMF_HAS_PINNED);  // mm_set_has_pinned_flag, before the walk
+    got = static_cast<long>(k.lockless_pages_from_mm(mm, addr, *nr, gup_flags, pages));
+  }
+  if (static_cast<std::uint64_t>(got) < *nr) {
+    MmapReadGuard lock(mm);
+    const long more =
+        k.get_user_pages(mm, addr + (static_cast<std::uint64_t>(got) << PAGE_SHIFT),
+                         *nr - static_cast<std::uint64_t>(got), gup_flags, &pages, &stopped);
+    got = more < 0 ? more : got + more;
+  }
   if (got < 0 || static_cast<std::uint64_t>(got) != *nr) {
     for (Page* p : pages) pin ? k.unpin_user_page(*p) : k.mem.put_page(*p);
     return stopped == -EFAULT ? Errno::fault : Errno::nomem;  // a SIGBUS or SIGSEGV, or OOM
@@ -483,8 +490,11 @@ Result<void> Process::pin(vaddr_t addr, std::uint64_t length, PinFlags flags) {
   if (!alive()) return Errno::srch;
   COWPTE_SYSCALL(Phase::other_syscall);
   const auto f = static_cast<std::uint32_t>(flags);
-  if (f & ~static_cast<std::uint32_t>(PinFlags::write | PinFlags::longterm)) return Errno::inval;
-  return facade_gup(machine_->kernel(), *mm_, tgid_, addr, length, FOLL_PIN | FOLL_TOUCH | f);
+  const auto fast = static_cast<std::uint32_t>(PinFlags::fast);
+  if (f & ~static_cast<std::uint32_t>(PinFlags::write | PinFlags::longterm | PinFlags::fast))
+    return Errno::inval;
+  return facade_gup(machine_->kernel(), *mm_, tgid_, addr, length,
+                    FOLL_PIN | FOLL_TOUCH | (f & ~fast), (f & fast) != 0);
 }
 
 Result<void> Process::unpin(vaddr_t addr, std::uint64_t length) {

@@ -162,7 +162,8 @@ void Kernel::tfork_undo_copy(Page& table, unsigned n) {
 int Kernel::tfork_one_pte_table(MmStruct& mm, EntryRef pmd, vaddr_t addr) {
   PhaseScope phase(*this, Phase::tfork_one_pte_table);
   const vaddr_t span = addr & PMD_MASK;
-  Page& old = table_of(pmd.get());
+  const pteval_t orig_pmd = pmd.get();
+  Page& old = table_of(orig_pmd);
   Vma* vma = mm.vma_lookup(span);  // a shared table lies inside one VMA (fork's rule; splits
   if (!vma || vma->vm_end < span + PMD_SIZE)  // and partial unmaps copy it first)
     throw InvariantViolation("tfork_one_pte_table: a shared table not inside one VMA");
@@ -178,7 +179,10 @@ again:
     SharedPteWrites shared;  // write-protecting what the other holders map too
     SpinGuard nptl(pte_lockptr(mm, *nw));
     EntryRef src{&old, table_base(old)}, dst{nw, table_base(*nw)};
-    for (unsigned i = 0; i < PTRS_PER_TABLE; ++i, ++src.p, ++dst.p) {
+    // Already copied by another thread of mm (whose drop of the old table waits for this lock):
+    // copy nothing; the check below gives the new table back.
+    const unsigned n = pmd.get() == orig_pmd ? PTRS_PER_TABLE : 0;
+    for (unsigned i = 0; i < n; ++i, ++src.p, ++dst.p) {
       pteval_t v = src.get();
       tm_entry(src);
       if (pte_none(v)) continue;
@@ -218,12 +222,25 @@ again:
     rss = {};
     goto again;
   }
-  add_mm_rss_vec(mm, rss);
-  mm.pgtables_bytes += PAGE_SIZE;  // the copy is mm's own table
+  // Another thread of mm may have copied the table first (faults hold mmap_lock for read only;
+  // the paper's code does not recheck, and the explorer's break_vs_fault scenario finds the
+  // shared table dropped twice): then this copy goes again and the fault retries.
+  bool raced = false;
   {
     SpinGuard pl(pmd_lockptr(mm, *pmd.table));
-    set_pmd_at(mm, pmd, mk_table_entry(mem.pfn(*nw)));
+    raced = pmd.get() != orig_pmd;
+    if (!raced) set_pmd_at(mm, pmd, mk_table_entry(mem.pfn(*nw)));
   }
+  if (raced) {
+    {
+      SpinGuard nptl(pte_lockptr(mm, *nw));
+      tfork_undo_copy(*nw, PTRS_PER_TABLE);
+    }
+    pgtable_free(*nw);
+    return 0;
+  }
+  add_mm_rss_vec(mm, rss);
+  mm.pgtables_bytes += PAGE_SIZE;  // the copy is mm's own table
   dereference_pte_table(mm, old, span, nullptr);
   flush_tlb_range(mm, span, span + PMD_SIZE);
   COWPTE_TRACE(*this, "tfork_one_pte_table: pid {} at {:#x}", mm.pid, span);

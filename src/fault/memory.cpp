@@ -47,6 +47,7 @@ vm_fault_t Kernel::do_anonymous_page(VmFault& vmf) {
 
 // handle_pte_fault: dispatch on the state of the PTE.
 vm_fault_t Kernel::handle_pte_fault(VmFault& vmf) {
+  interleave_point(Point::entry_read, vmf.pmd.p);  // the PMD and PTE are read without a lock
   if (pmd_none(vmf.pmd.get())) {
     vmf.pte = {};
   } else {
@@ -90,6 +91,7 @@ vm_fault_t Kernel::__handle_mm_fault(Vma& vma, vaddr_t address, unsigned flags) 
   if (!vmf.pmd) return VM_FAULT_OOM;
   // Transparent huge pages: an empty PMD of an eligible span gets a 2 MiB page (create_huge_pmd);
   // a huge PMD takes a write or unshare fault itself (wp_huge_pmd) and splits to fall back.
+  interleave_point(Point::entry_read, vmf.pmd.p);  // read without a lock (pmdp_get_lockless)
   const pteval_t orig_pmd = vmf.pmd.get();
   if (pmd_none(orig_pmd) && hugepage_vma_check(vma, vma.vm_flags, false, true, true)) {
     PhaseScope phase(*this, Phase::fault_anonymous);

@@ -109,6 +109,54 @@ Page* Kernel::follow_trans_huge_pmd(Vma& vma, EntryRef pmd, vaddr_t addr, unsign
   return page;
 }
 
+// lockless_pages_from_mm with gup_pte_range (mm/gup.c): GUP-fast. No mmap_lock and no table
+// lock: the walk reads the entries as they are (Linux disables interrupts, so the tables cannot
+// be freed under it), grabs each page, and drops it again if its entry changed meanwhile. A pin
+// gives everything back if write_protect_seq was odd or moved: a fork (or a COW PTE break) was
+// write-protecting this mm, and the page it pinned may now be shared with a child.
+std::uint64_t Kernel::lockless_pages_from_mm(MmStruct& mm, vaddr_t start, std::uint64_t nr_pages,
+                                             unsigned flags, std::vector<Page*>& pages) {
+  std::uint64_t seq = 0;
+  if (flags & FOLL_PIN) {
+    interleave_point(Point::entry_read, &mm.write_protect_seq);
+    seq = mm.write_protect_seq;  // raw_read_seqcount
+    if (seq & 1) return 0;
+  }
+  for (std::uint64_t i = 0; i < nr_pages; ++i) {
+    const vaddr_t addr = start + (i << PAGE_SHIFT);
+    interleave_point(Point::entry_read, &mm);
+    EntryRef pmd = walk_to_pmd(mm, addr);
+    if (!pmd || pmd_none(pmd.get()) || pmd_trans_huge(pmd.get())) break;  // huge: the slow path
+    EntryRef pte = pte_offset_map(pmd, addr);
+    const pteval_t v = pte.get();  // ptep_get_lockless
+    if (!pte_present(v) || pte_special(v) || pte_protnone(v) || !(v & _PAGE_USER)) break;
+    if ((flags & FOLL_WRITE) && !pte_write(v)) break;  // pte_access_permitted
+    Page& page = mem.page(pte_pfn(v));
+    interleave_point(Point::atomic, &page);
+    if (!try_grab_page(page, flags)) break;  // try_grab_folio
+    interleave_point(Point::entry_read, pte.p);
+    bool back_off = pte.get() != v;  // the entry changed under us
+    // gup_must_unshare without a VMA: an anon page must be exclusive; a long-term pin of
+    // anything else needs the VMA, which only the slow path has.
+    if (!back_off && !pte_write(v) && (flags & (FOLL_WRITE | FOLL_PIN)) == FOLL_PIN)
+      back_off = PageAnon(page) ? !PageAnonExclusive(page) : (flags & FOLL_LONGTERM) != 0;
+    if (back_off) {
+      (flags & FOLL_PIN) ? unpin_user_page(page) : mem.put_page(page);
+      break;
+    }
+    pages.push_back(&page);
+  }
+  if (flags & FOLL_PIN) {
+    interleave_point(Point::entry_read, &mm.write_protect_seq);
+    if (mm.write_protect_seq != seq) {  // read_seqcount_retry: a fork ran; unpin it all
+      for (Page* p : pages) unpin_user_page(*p);
+      pages.clear();
+      return 0;
+    }
+  }
+  return pages.size();
+}
+
 // faultin_page: a write, read or unshare fault on behalf of GUP.
 int Kernel::faultin_page(Vma& vma, vaddr_t addr, unsigned flags, bool unshare) {
   unsigned fault_flags = 0;

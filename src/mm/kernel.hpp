@@ -382,6 +382,10 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
   long get_user_pages(MmStruct& mm, vaddr_t start, std::uint64_t nr_pages, unsigned gup_flags,
                       std::vector<Page*>* pages, int* stopped = nullptr);
   Page* follow_page_pte(Vma& vma, vaddr_t addr, unsigned flags, bool& unshare, bool& oom);
+  // GUP-fast: pages grabbed from the start of the range without mmap_lock; 0 when a pin raced
+  // a fork (write_protect_seq moved) and gave everything back.
+  std::uint64_t lockless_pages_from_mm(MmStruct& mm, vaddr_t start, std::uint64_t nr_pages,
+                                       unsigned gup_flags, std::vector<Page*>& pages);
   Page* follow_trans_huge_pmd(Vma& vma, EntryRef pmd, vaddr_t addr, unsigned flags, bool& unshare,
                               bool& oom);
   bool try_grab_page(Page& page, unsigned flags);

@@ -87,6 +87,7 @@ Page* PhysMem::alloc_page_atomic() {
 // __alloc_pages: the fast path, then the slow path (reclaim, the OOM killer) until a frame is
 // free or the slow path gives up.
 Page* PhysMem::alloc_page() {
+  interleave_point(Point::alloc, this);  // GFP_KERNEL may sleep: another CPU runs meanwhile
   if (should_fail_alloc()) return nullptr;
   Page* p = take_free_frame();
   while (!p && reclaim_ && reclaim_->alloc_slowpath()) p = take_free_frame();

@@ -30,6 +30,9 @@ class PidTable {
     return procs_[static_cast<std::size_t>(pid - 1)].get();
   }
   std::size_t size() const noexcept { return procs_.size(); }
+  // Room for n processes without moving the table (the explorer: a fork on one task must not
+  // invalidate another task's walk over the processes).
+  void reserve(std::size_t n) { procs_.reserve(n); }
   // Every process ever made, in pid order (exited ones too: check alive() or mm).
   const_iterator begin() const noexcept { return const_iterator(procs_.begin()); }
   const_iterator end() const noexcept { return const_iterator(procs_.end()); }

@@ -145,6 +145,9 @@ Result<std::uint64_t> Kernel::user_access_walk(MmStruct& mm, vaddr_t addr, bool 
       }
       ++(hit ? cpu->stats.walk_dirty_rewalks : cpu->stats.tlb_misses);
     }
+    // Under the explorer the walk and the data access are one step: the model has no TLB
+    // there, so a translation is never used after another CPU changed its entries.
+    interleave_point(Point::user_access, &mm);
     const std::uint64_t t0 = cpu ? cpu->clock : 0;
     const HwWalk w = hw_walk(*this, cpu, mm, addr, write);
     if (cpu) {

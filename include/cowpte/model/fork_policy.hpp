@@ -23,9 +23,13 @@ namespace cowpte {
 
 // The table's share count lives on the table frame's _refcount: the pte-page constructor sets
 // it to 1, each fork that shares the table adds one, and a holder leaving drops one.
-inline int pmd_get_pte(Page& pte_table) noexcept { return ++pte_table._refcount; }
+inline int pmd_get_pte(Page& pte_table) noexcept {
+  interleave_point(Point::atomic, &pte_table);
+  return ++pte_table._refcount;
+}
 // page_ref_add_unless(page, -1, 1): drop a holder unless it is the last; false for the last.
 inline bool pmd_put_pte(Page& pte_table) noexcept {
+  interleave_point(Point::atomic, &pte_table);
   if (pte_table._refcount == 1) return false;
   --pte_table._refcount;
   return true;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cowpte/model/block_arena.hpp"
+#include "cowpte/model/interleave.hpp"
 #include "cowpte/model/pgtable_types.hpp"
 #include "cowpte/model/spinlock.hpp"
 #include "cowpte/types.hpp"
@@ -121,7 +122,10 @@ inline int total_mapcount(const Page& head) noexcept {
   for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) m += (&head)[i]._mapcount + 1;
   return m;
 }
-inline void get_page(Page& p) noexcept { ++compound_head(p)._refcount; }
+inline void get_page(Page& p) noexcept {
+  interleave_point(Point::atomic, &p);
+  ++compound_head(p)._refcount;
+}
 inline bool PageAnon(const Page& p) noexcept { return p.test(PG_anon); }
 inline bool PageAnonExclusive(const Page& p) noexcept { return p.test(PG_anon_exclusive); }
 inline bool PageSwapCache(const Page& p) noexcept { return p.test(PG_swapcache); }
@@ -200,6 +204,7 @@ class PhysMem {
   void free_page(Page& p);
   // put_page: drop one reference to the page's folio, free it on the last.
   void put_page(Page& p) {
+    interleave_point(Point::atomic, &p);
     Page& head = compound_head(p);
     if (--head._refcount == 0) {
       if (PageHead(head)) {

@@ -55,7 +55,7 @@ struct SharedPteWrites {
 // being detached (and mmap_lock held), so no other path can reach those tables.
 inline void check_pte_write(const Page& pte_table) {
   if constexpr (kLockChecks) {
-    if (!pte_table.ptl.is_locked()) lock_violation("PTE write without the PTE table's lock");
+    if (!pte_table.ptl.held_by_me()) lock_violation("PTE write without the PTE table's lock");
     if (pte_table._refcount > 1 && !shared_pte_writes_allowed)
       lock_violation("PTE write into a shared (COW) PTE table without breaking it first");
   }
@@ -64,7 +64,7 @@ inline void check_pmd_write(const MmStruct& mm, const Page& pmd_table, bool free
   if constexpr (kLockChecks) {
     if (freeing) {
       if (!mm.mmap_lock.is_locked()) lock_violation("free_pgtables without mmap_lock");
-    } else if (!pmd_table.ptl.is_locked()) {
+    } else if (!pmd_table.ptl.held_by_me()) {
       lock_violation("PMD write without the PMD table's lock");
     }
   }
@@ -73,7 +73,7 @@ inline void check_pud_write(const MmStruct& mm, bool freeing) {
   if constexpr (kLockChecks) {
     if (freeing) {
       if (!mm.mmap_lock.is_locked()) lock_violation("free_pgtables without mmap_lock");
-    } else if (!mm.page_table_lock.is_locked()) {
+    } else if (!mm.page_table_lock.held_by_me()) {
       lock_violation("PUD/PGD write without mm->page_table_lock");
     }
   }
@@ -81,44 +81,53 @@ inline void check_pud_write(const MmStruct& mm, bool freeing) {
 
 // --- PTE writes (caller holds the PTE table's lock) ---
 inline void set_pte_at(EntryRef pte, pteval_t v) {
+  interleave_point(Point::entry_write, pte.p);
   check_pte_write(*pte.table);
   *pte.p = v;
 }
 inline pteval_t ptep_get_and_clear(EntryRef pte) {
+  interleave_point(Point::entry_write, pte.p);
   check_pte_write(*pte.table);
   pteval_t old = *pte.p;
   *pte.p = 0;
   return old;
 }
 inline void ptep_set_wrprotect(EntryRef pte) {
+  interleave_point(Point::entry_write, pte.p);
   check_pte_write(*pte.table);
   *pte.p &= ~_PAGE_RW;
 }
 inline void pte_clear(EntryRef pte) {
+  interleave_point(Point::entry_write, pte.p);
   check_pte_write(*pte.table);
   *pte.p = 0;
 }
 
 // --- PMD writes (caller holds the PMD table's lock, or is free_pgtables) ---
 inline void set_pmd_at(const MmStruct& mm, EntryRef pmd, pteval_t v) {
+  interleave_point(Point::entry_write, pmd.p);
   check_pmd_write(mm, *pmd.table, false);
   *pmd.p = v;
 }
 inline void pmdp_set_wrprotect(const MmStruct& mm, EntryRef pmd) {
+  interleave_point(Point::entry_write, pmd.p);
   check_pmd_write(mm, *pmd.table, false);
   *pmd.p &= ~_PAGE_RW;
 }
 inline void pmd_clear_for_free(const MmStruct& mm, EntryRef pmd) {
+  interleave_point(Point::entry_write, pmd.p);
   check_pmd_write(mm, *pmd.table, true);
   *pmd.p = 0;
 }
 
 // --- PUD and PGD writes (caller holds mm->page_table_lock, or is free_pgtables) ---
 inline void set_pud(const MmStruct& mm, EntryRef pud, pteval_t v) {
+  interleave_point(Point::entry_write, pud.p);
   check_pud_write(mm, false);
   *pud.p = v;
 }
 inline void pud_clear_for_free(const MmStruct& mm, EntryRef pud) {
+  interleave_point(Point::entry_write, pud.p);
   check_pud_write(mm, true);
   *pud.p = 0;
 }

@@ -1,12 +1,16 @@
 // The lock model: spinlocks (split page-table locks, mm->page_table_lock) and the mmap_lock
-// rw-semaphore. The simulation runs on one host thread, so a lock is its held state; taking a
-// held lock is a self-deadlock in the modelled kernel and is reported as a LockViolation.
+// rw-semaphore. A Machine's kernel paths run one at a time, so a lock is its held state (the tag
+// of its holder); taking a lock one holds is a self-deadlock in the modelled kernel and is
+// reported as a LockViolation. Under the concurrency explorer (interleave.hpp) a lock held by
+// another task makes the taker wait until it is released.
 // With COWPTE_LOCK_CHECKS, every page-table entry write checks the lock that guards it
 // (include/cowpte/model/pgtable.hpp).
 #pragma once
 
 #include <cstdint>
 #include <stdexcept>
+
+#include "cowpte/model/interleave.hpp"
 
 namespace cowpte {
 
@@ -40,48 +44,80 @@ struct LockTiming {
 class SpinLock {
  public:
   void lock() {
+    if (current_interleaver) [[unlikely]]
+      return lock_interleaved();
     if (held_) lock_violation("spin_lock: lock already held (self-deadlock)");
-    held_ = 1;
+    held_ = current_lock_owner;
   }
   void unlock() {
-    if (!held_) lock_violation("spin_unlock: lock not held");
+    if (!held_by_me()) lock_violation("spin_unlock: lock not held by this CPU");
     held_ = 0;
+    if (current_interleaver) [[unlikely]]
+      current_interleaver->wake(this);
   }
   bool is_locked() const noexcept { return held_ != 0; }
+  bool held_by_me() const noexcept { return held_ == current_lock_owner; }
 
  private:
-  std::uint32_t held_ = 0;
+  void lock_interleaved() {
+    current_interleaver->point(Point::lock, this);
+    while (held_) {
+      if (held_by_me()) lock_violation("spin_lock: lock already held (self-deadlock)");
+      current_interleaver->wait_for(this);
+    }
+    held_ = current_lock_owner;
+  }
+  std::uint32_t held_ = 0;  // the holder's tag (current_lock_owner), 0 when free
 };
 
 // struct rw_semaphore for mmap_lock: readers share, a writer excludes everyone.
 class RwSem {
  public:
   void down_read() {
+    if (current_interleaver) [[unlikely]]
+      wait_until_free(false);
     if (writer_) lock_violation("mmap_read_lock: held for write");
     ++readers_;
   }
   void up_read() {
     if (readers_ == 0) lock_violation("mmap_read_unlock: not held");
     --readers_;
+    if (current_interleaver) [[unlikely]]
+      current_interleaver->wake(this);
   }
   void down_write() {
+    if (current_interleaver) [[unlikely]]
+      wait_until_free(true);
     if (writer_ || readers_) lock_violation("mmap_write_lock: already held");
-    writer_ = true;
+    writer_ = current_lock_owner;
   }
   void up_write() {
-    if (!writer_) lock_violation("mmap_write_unlock: not held for write");
-    writer_ = false;
+    if (writer_ != current_lock_owner) lock_violation("mmap_write_unlock: not held for write");
+    writer_ = 0;
+    if (current_interleaver) [[unlikely]]
+      current_interleaver->wake(this);
   }
-  void downgrade_write() {  // mmap_write_downgrade
-    up_write();
-    down_read();
+  void downgrade_write() {  // mmap_write_downgrade: no writer can get in between
+    if (writer_ != current_lock_owner) lock_violation("mmap_write_downgrade: not held for write");
+    writer_ = 0;
+    ++readers_;
+    if (current_interleaver) [[unlikely]]
+      current_interleaver->wake(this);
   }
   bool is_locked() const noexcept { return writer_ || readers_; }
-  bool is_write_locked() const noexcept { return writer_; }
+  bool is_write_locked() const noexcept { return writer_ != 0; }
 
  private:
+  // Under the explorer: a point, then wait while another task holds the semaphore against us.
+  void wait_until_free(bool write) {
+    current_interleaver->point(Point::lock, this);
+    while (writer_ || (write && readers_)) {
+      if (writer_ == current_lock_owner) lock_violation("mmap_lock: already held for write");
+      current_interleaver->wait_for(this);
+    }
+  }
   std::uint32_t readers_ = 0;
-  bool writer_ = false;
+  std::uint32_t writer_ = 0;  // the writer's tag, 0 when none
 };
 
 // A spinlock as a kernel path takes it: the lock, and the LockTiming of the Machine whose mm it

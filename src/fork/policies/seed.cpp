@@ -59,26 +59,29 @@ class SeedPolicy final : public ForkPolicy {
   int break_table(PolicyOps& ops, MmStruct& mm, EntryRef pmd, vaddr_t addr) const override {
     Kernel& k = kernel_of(ops);
     Kernel::PhaseScope phase(k, Phase::break_cow_pte);
-    Page& old = k.table_of(pmd.get());
+    const pteval_t orig = pmd.get();
+    Page& old = k.table_of(orig);
     Page* nw = nullptr;
     if (cow_pte_count(old) > 1) {
       Kernel::TableInHand hold(k, old);
       nw = k.pte_alloc_one(mm);
       if (!nw) return -ENOMEM;
-      // The allocation may have reclaimed (breaking the table for another holder) or OOM-killed
-      // another holder: recheck, as v5 does, and reuse if this mm is the last one now.
-      if (cow_pte_count(old) == 1) {
-        k.pgtable_free(*nw);
-        nw = nullptr;
-      }
     }
     ++mm.write_protect_seq;  // write_seqcount_begin: GUP-fast backs off
+    bool copied = false;
     {
       SpinGuard ptl(pte_lockptr(mm, old));
-      if (!nw) {
-        SpinGuard pl(pmd_lockptr(mm, *pmd.table));
-        set_pmd_at(mm, pmd, pmd_mkwrite(pmd.get()));  // reuse: refcount 1
+      // Recheck under the lock, as v5 does: another thread of this mm may have broken the table
+      // already (faults hold mmap_lock for read only; !pmd_same: nothing to do, the fault
+      // retries), or the other holders may have left (the allocation may have reclaimed, or
+      // they exited): reuse if this mm is the last one now.
+      SpinGuard pl(pmd_lockptr(mm, *pmd.table));
+      if (pmd.get() != orig) {
+        // raced: another break of this mm got here first
+      } else if (cow_pte_count(old) == 1) {
+        set_pmd_at(mm, pmd, pmd_mkwrite(orig));  // reuse: refcount 1
       } else {
+        if (!nw) throw InvariantViolation("break_cow_pte: a table's count rose under a fault");
         SpinGuard nptl(pte_lockptr(mm, *nw));
         const pteval_t* src = table_base(old);
         EntryRef dst{nw, table_base(*nw)};
@@ -88,15 +91,16 @@ class SeedPolicy final : public ForkPolicy {
           set_pte_at(dst, src[i]);
           k.tm_entry(dst);
         }
-        pmd_put_pte(old);
-        SpinGuard pl(pmd_lockptr(mm, *pmd.table));
+        pmd_put_pte(old);  // the count is above 1 under the lock: a holder leaving takes it too
         set_pmd_at(mm, pmd, mk_table_entry(k.mem.pfn(*nw)));  // nr_ptes -1 +1
+        copied = true;
       }
     }
+    if (nw && !copied) k.pgtable_free(*nw);
     ++mm.write_protect_seq;
     k.flush_tlb_range(mm, addr & PMD_MASK, (addr & PMD_MASK) + PMD_SIZE);
     COWPTE_TRACE(k, "break_cow_pte: pid {} at {:#x}: {}", mm.pid, addr & PMD_MASK,
-                 nw ? "copied" : "reused");
+                 copied ? "copied" : "reused");
     return 0;
   }
 

@@ -9,8 +9,13 @@
 //    when the mm is freed;
 //  - a VM_WIPEONFORK VMA's entries are shared with the child with the rest of the span;
 //  - mprotect skips a span whose break fails and succeeds; mremap breaks the source only, and
-//    goes on when that fails (SeriesQuirks).
-// Break, zap and free are the seed's (delegated).
+//    goes on when that fails (SeriesQuirks);
+//  - the break clears the PMD while it copies (v3/v4's slow path): another fault of the same mm
+//    (faults hold mmap_lock for read) sees pmd_none() and installs an empty table of its own,
+//    which the copy then overwrites; the explorer's break_vs_fault scenario finds the write
+//    lost with it (tests/scenarios/test_explore.cpp).
+// Zap and free are the seed's (delegated).
+#include "mm/errno.hpp"
 #include "mm/kernel.hpp"
 
 namespace cowpte {
@@ -53,8 +58,74 @@ class SeedExactPolicy final : public ForkPolicy {
     return (fault_flags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE)) || !vma_is_anonymous(vma);
   }
 
+  // break_cow_pte as v3/v4 posted it. The fast path reuses a table this mm holds alone, under
+  // the PTE lock. The slow path clears the PMD (nr_ptes -1), lets pte_alloc install a fresh
+  // table (nr_ptes +1), copies the old table's entries into whatever table the PMD holds by
+  // then, and drops the old table; if that drop finds the count was 1 (the other holder left
+  // meanwhile), the new table goes and the old one is reused. Nothing takes the PTE lock over
+  // the window in which the PMD is none.
   int break_table(PolicyOps& ops, MmStruct& mm, EntryRef pmd, vaddr_t addr) const override {
-    return seed().break_table(ops, mm, pmd, addr);
+    Kernel& k = kernel_of(ops);
+    Kernel::PhaseScope phase(k, Phase::break_cow_pte);
+    const pteval_t orig = pmd.get();
+    Page& old = k.table_of(orig);
+    const vaddr_t span = addr & PMD_MASK;
+    ++mm.write_protect_seq;  // write_seqcount_begin
+    bool reused = false;
+    {
+      SpinGuard ptl(pte_lockptr(mm, old));
+      if (cow_pte_count(old) == 1) {
+        SpinGuard pl(pmd_lockptr(mm, *pmd.table));
+        set_pmd_at(mm, pmd, pmd_mkwrite(orig));
+        reused = true;
+      }
+    }
+    if (!reused) {
+      Kernel::TableInHand hold(k, old);
+      {
+        SpinGuard pl(pmd_lockptr(mm, *pmd.table));
+        set_pmd_at(mm, pmd, 0);  // pmd_clear
+      }
+      mm.pgtables_bytes -= PAGE_SIZE;  // mm_dec_nr_ptes
+      if (!k.pte_alloc(mm, pmd)) {
+        SpinGuard pl(pmd_lockptr(mm, *pmd.table));
+        set_pmd_at(mm, pmd, orig);
+        mm.pgtables_bytes += PAGE_SIZE;
+        ++mm.write_protect_seq;
+        return -ENOMEM;
+      }
+      Page& nw = k.table_of(pmd.get());
+      {
+        SpinGuard optl(pte_lockptr(mm, old));
+        SpinGuard nptl(pte_lockptr(mm, nw));
+        const pteval_t* src = table_base(old);
+        EntryRef dst{&nw, table_base(nw)};
+        for (unsigned i = 0; i < PTRS_PER_TABLE; ++i, ++dst.p) {
+          k.tm_entry({&old, table_base(old) + i});
+          if (pte_none(src[i])) continue;
+          set_pte_at(dst, src[i]);  // into the table the PMD holds now, whoever put it there
+          k.tm_entry(dst);
+        }
+      }
+      if (!pmd_put_pte(old)) {  // the last holder after all: reuse the old table
+        {
+          SpinGuard nptl(pte_lockptr(mm, nw));
+          EntryRef e{&nw, table_base(nw)};
+          for (unsigned i = 0; i < PTRS_PER_TABLE; ++i, ++e.p)
+            if (!pte_none(e.get())) pte_clear(e);
+        }
+        {
+          SpinGuard pl(pmd_lockptr(mm, *pmd.table));
+          set_pmd_at(mm, pmd, pmd_mkwrite(orig));
+        }
+        k.pgtable_free(nw);  // nr_ptes: -1 for the new table, +1 for the old one
+      }
+    }
+    ++mm.write_protect_seq;
+    k.flush_tlb_range(mm, span, span + PMD_SIZE);
+    COWPTE_TRACE(k, "break_cow_pte (as posted): pid {} at {:#x}: {}", mm.pid, span,
+                 reused ? "reused" : "copied");
+    return 0;
   }
   bool zap_table(PolicyOps& ops, MmGather& tlb, EntryRef pmd, vaddr_t addr) const override {
     return seed().zap_table(ops, tlb, pmd, addr);
