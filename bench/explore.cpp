@@ -4,7 +4,7 @@
 //
 //   cowpte_explore [--policies classic,seed,...] [--scenarios break_vs_fault,...]
 //                  [--strategies random,pct,exhaustive] [--schedules N] [--seed N]
-//                  [--replay TRACE] [--verbose]
+//                  [--replay TRACE] [--verbose] [--all]
 #include <cowpte/cowpte.hpp>
 #include <cstdio>
 #include <set>
@@ -20,7 +20,7 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: %s [--policies P,...] [--scenarios S,...] [--strategies random,pct,exhaustive]\n"
-    "          [--schedules N] [--seed N] [--replay TRACE] [--verbose]\n"
+    "          [--schedules N] [--seed N] [--replay TRACE] [--verbose] [--all]\n"
     "  --policies    fork policies (default classic,seed,seed_exact,on_demand_fork)\n"
     "  --scenarios   built-in scenarios (default all: break_vs_fault, break_vs_exit,\n"
     "                fork_vs_fault, fork_vs_pin_fast, munmap_vs_fault, dontneed_vs_break)\n"
@@ -28,7 +28,8 @@ constexpr const char* kUsage =
     "  --schedules   schedules per scenario, policy and strategy, 1..1000000 (default 300)\n"
     "  --seed        the random and PCT strategies' seed (default 1)\n"
     "  --replay      run one schedule (a trace such as \"3>1 17>0\") of one scenario and policy\n"
-    "  --verbose     after each row, every distinct failure with what the operations returned\n";
+    "  --verbose     after each row, every distinct failure with what the operations returned\n"
+    "  --all         run every schedule (default: stop at the first failing one)\n";
 
 std::vector<std::string> split(const std::string& s) {
   std::vector<std::string> out;
@@ -120,6 +121,8 @@ int run(int argc, char** argv) {
       opts.schedules = unsigned(bench::uint_arg("cowpte_explore", arg, next(), 1, 1000000));
     } else if (arg == "--seed") {
       opts.seed = bench::uint_arg("cowpte_explore", arg, next(), 0, ~0ull);
+    } else if (arg == "--all") {
+      opts.stop_at_first = false;
     } else if (arg == "--verbose") {
       verbose = true;
     } else if (arg == "--replay") {
@@ -159,6 +162,7 @@ int run(int argc, char** argv) {
                     r.first ? r.first->what.c_str() : "-",
                     r.first ? r.first->minimized.str().c_str() : "-");
         if (verbose) {
+          const bool stop = opts.stop_at_first;
           opts.stop_at_first = false;
           std::set<std::string> seen;
           for (const ExploreFailure& f : explore(s, opts).failures)
@@ -166,7 +170,7 @@ int run(int argc, char** argv) {
               std::printf("    schedule %llu, trace %s: %s\n      %s\n",
                           static_cast<unsigned long long>(f.schedule), f.trace.str().c_str(),
                           f.what.c_str(), f.outcome.c_str());
-          opts.stop_at_first = true;
+          opts.stop_at_first = stop;
         }
         std::fflush(stdout);
       }

@@ -9,6 +9,7 @@
 #include <random>
 
 #include "cowpte/explore.hpp"
+#include "cowpte/model/page.hpp"
 #include "explore/scheduler.hpp"
 #include "facade/access.hpp"
 
@@ -212,6 +213,39 @@ TEST(ExploreScheduler, ReportsADeadlock) {
   EXPECT_TRUE(unwound[0] && unwound[1]);
   EXPECT_FALSE(a.is_locked());
   EXPECT_FALSE(b.is_locked());
+}
+
+// GUP-fast pins what the locked path would: a writable page at once (the pin count in its
+// refcount), a write-protected one after a fork through the slow path's COW; the pin then sees
+// the parent's stores in both cases. After the unpin the page has no pin left.
+TEST(GupFast, PinsWhatTheSlowPathWould) {
+  for (const char* policy : {"classic", "seed", "on_demand_fork"}) {
+    Machine m;
+    Process& p = m.spawn();
+    if (std::string_view(policy) != "classic") {
+      ASSERT_TRUE(p.set_cow_pte(policy));
+    }
+    const vaddr_t a = *p.mmap(0, 4 * PAGE_SIZE, Prot::read | Prot::write,
+                              MapFlags::private_ | MapFlags::anonymous);
+    ASSERT_TRUE(p.store(a, 1));
+    const PinFlags fast = PinFlags::write | PinFlags::longterm | PinFlags::fast;
+    ASSERT_TRUE(p.pin(a, PAGE_SIZE, fast));
+    EXPECT_GE(m.page_info(p.pagemap(a).pfn).refcount, GUP_PIN_COUNTING_BIAS + 1) << policy;
+    Process& c = *p.fork().value();  // the pinned page is copied for the child
+    ASSERT_TRUE(p.store(a, 2));
+    EXPECT_EQ(*p.read_gup(a), 2u) << policy;
+    EXPECT_EQ(*c.load(a), 1u) << policy;
+    ASSERT_TRUE(p.store(a + PAGE_SIZE, 3));
+    Process& d = *p.fork().value();  // a + PAGE_SIZE is write-protected (or its table shared)
+    ASSERT_TRUE(p.pin(a + PAGE_SIZE, PAGE_SIZE, fast));  // GUP-fast cannot: the slow path COWs
+    ASSERT_TRUE(p.store(a + PAGE_SIZE, 4));
+    EXPECT_EQ(*p.read_gup(a + PAGE_SIZE), 4u) << policy;
+    EXPECT_EQ(*d.load(a + PAGE_SIZE), 3u) << policy;
+    ASSERT_TRUE(p.unpin(a, 2 * PAGE_SIZE));
+    EXPECT_LT(m.page_info(p.pagemap(a).pfn).refcount, GUP_PIN_COUNTING_BIAS) << policy;
+    EXPECT_EQ(p.pin(a, PAGE_SIZE, static_cast<PinFlags>(0x100)).error(), Errno::inval);
+    m.check_invariants();
+  }
 }
 
 // A timed Machine, or a task in a slot that does not exist: refused before anything runs.
