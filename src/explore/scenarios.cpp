@@ -1,6 +1,7 @@
 // The explorer's built-in scenarios (explore_scenarios in include/cowpte/explore.hpp): the race
 // classes of the COW PTE review, each small enough for the sequential oracle.
-#include <fmt/format.h>
+#include <functional>
+#include <string>
 
 #include "cowpte/explore.hpp"
 #include "cowpte/model/pgtable_types.hpp"
@@ -36,6 +37,19 @@ Process& populated(Machine& m, const std::string& policy) {
   return p;
 }
 
+// The setup of a scenario: the populated parent in slot 0, then (each if asked) a thread of it
+// and a child forked from it, in the next slots.
+std::function<void(Machine&, std::vector<Process*>&)> setup(std::string policy, bool thread,
+                                                            bool child) {
+  return [policy = std::move(policy), thread, child](Machine& m, std::vector<Process*>& slot) {
+    Process& p = populated(m, policy);
+    unsigned n = 0;
+    slot[n++] = &p;
+    if (thread) slot[n++] = p.clone_vm().value();
+    if (child) slot[n++] = p.fork().value();
+  };
+}
+
 ExploreOp store(vaddr_t a, std::uint64_t v) { return {K::store, a, v, 0, 0}; }
 ExploreOp load(vaddr_t a) { return {K::load, a, 0, 0, 0}; }
 ExploreOp with_len(K k, vaddr_t a, std::uint64_t len) { return {k, a, 0, len, 0}; }
@@ -64,12 +78,7 @@ std::vector<ExploreScenario> explore_scenarios(std::string_view policy) {
         base("break_vs_fault", "two threads of a forked parent write two pages of one shared table",
              policy);
     s.slots = 3;  // 0 parent, 1 its thread, 2 the child
-    s.setup = [pol](Machine& m, std::vector<Process*>& slot) {
-      Process& p = populated(m, pol);
-      slot[0] = &p;
-      slot[1] = p.clone_vm().value();
-      slot[2] = p.fork().value();
-    };
+    s.setup = setup(pol, true, true);
     s.tasks = {{0, {store(kPage0, 0xb0)}}, {1, {store(kPage1, 0xb1)}}};
     out.push_back(std::move(s));
   }
@@ -79,11 +88,7 @@ std::vector<ExploreScenario> explore_scenarios(std::string_view policy) {
         base("break_vs_exit",
              "a parent writes into a shared table while the child holding it exits", policy);
     s.slots = 2;
-    s.setup = [pol](Machine& m, std::vector<Process*>& slot) {
-      Process& p = populated(m, pol);
-      slot[0] = &p;
-      slot[1] = p.fork().value();
-    };
+    s.setup = setup(pol, false, true);
     s.tasks = {{0, {store(kPage0, 0xb0), load(kPage1)}}, {1, {ExploreOp{K::exit}}}};
     out.push_back(std::move(s));
   }
@@ -92,11 +97,7 @@ std::vector<ExploreScenario> explore_scenarios(std::string_view policy) {
     ExploreScenario s =
         base("fork_vs_fault", "a thread forks while another thread of the parent writes", policy);
     s.slots = 3;
-    s.setup = [pol](Machine& m, std::vector<Process*>& slot) {
-      Process& p = populated(m, pol);
-      slot[0] = &p;
-      slot[1] = p.clone_vm().value();
-    };
+    s.setup = setup(pol, true, false);
     s.tasks = {{0, {to_slot(K::fork, 2)}},
                {1, {store(kPage0, 0xb0), store(kBase + 2 * PAGE_SIZE, 0xb2)}}};
     s.watch = {kPage0, kPage1, kBase + 2 * PAGE_SIZE};
@@ -108,11 +109,7 @@ std::vector<ExploreScenario> explore_scenarios(std::string_view policy) {
     ExploreScenario s =
         base("fork_vs_pin_fast", "a thread forks while another pins a page with GUP-fast", policy);
     s.slots = 3;
-    s.setup = [pol](Machine& m, std::vector<Process*>& slot) {
-      Process& p = populated(m, pol);
-      slot[0] = &p;
-      slot[1] = p.clone_vm().value();
-    };
+    s.setup = setup(pol, true, false);
     s.tasks = {{0, {to_slot(K::fork, 2)}},
                {1,
                 {with_len(K::pin_fast, kPage0, PAGE_SIZE),
@@ -125,12 +122,7 @@ std::vector<ExploreScenario> explore_scenarios(std::string_view policy) {
     ExploreScenario s = base(
         "munmap_vs_fault", "a thread unmaps a page while another writes it, after a fork", policy);
     s.slots = 3;
-    s.setup = [pol](Machine& m, std::vector<Process*>& slot) {
-      Process& p = populated(m, pol);
-      slot[0] = &p;
-      slot[1] = p.clone_vm().value();
-      slot[2] = p.fork().value();
-    };
+    s.setup = setup(pol, true, true);
     s.tasks = {{0, {with_len(K::munmap, kPage0, PAGE_SIZE)}},
                {1, {store(kPage0, 0xb0), store(kPage1, 0xb1)}}};
     out.push_back(std::move(s));
@@ -141,12 +133,7 @@ std::vector<ExploreScenario> explore_scenarios(std::string_view policy) {
         base("dontneed_vs_break", "MADV_DONTNEED of one page while another thread writes the other",
              policy);
     s.slots = 3;
-    s.setup = [pol](Machine& m, std::vector<Process*>& slot) {
-      Process& p = populated(m, pol);
-      slot[0] = &p;
-      slot[1] = p.clone_vm().value();
-      slot[2] = p.fork().value();
-    };
+    s.setup = setup(pol, true, true);
     s.tasks = {{0, {with_len(K::dontneed, kPage1, PAGE_SIZE)}}, {1, {store(kPage0, 0xb0)}}};
     out.push_back(std::move(s));
   }

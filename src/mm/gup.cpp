@@ -127,6 +127,10 @@ std::uint64_t Kernel::lockless_pages_from_mm(MmStruct& mm, vaddr_t start, std::u
     interleave_point(Point::entry_read, &mm);
     EntryRef pmd = walk_to_pmd(mm, addr);
     if (!pmd || pmd_none(pmd.get()) || pmd_trans_huge(pmd.get())) break;  // huge: the slow path
+    // A pin or a write must not land in a shared PTE table (its entries may still be writable
+    // under On-demand-fork): the slow path breaks it first, as follow_page_pte does. The
+    // differential test found GUP-fast pinning a page of a table shared with a child.
+    if ((flags & (FOLL_PIN | FOLL_WRITE)) && pmd_cow_pte(mm, pmd.get())) break;
     EntryRef pte = pte_offset_map(pmd, addr);
     const pteval_t v = pte.get();  // ptep_get_lockless
     if (!pte_present(v) || pte_special(v) || pte_protnone(v) || !(v & _PAGE_USER)) break;

@@ -215,6 +215,7 @@ std::string pin_flags_name(PinFlags f) {
   std::string s;
   if (flat::has(f, PinFlags::write)) s += "WRITE";
   if (flat::has(f, PinFlags::longterm)) s += s.empty() ? "LONGTERM" : "|LONGTERM";
+  if (flat::has(f, PinFlags::fast)) s += s.empty() ? "FAST" : "|FAST";
   return s.empty() ? "NONE" : s;
 }
 
@@ -1554,6 +1555,9 @@ class DifferentialRun {
     static constexpr PinFlags kFlags[] = {PinFlags::none, PinFlags::write, PinFlags::longterm,
                                           PinFlags::write | PinFlags::longterm};
     PinFlags flags = kFlags[rng_.weighted({15, 15, 35, 35})];
+    // pin_user_pages_fast for pins starting on an odd page (no draw of its own, so that the
+    // seeds' sequences stay as they were): GUP-fast must pin exactly what the slow path would.
+    if ((a >> 12) & 1) flags = flags | PinFlags::fast;
     std::string d =
         pname(l) + ".pin(" + hex(a) + ", " + hex(len) + ", " + pin_flags_name(flags) + ")";
     auto r = l.proc->pin(a, len, flags);

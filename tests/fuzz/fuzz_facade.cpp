@@ -377,8 +377,8 @@ struct Harness {
         }
         break;
       case 13: {
-        std::uint32_t f = in.ConsumeIntegralInRange<std::uint32_t>(0, 3);
-        f = (f & 1) | ((f & 2) ? 0x10000 : 0);
+        std::uint32_t f = in.ConsumeIntegralInRange<std::uint32_t>(0, 7);
+        f = (f & 1) | ((f & 2) ? 0x10000 : 0) | ((f & 4) ? 0x80000 : 0);  // write, longterm, fast
         if (in.ConsumeIntegralInRange<int>(0, 15) == 0) f = in.ConsumeIntegral<std::uint32_t>();
         (void)p.pin(addr(), in.ConsumeIntegralInRange<std::uint64_t>(0, 4) * kPage, PinFlags(f));
         break;
