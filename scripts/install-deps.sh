@@ -21,7 +21,8 @@ done
 PACKAGES=(
   cmake ninja-build g++ clang-format clang-tidy python3
   libboost-dev libfmt-dev libspdlog-dev libgtest-dev libbenchmark-dev nlohmann-json3-dev
-  python3-matplotlib
+  python3-matplotlib python3-jsonschema
+  libcli11-dev  # the command-line tools of tools/ (cowpte-sim, cowpte-trace, cowpte-record)
   clang-14 libclang-rt-14-dev  # the libFuzzer targets of tests/fuzz (docs/robustness.md)
 )
 

@@ -9,4 +9,5 @@
 #include "cowpte/result.hpp"
 #include "cowpte/stats.hpp"
 #include "cowpte/timing_config.hpp"
+#include "cowpte/trace.hpp"
 #include "cowpte/types.hpp"
