@@ -52,7 +52,7 @@ class Replayer {
       apply(e);
     }
     end_step();
-    for (auto& [pid, p] : live_) procs_[index_.at(pid)].hw_stats_json = p->hw_stats_json();
+    for (auto& [pid, p] : live_) procs_[index_.at(pid)].out.hw_stats_json = p->hw_stats_json();
     finish();
     return std::move(res_);
   }
