@@ -121,8 +121,8 @@ class TraceReader {
   // The next event, or false after the end record. Throws TraceError (with the offset) for a
   // malformed record or a file that ends without its end record.
   bool next(TraceEvent&);
-  std::uint64_t offset() const noexcept { return offset_; }      // bytes read so far
-  std::uint64_t file_size() const noexcept { return size_; }     // for progress
+  std::uint64_t offset() const noexcept { return offset_; }   // bytes read so far
+  std::uint64_t file_size() const noexcept { return size_; }  // for progress
   std::uint64_t events_read() const noexcept { return events_; }
 
  private:
@@ -172,13 +172,13 @@ struct ReplayResult {
   // Measured phase only (after the warm-up): per event kind, and per process for accesses.
   CycleStats fork, exit, mmap, munmap, loads, stores;
   struct PerProcess {
-    std::uint32_t pid = 0;        // the recorded pid
-    std::uint32_t parent = 0;     // 0 for a spawned process
-    CycleStats loads, stores;     // the measured touches' cycles
-    std::string hw_stats_json;    // Process::hw_stats_json() when it exited (or at the end)
-    RssStat rss_max{};            // largest RSS seen at a step's end
+    std::uint32_t pid = 0;      // the recorded pid
+    std::uint32_t parent = 0;   // 0 for a spawned process
+    CycleStats loads, stores;   // the measured touches' cycles
+    std::string hw_stats_json;  // Process::hw_stats_json() when it exited (or at the end)
+    RssStat rss_max{};          // largest RSS seen at a step's end
   };
-  std::vector<PerProcess> processes;  // in order of appearance
+  std::vector<PerProcess> processes;     // in order of appearance
   std::uint64_t pgtable_frames_max = 0;  // Machine::pgtable_frames(), largest at a step's end
   std::uint64_t used_frames_max = 0;     // total_pages - free_pages, largest at a step's end
 };

@@ -65,7 +65,7 @@ class Replayer {
 
   // A step record: the step before it ends; false when the measured steps are all done.
   bool begin_step() {
-    end_step();
+    if (steps_ > 0 || res_.events > 0) end_step();  // not before the first, if nothing preceded it
     ++steps_;
     if (steps_ == o_.warmup_steps + 1 && o_.warmup_steps > 0) reset();
     if (o_.max_steps && steps_ > o_.warmup_steps + o_.max_steps) return false;
@@ -128,11 +128,15 @@ class Replayer {
   void apply(const TraceEvent& e) {
     switch (e.kind) {
       case TraceKind::step:
-      case TraceKind::end: return;
-      case TraceKind::spawn: return spawn(e.pid);
+      case TraceKind::end:
+        return;
+      case TraceKind::spawn:
+        return spawn(e.pid);
       case TraceKind::fork:
-      case TraceKind::clone: return fork(e);
-      case TraceKind::exit: return exit(e.pid);
+      case TraceKind::clone:
+        return fork(e);
+      case TraceKind::exit:
+        return exit(e.pid);
       case TraceKind::mmap: {
         Process& p = task(e.pid);
         // The recorded address is where the mapping is: replay puts it there.
@@ -155,8 +159,10 @@ class Replayer {
         timed(p, nullptr, [&] { ok(p.madvise(e.addr, e.length, e.advice), e.kind); });
         return;
       }
-      case TraceKind::load: return access(task(e.pid), e.pid, e.addr, false, 0);
-      case TraceKind::store: return access(task(e.pid), e.pid, e.addr, true, e.value);
+      case TraceKind::load:
+        return access(task(e.pid), e.pid, e.addr, false, 0);
+      case TraceKind::store:
+        return access(task(e.pid), e.pid, e.addr, true, e.value);
       case TraceKind::touch: {
         Process& p = task(e.pid);
         for (vaddr_t a : e.pages) access(p, e.pid, a, e.write, ++stamp_);
@@ -170,8 +176,7 @@ class Replayer {
     Samples& mine = write ? pr.stores : pr.loads;
     Samples& all = write ? stores_ : loads_;
     if (!m_.timed()) {
-      write ? (void)ok(p.store(a, value), TraceKind::store)
-            : (void)ok(p.load(a), TraceKind::load);
+      write ? (void)ok(p.store(a, value), TraceKind::store) : (void)ok(p.load(a), TraceKind::load);
       return;
     }
     const unsigned cpu = p.cpu();
@@ -270,7 +275,9 @@ TraceSummary summarize_trace(TraceReader& r) {
         ++s.steps;
         s.duration_ns = e.time_ns;
         break;
-      case TraceKind::spawn: ++s.processes; break;
+      case TraceKind::spawn:
+        ++s.processes;
+        break;
       case TraceKind::fork:
       case TraceKind::clone:
         ++s.processes;
@@ -292,9 +299,14 @@ TraceSummary summarize_trace(TraceReader& r) {
         maps[mm(e.pid)][e.addr] = e.addr + e.length;
         mapped += e.length;
         break;
-      case TraceKind::munmap: unmap(maps[mm(e.pid)], e.addr, e.addr + e.length); break;
-      case TraceKind::touch: (e.write ? s.pages_written : s.pages_read) += e.pages.size(); break;
-      default: break;
+      case TraceKind::munmap:
+        unmap(maps[mm(e.pid)], e.addr, e.addr + e.length);
+        break;
+      case TraceKind::touch:
+        (e.write ? s.pages_written : s.pages_read) += e.pages.size();
+        break;
+      default:
+        break;
     }
     s.mapped_bytes_max = std::max(s.mapped_bytes_max, mapped);
   }

@@ -31,37 +31,48 @@ void check_range(const TraceEvent& e) {
 
 std::string_view to_string(TraceKind k) {
   switch (k) {
-    case TraceKind::end: return "end";
-    case TraceKind::step: return "step";
-    case TraceKind::spawn: return "spawn";
-    case TraceKind::mmap: return "mmap";
-    case TraceKind::munmap: return "munmap";
-    case TraceKind::mprotect: return "mprotect";
-    case TraceKind::madvise: return "madvise";
-    case TraceKind::fork: return "fork";
-    case TraceKind::clone: return "clone";
-    case TraceKind::exit: return "exit";
-    case TraceKind::load: return "load";
-    case TraceKind::store: return "store";
-    case TraceKind::touch: return "touch";
+    case TraceKind::end:
+      return "end";
+    case TraceKind::step:
+      return "step";
+    case TraceKind::spawn:
+      return "spawn";
+    case TraceKind::mmap:
+      return "mmap";
+    case TraceKind::munmap:
+      return "munmap";
+    case TraceKind::mprotect:
+      return "mprotect";
+    case TraceKind::madvise:
+      return "madvise";
+    case TraceKind::fork:
+      return "fork";
+    case TraceKind::clone:
+      return "clone";
+    case TraceKind::exit:
+      return "exit";
+    case TraceKind::load:
+      return "load";
+    case TraceKind::store:
+      return "store";
+    case TraceKind::touch:
+      return "touch";
   }
   return "?";
 }
 
 // --- TraceWriter ---
 
-TraceWriter::TraceWriter(const std::string& path, const std::string& metadata_json)
-    : path_(path) {
+TraceWriter::TraceWriter(const std::string& path, const std::string& metadata_json) : path_(path) {
   if (metadata_json.size() > kMaxMetadata)
     throw std::invalid_argument("trace: metadata larger than 1 MiB");
   f_ = std::fopen(path.c_str(), "wb");
   if (!f_) throw TraceError("trace: cannot create '" + path + "': " + std::strerror(errno));
   put_raw(kTraceMagic, sizeof kTraceMagic);
   const std::uint32_t v = kTraceVersion, n = std::uint32_t(metadata_json.size());
-  const unsigned char hdr[8] = {std::uint8_t(v),        std::uint8_t(v >> 8),
-                                std::uint8_t(v >> 16),  std::uint8_t(v >> 24),
-                                std::uint8_t(n),        std::uint8_t(n >> 8),
-                                std::uint8_t(n >> 16),  std::uint8_t(n >> 24)};
+  const unsigned char hdr[8] = {std::uint8_t(v),       std::uint8_t(v >> 8), std::uint8_t(v >> 16),
+                                std::uint8_t(v >> 24), std::uint8_t(n),      std::uint8_t(n >> 8),
+                                std::uint8_t(n >> 16), std::uint8_t(n >> 24)};
   put_raw(hdr, sizeof hdr);
   put_raw(metadata_json.data(), metadata_json.size());
 }
@@ -94,7 +105,8 @@ void TraceWriter::put_varint(std::uint64_t v) {
 void TraceWriter::write(const TraceEvent& e) {
   if (!f_) throw TraceError("trace: '" + path_ + "' is closed");
   switch (e.kind) {
-    case TraceKind::end: throw std::invalid_argument("trace: the end record is close()'s");
+    case TraceKind::end:
+      throw std::invalid_argument("trace: the end record is close()'s");
     case TraceKind::step:
       if (e.time_ns < last_step_ns_)
         throw std::invalid_argument("trace: a step earlier than the one before it");
@@ -150,7 +162,8 @@ void TraceWriter::write(const TraceEvent& e) {
       }
       break;
     }
-    default: throw std::invalid_argument("trace: unknown event kind");
+    default:
+      throw std::invalid_argument("trace: unknown event kind");
   }
   ++events_;
 }
@@ -241,6 +254,9 @@ bool TraceReader::next(TraceEvent& e) {
     if (pfn > (~0ull >> kPageShift)) fail("an address beyond 64 bits");
     return pfn << kPageShift;
   };
+  std::vector<vaddr_t> pages = std::move(e.pages);  // keep its capacity for the next touch
+  e = TraceEvent{};
+  e.pages = std::move(pages);
   e.pages.clear();
   e.kind = TraceKind(k);
   switch (e.kind) {
@@ -259,7 +275,9 @@ bool TraceReader::next(TraceEvent& e) {
       break;
     }
     case TraceKind::spawn:
-    case TraceKind::exit: e.pid = pid(); break;
+    case TraceKind::exit:
+      e.pid = pid();
+      break;
     case TraceKind::fork:
     case TraceKind::clone:
       e.pid = pid();
