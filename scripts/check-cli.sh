@@ -110,6 +110,68 @@ expect 2 "--jobs '0'" python3 scripts/sweep.py --jobs 0 --out "$tmp/s.json" -- "
 expect 0 'usage' python3 scripts/speed_check.py --help
 expect 2 'cannot read the run' python3 scripts/speed_check.py /nonexistent.json
 
+# The tools (tools/): cowpte-sim on every built-in workload and on a replayed trace, its JSON
+# checked against docs/schema/cowpte-sim.schema.json; cowpte-trace's subcommands.
+tools=${1:-build}/tools
+sim=$tools/cowpte-sim
+trc=$tools/cowpte-trace
+py=/usr/bin/python3
+[[ -x $py ]] || py=python3
+validate() {  # validate FILE...: each is valid cowpte-sim output (and the schema rejects junk)
+  "$py" - "$@" <<'PY'
+import json, sys, jsonschema
+schema = json.load(open("docs/schema/cowpte-sim.schema.json"))
+jsonschema.Draft202012Validator.check_schema(schema)
+v = jsonschema.Draft202012Validator(schema)
+for f in sys.argv[1:]:
+    doc = json.load(open(f))
+    errs = list(v.iter_errors(doc))
+    if errs:
+        sys.exit(f"{f}: {errs[0].json_path}: {errs[0].message}")
+    bad = dict(doc, schema="cowpte-sim/0")
+    if v.is_valid(bad):
+        sys.exit("the schema accepts a wrong schema tag")
+print("valid:", len(sys.argv) - 1, "outputs")
+PY
+}
+expect 0 'Usage: cowpte-sim' "$sim" --help
+expect 2 'scenario is required' "$sim"
+expect 2 'File does not exist' "$sim" /nonexistent.json
+expect 2 'workload.mibb: unknown key' "$sim" scenarios/fork.json --set workload.mibb=3
+expect 2 "policy: 'nope' is not a fork policy" "$sim" scenarios/fork.json --set policy=nope
+expect 2 'machine: .*cpus is 0' "$sim" scenarios/fork.json --set machine.cpus=0
+expect 2 "workload.mib: 0 is out of range" "$sim" scenarios/fork.json --set workload.mib=0
+expect 2 'expected key.path=value' "$sim" scenarios/fork.json --set nothing
+expect 2 "'nope' is not one of" "$sim" scenarios/fork.json --set workload.kind=nope
+expect 2 'progress: nope not in' "$sim" scenarios/fork.json --progress nope
+echo 'not json' >"$tmp/bad-scenario.json"
+expect 2 'not JSON' "$sim" "$tmp/bad-scenario.json"
+expect 0 '"mib": 8' "$sim" scenarios/fork.json --set workload.mib=8 --print-scenario
+for w in fork write_after_fork fork_server snapshot; do
+  expect 0 "cowpte-sim: $w under" "$sim" "scenarios/$w.json" --set workload.mib=16 \
+    --set iterations=2 --json "$tmp/sim-$w.json"
+done
+expect 0 'Usage: cowpte-trace' "$trc" --help
+expect 2 'A subcommand is required' "$trc"
+expect 1 'unknown event' "$trc" assemble scripts/check-cli.sh -o "$tmp/x.cptr"
+expect 0 'wrote 13 events' "$trc" assemble tests/data/cow.trace.txt -o "$tmp/cow.cptr"
+expect 0 'touch 100 w 0x7f0000000000\+256' "$trc" print "$tmp/cow.cptr"
+expect 0 '256 read, 384 written' "$trc" summary "$tmp/cow.cptr"
+expect 0 'wrote 11 events' "$trc" cut "$tmp/cow.cptr" -o "$tmp/cut.cptr" --from-step 2
+expect 2 'is after --to-step' "$trc" cut "$tmp/cow.cptr" -o "$tmp/cut.cptr" --from-step 3 --to-step 1
+head -c 40 "$tmp/cow.cptr" >"$tmp/trunc.cptr"
+expect 1 'truncated trace' "$trc" print "$tmp/trunc.cptr"
+printf '{"workload": {"kind": "trace", "path": "cow.cptr"}}' >"$tmp/trace.json"
+expect 0 'replayed 3 steps, 13 events; 2 processes' "$sim" "$tmp/trace.json" --json "$tmp/sim-trace.json"
+expect 2 'workload.path: .*truncated' "$sim" "$tmp/trace.json" --set workload.path=trunc.cptr
+if validate "$tmp"/sim-{fork,write_after_fork,fork_server,snapshot,trace}.json >"$tmp/out" 2>&1; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1))
+  echo "check-cli: FAILED: cowpte-sim's JSON against its schema:" >&2
+  sed 's/^/    /' "$tmp/out" >&2
+fi
+
 if ((failed)); then
   echo "check-cli: $failed of $((passed + failed)) checks failed" >&2
   exit 1

@@ -117,6 +117,9 @@ int assemble(const std::string& in, const std::string& out) {
     }
   }
   w.close();
+  std::fprintf(stderr, "cowpte-trace: wrote %llu events, %llu bytes to %s\n",
+               static_cast<unsigned long long>(w.events()),
+               static_cast<unsigned long long>(w.bytes()), out.c_str());
   return 0;
 }
 
