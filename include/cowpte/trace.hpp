@@ -178,7 +178,22 @@ struct ReplayResult {
     std::string hw_stats_json;  // Process::hw_stats_json() when it exited (or at the end)
     RssStat rss_max{};          // largest RSS seen at a step's end
   };
-  std::vector<PerProcess> processes;     // in order of appearance
+  std::vector<PerProcess> processes;  // in order of appearance
+  // Each fork of the measured phase, and what it cost while the child lived (a BGSAVE: the
+  // fork, the parent's stores during the snapshot, the memory the copies took).
+  struct Fork {
+    std::uint32_t parent = 0, child = 0;
+    std::uint64_t step = 0;                      // the measured step it happened in (1: the first)
+    std::uint64_t cycles = 0;                    // the fork's own
+    std::uint64_t frames = 0, table_frames = 0;  // allocated by the fork
+    // The most frames (and page-table frames) in use beyond what was in use before the fork,
+    // seen at a step's end or just before the child exited.
+    std::uint64_t extra_frames_max = 0, extra_table_frames_max = 0;
+    CycleStats parent_stores;          // the parent's stores while the child lived
+    std::uint64_t lifetime_steps = 0;  // steps from the fork to the child's exit (or the end)
+    bool child_exited = false;
+  };
+  std::vector<Fork> forks;
   std::uint64_t pgtable_frames_max = 0;  // Machine::pgtable_frames(), largest at a step's end
   std::uint64_t used_frames_max = 0;     // total_pages - free_pages, largest at a step's end
 };

@@ -3,6 +3,7 @@
 // or store at the page's start. With the timing model on, every call and access is timed on its
 // task's CPU, as the benchmarks time theirs.
 #include <algorithm>
+#include <map>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -53,6 +54,7 @@ class Replayer {
     }
     end_step();
     for (auto& [pid, p] : live_) procs_[index_.at(pid)].out.hw_stats_json = p->hw_stats_json();
+    while (!live_forks_.empty()) end_fork(live_forks_.begin()->first, false);
     finish();
     return std::move(res_);
   }
@@ -61,6 +63,12 @@ class Replayer {
   struct Proc {
     ReplayResult::PerProcess out;
     Samples loads, stores;
+  };
+  // A fork whose child still lives: what the machine held before it, the parent's stores since.
+  struct LiveFork {
+    std::size_t index;  // into forks_
+    std::uint64_t frames_before, tables_before;
+    Samples parent_stores;
   };
 
   // A step record: the step before it ends; false when the measured steps are all done.
@@ -78,15 +86,27 @@ class Replayer {
       const RssStat now = p->rss();
       if (rss_total(now) > rss_total(mx)) mx = now;
     }
+    for (auto& [child, lf] : live_forks_) track(lf);
     res_.pgtable_frames_max = std::max(res_.pgtable_frames_max, m_.pgtable_frames());
     res_.used_frames_max = std::max(res_.used_frames_max, m_.total_pages() - m_.free_pages());
     if (o_.on_step) o_.on_step(steps_, r_.offset());
+  }
+  std::uint64_t used_frames() const { return m_.total_pages() - m_.free_pages(); }
+  void track(const LiveFork& lf) {
+    ReplayResult::Fork& f = forks_[lf.index];
+    const std::uint64_t used = used_frames(), tables = m_.pgtable_frames();
+    if (used > lf.frames_before)
+      f.extra_frames_max = std::max(f.extra_frames_max, used - lf.frames_before);
+    if (tables > lf.tables_before)
+      f.extra_table_frames_max = std::max(f.extra_table_frames_max, tables - lf.tables_before);
   }
   // The warm-up ends: the machine's statistics and ours start again.
   void reset() {
     m_.reset_stats();
     for (Samples* s : {&fork_, &exit_, &mmap_, &munmap_, &loads_, &stores_}) s->clear();
     for (Proc& p : procs_) p.loads.clear(), p.stores.clear();
+    forks_.clear();
+    live_forks_.clear();  // a fork of the warm-up is not measured
     res_.errors.clear();
     res_.steps = 0;
     res_.pgtable_frames_max = res_.used_frames_max = 0;
@@ -185,6 +205,9 @@ class Replayer {
     const std::uint64_t c = m_.busy_cycles(cpu) - before;
     mine.add(c);
     all.add(c);
+    if (write)
+      for (auto& [child, lf] : live_forks_)
+        if (forks_[lf.index].parent == pid) lf.parent_stores.add(c);
   }
 
   void spawn(std::uint32_t pid) {
@@ -200,14 +223,37 @@ class Replayer {
   }
   void fork(const TraceEvent& e) {
     Process& p = task(e.pid);
+    const bool is_fork = e.kind == TraceKind::fork;
+    LiveFork lf{forks_.size(), used_frames(), m_.pgtable_frames(), {}};
     Result<Process*> c = Errno::inval;
-    timed(p, e.kind == TraceKind::fork ? &fork_ : nullptr,
-          [&] { c = e.kind == TraceKind::fork ? p.fork() : p.clone_vm(); });
-    if (ok(c, e.kind)) add_task(e.child, e.pid, **c);
+    const std::uint64_t before = m_.busy_cycles(p.cpu());
+    timed(p, is_fork ? &fork_ : nullptr, [&] { c = is_fork ? p.fork() : p.clone_vm(); });
+    if (!ok(c, e.kind)) return;
+    add_task(e.child, e.pid, **c);
+    if (!is_fork) return;
+    ReplayResult::Fork f;
+    f.parent = e.pid, f.child = e.child, f.step = res_.steps;
+    f.cycles = m_.busy_cycles(p.cpu()) - before;
+    f.frames = used_frames() - lf.frames_before;
+    f.table_frames = m_.pgtable_frames() - lf.tables_before;
+    forks_.push_back(f);
+    live_forks_.emplace(e.child, std::move(lf));
+  }
+  // The child of a measured fork exits (or the replay ends): its record is complete.
+  void end_fork(std::uint32_t child, bool exited) {
+    auto it = live_forks_.find(child);
+    if (it == live_forks_.end()) return;
+    track(it->second);
+    ReplayResult::Fork& f = forks_[it->second.index];
+    f.parent_stores = it->second.parent_stores.stats();
+    f.lifetime_steps = res_.steps - f.step;
+    f.child_exited = exited;
+    live_forks_.erase(it);
   }
   void exit(std::uint32_t pid) {
     Process& p = task(pid);
     procs_[index_.at(pid)].out.hw_stats_json = p.hw_stats_json();
+    end_fork(pid, true);
     timed(p, &exit_, [&] { p.exit(); });
     live_.erase(pid);
   }
@@ -224,6 +270,7 @@ class Replayer {
       p.out.stores = p.stores.stats();
       res_.processes.push_back(std::move(p.out));
     }
+    res_.forks = std::move(forks_);
   }
 
   Machine& m_;
@@ -233,6 +280,8 @@ class Replayer {
   std::unordered_map<std::uint32_t, Process*> live_;
   std::unordered_map<std::uint32_t, std::size_t> index_;  // pid -> procs_ (latest with that pid)
   std::vector<Proc> procs_;
+  std::vector<ReplayResult::Fork> forks_;
+  std::map<std::uint32_t, LiveFork> live_forks_;  // by child pid
   Samples fork_, exit_, mmap_, munmap_, loads_, stores_;
   std::uint64_t steps_ = 0, stamp_ = 0;
 };

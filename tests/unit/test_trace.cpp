@@ -341,8 +341,19 @@ TEST(TraceReplay, DoesWhatTheCallsDoUnderEveryPolicy) {
     }
     EXPECT_EQ(child.load(kBase + 40 * kPage + 8).value(), 99u);
     EXPECT_EQ(parent.load(kBase + 40 * kPage + 8).value(), 0u);
-    // The child's fault copied its one page; the parent copied 32 under every policy.
     EXPECT_EQ(child.rss().anon, 64);
+    // The fork's record: the parent's 32 stores while the child lived, and the 33 pages the
+    // COW faults copied (32 by the parent, 1 by the child) beyond the fork's own frames.
+    ASSERT_EQ(res.forks.size(), 1u);
+    const ReplayResult::Fork& fk = res.forks[0];
+    EXPECT_EQ(fk.parent, 10u);
+    EXPECT_EQ(fk.child, 11u);
+    EXPECT_EQ(fk.step, 2u);
+    EXPECT_EQ(fk.parent_stores.count, 32u);
+    EXPECT_GT(fk.cycles, 0u);
+    EXPECT_FALSE(fk.child_exited);
+    EXPECT_GE(fk.extra_frames_max, fk.frames + 33);
+    EXPECT_LE(fk.extra_frames_max, fk.frames + 33 + 2);  // + a table a COW PTE break may copy
     m.check_invariants();
   }
 }

@@ -182,6 +182,20 @@ json replay(const Scenario& s, Machine& m, Progress& progress) {
                      {"hw_stats", hw}});
   }
   out["processes"] = procs;
+  json forks = json::array();
+  for (const ReplayResult::Fork& f : res.forks)
+    forks.push_back({{"parent", f.parent},
+                     {"child", f.child},
+                     {"step", f.step},
+                     {"cycles", f.cycles},
+                     {"frames", f.frames},
+                     {"table_frames", f.table_frames},
+                     {"extra_frames_max", f.extra_frames_max},
+                     {"extra_table_frames_max", f.extra_table_frames_max},
+                     {"parent_stores", cycle_stats(f.parent_stores)},
+                     {"lifetime_steps", f.lifetime_steps},
+                     {"child_exited", f.child_exited}});
+  out["forks"] = forks;
   return out;
 }
 
@@ -227,6 +241,14 @@ std::string summarize(const json& out) {
           "  {:<7} {:>10} calls   p50 {:>10.2f} us   p99 {:>10.2f} us   max {:>10.2f} us\n", k,
           c["count"].get<std::uint64_t>(), us(c["p50"]), us(c["p99"]), us(c["max"]));
     }
+    for (const json& f : r["forks"])
+      s += fmt::format(
+          "  fork {} -> {}: {:.2f} us, {} frames; while the child lived: the parent's stores p50 "
+          "{:.2f} us, p99 {:.2f} us ({}), up to {:.1f} MiB more memory\n",
+          f["parent"].get<std::uint64_t>(), f["child"].get<std::uint64_t>(), us(f["cycles"]),
+          f["frames"].get<std::uint64_t>(), us(f["parent_stores"]["p50"]),
+          us(f["parent_stores"]["p99"]), f["parent_stores"]["count"].get<std::uint64_t>(),
+          double(f["extra_frames_max"].get<std::uint64_t>()) * 4096 / double(1 << 20));
     s += fmt::format("  page tables at most {} frames; memory in use at most {} MiB\n",
                      r["pgtable_frames_max"].get<std::uint64_t>(),
                      r["used_frames_max"].get<std::uint64_t>() * 4096 >> 20);
