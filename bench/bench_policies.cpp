@@ -21,6 +21,8 @@
 //                                          first in each 2 MiB splits the PMD and copies 4 KiB)
 //   khugepaged/policy:P/mib:N              one khugepaged pass over a parent whose 4 KiB memory
 //                                          a live child shares (COW PTE: a break per table)
+//   trace/policy:P/trace:T                 a recorded trace of docs/traces/ replayed (Redis's
+//                                          BGSAVE: the fork, the parent's writes meanwhile)
 // Simulated time comes as counters (sim_ns, sim_cycles, *_ns); the benchmark's own time is the
 // host time the simulator took.
 #include <benchmark/benchmark.h>
@@ -29,7 +31,9 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -365,6 +369,56 @@ void threaded_writes_bench(benchmark::State& state, Policy policy, std::uint64_t
   });
 }
 
+// A recorded trace replayed under the policy (docs/traces.md): a real program's fork and what
+// its processes touched afterwards, e.g. Redis's BGSAVE. The machine has room for twice the
+// largest mapped total; parent and child run on CPUs of their own, as the snapshot's do.
+// Counters: the first fork of the trace and, while its child lived, the parent's stores and the
+// frames and tables the copies took.
+void trace_bench(benchmark::State& state, Policy policy, const std::string& path) {
+  guarded(state, [&] {
+    TraceReader probe(path);
+    const TraceSummary sum = summarize_trace(probe);
+    MachineConfig cfg = machine_config(sum.mapped_bytes_max, true, 2);
+    Machine m(cfg);
+    ReplayResult res;
+    for (auto _ : state) {
+      TraceReader r(path);
+      ReplayOptions o;
+      o.policy = policy;
+      res = replay_trace(m, r, o);
+    }
+    if (res.forks.empty()) throw std::runtime_error(path + ": the trace holds no fork");
+    const ReplayResult::Fork& f = res.forks.front();
+    auto& c = state.counters;
+    c["fork_ns"] = ns(m, double(f.cycles));
+    c["fork_table_frames"] = double(f.table_frames);
+    c["writes"] = double(f.parent_stores.count);
+    c["write_p50_ns"] = ns(m, double(f.parent_stores.p50));
+    c["write_p99_ns"] = ns(m, double(f.parent_stores.p99));
+    c["write_max_ns"] = ns(m, double(f.parent_stores.max));
+    c["extra_MiB"] = double(f.extra_frames_max) * 4096 / double(1 << 20);
+    c["extra_table_kB"] = double(f.extra_table_frames_max) * 4;
+    c["copied_pages"] = double(f.extra_frames_max - f.extra_table_frames_max);
+    c["copied_tables"] = double(f.extra_table_frames_max - f.table_frames);
+    c["mapped_MiB"] = double(sum.mapped_bytes_max) / double(1 << 20);
+    c["pages_written"] = double(sum.pages_written);
+    std::uint64_t refused = 0;
+    for (const auto& [k, n] : res.errors) refused += n;
+    c["refused_calls"] = double(refused);
+  });
+}
+
+// The traces committed under docs/traces/, by name (the file name without .cptr).
+std::vector<std::pair<std::string, std::string>> committed_traces() {
+  std::vector<std::pair<std::string, std::string>> v;
+  const std::filesystem::path dir = std::filesystem::path(COWPTE_SOURCE_DIR) / "docs" / "traces";
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec))
+    if (e.path().extension() == ".cptr") v.emplace_back(e.path().stem(), e.path().string());
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
 std::string mib_name(std::uint64_t mib) { return std::to_string(mib); }
 
 void register_all(const Sweep& sw) {
@@ -462,6 +516,12 @@ void register_all(const Sweep& sw) {
             [p, mib, threads](benchmark::State& s) { threaded_writes_bench(s, p, mib, threads); })
             ->Iterations(1)
             ->Unit(benchmark::kMillisecond);
+  for (const auto& [trace, path] : committed_traces())
+    for (const Policy& p : policies())
+      reg(std::string("trace/policy:") + name(p) + "/trace:" + trace,
+          [p, path](benchmark::State& s) { trace_bench(s, p, path); })
+          ->Iterations(1)
+          ->Unit(benchmark::kMillisecond);
   for (std::uint64_t mib : sw.snapshot_mib)
     for (std::uint64_t every : sw.snapshot_every)
       for (const Policy& p : policies())

@@ -221,6 +221,43 @@ def snapshot_tables(d):
     return [t]
 
 
+def trace_real(trace):
+    """The real run's figures next to a committed trace (docs/traces/T.json), or {}."""
+    import os
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "traces",
+                        f"{trace}.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def trace_tables(d):
+    s = index(d["trace"], "policy", "trace")
+    t = Table("Recorded traces replayed (docs/traces/): the first fork and, while its child "
+              "lived, the parent's writes and the memory the copies took",
+              ["trace", "policy", "fork", "real fork", "writes", "write p50", "write p99",
+               "write max", "copied pages", "copied tables", "extra memory", "refused calls"],
+              note="real fork: what the recorded program reported for its fork (Redis INFO's "
+                   "latest_fork_usec), from the trace's .json; the simulated fork is of the "
+                   "pages the trace saw present or touched")
+    for (p0, trace) in sorted(s, key=lambda x: x[1]):
+        if p0 != "classic":
+            continue
+        real = trace_real(trace).get("latest_fork_usec")
+        for p in POLICIES:
+            r = s.get((p, trace))
+            if r:
+                t.add(trace, label(p), fmt(r["fork_ns"], "ns"),
+                      fmt(real * 1000, "ns") if real is not None else "-",
+                      f"{r['writes']:.0f}",
+                      *[fmt(r[c], "ns") for c in ("write_p50_ns", "write_p99_ns", "write_max_ns")],
+                      f"{r['copied_pages']:.0f}", f"{r['copied_tables']:.0f}",
+                      f"{r['extra_MiB']:.2f} MiB", f"{r['refused_calls']:.0f}")
+    return [t] if s else []
+
+
 def thp_tables(d):
     """Fork of THP-backed memory against 4 KiB memory, the writes after it, and khugepaged."""
     thp = index(d["thp_fork"], "policy", "mib")
@@ -509,7 +546,7 @@ def main():
     POLICIES[:] = [p for p in KNOWN if p in seen] + sorted(seen - set(KNOWN))
     errors = [r for recs in d.values() for r in recs if "error" in r]
     tables = (fork_tables(d) + write_tables(d) + server_tables(d) + snapshot_tables(d) +
-              swap_tables(d) + thp_tables(d) + thread_tables(d) + speed_table(d))
+              trace_tables(d) + swap_tables(d) + thp_tables(d) + thread_tables(d) + speed_table(d))
     print(f"cowpte fork comparison, sweep '{ctx.get('cowpte_sweep', '?')}', "
           f"{ctx.get('date', '')}, {ctx.get('num_cpus', '?')} CPUs\n")
     for t in tables:
@@ -519,7 +556,7 @@ def main():
             print(f"plot: {a.plots}/{p}")
     for r in errors:
         print(f"benchmark failed: {r}", file=sys.stderr)
-    missing = [k for k in ("fork", "real_fork", "write_after_fork", "fork_server", "snapshot",
+    missing = [k for k in ("fork", "real_fork", "write_after_fork", "fork_server", "snapshot", "trace",
                            "swapped_fork", "pressure_snapshot", "thp_fork", "real_thp_fork",
                            "thp_write_after_fork", "khugepaged", "threaded_fork",
                            "threaded_writes")
