@@ -99,6 +99,7 @@ class TraceWriter {
   std::uint64_t bytes() const noexcept { return bytes_; }
 
  private:
+  void write_header(const std::string& metadata_json);
   void put_byte(std::uint8_t);
   void put_varint(std::uint64_t);
   void put_raw(const void*, std::size_t);
@@ -112,6 +113,8 @@ class TraceReader {
  public:
   // Throws TraceError if the file is missing, is not a trace, or has a newer version.
   explicit TraceReader(const std::string& path);
+  // A trace held in memory (bytes must outlive the reader); name is used in error messages.
+  TraceReader(const void* bytes, std::size_t size, const std::string& name = "<memory>");
   ~TraceReader();
   TraceReader(const TraceReader&) = delete;
   TraceReader& operator=(const TraceReader&) = delete;
@@ -126,6 +129,8 @@ class TraceReader {
   std::uint64_t events_read() const noexcept { return events_; }
 
  private:
+  void open_checked();
+  void read_header();
   int get_byte();  // -1 at the end of the file
   std::uint8_t byte();
   std::uint64_t varint();

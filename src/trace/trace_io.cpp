@@ -68,6 +68,16 @@ TraceWriter::TraceWriter(const std::string& path, const std::string& metadata_js
     throw std::invalid_argument("trace: metadata larger than 1 MiB");
   f_ = std::fopen(path.c_str(), "wb");
   if (!f_) throw TraceError("trace: cannot create '" + path + "': " + std::strerror(errno));
+  try {
+    write_header(metadata_json);
+  } catch (...) {  // no destructor runs after a throwing constructor
+    std::fclose(f_);
+    f_ = nullptr;
+    throw;
+  }
+}
+
+void TraceWriter::write_header(const std::string& metadata_json) {
   put_raw(kTraceMagic, sizeof kTraceMagic);
   const std::uint32_t v = kTraceVersion, n = std::uint32_t(metadata_json.size());
   const unsigned char hdr[8] = {std::uint8_t(v),       std::uint8_t(v >> 8), std::uint8_t(v >> 16),
@@ -188,6 +198,30 @@ TraceReader::TraceReader(const std::string& path) : path_(path) {
   if (!f_) throw TraceError("trace: cannot open '" + path + "': " + std::strerror(errno));
   struct stat st {};
   if (::fstat(::fileno(f_), &st) == 0) size_ = std::uint64_t(st.st_size);
+  open_checked();
+}
+
+TraceReader::TraceReader(const void* bytes, std::size_t size, const std::string& name)
+    : path_(name), size_(size) {
+  // fmemopen refuses an empty buffer: an empty trace is as short as a file can be.
+  if (size == 0) fail("not a cowpte trace (too short)");
+  f_ = ::fmemopen(const_cast<void*>(bytes), size, "rb");
+  if (!f_) throw TraceError("trace: cannot read '" + name + "': " + std::strerror(errno));
+  open_checked();
+}
+
+// A constructor that throws runs no destructor: the file is closed here.
+void TraceReader::open_checked() {
+  try {
+    read_header();
+  } catch (...) {
+    std::fclose(f_);
+    f_ = nullptr;
+    throw;
+  }
+}
+
+void TraceReader::read_header() {
   char magic[sizeof kTraceMagic];
   for (char& c : magic) {
     const int b = get_byte();

@@ -224,6 +224,24 @@ TEST(Trace, CorruptionIsCaught) {
   EXPECT_GT(refused, 1000);
 }
 
+TEST(Trace, ReadsFromMemoryAsFromAFile) {
+  TempFile f("mem");
+  write_all(f.path(), every_kind());
+  const std::string bytes = slurp(f.path());
+  TraceReader file(f.path()), mem(bytes.data(), bytes.size(), "mem");
+  TraceEvent a, b;
+  while (file.next(a)) {
+    ASSERT_TRUE(mem.next(b));
+    EXPECT_EQ(a.kind, b.kind);
+    EXPECT_EQ(a.pid, b.pid);
+    EXPECT_EQ(a.pages, b.pages);
+  }
+  EXPECT_FALSE(mem.next(b));
+  EXPECT_EQ(mem.file_size(), bytes.size());
+  EXPECT_THROW(TraceReader r(bytes.data(), 0), TraceError);
+  EXPECT_THROW(TraceReader r(bytes.data(), 11), TraceError);
+}
+
 TEST(Trace, BadFilesAreNamed) {
   TempFile f("magic");
   spit(f.path(), "not a trace at all");
