@@ -164,7 +164,46 @@ expect 1 'truncated trace' "$trc" print "$tmp/trunc.cptr"
 printf '{"workload": {"kind": "trace", "path": "cow.cptr"}}' >"$tmp/trace.json"
 expect 0 'replayed 3 steps, 13 events; 2 processes' "$sim" "$tmp/trace.json" --json "$tmp/sim-trace.json"
 expect 2 'workload.path: .*truncated' "$sim" "$tmp/trace.json" --set workload.path=trunc.cptr
-if validate "$tmp"/sim-{fork,write_after_fork,fork_server,snapshot,trace}.json >"$tmp/out" 2>&1; then
+expect 0 'replayed .* steps' "$sim" scenarios/redis-bgsave.json --json "$tmp/sim-redis.json"
+
+# cowpte-record on a real program (root: pagemap's frame numbers): the fork, the child's COW
+# writes and the parent's writes after the fork, each within a few pages of what it did.
+rec=$tools/cowpte-record
+expect 0 'Usage: cowpte-record' "$rec" --help
+expect 2 'give --pid PID or -- COMMAND' "$rec" -o "$tmp/r.cptr"
+expect 2 'excludes' "$rec" -o "$tmp/r.cptr" --pid 1 -- true
+expect 1 'no process 4000000' "$rec" -o "$tmp/r.cptr" --pid 4000000
+if ((EUID == 0)); then
+  expect 0 'pages written' "$rec" -o "$tmp/rec.cptr" --interval 20 -- /usr/bin/python3 tests/data/record_fork.py
+  "$trc" print "$tmp/rec.cptr" >"$tmp/rec.txt" 2>&1
+  if "$py" - "$tmp/rec.txt" >"$tmp/out" 2>&1 <<'PY'; then
+import sys
+pids, forked, written = [], False, {}
+for line in open(sys.argv[1]):
+    t = line.split()
+    if not t or t[0].startswith("#"):
+        continue
+    if t[0] == "spawn":
+        root = t[1]
+    elif t[0] == "fork" and t[1] == root:
+        forked, child = True, t[2]
+    elif t[0] == "touch" and t[2] == "w" and forked:
+        n = sum(int(x.split("+")[1]) if "+" in x else 1 for x in t[3:])
+        written[t[1]] = written.get(t[1], 0) + n
+c, p = written.get(child, 0) if forked else 0, written.get(root, 0)
+print(f"child wrote {c}, parent wrote {p} after the fork")
+ok = forked and 2048 <= c <= 2048 + 64 and 1024 <= p <= 1024 + 64
+sys.exit(0 if ok else 1)
+PY
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    echo "check-cli: FAILED: cowpte-record's trace of tests/data/record_fork.py:" >&2
+    sed 's/^/    /' "$tmp/out" >&2
+  fi
+fi
+
+if validate "$tmp"/sim-{fork,write_after_fork,fork_server,snapshot,trace,redis}.json >"$tmp/out" 2>&1; then
   passed=$((passed + 1))
 else
   failed=$((failed + 1))

@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <optional>
 #include <utility>
 
@@ -153,10 +154,12 @@ void Recorder::scan(Proc& p) {
 // New children of recorded processes: a fork each, with the parent's VMAs and pages as they
 // were last seen (the child's first scan then reports only what differs from them).
 void Recorder::discover() {
+  std::erase_if(ended_,
+                [](pid_t pid) { return !std::filesystem::exists("/proc/" + std::to_string(pid)); });
   for (std::size_t i = 0; i < order_.size(); ++i) {
     const Proc& parent = *procs_.at(order_[i]);
     for (pid_t c : children(parent.pid)) {
-      if (procs_.count(c) || !alive(c)) continue;
+      if (procs_.count(c) || ended_.count(c) || !alive(c)) continue;
       auto child = std::make_unique<Proc>(parent);
       child->pid = c;
       TraceEvent e;
@@ -209,6 +212,7 @@ bool Recorder::step() {
   bool root_gone = false;
   for (pid_t pid : gone) {
     emit_exit(pid);
+    ended_.insert(pid);
     procs_.erase(pid);
     order_.erase(std::find(order_.begin(), order_.end(), pid));
     root_gone = root_gone || pid == root_;

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -74,6 +75,9 @@ class Recorder {
   std::chrono::steady_clock::time_point start_;
   std::map<pid_t, std::unique_ptr<Proc>> procs_;  // recorded, by pid
   std::vector<pid_t> order_;                      // in the order they were found
+  // Exited processes still listed as their parent's children (exiting, or zombies not yet
+  // reaped): not new children. Dropped once /proc no longer has them (the pid may be reused).
+  std::set<pid_t> ended_;
   bool first_ = true;
   Stats stats_;
 };
