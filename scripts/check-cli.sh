@@ -107,6 +107,18 @@ expect 0 'usage' bash scripts/check-cli.sh --help
 expect 0 'usage' python3 scripts/sweep.py --help
 expect 2 'no program to run' python3 scripts/sweep.py --out "$tmp/s.json"
 expect 2 "--jobs '0'" python3 scripts/sweep.py --jobs 0 --out "$tmp/s.json" -- "$pol"
+echo '{"grid": {}}' >"$tmp/nosc.json"
+expect 1 'needs a "scenario"' python3 scripts/sweep.py --out "$tmp/s.json" "$tmp/nosc.json"
+echo '{"scenario": "fork.json", "grid": {"policy": []}}' >"$tmp/emptygrid.json"
+expect 1 'non-empty lists' python3 scripts/sweep.py --out "$tmp/s.json" "$tmp/emptygrid.json"
+expect 2 "--slurm-tasks '0'" python3 scripts/sweep.py --backend slurm --slurm-tasks 0 --out "$tmp/s.json" scenarios/sweep-fork.json
+expect 0 'sweep: 12 runs in' python3 scripts/sweep.py --jobs 2 --out "$tmp/sw.json" scenarios/sweep-fork.json
+expect 0 'one-node SLURM cluster' bash scripts/slurm-test.sh --help
+expect 0 'Redis BGSAVE' bash scripts/redis-bgsave.sh --help
+expect 2 "unknown argument '--bogus'" bash scripts/redis-bgsave.sh --bogus
+expect 2 "--mib 'x' must be a positive integer" bash scripts/redis-bgsave.sh --mib x
+expect 0 'usage' python3 scripts/sim_plot.py --help
+expect 2 'not a cowpte-sim trace replay' python3 scripts/sim_plot.py scenarios/fork.json --out "$tmp/p.png"
 expect 0 'usage' python3 scripts/speed_check.py --help
 expect 2 'cannot read the run' python3 scripts/speed_check.py /nonexistent.json
 

@@ -14,9 +14,15 @@
 #   5. the simulator's speed (bench/bench_speed.cpp, quick sizes, twice) against
 #      bench/speed-baseline.json: a figure fails at more than 2x its baseline ratio to this
 #      machine's real fork measured in the same run, in both runs (scripts/speed_check.py).
-#   6. scripts/check-cli.sh: every program and script on --help and bad arguments.
-#   7. build-fuzz/  clang-14, libFuzzer + ASan + UBSan: each fuzz target of tests/fuzz for
-#                   COWPTE_FUZZ_SECONDS (60) from its seed corpus, both at once
+#   6. scripts/check-cli.sh: every program and script on --help and bad arguments; cowpte-sim on
+#      every built-in workload and on traces (its JSON against its schema); cowpte-record on a
+#      real program (tests/data/record_fork.py)
+#   6b. scripts/slurm-test.sh: a one-node SLURM cluster started here runs two sweeps as job
+#      arrays (scripts/sweep.py --backend slurm); their results must equal the local backend's
+#      (COWPTE_SKIP_SLURM=1 skips it)
+#   7. build-fuzz/  clang-14, libFuzzer + ASan + UBSan: each fuzz target of tests/fuzz (the
+#                   facade, the JSON configuration, traces) for COWPTE_FUZZ_SECONDS (60) from
+#                   its seed corpus, all at once
 #   8. build-tsan/  ThreadSanitizer: two Machines on two threads (tests/tsan)
 # Exits non-zero on the first failure.
 set -euo pipefail
@@ -88,7 +94,7 @@ if [[ ${COWPTE_SKIP_ASAN:-0} == 1 ]]; then
 else
   step "build-asan/ (Debug, AddressSanitizer + UndefinedBehaviorSanitizer)"
   configure build-asan -DCMAKE_BUILD_TYPE=Debug -DCOWPTE_BUILD_TESTS=ON -DCOWPTE_BUILD_BENCH=OFF \
-    -DCOWPTE_SANITIZE=ON -DCOWPTE_WERROR=ON -DCOWPTE_UNITY=ON
+    -DCOWPTE_SANITIZE=ON -DCOWPTE_WERROR=ON -DCOWPTE_UNITY=ON -DCOWPTE_BUILD_TOOLS=OFF
   cmake --build build-asan -j "$jobs"
   step "ctest build-asan/"
   export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
@@ -165,34 +171,47 @@ done
 "$py" scripts/speed_check.py "$tmp/speed1.json" "$tmp/speed2.json" --baseline bench/speed-baseline.json
 passed=$((passed + 1))
 
-step "scripts/check-cli.sh: programs and scripts on hostile arguments"
+step "scripts/check-cli.sh: programs and scripts on hostile arguments, the tools"
 bash scripts/check-cli.sh build
 passed=$((passed + 1))
+
+if [[ ${COWPTE_SKIP_SLURM:-0} == 1 ]]; then
+  step "scripts/slurm-test.sh skipped (COWPTE_SKIP_SLURM=1)"
+elif ((EUID != 0)); then
+  step "scripts/slurm-test.sh skipped: it starts SLURM's daemons and needs root"
+else
+  step "scripts/slurm-test.sh: sweeps as SLURM job arrays on a one-node cluster = the local sweeps"
+  bash scripts/slurm-test.sh build
+  passed=$((passed + 1))
+fi
 
 step "build-fuzz/ (clang-14, libFuzzer + AddressSanitizer + UndefinedBehaviorSanitizer)"
 if [[ -f build-fuzz/CMakeCache.txt ]] && ! grep -q 'CMAKE_CXX_COMPILER:.*clang' build-fuzz/CMakeCache.txt; then
   rm -rf build-fuzz
 fi
 CC=clang-14 CXX=clang++-14 configure build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOWPTE_FUZZ=ON \
-  -DCOWPTE_SANITIZE=ON -DCOWPTE_BUILD_TESTS=OFF -DCOWPTE_BUILD_BENCH=OFF -DCOWPTE_UNITY=ON
+  -DCOWPTE_SANITIZE=ON -DCOWPTE_BUILD_TESTS=OFF -DCOWPTE_BUILD_BENCH=OFF -DCOWPTE_UNITY=ON \
+  -DCOWPTE_BUILD_TOOLS=OFF
 cmake --build build-fuzz -j "$jobs"
-step "fuzzing: cowpte_fuzz_facade and cowpte_fuzz_config, ${COWPTE_FUZZ_SECONDS:-60} s each"
+step "fuzzing: cowpte_fuzz_facade, cowpte_fuzz_config and cowpte_fuzz_trace, ${COWPTE_FUZZ_SECONDS:-60} s each"
 # New inputs go to a scratch corpus; a crash is kept in build-fuzz/artifacts/ (docs/robustness.md
 # says how it becomes a corpus file and a regression test).
 mkdir -p build-fuzz/artifacts
-fuzz_pids=()
-for t in facade config; do
+# fuzz T: one target for its time, in the background; its pid in fuzz_pid.
+fuzz() {
+  local t=$1
   mkdir -p "$tmp/corpus-$t"
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     "build-fuzz/tests/fuzz/cowpte_fuzz_$t" "$tmp/corpus-$t" "tests/fuzz/corpus/$t" \
     -dict="tests/fuzz/$t.dict" -max_total_time="${COWPTE_FUZZ_SECONDS:-60}" -timeout=30 \
     -print_final_stats=1 -artifact_prefix="build-fuzz/artifacts/$t-" >"$tmp/fuzz-$t.log" 2>&1 &
-  fuzz_pids+=($!)
-done
+  fuzz_pid=$!
+}
+# fuzz_wait T PID: the target's result.
 fuzz_failed=0
-for i in 0 1; do
-  t=$([[ $i == 0 ]] && echo facade || echo config)
-  if wait "${fuzz_pids[$i]}"; then
+fuzz_wait() {
+  local t=$1
+  if wait "$2"; then
     grep -E '^stat::number_of_executed_units|^Done' "$tmp/fuzz-$t.log" | sed "s/^/cowpte_fuzz_$t: /"
     passed=$((passed + 1))
   else
@@ -200,12 +219,22 @@ for i in 0 1; do
     echo "cowpte_fuzz_$t failed; the input is in build-fuzz/artifacts/" >&2
     fuzz_failed=1
   fi
-done
+}
+# All three at once (on two cores each gets two thirds of one: fewer runs, the same time).
+fuzz facade
+p_facade=$fuzz_pid
+fuzz config
+p_config=$fuzz_pid
+fuzz trace
+p_trace=$fuzz_pid
+fuzz_wait facade "$p_facade"
+fuzz_wait config "$p_config"
+fuzz_wait trace "$p_trace"
 ((fuzz_failed == 0)) || exit 1
 
 step "build-tsan/ (ThreadSanitizer): two Machines on two threads"
 configure build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOWPTE_TSAN=ON -DCOWPTE_BUILD_TESTS=OFF \
-  -DCOWPTE_BUILD_BENCH=OFF -DCOWPTE_SANITIZE=OFF -DCOWPTE_UNITY=ON
+  -DCOWPTE_BUILD_BENCH=OFF -DCOWPTE_SANITIZE=OFF -DCOWPTE_UNITY=ON -DCOWPTE_BUILD_TOOLS=OFF
 cmake --build build-tsan -j "$jobs"
 TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/tsan/cowpte_tsan_machines
 passed=$((passed + 1))
