@@ -163,6 +163,18 @@ for w in fork write_after_fork fork_server snapshot; do
   expect 0 "cowpte-sim: $w under" "$sim" "scenarios/$w.json" --set workload.mib=16 \
     --set iterations=2 --json "$tmp/sim-$w.json"
 done
+# The progress bar: lines every 10% without a terminal (--progress always), a redrawn bar with an
+# ETA on one (script(1) gives the run a terminal); nothing by default without one.
+expect 0 'cowpte-sim: +[0-9]+% after [0-9.]+ s measured round' "$sim" scenarios/fork_server.json \
+  --set workload.execs=400 --set iterations=4 --progress always -q
+expect 0 '\[#+\.*\] +[0-9]+%.*ETA' script -qec "$sim scenarios/fork_server.json --set workload.execs=400 --set iterations=4 -q" /dev/null
+"$sim" scenarios/fork_server.json --set workload.execs=400 --set iterations=4 -q >"$tmp/quiet.out" 2>&1
+if [[ -s $tmp/quiet.out ]]; then
+  failed=$((failed + 1))
+  echo "check-cli: FAILED: cowpte-sim -q without a terminal printed something" >&2
+else
+  passed=$((passed + 1))
+fi
 expect 0 'Usage: cowpte-trace' "$trc" --help
 expect 2 'A subcommand is required' "$trc"
 expect 1 'unknown event' "$trc" assemble scripts/check-cli.sh -o "$tmp/x.cptr"
