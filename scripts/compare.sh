@@ -9,7 +9,7 @@
 # The benchmarks run one process each, on every core (scripts/sweep.py), with a line per
 # benchmark as it ends.
 #
-#   bash scripts/compare.sh           the short sweep, 1 MiB to 1 GiB (about 11 s on 2 cores once built)
+#   bash scripts/compare.sh           the short sweep, 1 MiB to 1 GiB (about 16 s on 2 cores once built)
 #   bash scripts/compare.sh --full    1 MiB to 64 GiB and the larger workloads (three minutes)
 #   bash scripts/compare.sh --help    usage; an unknown argument exits 2 before anything is built
 # --benchmark_* flags go to cowpte_bench_policies (for example --benchmark_filter=fork_server).
@@ -23,7 +23,7 @@ usage() {
 usage: bash scripts/compare.sh [--smoke|--short|--full] [--benchmark_FLAG=VALUE...]
   builds build-release/ and runs the fork-latency comparison, then prints its tables
   --smoke   the CI sweep (seconds)
-  --short   1 MiB to 1 GiB (default; about 11 s on 2 cores once built)
+  --short   1 MiB to 1 GiB (default; about 16 s on 2 cores once built)
   --full    1 MiB to 64 GiB and the larger workloads (three minutes)
   --benchmark_*  passed to cowpte_bench_policies (for example --benchmark_filter=fork_server)
 writes results/compare-<sweep>.json, results/compare-<sweep>.log and results/plots-<sweep>/
