@@ -225,6 +225,35 @@ PY
     echo "check-cli: FAILED: cowpte-record's trace of tests/data/record_fork.py:" >&2
     sed 's/^/    /' "$tmp/out" >&2
   fi
+  # Reads through the idle-page bitmap, with a stand-in file whose bits the program clears as
+  # the kernel would (these hosts have no page_idle): exactly the 512 pages it read.
+  truncate -s 256M "$tmp/bitmap"
+  expect 0 'pages written' "$rec" -o "$tmp/rr.cptr" --interval 20 --reads page-idle \
+    --idle-bitmap "$tmp/bitmap" -- /usr/bin/python3 tests/data/record_reads.py "$tmp/bitmap" "$tmp/rr.addr"
+  expect 1 'cannot open /nonexistent' "$rec" -o "$tmp/rr2.cptr" --reads page-idle \
+    --idle-bitmap /nonexistent -- true
+  "$trc" print "$tmp/rr.cptr" >"$tmp/rr.txt" 2>&1
+  if "$py" - "$tmp/rr.txt" "$tmp/rr.addr" >"$tmp/out" 2>&1 <<'PY'; then
+import sys
+lo = int(open(sys.argv[2]).read(), 16)
+hi = lo + 1024 * 4096
+read = set()
+for line in open(sys.argv[1]):
+    t = line.split()
+    if len(t) > 3 and t[0] == "touch" and t[2] == "r":
+        for x in t[3:]:
+            b, _, n = x.partition("+")
+            read.update(int(b, 16) + k * 4096 for k in range(int(n or 1)))
+got = sorted((p - lo) // 4096 for p in read if lo <= p < hi)
+print(f"pages read in the region: {len(got)}")
+sys.exit(0 if got == list(range(512)) else 1)
+PY
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    echo "check-cli: FAILED: cowpte-record's idle-page reads of tests/data/record_reads.py:" >&2
+    sed 's/^/    /' "$tmp/out" >&2
+  fi
 fi
 
 if validate "$tmp"/sim-{fork,write_after_fork,fork_server,snapshot,trace,redis}.json >"$tmp/out" 2>&1; then

@@ -96,7 +96,7 @@ int main(int argc, char** argv) {
   int interval_ms = 100;
   double duration = 0;
   bool no_children = false, quiet = false;
-  std::string method_name = "auto";
+  std::string method_name = "auto", reads = "auto", idle_path = kIdleBitmap;
   std::vector<std::string> command;
   auto* pid_opt = app.add_option("--pid,-p", pid, "attach to this running process")
                       ->check(CLI::Range(1, 1 << 22));
@@ -110,6 +110,13 @@ int main(int argc, char** argv) {
                  "(the page's frame changed: COW copies), or auto (soft-dirty where the kernel "
                  "has it)")
       ->check(CLI::IsMember({"auto", "soft-dirty", "frame-change"}));
+  app.add_option("--reads", reads,
+                 "how reads are seen: page-idle (the idle-page bitmap: every page read each "
+                 "interval), first-touch (pages that became present), or auto (page-idle where "
+                 "the kernel has it)")
+      ->check(CLI::IsMember({"auto", "page-idle", "first-touch"}));
+  app.add_option("--idle-bitmap", idle_path, "the idle-page bitmap (for tests)")
+      ->group("");  // hidden
   app.add_flag("--no-children", no_children, "record the process only, not its descendants");
   app.add_flag("--quiet,-q", quiet, "no overhead report");
   auto* cmd_opt = app.add_option("command", command, "a command to start and record (after --)");
@@ -140,6 +147,26 @@ int main(int argc, char** argv) {
     return 1;
   }
 
+  std::unique_ptr<IdleBitmap> idle;
+  if (reads != "first-touch") {
+    idle = std::make_unique<IdleBitmap>(idle_path);
+    if (!idle->ok()) {
+      if (reads == "page-idle") {
+        std::fprintf(stderr,
+                     "cowpte-record: cannot open %s (CONFIG_IDLE_PAGE_TRACKING, root): "
+                     "use --reads first-touch\n",
+                     idle_path.c_str());
+        return 1;
+      }
+      idle.reset();
+    }
+    if (idle && !pfns_visible()) {
+      std::fprintf(stderr,
+                   "cowpte-record: the idle-page bitmap needs frame numbers: run as "
+                   "root\n");
+      return 1;
+    }
+  }
   if (!command.empty()) {
     pid = start_command(command);
     if (pid < 0) {
@@ -153,10 +180,14 @@ int main(int argc, char** argv) {
 
   utsname u{};
   ::uname(&u);
-  json meta = {{"recorder", "cowpte-record"},    {"version", 1},
-               {"interval_ms", interval_ms},     {"writes", to_string(method)},
-               {"reads", "first-touch"},         {"root_pid", pid},
-               {"host_kernel", u.release},       {"started_at", now_iso()},
+  json meta = {{"recorder", "cowpte-record"},
+               {"version", 1},
+               {"interval_ms", interval_ms},
+               {"writes", to_string(method)},
+               {"reads", idle ? "page-idle" : "first-touch"},
+               {"root_pid", pid},
+               {"host_kernel", u.release},
+               {"started_at", now_iso()},
                {"follow_children", !no_children}};
   if (!command.empty()) meta["command"] = command;
 
@@ -166,7 +197,7 @@ int main(int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
   try {
     TraceWriter w(out, meta.dump());
-    Recorder rec(pid, w, method, !no_children, interval);
+    Recorder rec(pid, w, method, !no_children, interval, idle.get());
     bool running = rec.step();
     auto next = std::chrono::steady_clock::now() + interval;
     while (running && !g_stop) {

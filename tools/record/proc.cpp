@@ -66,6 +66,46 @@ bool Pagemap::read(vaddr_t start, vaddr_t end, std::vector<PageBits>& out) {
   return true;
 }
 
+IdleBitmap::IdleBitmap(const std::string& path) { fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC); }
+IdleBitmap::~IdleBitmap() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+namespace {
+// The 64-bit words holding the frames' bits, as runs of consecutive word indices; f(first word
+// index, words) for each run, with the run's words (zero, or read in).
+template <class F>
+void for_each_run(const std::vector<std::uint64_t>& pfns, F&& f) {
+  std::size_t i = 0;
+  while (i < pfns.size()) {
+    const std::uint64_t first = pfns[i] / 64;
+    std::uint64_t last = first;
+    std::size_t j = i;
+    while (j < pfns.size() && pfns[j] / 64 <= last + 1) last = pfns[j++] / 64;
+    f(first, last - first + 1, i, j);
+    i = j;
+  }
+}
+}  // namespace
+
+void IdleBitmap::mark_idle(const std::vector<std::uint64_t>& pfns) {
+  for_each_run(pfns, [&](std::uint64_t first, std::uint64_t n, std::size_t i, std::size_t j) {
+    std::vector<std::uint64_t> w(n, 0);  // zero bits are ignored: only ours become idle
+    for (std::size_t k = i; k < j; ++k) w[pfns[k] / 64 - first] |= 1ull << (pfns[k] % 64);
+    if (::pwrite(fd_, w.data(), n * 8, off_t(first * 8)) != ssize_t(n * 8)) return;
+  });
+}
+
+std::vector<bool> IdleBitmap::still_idle(const std::vector<std::uint64_t>& pfns) {
+  std::vector<bool> idle(pfns.size(), false);
+  for_each_run(pfns, [&](std::uint64_t first, std::uint64_t n, std::size_t i, std::size_t j) {
+    std::vector<std::uint64_t> w(n, 0);
+    if (::pread(fd_, w.data(), n * 8, off_t(first * 8)) != ssize_t(n * 8)) return;
+    for (std::size_t k = i; k < j; ++k) idle[k] = w[pfns[k] / 64 - first] >> (pfns[k] % 64) & 1;
+  });
+  return idle;
+}
+
 bool clear_soft_dirty(pid_t pid) {
   const int fd = ::open(proc(pid, "clear_refs").c_str(), O_WRONLY | O_CLOEXEC);
   if (fd < 0) return false;

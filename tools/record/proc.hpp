@@ -62,6 +62,26 @@ bool soft_dirty_supported();
 // Whether pagemap shows frame numbers to us (root).
 bool pfns_visible();
 
+// The idle-page bitmap (Documentation/admin-guide/mm/idle_page_tracking.rst): one bit per
+// frame, in 64-bit words; writing 1 marks a frame idle, and the kernel clears the bit when the
+// frame is accessed (through any mapping). Reads and writes are whole 8-byte words.
+class IdleBitmap {
+ public:
+  explicit IdleBitmap(const std::string& path);
+  ~IdleBitmap();
+  IdleBitmap(const IdleBitmap&) = delete;
+  IdleBitmap& operator=(const IdleBitmap&) = delete;
+  bool ok() const { return fd_ >= 0; }
+  // Marks the frames idle (pfns sorted ascending).
+  void mark_idle(const std::vector<std::uint64_t>& pfns);
+  // For each frame (sorted ascending): whether it is still idle (not accessed since marked).
+  std::vector<bool> still_idle(const std::vector<std::uint64_t>& pfns);
+
+ private:
+  int fd_ = -1;
+};
+inline constexpr const char* kIdleBitmap = "/sys/kernel/mm/page_idle/bitmap";
+
 // The pids of pid's children (every thread's), and whether pid is a live process (not a
 // zombie); its parent's pid.
 std::vector<pid_t> children(pid_t pid);

@@ -35,10 +35,11 @@ const char* to_string(WriteMethod m) {
 }
 
 Recorder::Recorder(pid_t root, TraceWriter& out, WriteMethod method, bool follow_children,
-                   std::chrono::milliseconds interval)
+                   std::chrono::milliseconds interval, IdleBitmap* idle)
     : root_(root),
       out_(out),
       method_(method),
+      idle_(idle),
       follow_(follow_children),
       interval_(interval),
       start_(std::chrono::steady_clock::now()) {}
@@ -119,12 +120,38 @@ void Recorder::scan(Proc& p) {
       if (bits[i].present() || bits[i].swapped())
         now.push_back({v.start / kPage + i, bits[i], any(v.prot & Prot::write)});
   }
+  // With the idle-page bitmap: which of the pages that kept their frame were accessed.
+  std::vector<std::uint64_t> kept;  // their frames, ascending by page (not by frame)
+  std::vector<std::size_t> kept_at;
+  if (idle_) {
+    std::size_t k = 0;
+    for (std::size_t n = 0; n < now.size(); ++n) {
+      while (k < p.seen.size() && p.seen[k].page < now[n].page) ++k;
+      const PageBits& b = now[n].bits;
+      if (k < p.seen.size() && p.seen[k].page == now[n].page && b.present() &&
+          p.seen[k].bits.present() && b.pfn() == p.seen[k].bits.pfn() && b.pfn()) {
+        kept.push_back(b.pfn());
+        kept_at.push_back(n);
+      }
+    }
+  }
+  std::vector<bool> accessed(now.size(), false);
+  if (!kept.empty()) {
+    std::vector<std::size_t> order(kept.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](auto a, auto b) { return kept[a] < kept[b]; });
+    std::vector<std::uint64_t> sorted;
+    for (std::size_t i : order) sorted.push_back(kept[i]);
+    const std::vector<bool> idle = idle_->still_idle(sorted);
+    for (std::size_t i = 0; i < order.size(); ++i) accessed[kept_at[order[i]]] = !idle[i];
+  }
   TraceEvent w, r;
   w.kind = r.kind = TraceKind::touch;
   w.pid = r.pid = std::uint32_t(p.pid);
   w.write = true;
   std::size_t j = 0;
-  for (const Seen& s : now) {
+  for (std::size_t n = 0; n < now.size(); ++n) {
+    const Seen& s = now[n];
     while (j < p.seen.size() && p.seen[j].page < s.page) ++j;
     const bool known = j < p.seen.size() && p.seen[j].page == s.page;
     bool written = false, first = !known;
@@ -141,9 +168,10 @@ void Recorder::scan(Proc& p) {
     if (written) {
       w.pages.push_back(s.page * kPage);
       ++stats_.pages_written;
-    } else if (first) {
+    } else if (first || accessed[n]) {
       r.pages.push_back(s.page * kPage);
     }
+    if (idle_ && s.bits.present() && s.bits.pfn()) to_mark_.push_back(s.bits.pfn());
   }
   if (!w.pages.empty()) out_.write(w);
   if (!r.pages.empty()) out_.write(r);
@@ -208,6 +236,12 @@ bool Recorder::step() {
     }
     diff_maps(p, now);
     scan(p);
+  }
+  if (idle_) {  // after every process's check: a frame two processes share is seen by both
+    std::sort(to_mark_.begin(), to_mark_.end());
+    to_mark_.erase(std::unique(to_mark_.begin(), to_mark_.end()), to_mark_.end());
+    idle_->mark_idle(to_mark_);
+    to_mark_.clear();
   }
   bool root_gone = false;
   for (pid_t pid : gone) {

@@ -7,6 +7,9 @@
 //   frame_change  the page's frame number changed since the last interval (pagemap, as root):
 //                 a COW copy after a fork, a page moved in by swap-in or migration. Writes to a
 //                 page that keeps its frame are invisible: before a fork only first touches show.
+// Reads: with the idle-page bitmap, a page that keeps its frame and whose frame is no longer idle
+// since the last interval was read (every frame seen is marked idle after each interval's
+// scans); without it, reads are first touches only.
 // A page present now and not at the last interval is a first touch: a write under
 // frame_change (without the zero page, as on this project's hosts, a read fault allocates too,
 // so the two cannot be told apart), a read unless soft-dirty under soft_dirty. In a VMA without
@@ -39,8 +42,10 @@ struct Stats {
 
 class Recorder {
  public:
+  // idle: the idle-page bitmap, to see reads of pages already present; null: reads are first
+  // touches only.
   Recorder(pid_t root, TraceWriter& out, WriteMethod method, bool follow_children,
-           std::chrono::milliseconds interval);
+           std::chrono::milliseconds interval, IdleBitmap* idle = nullptr);
   // One interval: a step record, then forks, each process's VMA changes and touches, exits.
   // False once the root process is gone (its exit and its descendants' are written).
   bool step();
@@ -70,6 +75,8 @@ class Recorder {
   pid_t root_;
   TraceWriter& out_;
   WriteMethod method_;
+  IdleBitmap* idle_;
+  std::vector<std::uint64_t> to_mark_;  // frames to mark idle once every process is scanned
   bool follow_;
   std::chrono::milliseconds interval_;
   std::chrono::steady_clock::time_point start_;
