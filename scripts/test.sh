@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # cowpte's test command (README, .ci/run):
 #   0. clang-format check of every C++ source (scripts/check-format.sh)
-#   1. build/       RelWithDebInfo with the benchmarks, -Werror, ctest; clang-tidy over src/
+#   1. build/       RelWithDebInfo with the benchmarks and tools, -Werror, ctest; clang-tidy over
+#                   src/ and tools/
 #   2. build-asan/  Debug with AddressSanitizer + UndefinedBehaviorSanitizer, ctest (the library
 #                   as a unity build, COWPTE_UNITY, as in 7 and 8)
 #                   (COWPTE_SKIP_ASAN=1 skips this pass)
@@ -85,7 +86,7 @@ cmake --build build -j "$jobs"
 step "ctest build/"
 run_ctest build
 
-step "clang-tidy (.clang-tidy) over src/"
+step "clang-tidy (.clang-tidy) over src/ and tools/"
 bash scripts/tidy.sh build
 passed=$((passed + 1))
 
