@@ -83,6 +83,25 @@ void report(const Stats& s, const TraceWriter& w, std::chrono::milliseconds inte
       static_cast<unsigned long long>(w.events()), static_cast<unsigned long long>(w.bytes()));
 }
 
+// One interval's scan, warning (once: the summary counts them all) when it overran the interval:
+// the steps are then farther apart than asked, and more accesses merge into each.
+bool timed_step(Recorder& rec, std::chrono::milliseconds interval, bool quiet) {
+  static bool warned = false;
+  const std::uint64_t late = rec.stats().late_intervals;
+  const auto t0 = std::chrono::steady_clock::now();
+  const bool running = rec.step();
+  if (!quiet && !warned && rec.stats().late_intervals > late) {
+    warned = true;
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    std::fprintf(stderr,
+                 "cowpte-record: warning: a scan took %.0f ms, longer than the %lld ms interval "
+                 "(the next step comes late; a longer --interval avoids it)\n",
+                 ms, static_cast<long long>(interval.count()));
+  }
+  return running;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -198,13 +217,13 @@ int main(int argc, char** argv) {
   try {
     TraceWriter w(out, meta.dump());
     Recorder rec(pid, w, method, !no_children, interval, idle.get());
-    bool running = rec.step();
+    bool running = timed_step(rec, interval, quiet);
     auto next = std::chrono::steady_clock::now() + interval;
     while (running && !g_stop) {
       std::this_thread::sleep_until(next);
       next += interval;
       if (std::chrono::steady_clock::now() > next) next = std::chrono::steady_clock::now();
-      running = rec.step();
+      running = timed_step(rec, interval, quiet);
       if (duration > 0 &&
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() >= duration)
         break;
