@@ -61,7 +61,7 @@ if ((${#missing[@]})); then
 fi
 
 tmp=$(mktemp -d)
-server_pid= load_pid= rec_pid=
+server_pid='' load_pid='' rec_pid=''
 cleanup() {
   for p in $load_pid $rec_pid $server_pid; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
