@@ -54,10 +54,14 @@ std::string flags_text(MapFlags f) {
   auto rest = std::uint32_t(f);
   for (auto [flag, n] : kFlags)
     if (any(f & flag)) {
-      s += (s.empty() ? "" : "|") + std::string(n);
+      if (!s.empty()) s += '|';  // piecewise: GCC 12's -Wrestrict misfires on `"" + string`
+      s += n;
       rest &= ~std::uint32_t(flag);
     }
-  if (rest) s += fmt::format("{}{:#x}", s.empty() ? "" : "|", rest);
+  if (rest) {
+    if (!s.empty()) s += '|';
+    s += fmt::format("{:#x}", rest);
+  }
   return s.empty() ? "0" : s;
 }
 
