@@ -5,6 +5,7 @@
     sweep.py [--jobs N] --out FILE.json SWEEP.json                  cowpte-sim runs
     sweep.py --backend slurm [--slurm-dir DIR] [--slurm-tasks T] [--slurm-arg=ARG]... [--wait]
              --out FILE.json (SWEEP.json | -- PROGRAM [ARGS...])
+    sweep.py --resubmit DIR [--slurm-arg=ARG]... [--wait]        rerun a SLURM sweep's failures
 
 A run is one process. For a Google Benchmark PROGRAM, each benchmark it lists is a run; this
 machine's real forks (real_fork*) run first and alone (a simulation beside them would slow
@@ -18,8 +19,9 @@ defaults to build-release/tools/cowpte-sim, then build/, then PATH).
 The local backend (default) runs N at a time (default: every core), the largest first, and
 prints a line as each ends. The slurm backend writes DIR (default results/slurm-TIME/) with the
 runs, submits them as one job array (task t of T runs runs t, t+T, ...; real forks get a task of
-their own) and a merge job that depends on it, and returns; with --wait it waits for the merge
-and fails if any run failed. Results merge into one JSON in run order: Google Benchmark's
+their own) and a merge job after it (afterok), and returns; with --wait it waits for the merge
+and fails, naming the runs and their logs, if any run failed (--resubmit DIR reruns those;
+sweep_slurm.py). Results merge into one JSON in run order: Google Benchmark's
 format for a program (report.py reads it), {"sweep", "runs": [{index, name, overrides,
 result}]} for cowpte-sim. Every run builds its own Machine, so the simulated figures are those
 of a serial run on any backend. docs/sweeps.md. Exits 1 if a run fails, 2 on bad arguments.
@@ -29,7 +31,6 @@ import itertools
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True  # no scripts/__pycache__ in the checkout
+import sweep_slurm  # noqa: E402  (the SLURM backend: job directory, sbatch, squeue)
 
 
 # --- the runs ------------------------------------------------------------------------------
@@ -128,16 +132,20 @@ def run_one(run, outdir):
     out = os.path.join(outdir, f"{run['index']}.json")
     log = os.path.join(outdir, f"{run['index']}.log")
     cmd = [a.replace("{out}", out) for a in run["cmd"]]
+    if os.path.exists(out):
+        os.remove(out)
     t0 = time.monotonic()
     with open(log, "w") as f:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
     ok = rc == 0 and os.path.exists(out)
-    if ok and run["kind"] == "bench":  # a filter that matched nothing still writes a file
-        try:
-            with open(out) as f:
-                ok = bool(json.load(f)["benchmarks"])
-        except (OSError, ValueError, KeyError):
-            ok = False
+    try:  # a filter that matched nothing still writes a file; so may a run that failed
+        with open(out) as f:
+            res = json.load(f)
+        ok = ok and (run["kind"] != "bench" or bool(res["benchmarks"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        ok = False
+    if not ok and os.path.exists(out):
+        os.replace(out, out + ".failed")  # only a good run leaves INDEX.json
     return run, ok, time.monotonic() - t0
 
 
@@ -209,85 +217,26 @@ def run_local(runs, jobs, header, out):
     return 0
 
 
-# --- the SLURM backend ---------------------------------------------------------------------
-
-def slurm_tasks(runs, ntasks):
-    """Task lists: real forks alone in task 0, the rest dealt round-robin to the others."""
-    alone = [r["index"] for r in runs if r["alone"]]
-    rest = [r["index"] for r in runs if not r["alone"]]
-    n = max(1, min(ntasks - (1 if alone else 0), len(rest))) if rest else 0
-    tasks = [alone] if alone else []
-    tasks += [rest[t::n] for t in range(n)]
-    return tasks
-
-
-def sbatch(args, script):
-    p = subprocess.run(["sbatch", "--parsable", *args, script], stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"sweep: sbatch failed: {p.stdout.strip()}")
-    return p.stdout.strip().split(";")[0]
-
-
-def run_slurm(runs, a, header, out):
-    if not shutil.which("sbatch"):
-        raise SystemExit("sweep: no sbatch on PATH (SLURM's client commands)")
-    d = os.path.abspath(a.slurm_dir or os.path.join("results", time.strftime("slurm-%Y%m%d-%H%M%S")))
-    os.makedirs(os.path.join(d, "results"), exist_ok=True)
-    os.makedirs(os.path.join(d, "logs"), exist_ok=True)
-    tasks = slurm_tasks(runs, a.slurm_tasks)
-    with open(os.path.join(d, "sweep.json"), "w") as f:
-        json.dump({"runs": runs, "tasks": tasks, "header": header,
-                   "out": os.path.abspath(out)}, f, indent=1)
-    py, me = shlex.quote(sys.executable), shlex.quote(os.path.abspath(__file__))
-    job = os.path.join(d, "task.sh")
-    with open(job, "w") as f:
-        f.write(f"#!/bin/sh\n# One task of the sweep's job array: its share of the runs.\n"
-                f"exec {py} {me} --worker {shlex.quote(d)} --task \"$SLURM_ARRAY_TASK_ID\"\n")
-    merger = os.path.join(d, "merge.sh")
-    with open(merger, "w") as f:
-        f.write(f"#!/bin/sh\n# The merge, after every task of the array (afterany: it reports "
-                f"failed runs).\nexec {py} {me} --merge {shlex.quote(d)}\n")
-    extra = list(a.slurm_arg)
-    array = sbatch([f"--array=0-{len(tasks) - 1}", "--job-name=cowpte-sweep",
-                    f"--output={d}/logs/task-%a.out", *extra], job)
-    merge_id = sbatch([f"--dependency=afterany:{array}", "--job-name=cowpte-sweep-merge",
-                       f"--output={d}/logs/merge.out", *extra], merger)
-    print(f"sweep: {len(runs)} runs in {len(tasks)} array tasks (job {array}), merge job "
-          f"{merge_id}; results in {d}", flush=True)
-    if not a.wait:
-        print(f"sweep: the merged JSON will be {out} (squeue -j {merge_id}; "
-              f"{d}/merge.status says how it ended)")
-        return 0
-    t0, last = time.monotonic(), None
-    while True:
-        q = subprocess.run(["squeue", "-h", "-j", f"{array},{merge_id}", "-o", "%i %T"],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
-        done = len(os.listdir(os.path.join(d, "results"))) // 2
-        line = f"sweep: {done}/{len(runs)} runs done, {time.monotonic() - t0:.0f} s"
-        if line != last:
-            print(line, flush=True)
-            last = line
-        if not q.strip() and os.path.exists(os.path.join(d, "merge.status")):
-            break
-        if not q.strip() and time.monotonic() - t0 > 30 and not os.path.exists(os.path.join(d, "merge.status")):
-            raise SystemExit(f"sweep: the jobs left the queue without a merge ({d}/logs)")
-        time.sleep(1)
-    with open(os.path.join(d, "merge.status")) as f:
-        status = f.read().strip()
-    print(f"sweep: {status}")
-    return 0 if status.startswith("ok") else 1
-
+# --- the SLURM backend's tasks (sweep_slurm.py submits them) -------------------------------
 
 def worker(d, task):
+    """Array task `task`: its runs that have no result yet, one after the other; then
+    tasks/TASK.status ("ok", or "FAILED" and the failed runs' indices). Exits 1 on a failure,
+    which holds back the merge (afterok)."""
     with open(os.path.join(d, "sweep.json")) as f:
         s = json.load(f)
-    runs = {r["index"]: r for r in s["runs"]}
-    failed = 0
+    runs, failed = {r["index"]: r for r in s["runs"]}, []
     for i in s["tasks"][task]:
+        if os.path.exists(os.path.join(d, "results", f"{i}.json")):
+            continue  # done by an earlier submission (--resubmit)
         run, ok, dt = run_one(runs[i], os.path.join(d, "results"))
         print(f"run {i} {run['name']}: {'ok' if ok else 'FAILED'} in {dt:.1f} s", flush=True)
-        failed += not ok
+        if not ok:
+            failed.append(i)
+            with open(os.path.join(d, "results", f"{i}.log")) as f:
+                sys.stdout.write(f.read()[-2000:])
+    with open(os.path.join(d, "tasks", f"{task}.status"), "w") as f:
+        f.write("FAILED " + " ".join(map(str, failed)) + "\n" if failed else "ok\n")
     return 1 if failed else 0
 
 
@@ -309,14 +258,21 @@ def merge_job(d):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], usage=__doc__.split("\n\n")[1])
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--out")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                    help="local backend: runs at a time (default: every core)")
+    ap.add_argument("--out", help="the merged JSON")
     ap.add_argument("--backend", choices=["local", "slurm"], default="local")
-    ap.add_argument("--slurm-dir")
-    ap.add_argument("--slurm-tasks", type=int, default=64)
-    ap.add_argument("--slurm-arg", action="append", default=[],
+    ap.add_argument("--slurm-dir", metavar="DIR",
+                    help="the job directory, on a file system every node sees "
+                         "(default: results/slurm-DATE-TIME)")
+    ap.add_argument("--slurm-tasks", type=int, default=64, metavar="T",
+                    help="array tasks (default 64, at most one per run)")
+    ap.add_argument("--slurm-arg", action="append", default=[], metavar="ARG",
                     help="passed to sbatch, e.g. --slurm-arg=--partition=short")
-    ap.add_argument("--wait", action="store_true")
+    ap.add_argument("--wait", action="store_true",
+                    help="slurm: wait for the merge; exit 1 naming the failed runs")
+    ap.add_argument("--resubmit", metavar="DIR",
+                    help="slurm: rerun the runs of DIR that have no result, then merge")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--task", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--merge", help=argparse.SUPPRESS)
@@ -326,6 +282,8 @@ def main():
         return worker(a.worker, a.task)
     if a.merge:
         return merge_job(a.merge)
+    if a.resubmit:
+        return sweep_slurm.resubmit(a.resubmit, a.slurm_arg, a.wait)
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
     if not cmd:
         ap.error("no program to run (put it after --) and no sweep file")
@@ -345,7 +303,9 @@ def main():
     if os.path.exists(a.out):
         os.remove(a.out)  # never leave a previous sweep's results as this one's
     if a.backend == "slurm":
-        return run_slurm(runs, a, header, a.out)
+        d = a.slurm_dir or os.path.join("results", time.strftime("slurm-%Y%m%d-%H%M%S"))
+        return sweep_slurm.submit(runs, header, a.out, d, a.slurm_tasks, a.slurm_arg, __file__,
+                                  a.wait)
     return run_local(runs, a.jobs, header, a.out)
 
 

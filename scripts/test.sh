@@ -18,9 +18,9 @@
 #   6. scripts/check-cli.sh: every program and script on --help and bad arguments; cowpte-sim on
 #      every built-in workload and on traces (its JSON against its schema); cowpte-record on a
 #      real program (tests/data/record_fork.py)
-#   6b. scripts/slurm-test.sh: a one-node SLURM cluster started here runs two sweeps as job
-#      arrays (scripts/sweep.py --backend slurm); their results must equal the local backend's
-#      (COWPTE_SKIP_SLURM=1 skips it)
+#   6b. scripts/slurm-test.sh: a one-node SLURM cluster started here runs three small sweeps as
+#      job arrays (scripts/sweep.py --backend slurm); their results must equal the local
+#      backend's, and a failed run must be named and rerun (COWPTE_SKIP_SLURM=1 skips it)
 #   7. build-fuzz/  clang-14, libFuzzer + ASan + UBSan: each fuzz target of tests/fuzz (the
 #                   facade, the JSON configuration, traces) for COWPTE_FUZZ_SECONDS (60) from
 #                   its seed corpus, all at once
