@@ -38,8 +38,7 @@ constexpr std::pair<Advice, const char*> kAdvice[] = {{Advice::dontneed, "dontne
                                                       {Advice::hugepage, "hugepage"},
                                                       {Advice::nohugepage, "nohugepage"},
                                                       {Advice::collapse, "collapse"}};
-constexpr const char* kKinds[] = {"end",  "step",  "spawn", "mmap", "munmap", "mprotect", "madvise",
-                                  "fork", "clone", "exit",  "load", "store",  "touch"};
+constexpr std::size_t kKindCount = std::size_t(TraceKind::touch) + 1;  // end .. touch
 
 std::string prot_text(Prot p) {
   std::string s = "---";
@@ -116,7 +115,7 @@ Advice parse_advice(const std::string& line, const std::string& t) {
 }  // namespace
 
 std::string to_text(const TraceEvent& e) {
-  const char* k = kKinds[std::size_t(e.kind)];
+  const std::string_view k = to_string(e.kind);
   switch (e.kind) {
     case TraceKind::end:
       return "end";
@@ -163,8 +162,8 @@ TraceEvent from_text(const std::string& line) {
   if (t.empty()) bad(line, "an empty line");
   TraceEvent e;
   std::size_t kind = 0;
-  while (kind < std::size(kKinds) && t[0] != kKinds[kind]) ++kind;
-  if (kind == 0 || kind == std::size(kKinds)) bad(line, "unknown event '" + t[0] + "'");
+  while (kind < kKindCount && t[0] != to_string(TraceKind(kind))) ++kind;
+  if (kind == 0 || kind == kKindCount) bad(line, "unknown event '" + t[0] + "'");
   e.kind = TraceKind(kind);
   auto want = [&](std::size_t n) {
     if (t.size() != n)
