@@ -64,7 +64,7 @@ Hardware::Hardware(const TimingConfig& c, unsigned ncpus, std::uint64_t memory_b
   for (unsigned i = 0; i < ncpus; ++i) cpus.emplace_back(c);
 }
 
-// L1 missed the line-filter: look it up level by level; each level's latency adds up.
+// Not the most recent line of its L1 set: look it up level by level; each level's latency adds up.
 std::uint64_t Hardware::miss_path(Cpu& cpu, std::uint64_t line) noexcept {
   // SetAssoc::access fills a level it misses in the same pass.
   std::uint64_t lat = cfg.l1d.latency;

@@ -53,10 +53,11 @@ struct Cpu {
   std::size_t mru_slot = 0;
   SetAssoc<PwcEntry> pml4e, pdpte, pde;  // keys: PCID << 36 | va >> 39, 30, 21
   SetAssoc<> l1d, l2;                    // keys: physical line number
+  std::uint64_t last_line = ~0ull;       // the line the last access touched (an L1 hit again)
+  bool stlb_huge = false;                // the STLB may hold a 2 MiB translation
   std::uint64_t clock = 0;               // cycles this CPU has run
   std::uint64_t clock_at_reset = 0;      // clock when Machine::reset_stats() last ran
   std::uint64_t idle = 0;                // cycles of clock spent idle, ever (stats: since reset)
-  std::uint64_t last_line = ~0ull;       // the line the last access touched (an L1 hit again)
   HwStats stats;
   // The process whose account the counters since at_switch belong to (a context switch, or a
   // read of the statistics, settles them).
@@ -87,7 +88,10 @@ class Hardware {
   // One data access by cpu at a physical address: its latency, charged to the CPU.
   std::uint64_t access(Cpu& cpu, std::uint64_t paddr) noexcept {
     const std::uint64_t line = paddr >> 6;
-    if (line == cpu.last_line) {  // the same line as the previous access: an L1 hit
+    // An L1 hit on the line accessed last (its set's most recent), or on one of the two most
+    // recent lines of its set: no call, nothing looked up.
+    if (line == cpu.last_line || cpu.l1d.hit_recent(line)) {
+      cpu.last_line = line;
       ++cpu.stats.l1d_hits;
       cpu.clock += cfg.l1d.latency;
       return cfg.l1d.latency;

@@ -111,6 +111,9 @@ Result<std::uint64_t> Kernel::user_access_walk(MmStruct& mm, vaddr_t addr, bool 
     return val;
   };
   for (int attempt = 0; attempt < kMaxFaultRetries; ++attempt) {
+    // Whether this attempt missed key in the DTLB and in the STLB: the fill after the walk
+    // then need not search those sets again (the walk itself changes no TLB).
+    bool dtlb_missed = false, stlb_missed = false;
     if (cpu) {
       const TimingConfig& c = hw->cfg;
       cpu->clock += c.dtlb_4k.latency;
@@ -118,23 +121,33 @@ Result<std::uint64_t> Kernel::user_access_walk(MmStruct& mm, vaddr_t addr, bool 
       bool hit = false;
       bool in_stlb = false;
       // The DTLBs of each page size are looked up in parallel, then the STLB (4 KiB and 2 MiB).
-      // A huge entry holds its first frame: the access goes to the subpage of addr.
+      // A huge entry holds its first frame: the access goes to the subpage of addr. (A DTLB
+      // that holds nothing, or an STLB that never held a 2 MiB entry, misses without a look.)
       std::uint64_t sub = 0;
-      if (const std::size_t slot = cpu->dtlb_4k.find(key); slot != cpu->dtlb_4k.npos) {
+      const TlbEntry* h = nullptr;
+      const std::size_t slot = cpu->dtlb_4k.find(key);
+      dtlb_missed = slot == cpu->dtlb_4k.npos;
+      if (!dtlb_missed) {
         e = cpu->dtlb_4k.value_at(slot), hit = true;
         cpu->mru_key = key, cpu->mru_slot = slot;
-      } else if (const TlbEntry* h = cpu->dtlb_2m.lookup(tlb_key(mm.pcid, addr, PMD_SHIFT))) {
+      } else if (cpu->dtlb_2m.any_valid() &&
+                 (h = cpu->dtlb_2m.lookup(tlb_key(mm.pcid, addr, PMD_SHIFT)))) {
         e = *h, hit = true, sub = pte_index(addr);
-      } else if (const TlbEntry* g = cpu->dtlb_1g.lookup(tlb_key(mm.pcid, addr, PUD_SHIFT))) {
-        e = *g, hit = true, sub = (addr & ~PUD_MASK) >> PAGE_SHIFT;
+      } else if (cpu->dtlb_1g.any_valid() &&
+                 (h = cpu->dtlb_1g.lookup(tlb_key(mm.pcid, addr, PUD_SHIFT)))) {
+        e = *h, hit = true, sub = (addr & ~PUD_MASK) >> PAGE_SHIFT;
       } else {
         cpu->clock += c.stlb.latency;
         if (const TlbEntry* s = cpu->stlb.lookup(key)) {
           e = *s, hit = in_stlb = true;
-          cpu->mru_key = key, cpu->mru_slot = cpu->dtlb_4k.insert_slot(key, e);
-        } else if (const TlbEntry* s2 = cpu->stlb.lookup(stlb_key_2m(mm.pcid, addr))) {
+          cpu->mru_key = key, cpu->mru_slot = cpu->dtlb_4k.insert_absent(key, e);
+          dtlb_missed = false;  // it is there now
+        } else if (const TlbEntry* s2 =
+                       cpu->stlb_huge ? cpu->stlb.lookup(stlb_key_2m(mm.pcid, addr)) : nullptr) {
           e = *s2, hit = in_stlb = true, sub = pte_index(addr);
           cpu->dtlb_2m.insert(tlb_key(mm.pcid, addr, PMD_SHIFT), e);
+        } else {
+          stlb_missed = true;
         }
       }
       // A hit counts only when the entry serves the access; one that can't serve a write (read
@@ -159,12 +172,18 @@ Result<std::uint64_t> Kernel::user_access_walk(MmStruct& mm, vaddr_t addr, bool 
         const bool dirty = (w.pte & _PAGE_DIRTY) != 0;
         if (w.shift == PAGE_SHIFT) {
           const TlbEntry fill{raw(mem.pfn(*w.page)), w.writable, dirty};
-          cpu->stlb.insert(key, fill);
-          cpu->mru_key = key, cpu->mru_slot = cpu->dtlb_4k.insert_slot(key, fill);
+          if (stlb_missed)
+            cpu->stlb.insert_absent(key, fill);
+          else
+            cpu->stlb.insert(key, fill);
+          cpu->mru_key = key;
+          cpu->mru_slot = dtlb_missed ? cpu->dtlb_4k.insert_absent(key, fill)
+                                      : cpu->dtlb_4k.insert_slot(key, fill);
         } else {
           const TlbEntry fill{raw(pmd_pfn(w.pte)), w.writable, dirty};
           if (w.shift == PMD_SHIFT) {
             cpu->stlb.insert(stlb_key_2m(mm.pcid, addr), fill);
+            cpu->stlb_huge = true;  // from now on a miss looks for 2 MiB entries too
             cpu->dtlb_2m.insert(tlb_key(mm.pcid, addr, PMD_SHIFT), fill);
           } else {
             cpu->dtlb_1g.insert(tlb_key(mm.pcid, addr, PUD_SHIFT), fill);

@@ -3,15 +3,20 @@
 // 64-bit (a line number, or a PCID-tagged page number); the set is key % sets. The victim is
 // the invalid way with the lowest index, else the least recently used one.
 //
-// The layout is chosen for the simulator's speed (every simulated access scans a set): the keys
-// of a set are contiguous, an invalid way holds the key kEmpty (so a hit is one comparison per
-// way), and payloads live apart. The recency order of a set of at most 16 ways is a permutation
-// of way numbers packed in one 64-bit word, one nibble each, most recent first: a hit moves its
-// nibble to the front and the victim is read off the last nibble, instead of scanning
-// per-way timestamps. Wider sets keep a timestamp per way. Both give exactly the same victims.
+// The layout is chosen for the simulator's speed (every simulated access looks up a set, and
+// most of a timed fork's lookups are misses in the L2 and the LLC). A set of at most 16 ways
+// has a 32-byte head: one signature byte per way (a hash of its key), the set's recency order
+// and its valid bits. A lookup compares the key's signature with all 16 bytes at once and reads
+// a full key only where a signature matched: a miss usually touches the head alone, and the
+// heads of the largest array (the LLC's 8,192 sets) take 256 KiB where its keys take 1 MiB.
+// The recency order is a permutation of way numbers packed in one 64-bit word, one nibble each,
+// most recent first: a hit moves its nibble to the front and the victim is read off the last
+// nibble. Wider sets scan their keys and keep a timestamp per way. Both give exactly the same
+// victims (tests/unit/test_timing.cpp checks them against a plain LRU list).
 #pragma once
 
 #include <bit>
+#include <cassert>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -47,8 +52,7 @@ class SetAssoc {
     keys_.assign(std::size_t(sets) * ways, kEmpty);
     if constexpr (kHasPayload) values_.resize(keys_.size());
     if (packed_) {
-      order_.assign(sets, kIdentityOrder);
-      valid_.assign(sets, 0);
+      heads_.assign(sets, Head{});
       full_ = std::uint32_t((1ull << ways) - 1);
     } else {
       stamps_.assign(keys_.size(), 0);
@@ -58,7 +62,30 @@ class SetAssoc {
   std::uint32_t sets() const noexcept { return sets_; }
   std::uint32_t ways() const noexcept { return ways_; }
   bool empty_geometry() const noexcept { return keys_.empty(); }
+  // Whether any way holds a key (a lookup in an empty array is a miss without a look).
+  bool any_valid() const noexcept { return valid_ways_ != 0; }
 
+  // Whether key is its set's most recently used way: a hit that changes nothing, so a caller
+  // may count it without calling access (the caches' inline fast path).
+  bool is_mru(std::uint64_t key) const noexcept {
+    if (!packed_) return false;
+    const std::size_t set = set_of(key);
+    return keys_[set * ways_ + (heads_[set].order & 15)] == key;  // an invalid way: kEmpty
+  }
+  // A hit on key if it is its set's most recent way, or its second most recent (the two swap
+  // places, as access would do); false otherwise, with nothing changed. The caches' inline fast
+  // path: an access alternating between two lines of a set (a fork's parent and child PTE
+  // lines) costs two compares.
+  [[gnu::always_inline]] bool hit_recent(std::uint64_t key) noexcept {
+    if (!packed_ || ways_ < 2) return false;
+    const std::size_t set = set_of(key);
+    const std::uint64_t* k = &keys_[set * ways_];
+    const std::uint64_t order = heads_[set].order;
+    if (k[order & 15] == key) return true;  // an invalid way holds kEmpty
+    if (k[(order >> 4) & 15] != key) return false;
+    heads_[set].order = (order & ~0xffull) | ((order & 15) << 4) | ((order >> 4) & 15);
+    return true;
+  }
   // The slot (set * ways + way) holding key, marked most recently used; npos on a miss.
   std::size_t find(std::uint64_t key) noexcept {
     const std::size_t set = set_of(key);
@@ -93,20 +120,21 @@ class SetAssoc {
                           std::optional<std::uint64_t>* evicted = nullptr) noexcept {
     const std::size_t set = set_of(key);
     std::uint32_t w = way_of(set, key);
-    if (w == ways_) {
-      w = victim(set);
-      if (evicted && keys_[set * ways_ + w] != kEmpty) *evicted = keys_[set * ways_ + w];
-      fill(set, w, key);
-    } else {
-      touch(set, w);
-    }
+    if (w == ways_) return insert_new(set, key, value, evicted);
+    touch(set, w);
     if constexpr (kHasPayload) values_[set * ways_ + w] = value;
     return set * ways_ + w;
+  }
+  // insert_slot of a key the caller just missed in this array (nothing changed it since): the
+  // set is not searched again.
+  std::size_t insert_absent(std::uint64_t key, const Payload& value = {}) noexcept {
+    assert(!peek(key) && "insert_absent of a key the array holds");
+    return insert_new(set_of(key), key, value, nullptr);
   }
 
   // A cache access: true on a hit (now most recently used); on a miss key is filled into the
   // invalid or least recently used way.
-  bool access(std::uint64_t key) noexcept {
+  [[gnu::always_inline]] bool access(std::uint64_t key) noexcept {
     const std::size_t set = set_of(key);
     const std::uint32_t w = way_of(set, key);
     if (w != ways_) {
@@ -118,6 +146,7 @@ class SetAssoc {
   }
 
   bool invalidate(std::uint64_t key) noexcept {
+    if (!valid_ways_) return false;
     const std::size_t set = set_of(key);
     const std::uint32_t w = way_of(set, key);
     if (w == ways_) return false;
@@ -126,6 +155,7 @@ class SetAssoc {
   }
   template <class Pred>
   void invalidate_if(Pred&& pred) {
+    if (!valid_ways_) return;
     for (std::size_t slot = 0; slot < keys_.size(); ++slot) {
       if (keys_[slot] == kEmpty) continue;
       const Way w{keys_[slot], value_at(slot)};
@@ -133,7 +163,7 @@ class SetAssoc {
     }
   }
   void clear() noexcept {
-    for (std::size_t slot = 0; slot < keys_.size(); ++slot)
+    for (std::size_t slot = 0; slot < keys_.size() && valid_ways_; ++slot)
       if (keys_[slot] != kEmpty) drop(slot / ways_, std::uint32_t(slot % ways_));
   }
   template <class F>
@@ -147,59 +177,48 @@ class SetAssoc {
 
  private:
   static constexpr bool kHasPayload = !std::is_empty_v<Payload>;
-  static constexpr std::uint32_t kPackedWays = 16;  // nibbles in the 64-bit order word
+  static constexpr std::uint32_t kPackedWays = 16;  // nibbles in the order word, signature bytes
   static constexpr std::uint64_t kIdentityOrder = 0xfedcba9876543210ull;
   static constexpr std::uint64_t kNibbleOnes = 0x1111111111111111ull;
 
+  // A packed set's head: what a lookup reads first, in half a host cache line.
+  struct alignas(32) Head {
+    std::uint8_t sig[kPackedWays] = {};    // per way: signature(key) of a valid way
+    std::uint64_t order = kIdentityOrder;  // way numbers, most recent first, a nibble each
+    std::uint32_t valid = 0;               // a bit per valid way
+  };
+  // Eight bits of the key, mixed (Fibonacci hashing): keys of one set differ above the set
+  // bits, and a multiply spreads any difference into the top byte.
+  static std::uint8_t signature(std::uint64_t key) noexcept {
+    return std::uint8_t((key * 0x9e3779b97f4a7c15ull) >> 56);
+  }
+
   std::size_t set_of(std::uint64_t key) const noexcept { return std::size_t(key & (sets_ - 1)); }
-  // The way of set holding key, or ways_. A packed set tries its most recent way first: a
-  // line hit again soon (a table line between struct page touches) is found in one compare.
-  std::uint32_t way_of(std::size_t set, std::uint64_t key) const noexcept {
+  // The way of set holding key, or ways_.
+  [[gnu::always_inline]] std::uint32_t way_of(std::size_t set, std::uint64_t key) const noexcept {
     const std::uint64_t* k = &keys_[set * ways_];
     if (packed_) {
-      const std::uint32_t mru = std::uint32_t(order_[set] & 15);
-      if (k[mru] == key) return mru;
+      // The valid ways whose signature matches; a full key is read only for those (one, for a
+      // hit; none, for a miss but once in 256 per way).
+      const Head& h = heads_[set];
+      for (std::uint32_t m = sig_matches(h, signature(key)) & h.valid; m; m &= m - 1) {
+        const std::uint32_t w = std::uint32_t(std::countr_zero(m));
+        if (k[w] == key) return w;
+      }
+      return ways_;
     }
-    // The common geometries compare every way without a branch (SSE2 where there is); the
-    // keys of a set are unique, so the lowest match is the match.
-    if (ways_ == 16) return first_match<16>(k, key);
-    if (ways_ == 12) return first_match<12>(k, key);
-    if (ways_ == 8) return first_match<8>(k, key);
-    if (ways_ == 4) return first_match<4>(k, key);
     std::uint32_t w = 0;
     while (w < ways_ && k[w] != key) ++w;
     return w;
   }
-  template <std::uint32_t N>
-  static std::uint32_t first_match(const std::uint64_t* k, std::uint64_t key) noexcept {
-    static_assert(N % 4 == 0 && N <= 16);
+  static std::uint32_t sig_matches(const Head& h, std::uint8_t sig) noexcept {
 #if defined(__SSE2__)
-    // SSE2 has no 64-bit compare (pcmpeqq is SSE4.1): compare 32-bit halves, narrow the
-    // results to one byte per half, and a key matches where both of its halves do. Two
-    // compares per four ways and one movemask per eight, where the scalar loop spends four
-    // instructions per way (the miss path scans an 8- and a 16-way set per new line, a TLB miss
-    // the 12-way STLB).
-    const __m128i kk = _mm_set1_epi64x(static_cast<long long>(key));
-    auto eq = [&](std::uint32_t i) {
-      return _mm_cmpeq_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(k + i)), kk);
-    };
-    std::uint32_t m = 0;
-    std::uint32_t i = 0;
-    for (; i + 8 <= N; i += 8) {
-      const __m128i bytes =
-          _mm_packs_epi16(_mm_packs_epi32(eq(i), eq(i + 2)), _mm_packs_epi32(eq(i + 4), eq(i + 6)));
-      m |= std::uint32_t(_mm_movemask_epi8(bytes)) << (2 * i);  // bits 2w, 2w+1: way w's halves
-    }
-    if (i < N) {  // four ways left
-      const __m128i bytes = _mm_packs_epi16(_mm_packs_epi32(eq(i), eq(i + 2)), _mm_setzero_si128());
-      m |= (std::uint32_t(_mm_movemask_epi8(bytes)) & 0xff) << (2 * i);
-    }
-    m &= (m >> 1) & 0x55555555u;
-    return m ? std::uint32_t(std::countr_zero(m)) / 2 : N;
+    const __m128i v = _mm_load_si128(reinterpret_cast<const __m128i*>(h.sig));
+    return std::uint32_t(_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(char(sig)))));
 #else
     std::uint32_t m = 0;
-    for (std::uint32_t i = 0; i < N; ++i) m |= std::uint32_t(k[i] == key) << i;
-    return m ? std::uint32_t(std::countr_zero(m)) : N;
+    for (std::uint32_t i = 0; i < kPackedWays; ++i) m |= std::uint32_t(h.sig[i] == sig) << i;
+    return m;
 #endif
   }
   Payload* value_ptr(std::size_t slot) noexcept {
@@ -211,16 +230,25 @@ class SetAssoc {
     return &none_;
   }
 
+  std::size_t insert_new(std::size_t set, std::uint64_t key, const Payload& value,
+                         std::optional<std::uint64_t>* evicted) noexcept {
+    const std::uint32_t w = victim(set);
+    if (evicted && keys_[set * ways_ + w] != kEmpty) *evicted = keys_[set * ways_ + w];
+    fill(set, w, key);
+    if constexpr (kHasPayload) values_[set * ways_ + w] = value;
+    return set * ways_ + w;
+  }
+
   // Make way w of set the most recently used.
-  void touch(std::size_t set, std::uint32_t w) noexcept {
+  [[gnu::always_inline]] void touch(std::size_t set, std::uint32_t w) noexcept {
     if (!packed_) {
       stamps_[set * ways_ + w] = ++clock_;
       return;
     }
-    const std::uint64_t order = order_[set];
+    const std::uint64_t order = heads_[set].order;
     if ((order & 15) == w) return;   // already the most recent
     if (((order >> 4) & 15) == w) {  // the second most recent: swap the two
-      order_[set] = (order & ~0xffull) | ((order & 15) << 4) | w;
+      heads_[set].order = (order & ~0xffull) | ((order & 15) << 4) | w;
       return;
     }
     // w's position: the lowest zero nibble of order ^ w... (the classic has-zero-byte test on
@@ -230,14 +258,15 @@ class SetAssoc {
         unsigned(std::countr_zero((x - kNibbleOnes) & ~x & (kNibbleOnes << 3))) / 4;
     move_to_front(set, w, pos);
   }
-  void move_to_front(std::size_t set, std::uint32_t w, unsigned pos) noexcept {
-    const std::uint64_t order = order_[set];
+  [[gnu::always_inline]] void move_to_front(std::size_t set, std::uint32_t w,
+                                            unsigned pos) noexcept {
+    const std::uint64_t order = heads_[set].order;
     const std::uint64_t below = order & ((1ull << (4 * pos)) - 1);       // more recent than w
     const std::uint64_t above = order & ~((2ull << (4 * pos + 3)) - 1);  // less recent
-    order_[set] = above | (below << 4) | w;
+    heads_[set].order = above | (below << 4) | w;
   }
   // The way a miss in set fills: the invalid way with the lowest index, else the LRU one.
-  std::uint32_t victim(std::size_t set) const noexcept {
+  [[gnu::always_inline]] std::uint32_t victim(std::size_t set) const noexcept {
     if (!packed_) {
       const std::uint64_t* s = &stamps_[set * ways_];
       std::uint32_t v = 0;
@@ -245,13 +274,23 @@ class SetAssoc {
         if (s[w] < s[v]) v = w;  // the first minimum: invalid ways have stamp 0
       return v;
     }
-    if (valid_[set] != full_) return std::uint32_t(std::countr_zero(~valid_[set]));
-    return std::uint32_t(order_[set] >> (4 * (ways_ - 1))) & 15;
+    const Head& h = heads_[set];
+    if (h.valid != full_) return std::uint32_t(std::countr_zero(~h.valid));
+    return std::uint32_t(h.order >> (4 * (ways_ - 1))) & 15;
   }
-  void fill(std::size_t set, std::uint32_t w, std::uint64_t key) noexcept {
+  [[gnu::always_inline]] void fill(std::size_t set, std::uint32_t w, std::uint64_t key) noexcept {
+    if (!packed_) {
+      if (keys_[set * ways_ + w] == kEmpty) ++valid_ways_;
+      keys_[set * ways_ + w] = key;
+      touch(set, w);
+      return;
+    }
     keys_[set * ways_ + w] = key;
-    if (!packed_ || valid_[set] != full_) {
-      if (packed_) valid_[set] |= 1u << w;
+    Head& h = heads_[set];
+    valid_ways_ += !((h.valid >> w) & 1);
+    h.sig[w] = signature(key);
+    if (h.valid != full_) {
+      h.valid |= 1u << w;
       touch(set, w);
       return;
     }
@@ -261,8 +300,9 @@ class SetAssoc {
   // order matters, and a way becomes valid again only through fill, which makes it the front).
   void drop(std::size_t set, std::uint32_t w) noexcept {
     keys_[set * ways_ + w] = kEmpty;
+    --valid_ways_;
     if (packed_) {
-      valid_[set] &= ~(1u << w);
+      heads_[set].valid &= ~(1u << w);
     } else {
       stamps_[set * ways_ + w] = 0;
     }
@@ -270,11 +310,11 @@ class SetAssoc {
 
   std::uint32_t sets_ = 0, ways_ = 0;
   bool packed_ = true;
-  std::uint32_t full_ = 0;             // packed: valid_ of a set whose ways are all valid
+  std::uint32_t full_ = 0;             // packed: valid of a set whose ways are all valid
+  std::uint64_t valid_ways_ = 0;       // ways holding a key, over every set
   std::vector<std::uint64_t> keys_;    // sets * ways, kEmpty when invalid
   std::vector<Payload> values_;        // sets * ways; empty without a payload
-  std::vector<std::uint64_t> order_;   // packed: per set, way numbers most recent first
-  std::vector<std::uint32_t> valid_;   // packed: per set, a bit per valid way
+  std::vector<Head> heads_;            // packed: per set
   std::vector<std::uint64_t> stamps_;  // wide sets: per way, the time of last use (0: invalid)
   std::uint64_t clock_ = 0;
   static inline Payload none_{};  // the payload every hit shares when Payload is empty

@@ -8,7 +8,9 @@
 
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
+#include <list>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include "mmu/set_assoc.hpp"
@@ -49,6 +51,119 @@ TEST(SetAssoc, KeysMapToSetsByTheirLowBits) {
   EXPECT_FALSE(s.insert(0).has_value());
   EXPECT_FALSE(s.insert(1).has_value()) << "another set";
   EXPECT_EQ(s.insert(4), std::optional<std::uint64_t>(0)) << "the same set, one way";
+}
+
+// The plain definition SetAssoc must match: per set, its ways in recency order (a list), the
+// victim the lowest-numbered invalid way, else the least recently used one.
+class LruReference {
+ public:
+  LruReference(std::uint32_t sets, std::uint32_t ways)
+      : ways_(ways), key_(std::size_t(sets) * ways, kInvalid), value_(key_.size()), order_(sets) {}
+  std::size_t find(std::uint64_t key) {
+    const std::size_t set = key % order_.size();
+    for (std::uint32_t w = 0; w < ways_; ++w)
+      if (key_[set * ways_ + w] == key) return touch(set, w);
+    return SetAssoc<int>::npos;
+  }
+  std::size_t insert(std::uint64_t key, int value, std::optional<std::uint64_t>* evicted) {
+    std::size_t slot = find(key);
+    if (slot == SetAssoc<int>::npos) {
+      const std::size_t set = key % order_.size();
+      std::uint32_t w = 0;
+      while (w < ways_ && key_[set * ways_ + w] != kInvalid) ++w;
+      if (w == ways_) w = order_[set].back();
+      if (key_[set * ways_ + w] != kInvalid) *evicted = key_[set * ways_ + w];
+      key_[set * ways_ + w] = key;
+      slot = touch(set, w);
+    }
+    value_[slot] = value;
+    return slot;
+  }
+  bool invalidate(std::uint64_t key) {
+    const std::size_t slot = find(key);
+    if (slot == SetAssoc<int>::npos) return false;
+    key_[slot] = kInvalid;
+    order_[slot / ways_].remove(std::uint32_t(slot % ways_));
+    return true;
+  }
+  std::uint64_t key_at(std::size_t slot) const { return key_[slot]; }
+  int value_at(std::size_t slot) const { return value_[slot]; }
+  void set_value(std::size_t slot, int v) { value_[slot] = v; }
+  std::size_t slots() const { return key_.size(); }
+
+ private:
+  static constexpr std::uint64_t kInvalid = ~0ull;
+  std::size_t touch(std::size_t set, std::uint32_t w) {
+    order_[set].remove(w);
+    order_[set].push_front(w);
+    return set * ways_ + w;
+  }
+  std::uint32_t ways_;
+  std::vector<std::uint64_t> key_;
+  std::vector<int> value_;
+  std::vector<std::list<std::uint32_t>> order_;
+};
+
+// Random lookups, inserts, inserts of missed keys, cache accesses and invalidations on SetAssoc
+// and on the reference, comparing every answer and slot. Per set, keys come from 200 tags (some
+// with high bits set), so that many share a signature byte and a lookup must compare full keys.
+TEST(SetAssoc, MatchesAPlainLruListOnRandomOperations) {
+  const std::pair<std::uint32_t, std::uint32_t> geometries[] = {{1, 4}, {4, 8},  {16, 12}, {2, 16},
+                                                                {8, 3}, {2, 20}, {1, 1}};
+  std::mt19937_64 rng(20261204);
+  for (auto [sets, ways] : geometries) {
+    SetAssoc<int> s(sets, ways);
+    LruReference ref(sets, ways);
+    const std::uint32_t tags = ways * 3 + 200 * (ways >= 8);
+    auto any_key = [&] {
+      const std::uint64_t tag = rng() % tags;
+      return (rng() % sets) + sets * (tag % 7 == 0 ? tag | (tag << 33) : tag);
+    };
+    for (int step = 0; step < 200'000; ++step) {
+      const std::uint64_t key = any_key();
+      const int value = int(rng() % 1000);
+      SCOPED_TRACE(::testing::Message()
+                   << sets << "x" << ways << " step " << step << " key " << key);
+      switch (rng() % 5) {
+        case 0:
+          ASSERT_EQ(s.find(key), ref.find(key));
+          break;
+        case 1: {
+          std::optional<std::uint64_t> ev_s, ev_r;
+          ASSERT_EQ(s.insert_slot(key, value, &ev_s), ref.insert(key, value, &ev_r));
+          ASSERT_EQ(ev_s, ev_r);
+          break;
+        }
+        case 2:
+          if (!s.peek(key)) {
+            std::optional<std::uint64_t> ev;
+            ASSERT_EQ(s.insert_absent(key, value), ref.insert(key, value, &ev));
+          }
+          break;
+        case 3: {
+          const bool hit = ref.find(key) != SetAssoc<int>::npos;
+          std::optional<std::uint64_t> ev;
+          const std::size_t slot = hit ? 0 : ref.insert(key, 0, &ev);
+          ASSERT_EQ(s.access(key), hit);
+          if (!hit) ref.set_value(slot, s.value_at(slot));  // access fills no payload
+          break;
+        }
+        default:
+          ASSERT_EQ(s.invalidate(key), ref.invalidate(key));
+      }
+      if (step % 64 == 0) {
+        bool any = false;
+        for (std::size_t i = 0; i < ref.slots(); ++i) any |= ref.key_at(i) != ~0ull;
+        ASSERT_EQ(s.any_valid(), any);
+      }
+    }
+    for (std::size_t i = 0; i < ref.slots(); ++i) {
+      ASSERT_EQ(s.key_at(i), ref.key_at(i)) << sets << "x" << ways << " slot " << i;
+      if (ref.key_at(i) != ~0ull) {
+        ASSERT_EQ(s.value_at(i), ref.value_at(i));
+      }
+    }
+  }
 }
 
 class Timing : public ::testing::Test {
