@@ -7,6 +7,7 @@
 //   speed/fork_exit/policy:P/mib:M/timed:T      fork of M MiB populated, then the child's exit
 //   speed/write_after_fork/policy:P/mib:M/timed:T  the parent's first store into every page
 //   speed/walk/pattern:S/mib:M                  timed loads that miss the TLBs and walk
+//   speed/load_untimed/pattern:S/mib:M          the same loads on the functional model alone
 //   speed/footprint/mib:M/timed:T               host bytes per populated page, parent + child
 //   speed/give_back/mib:M                       host memory after storing M MiB and exiting
 //
@@ -115,9 +116,9 @@ const char* name(Walk w) {
   return w == Walk::sequential ? "sequential" : w == Walk::random ? "random" : "tlb_hit";
 }
 
-void walk(benchmark::State& state, Walk pattern, std::uint64_t mib) {
+void walk(benchmark::State& state, Walk pattern, std::uint64_t mib, bool timed) {
   guarded(state, [&] {
-    Parent pa(mib, true, "classic");
+    Parent pa(mib, timed, "classic");
     std::mt19937_64 rng(1);
     std::vector<double> per_s;
     std::uint64_t sum = 0, walks = 0;
@@ -138,7 +139,7 @@ void walk(benchmark::State& state, Walk pattern, std::uint64_t mib) {
     }
     benchmark::DoNotOptimize(sum);
     state.counters["loads_per_s"] = median(per_s);
-    state.counters["walks_per_load"] = double(walks) / double(n * state.iterations());
+    if (timed) state.counters["walks_per_load"] = double(walks) / double(n * state.iterations());
   });
 }
 
@@ -242,7 +243,13 @@ void register_all(const Sizes& s) {
   for (std::uint64_t mib : s.walk_mib)
     for (Walk w : {Walk::sequential, Walk::random, Walk::tlb_hit})
       reg(std::string("speed/walk/pattern:") + name(w) + "/mib:" + std::to_string(mib), 3,
-          [=](benchmark::State& st) { walk(st, w, mib); });
+          [=](benchmark::State& st) { walk(st, w, mib, true); });
+  // The same loads without the timing model: what the functional model's walk and the host's
+  // memory cost alone (the bound of what the timing model's speed can reach).
+  for (std::uint64_t mib : s.walk_mib)
+    for (Walk w : {Walk::sequential, Walk::random})
+      reg(std::string("speed/load_untimed/pattern:") + name(w) + "/mib:" + std::to_string(mib), 3,
+          [=](benchmark::State& st) { walk(st, w, mib, false); });
   reg("speed/give_back/mib:" + std::to_string(s.give_back_mib), 1,
       [m = s.give_back_mib](benchmark::State& st) { give_back(st, m); });
 }
