@@ -11,8 +11,10 @@
 // heads of the largest array (the LLC's 8,192 sets) take 256 KiB where its keys take 1 MiB.
 // The recency order is a permutation of way numbers packed in one 64-bit word, one nibble each,
 // most recent first: a hit moves its nibble to the front and the victim is read off the last
-// nibble. Wider sets scan their keys and keep a timestamp per way. Both give exactly the same
-// victims (tests/unit/test_timing.cpp checks them against a plain LRU list).
+// nibble. A cache access to a set of 8 or 16 ways (the data caches' geometries) runs a copy of
+// that path with the way count known when compiled. Wider sets scan their keys and keep a
+// timestamp per way. All give exactly the same victims (tests/unit/test_timing.cpp checks them
+// against a plain LRU list).
 #pragma once
 
 #include <bit>
@@ -135,6 +137,8 @@ class SetAssoc {
   // A cache access: true on a hit (now most recently used); on a miss key is filled into the
   // invalid or least recently used way.
   [[gnu::always_inline]] bool access(std::uint64_t key) noexcept {
+    if (ways_ == 16) return access_packed<16>(key);
+    if (ways_ == 8) return access_packed<8>(key);
     const std::size_t set = set_of(key);
     const std::uint32_t w = way_of(set, key);
     if (w != ways_) {
@@ -239,6 +243,48 @@ class SetAssoc {
     return set * ways_ + w;
   }
 
+  // access for a packed set of N ways, N known at compile time (the caches' usual 8 and 16).
+  template <std::uint32_t N>
+  [[gnu::always_inline]] bool access_packed(std::uint64_t key) noexcept {
+    const std::size_t set = set_of(key);
+    Head& h = heads_[set];
+    std::uint64_t* k = &keys_[set * N];
+    std::uint32_t m = sig_matches(h, signature(key)) & h.valid;
+    for (; m; m &= m - 1) {
+      const std::uint32_t w = std::uint32_t(std::countr_zero(m));
+      if (k[w] == key) {
+        touch_packed(h, w);
+        return true;
+      }
+    }
+    constexpr std::uint32_t full = std::uint32_t((1ull << N) - 1);
+    const std::uint64_t order = h.order;
+    std::uint32_t w;
+    if (h.valid != full) {
+      w = std::uint32_t(std::countr_zero(~h.valid));
+      h.valid |= 1u << w;
+      ++valid_ways_;
+      k[w] = key;
+      h.sig[w] = signature(key);
+      touch_packed(h, w);
+    } else {
+      w = std::uint32_t(order >> (4 * (N - 1))) & 15;  // the least recent: to the front
+      k[w] = key;
+      h.sig[w] = signature(key);
+      const std::uint64_t below = order & ((1ull << (4 * (N - 1))) - 1);
+      h.order = (order & ~((2ull << (4 * (N - 1) + 3)) - 1)) | (below << 4) | w;
+    }
+    return false;
+  }
+  static void touch_packed(Head& h, std::uint32_t w) noexcept {
+    const std::uint64_t order = h.order;
+    if ((order & 15) == w) return;
+    const std::uint64_t x = order ^ (kNibbleOnes * w);
+    const unsigned pos =
+        unsigned(std::countr_zero((x - kNibbleOnes) & ~x & (kNibbleOnes << 3))) / 4;
+    const std::uint64_t below = order & ((1ull << (4 * pos)) - 1);
+    h.order = (order & ~((2ull << (4 * pos + 3)) - 1)) | (below << 4) | w;
+  }
   // Make way w of set the most recently used.
   [[gnu::always_inline]] void touch(std::size_t set, std::uint32_t w) noexcept {
     if (!packed_) {
