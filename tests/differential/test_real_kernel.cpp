@@ -27,6 +27,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <linux/futex.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -265,6 +266,27 @@ std::uint64_t host_thp_noise() {
     if (key == "thp_fault_fallback" || key == "thp_collapse_alloc") n += v;
   return n;
 }
+
+// The host is one for every test process: ctest runs tests in parallel, and scripts/test.sh
+// runs two builds' suites. A swap file that RealKernelSwap turned on makes another test's
+// MADV_PAGEOUT really swap (the model of that test has no swap), and RealKernelThp's
+// use_zero_page knob is global: two of them restoring it in the wrong order left it off. Every
+// real-kernel test holds this lock, an flock on one file, for its whole run.
+class HostLock {
+ public:
+  HostLock() : fd_(::open("/tmp/cowpte-real-kernel.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0666)) {
+    if (fd_ < 0) return;  // no lock: run anyway, as before
+    while (::flock(fd_, LOCK_EX) != 0 && errno == EINTR) continue;
+  }
+  ~HostLock() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  HostLock(const HostLock&) = delete;
+  HostLock& operator=(const HostLock&) = delete;
+
+ private:
+  int fd_;
+};
 
 // A sysfs knob set for the test's duration and restored after it (root only).
 class SysfsKnob {
@@ -830,6 +852,7 @@ class RealRun {
 class RealKernel : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(RealKernel, MatchesTheHostKernel) {
+  const HostLock host;
   if (geteuid() != 0) GTEST_SKIP() << "needs root: /proc/PID/pagemap hides PFNs otherwise";
   if (!pfns_visible()) GTEST_SKIP() << "/proc/self/pagemap shows no PFNs";
   const bool zero_page = host_maps_zero_page();
@@ -890,6 +913,7 @@ class HostSwapFile {
 class RealKernelSwap : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(RealKernelSwap, MatchesTheHostKernelWithSwap) {
+  const HostLock host;
   if (geteuid() != 0) GTEST_SKIP() << "needs root: swapon, and PFNs in /proc/PID/pagemap";
   if (!pfns_visible()) GTEST_SKIP() << "/proc/self/pagemap shows no PFNs";
   HostSwapFile swap;
@@ -927,6 +951,7 @@ INSTANTIATE_TEST_SUITE_P(RealKernelSwap, RealKernelSwap, ::testing::Values("clas
 class RealKernelThp : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(RealKernelThp, MatchesTheHostKernelWithThp) {
+  const HostLock host;
   if (geteuid() != 0) GTEST_SKIP() << "needs root: PFNs in /proc/PID/pagemap, THP sysfs knobs";
   if (!pfns_visible()) GTEST_SKIP() << "/proc/self/pagemap shows no PFNs";
   std::string enabled;
