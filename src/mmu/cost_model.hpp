@@ -68,7 +68,7 @@ class CostModel {
   }
   void tm_page(const Page& p, unsigned atomics = 0) noexcept {
     if (cur_cpu) [[unlikely]] {
-      hw->access(*cur_cpu, hw->struct_page_addr(raw(mem_->pfn(p))));
+      hw->access_cold(*cur_cpu, hw->struct_page_addr(raw(mem_->pfn(p))));
       cur_cpu->clock += std::uint64_t(atomics) * hw->cfg.atomic_rmw;
     }
   }

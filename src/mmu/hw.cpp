@@ -64,15 +64,18 @@ Hardware::Hardware(const TimingConfig& c, unsigned ncpus, std::uint64_t memory_b
   for (unsigned i = 0; i < ncpus; ++i) cpus.emplace_back(c);
 }
 
-// Not the most recent line of its L1 set: look it up level by level; each level's latency adds up.
+// An access the inline checks did not answer: look it up level by level; each level's latency
+// adds up.
 std::uint64_t Hardware::miss_path(Cpu& cpu, std::uint64_t line) noexcept {
-  // SetAssoc::access fills a level it misses in the same pass.
+  // SetAssoc::access fills a level it misses in the same pass. An L2 hit on its set's most
+  // recent line (the line the last next-line prefetch brought, in a stream) changes nothing
+  // there and is answered first.
   std::uint64_t lat = cfg.l1d.latency;
   if (cpu.l1d.access(line)) {
     ++cpu.stats.l1d_hits;
   } else {
     lat += cfg.l2.latency;
-    if (cpu.l2.access(line)) {
+    if (cpu.l2.is_mru(line) || cpu.l2.access(line)) {
       ++cpu.stats.l2_hits;
     } else {
       lat += cfg.llc.latency;
