@@ -164,11 +164,13 @@ for w in fork write_after_fork fork_server snapshot; do
     --set iterations=2 --json "$tmp/sim-$w.json"
 done
 # The progress bar: lines every 10% without a terminal (--progress always), a redrawn bar with an
-# ETA on one (script(1) gives the run a terminal); nothing by default without one.
+# ETA on one (script(1) gives the run a terminal); nothing by default without one. The bar waits
+# a second before it shows: the run takes about 3 s here (400 executions took 1 s once the timed
+# model got faster, and the bar never showed).
 expect 0 'cowpte-sim: +[0-9]+% after [0-9.]+ s measured round' "$sim" scenarios/fork_server.json \
-  --set workload.execs=400 --set iterations=4 --progress always -q
-expect 0 '\[#+\.*\] +[0-9]+%.*ETA' script -qec "$sim scenarios/fork_server.json --set workload.execs=400 --set iterations=4 -q" /dev/null
-"$sim" scenarios/fork_server.json --set workload.execs=400 --set iterations=4 -q >"$tmp/quiet.out" 2>&1
+  --set workload.execs=2000 --set iterations=4 --progress always -q
+expect 0 '\[#+\.*\] +[0-9]+%.*ETA' script -qec "$sim scenarios/fork_server.json --set workload.execs=2000 --set iterations=4 -q" /dev/null
+"$sim" scenarios/fork_server.json --set workload.execs=2000 --set iterations=4 -q >"$tmp/quiet.out" 2>&1
 if [[ -s $tmp/quiet.out ]]; then
   failed=$((failed + 1))
   echo "check-cli: FAILED: cowpte-sim -q without a terminal printed something" >&2
