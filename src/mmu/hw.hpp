@@ -90,12 +90,7 @@ class Hardware {
     const std::uint64_t line = paddr >> 6;
     // An L1 hit on the line accessed last (its set's most recent), or on one of the two most
     // recent lines of its set: no call, nothing looked up.
-    if (line == cpu.last_line || cpu.l1d.hit_recent(line)) {
-      cpu.last_line = line;
-      ++cpu.stats.l1d_hits;
-      cpu.clock += cfg.l1d.latency;
-      return cfg.l1d.latency;
-    }
+    if (line == cpu.last_line || cpu.l1d.hit_recent(line)) return l1_hit(cpu, line);
     cpu.last_line = line;
     return miss_path(cpu, line);
   }
@@ -103,11 +98,7 @@ class Hardware {
   // fork or an exit walks to once per page): the same answer, without the inline check first.
   std::uint64_t access_cold(Cpu& cpu, std::uint64_t paddr) noexcept {
     const std::uint64_t line = paddr >> 6;
-    if (line == cpu.last_line) {
-      ++cpu.stats.l1d_hits;
-      cpu.clock += cfg.l1d.latency;
-      return cfg.l1d.latency;
-    }
+    if (line == cpu.last_line) return l1_hit(cpu, line);
     cpu.last_line = line;
     return miss_path(cpu, line);
   }
@@ -124,6 +115,13 @@ class Hardware {
   std::string stats_json() const;  // every CPU's statistics
 
  private:
+  // An L1 hit the inline checks found: line is its set's most recent now.
+  std::uint64_t l1_hit(Cpu& cpu, std::uint64_t line) noexcept {
+    cpu.last_line = line;
+    ++cpu.stats.l1d_hits;
+    cpu.clock += cfg.l1d.latency;
+    return cfg.l1d.latency;
+  }
   std::uint64_t miss_path(Cpu& cpu, std::uint64_t line) noexcept;
 };
 

@@ -11,8 +11,9 @@
 // heads of the largest array (the LLC's 8,192 sets) take 256 KiB where its keys take 1 MiB.
 // The recency order is a permutation of way numbers packed in one 64-bit word, one nibble each,
 // most recent first: a hit moves its nibble to the front and the victim is read off the last
-// nibble. A cache access to a set of 8 or 16 ways (the data caches' geometries) runs a copy of
-// that path with the way count known when compiled. Wider sets scan their keys and keep a
+// nibble. Every operation on a packed set goes through one set of helpers (access_packed and
+// below); a cache access to a set of 8 or 16 ways (the data caches' geometries) instantiates
+// them with the way count known when compiled. Wider sets scan their keys and keep a
 // timestamp per way. All give exactly the same victims (tests/unit/test_timing.cpp checks them
 // against a plain LRU list).
 #pragma once
@@ -139,6 +140,7 @@ class SetAssoc {
   [[gnu::always_inline]] bool access(std::uint64_t key) noexcept {
     if (ways_ == 16) return access_packed<16>(key);
     if (ways_ == 8) return access_packed<8>(key);
+    if (packed_) return access_packed<0>(key);
     const std::size_t set = set_of(key);
     const std::uint32_t w = way_of(set, key);
     if (w != ways_) {
@@ -243,104 +245,108 @@ class SetAssoc {
     return set * ways_ + w;
   }
 
-  // access for a packed set of N ways, N known at compile time (the caches' usual 8 and 16).
+  // ---- Packed sets. N is the way count when known at compile time (the caches' 8 and 16),
+  // 0 when read from ways_; every operation on a packed set goes through these.
+
+  // access for a packed set.
   template <std::uint32_t N>
   [[gnu::always_inline]] bool access_packed(std::uint64_t key) noexcept {
     const std::size_t set = set_of(key);
     Head& h = heads_[set];
-    std::uint64_t* k = &keys_[set * N];
-    std::uint32_t m = sig_matches(h, signature(key)) & h.valid;
-    for (; m; m &= m - 1) {
+    std::uint64_t* k = &keys_[set * (N ? N : ways_)];
+    for (std::uint32_t m = sig_matches(h, signature(key)) & h.valid; m; m &= m - 1) {
       const std::uint32_t w = std::uint32_t(std::countr_zero(m));
       if (k[w] == key) {
-        touch_packed(h, w);
+        touch_head(h, w);
         return true;
       }
     }
-    constexpr std::uint32_t full = std::uint32_t((1ull << N) - 1);
-    const std::uint64_t order = h.order;
-    std::uint32_t w;
-    if (h.valid != full) {
-      w = std::uint32_t(std::countr_zero(~h.valid));
-      h.valid |= 1u << w;
-      ++valid_ways_;
-      k[w] = key;
-      h.sig[w] = signature(key);
-      touch_packed(h, w);
+    if (h.valid != (N ? std::uint32_t((1ull << N) - 1) : full_)) {
+      fill_invalid(h, k, first_invalid(h), key);
     } else {
-      w = std::uint32_t(order >> (4 * (N - 1))) & 15;  // the least recent: to the front
-      k[w] = key;
-      h.sig[w] = signature(key);
-      const std::uint64_t below = order & ((1ull << (4 * (N - 1))) - 1);
-      h.order = (order & ~((2ull << (4 * (N - 1) + 3)) - 1)) | (below << 4) | w;
+      replace_lru<N>(h, k, key);
     }
     return false;
   }
-  static void touch_packed(Head& h, std::uint32_t w) noexcept {
+  // The way a miss fills: the invalid way with the lowest index, else the least recent.
+  template <std::uint32_t N>
+  [[gnu::always_inline]] std::uint32_t victim_way(const Head& h) const noexcept {
+    if (h.valid != (N ? std::uint32_t((1ull << N) - 1) : full_)) return first_invalid(h);
+    return lru_way<N>(h);
+  }
+  // (The mask tells the compiler what a set not full implies: a way number below 16.)
+  static std::uint32_t first_invalid(const Head& h) noexcept {
+    return std::uint32_t(std::countr_zero(~h.valid)) & (kPackedWays - 1);
+  }
+  template <std::uint32_t N>
+  std::uint32_t lru_way(const Head& h) const noexcept {
+    return std::uint32_t(h.order >> (4 * ((N ? N : ways_) - 1))) & 15;
+  }
+  // Put key in invalid way w, now the most recent (an invalid way may stand anywhere in the
+  // order).
+  [[gnu::always_inline]] void fill_invalid(Head& h, std::uint64_t* k, std::uint32_t w,
+                                           std::uint64_t key) noexcept {
+    k[w] = key;
+    h.sig[w] = signature(key);
+    h.valid |= 1u << w;
+    ++valid_ways_;
+    touch_head(h, w);
+  }
+  // Put key in place of the least recent way of a full set, now the most recent.
+  template <std::uint32_t N>
+  [[gnu::always_inline]] void replace_lru(Head& h, std::uint64_t* k, std::uint64_t key) noexcept {
+    const std::uint32_t w = lru_way<N>(h);
+    k[w] = key;
+    h.sig[w] = signature(key);
+    move_to_front(h, w, (N ? N : ways_) - 1);
+  }
+  // Make way w the most recent.
+  [[gnu::always_inline]] static void touch_head(Head& h, std::uint32_t w) noexcept {
+    if ((h.order & 15) == w) return;
+    move_to_front(h, w, position(h.order, w));
+  }
+  // w's position in order (0: the most recent): the lowest zero nibble of order ^ w...w (the
+  // classic has-zero-byte test on nibbles: exact for the lowest one, and w is there once).
+  [[gnu::always_inline]] static unsigned position(std::uint64_t order, std::uint32_t w) noexcept {
+    const std::uint64_t x = order ^ (kNibbleOnes * w);
+    return unsigned(std::countr_zero((x - kNibbleOnes) & ~x & (kNibbleOnes << 3))) / 4;
+  }
+  // Move way w, at position pos, to the front; the ways more recent than it move back one.
+  [[gnu::always_inline]] static void move_to_front(Head& h, std::uint32_t w,
+                                                   unsigned pos) noexcept {
     const std::uint64_t order = h.order;
-    if ((order & 15) == w) return;
-    const std::uint64_t x = order ^ (kNibbleOnes * w);
-    const unsigned pos =
-        unsigned(std::countr_zero((x - kNibbleOnes) & ~x & (kNibbleOnes << 3))) / 4;
-    const std::uint64_t below = order & ((1ull << (4 * pos)) - 1);
-    h.order = (order & ~((2ull << (4 * pos + 3)) - 1)) | (below << 4) | w;
-  }
-  // Make way w of set the most recently used.
-  [[gnu::always_inline]] void touch(std::size_t set, std::uint32_t w) noexcept {
-    if (!packed_) {
-      stamps_[set * ways_ + w] = ++clock_;
-      return;
-    }
-    const std::uint64_t order = heads_[set].order;
-    if ((order & 15) == w) return;   // already the most recent
-    if (((order >> 4) & 15) == w) {  // the second most recent: swap the two
-      heads_[set].order = (order & ~0xffull) | ((order & 15) << 4) | w;
-      return;
-    }
-    // w's position: the lowest zero nibble of order ^ w... (the classic has-zero-byte test on
-    // nibbles: exact for the lowest one, and w is there exactly once).
-    const std::uint64_t x = order ^ (kNibbleOnes * w);
-    const unsigned pos =
-        unsigned(std::countr_zero((x - kNibbleOnes) & ~x & (kNibbleOnes << 3))) / 4;
-    move_to_front(set, w, pos);
-  }
-  [[gnu::always_inline]] void move_to_front(std::size_t set, std::uint32_t w,
-                                            unsigned pos) noexcept {
-    const std::uint64_t order = heads_[set].order;
     const std::uint64_t below = order & ((1ull << (4 * pos)) - 1);       // more recent than w
     const std::uint64_t above = order & ~((2ull << (4 * pos + 3)) - 1);  // less recent
-    heads_[set].order = above | (below << 4) | w;
+    h.order = above | (below << 4) | w;
   }
-  // The way a miss in set fills: the invalid way with the lowest index, else the LRU one.
+
+  // ---- Any set: packed through the helpers above, wide ones through their stamps.
+
+  // Make way w of set the most recently used.
+  [[gnu::always_inline]] void touch(std::size_t set, std::uint32_t w) noexcept {
+    if (packed_) return touch_head(heads_[set], w);
+    stamps_[set * ways_ + w] = ++clock_;
+  }
+  // The way a miss in set fills.
   [[gnu::always_inline]] std::uint32_t victim(std::size_t set) const noexcept {
-    if (!packed_) {
-      const std::uint64_t* s = &stamps_[set * ways_];
-      std::uint32_t v = 0;
-      for (std::uint32_t w = 1; w < ways_; ++w)
-        if (s[w] < s[v]) v = w;  // the first minimum: invalid ways have stamp 0
-      return v;
-    }
-    const Head& h = heads_[set];
-    if (h.valid != full_) return std::uint32_t(std::countr_zero(~h.valid));
-    return std::uint32_t(h.order >> (4 * (ways_ - 1))) & 15;
+    if (packed_) return victim_way<0>(heads_[set]);
+    const std::uint64_t* s = &stamps_[set * ways_];
+    std::uint32_t v = 0;
+    for (std::uint32_t w = 1; w < ways_; ++w)
+      if (s[w] < s[v]) v = w;  // the first minimum: invalid ways have stamp 0
+    return v;
   }
+  // Put key in way w of set (victim's answer), now the most recently used.
   [[gnu::always_inline]] void fill(std::size_t set, std::uint32_t w, std::uint64_t key) noexcept {
-    if (!packed_) {
-      if (keys_[set * ways_ + w] == kEmpty) ++valid_ways_;
-      keys_[set * ways_ + w] = key;
-      touch(set, w);
-      return;
+    if (packed_) {
+      Head& h = heads_[set];
+      if (!((h.valid >> w) & 1)) return fill_invalid(h, &keys_[set * ways_], w, key);
+      assert(w == lru_way<0>(h) && "fill of a valid way that is not the victim");
+      return replace_lru<0>(h, &keys_[set * ways_], key);
     }
+    if (keys_[set * ways_ + w] == kEmpty) ++valid_ways_;
     keys_[set * ways_ + w] = key;
-    Head& h = heads_[set];
-    valid_ways_ += !((h.valid >> w) & 1);
-    h.sig[w] = signature(key);
-    if (h.valid != full_) {
-      h.valid |= 1u << w;
-      touch(set, w);
-      return;
-    }
-    move_to_front(set, w, ways_ - 1);  // a full packed set evicts its last way
+    touch(set, w);
   }
   // Invalidate way w; a packed set keeps its place in the order (only valid ways' relative
   // order matters, and a way becomes valid again only through fill, which makes it the front).
