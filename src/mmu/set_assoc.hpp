@@ -253,7 +253,7 @@ class SetAssoc {
   [[gnu::always_inline]] bool access_packed(std::uint64_t key) noexcept {
     const std::size_t set = set_of(key);
     Head& h = heads_[set];
-    std::uint64_t* k = &keys_[set * (N ? N : ways_)];
+    std::uint64_t* k = &keys_[set * nways<N>()];
     for (std::uint32_t m = sig_matches(h, signature(key)) & h.valid; m; m &= m - 1) {
       const std::uint32_t w = std::uint32_t(std::countr_zero(m));
       if (k[w] == key) {
@@ -261,18 +261,21 @@ class SetAssoc {
         return true;
       }
     }
-    if (h.valid != (N ? std::uint32_t((1ull << N) - 1) : full_)) {
-      fill_invalid(h, k, first_invalid(h), key);
-    } else {
+    if (is_full<N>(h)) {
       replace_lru<N>(h, k, key);
+    } else {
+      fill_invalid(h, k, first_invalid(h), key);
     }
     return false;
   }
-  // The way a miss fills: the invalid way with the lowest index, else the least recent.
+  // The way count, and whether every way is valid, for N or the run-time geometry.
   template <std::uint32_t N>
-  [[gnu::always_inline]] std::uint32_t victim_way(const Head& h) const noexcept {
-    if (h.valid != (N ? std::uint32_t((1ull << N) - 1) : full_)) return first_invalid(h);
-    return lru_way<N>(h);
+  std::uint32_t nways() const noexcept {
+    return N ? N : ways_;
+  }
+  template <std::uint32_t N>
+  bool is_full(const Head& h) const noexcept {
+    return h.valid == (N ? std::uint32_t((1ull << N) - 1) : full_);
   }
   // (The mask tells the compiler what a set not full implies: a way number below 16.)
   static std::uint32_t first_invalid(const Head& h) noexcept {
@@ -280,7 +283,7 @@ class SetAssoc {
   }
   template <std::uint32_t N>
   std::uint32_t lru_way(const Head& h) const noexcept {
-    return std::uint32_t(h.order >> (4 * ((N ? N : ways_) - 1))) & 15;
+    return std::uint32_t(h.order >> (4 * (nways<N>() - 1))) & 15;
   }
   // Put key in invalid way w, now the most recent (an invalid way may stand anywhere in the
   // order).
@@ -298,7 +301,7 @@ class SetAssoc {
     const std::uint32_t w = lru_way<N>(h);
     k[w] = key;
     h.sig[w] = signature(key);
-    move_to_front(h, w, (N ? N : ways_) - 1);
+    move_to_front(h, w, nways<N>() - 1);
   }
   // Make way w the most recent.
   [[gnu::always_inline]] static void touch_head(Head& h, std::uint32_t w) noexcept {
@@ -329,7 +332,9 @@ class SetAssoc {
   }
   // The way a miss in set fills.
   [[gnu::always_inline]] std::uint32_t victim(std::size_t set) const noexcept {
-    if (packed_) return victim_way<0>(heads_[set]);
+    // Packed: the invalid way with the lowest index, else the least recent.
+    if (packed_)
+      return is_full<0>(heads_[set]) ? lru_way<0>(heads_[set]) : first_invalid(heads_[set]);
     const std::uint64_t* s = &stamps_[set * ways_];
     std::uint32_t v = 0;
     for (std::uint32_t w = 1; w < ways_; ++w)
