@@ -22,6 +22,12 @@
 // and with the classic fork each VMA's Swap (smaps) and each page's swapped bit (pagemap bit 62)
 // must agree too (Swap in private VMAs: the model does not swap shmem).
 //
+// The host may move the agents' pages on its own (compaction migrates them; see
+// host_migrations()): a sequence that diverges while /proc/vmstat says it did runs again with
+// the same seed, up to three attempts, and is dropped and counted if every attempt met such a
+// move; a divergence while the host stayed still fails at once. At most half the seeds may be
+// dropped.
+//
 // Environment: COWPTE_REAL_SEQUENCES (20 per policy), COWPTE_REAL_STEPS (400), COWPTE_REAL_SEED
 // (the first seed). A divergence prints the step log and a one-line reproducer.
 #include <fcntl.h>
@@ -43,6 +49,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <initializer_list>
 #include <map>
 #include <random>
 #include <set>
@@ -255,16 +262,31 @@ bool host_maps_zero_page() {
   return (w[0] & pfn_mask) && (w[0] & pfn_mask) == (w[1] & pfn_mask);
 }
 
-// The host's THP events that make a sequence's THP layout the host's own choice (a 2 MiB page
-// it could not allocate, a collapse by its khugepaged): a THP run that diverges after one of
-// these is the host's noise, not the model's error.
-std::uint64_t host_thp_noise() {
+// Counters of /proc/vmstat summed.
+std::uint64_t vmstat_sum(std::initializer_list<const char*> keys) {
   std::ifstream in("/proc/vmstat");
   std::string key;
   std::uint64_t v = 0, n = 0;
   while (in >> key >> v)
-    if (key == "thp_fault_fallback" || key == "thp_collapse_alloc") n += v;
+    for (const char* k : keys)
+      if (key == k) n += v;
   return n;
+}
+
+// The host moving pages on its own: compaction (kcompactd's proactive runs, the direct
+// compaction of another process's THP allocation) isolates, locks and migrates the agents'
+// pages. While it holds one, the host's fault-around skips it and pagemap shows a migration
+// entry, so the host's Rss and frames differ from a deterministic model's for a reason that
+// is not the model's. Seen on a fresh CI machine (2026-12-04: a shared VMA one page short of
+// the model after a read fault) and reproduced here with compaction forced in a loop.
+std::uint64_t host_migrations() {
+  return vmstat_sum({"pgmigrate_success", "pgmigrate_fail", "compact_isolated"});
+}
+
+// The host's THP events that make a sequence's THP layout the host's own choice (a 2 MiB page
+// it could not allocate, a collapse by its khugepaged), on top of its page migrations.
+std::uint64_t host_thp_noise() {
+  return host_migrations() + vmstat_sum({"thp_fault_fallback", "thp_collapse_alloc"});
 }
 
 // The host is one for every test process: ctest runs tests in parallel, and scripts/test.sh
@@ -849,6 +871,49 @@ class RealRun {
   std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> tally_;
 };
 
+// The sequences of one test against the host. The model is deterministic, and so is the host
+// as long as it does not move pages on its own: a sequence that diverged while the host's noise
+// counter moved runs again with the same seed, up to kAttempts in all, and a seed that met the
+// host's moves in every attempt is dropped and counted. A divergence while the counter stayed
+// still fails the test.
+struct HostRuns {
+  const char* noise;  // what the host did, for the summary
+  std::uint64_t reruns = 0, dropped = 0;
+  std::string summary() const {
+    return std::to_string(reruns) + " reruns and " + std::to_string(dropped) +
+           " seeds dropped after the host " + noise;
+  }
+};
+
+constexpr int kAttempts = 3;
+
+// Runs make(seed)'s sequence and calls matched(run) when it matched the host; false after a
+// divergence that is the model's (reported with ADD_FAILURE).
+template <class Make, class Matched>
+bool run_against_host(std::uint64_t seed, std::uint64_t (*noise)(), HostRuns& runs, Make make,
+                      Matched matched) {
+  for (int attempt = 1;; ++attempt) {
+    const std::uint64_t before = noise();
+    RealRun run = make(seed);
+    if (run.run()) {
+      matched(run);
+      return true;
+    }
+    if (noise() == before) {
+      ADD_FAILURE() << run.report();
+      return false;
+    }
+    std::printf("[ real     ] seed %" PRIu64
+                ", attempt %d of %d: diverged while the host %s (%s)\n",
+                seed, attempt, kAttempts, runs.noise, run.failure().c_str());
+    if (attempt == kAttempts) {
+      ++runs.dropped;
+      return true;
+    }
+    ++runs.reruns;
+  }
+}
+
 class RealKernel : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(RealKernel, MatchesTheHostKernel) {
@@ -861,24 +926,28 @@ TEST_P(RealKernel, MatchesTheHostKernel) {
   const std::uint64_t first = env_or("COWPTE_REAL_SEED", 1000);
   std::uint64_t done = 0;
   std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> tally;
+  HostRuns runs{"moved pages"};
   for (std::uint64_t i = 0; i < sequences; ++i) {
-    RealRun run(GetParam(), first + i, steps, zero_page, true);
-    if (!run.run()) {
-      ADD_FAILURE() << run.report();
-      return;
-    }
-    done += steps;
-    for (const auto& [k, v] : run.tally()) {
-      tally[k].first += v.first;
-      tally[k].second += v.second;
-    }
+    const bool ok = run_against_host(
+        first + i, host_migrations, runs,
+        [&](std::uint64_t seed) { return RealRun(GetParam(), seed, steps, zero_page, true); },
+        [&](const RealRun& run) {
+          done += steps;
+          for (const auto& [k, v] : run.tally()) {
+            tally[k].first += v.first;
+            tally[k].second += v.second;
+          }
+        });
+    if (!ok) return;
   }
   std::string kinds;
   for (const auto& [k, v] : tally)
     kinds += " " + k + " " + std::to_string(v.first) + "/" + std::to_string(v.second);
   std::printf("[ real     ] %s: %" PRIu64 " sequences, %" PRIu64
-              " steps, zero divergences (host zero page: %s); ok/errors:%s\n",
-              GetParam().c_str(), sequences, done, zero_page ? "yes" : "no", kinds.c_str());
+              " steps, zero divergences (host zero page: %s; %s); ok/errors:%s\n",
+              GetParam().c_str(), sequences, done, zero_page ? "yes" : "no", runs.summary().c_str(),
+              kinds.c_str());
+  EXPECT_LE(2 * runs.dropped, sequences) << "the host moved pages through most sequences";
 }
 
 // A swap file on the host for the test's duration: fallocate, mkswap, swapon; swapoff and
@@ -923,17 +992,18 @@ TEST_P(RealKernelSwap, MatchesTheHostKernelWithSwap) {
   const std::uint64_t steps = env_or("COWPTE_REAL_STEPS", 400);
   const std::uint64_t first = env_or("COWPTE_REAL_SEED", 5000);
   std::uint64_t swapped = 0;
+  HostRuns runs{"moved pages"};
   for (std::uint64_t i = 0; i < sequences; ++i) {
-    RealRun run(GetParam(), first + i, steps, zero_page, true, true);
-    if (!run.run()) {
-      ADD_FAILURE() << run.report();
-      return;
-    }
-    swapped += run.swapped_seen();
+    const bool ok = run_against_host(
+        first + i, host_migrations, runs,
+        [&](std::uint64_t seed) { return RealRun(GetParam(), seed, steps, zero_page, true, true); },
+        [&](const RealRun& run) { swapped += run.swapped_seen(); });
+    if (!ok) return;
   }
   std::printf("[ real     ] %s with swap: %" PRIu64 " sequences of %" PRIu64
-              " steps, zero divergences, %" PRIu64 " swapped pages compared\n",
-              GetParam().c_str(), sequences, steps, swapped);
+              " steps, zero divergences (%s), %" PRIu64 " swapped pages compared\n",
+              GetParam().c_str(), sequences, steps, runs.summary().c_str(), swapped);
+  EXPECT_LE(2 * runs.dropped, sequences) << "the host moved pages through most sequences";
   if (GetParam() == "classic") {
     EXPECT_GT(swapped, 0u) << "MADV_PAGEOUT never swapped a page";
   }
@@ -947,7 +1017,7 @@ INSTANTIATE_TEST_SUITE_P(RealKernelSwap, RealKernelSwap, ::testing::Values("clas
 // subpages must be consecutive frames in the kernel too. The host's huge zero page is turned
 // off for the run (v6.2 splits it on a write fault; the hosts' 6.18 maps a new THP instead),
 // as is the model's. A divergence after the host failed a 2 MiB allocation or its khugepaged
-// collapsed something is the host's choice: that sequence is dropped and counted.
+// collapsed something is the host's choice: it counts as the host's noise (run_against_host).
 class RealKernelThp : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(RealKernelThp, MatchesTheHostKernelWithThp) {
@@ -965,31 +1035,27 @@ TEST_P(RealKernelThp, MatchesTheHostKernelWithThp) {
   const std::uint64_t sequences = env_or("COWPTE_REAL_SEQUENCES", 10);
   const std::uint64_t steps = env_or("COWPTE_REAL_STEPS", 400);
   const std::uint64_t first = env_or("COWPTE_REAL_SEED", 9000);
-  std::uint64_t huge = 0, noisy = 0, subpages = 0;
+  std::uint64_t huge = 0, subpages = 0;
+  HostRuns runs{"moved pages, fell back to small pages or collapsed"};
   for (std::uint64_t i = 0; i < sequences; ++i) {
-    const std::uint64_t noise = host_thp_noise();
-    RealRun run(GetParam(), first + i, steps, zero_page, true, false, true);
-    if (!run.run()) {
-      if (host_thp_noise() != noise) {
-        ++noisy;
-        std::printf("[ real     ] seed %" PRIu64 " dropped (the host fell back or collapsed): %s\n",
-                    first + i, run.failure().c_str());
-        continue;
-      }
-      ADD_FAILURE() << run.report();
-      return;
-    }
-    huge += run.huge_seen();
-    subpages += run.subpages_seen();
+    const bool ok = run_against_host(
+        first + i, host_thp_noise, runs,
+        [&](std::uint64_t seed) {
+          return RealRun(GetParam(), seed, steps, zero_page, true, false, true);
+        },
+        [&](const RealRun& run) {
+          huge += run.huge_seen();
+          subpages += run.subpages_seen();
+        });
+    if (!ok) return;
   }
   std::printf("[ real     ] %s with THP: %" PRIu64 " sequences of %" PRIu64
-              " steps, zero divergences (%" PRIu64
-              " dropped after a host THP fallback or collapse), %" PRIu64 " THPs and %" PRIu64
+              " steps, zero divergences (%s), %" PRIu64 " THPs and %" PRIu64
               " subpage frames compared\n",
-              GetParam().c_str(), sequences, steps, noisy, huge, subpages);
-  EXPECT_LT(noisy, sequences) << "every sequence met the host's THP noise";
+              GetParam().c_str(), sequences, steps, runs.summary().c_str(), huge, subpages);
+  EXPECT_LE(2 * runs.dropped, sequences) << "the host moved pages through most sequences";
   // A short run (the sanitizer builds run one sequence) may draw no THP-eligible span.
-  if (GetParam() == "classic" && sequences - noisy >= 5) {
+  if (GetParam() == "classic" && sequences - runs.dropped >= 5) {
     EXPECT_GT(huge, 0u) << "no THP was ever compared";
   }
 }
