@@ -56,30 +56,67 @@ HwStats& HwStats::operator-=(const HwStats& o) noexcept {
   return *this;
 }
 
+namespace {
+// The geometry of TimingConfig's default caches, which miss_path runs with constants.
+constexpr std::uint32_t kL1Sets = 64, kL1Ways = 8, kL2Sets = 1024, kL2Ways = 16, kLlcSets = 8192,
+                        kLlcWays = 16;
+
+// One level's access and is_mru, with its geometry as constants (S sets of W ways) or, for
+// S == 0, read at run time.
+template <std::uint32_t S, std::uint32_t W>
+[[gnu::always_inline]] inline bool level_access(SetAssoc<>& c, std::uint64_t line) noexcept {
+  if constexpr (S != 0) {
+    return c.access_fixed<S, W>(line);
+  } else {
+    return c.access(line);
+  }
+}
+template <std::uint32_t S, std::uint32_t W>
+[[gnu::always_inline]] inline bool level_is_mru(const SetAssoc<>& c, std::uint64_t line) noexcept {
+  if constexpr (S != 0) {
+    return c.is_mru_fixed<S, W>(line);
+  } else {
+    return c.is_mru(line);
+  }
+}
+}  // namespace
+
 Hardware::Hardware(const TimingConfig& c, unsigned ncpus, std::uint64_t memory_bytes)
     : cfg(c),
       llc(c.llc.sets, c.llc.ways),
       vmemmap_base((memory_bytes + (1ull << 30) - 1) & ~((1ull << 30) - 1)) {
   cpus.reserve(ncpus);
   for (unsigned i = 0; i < ncpus; ++i) cpus.emplace_back(c);
+  fixed_geometry_ = llc.has_geometry(kLlcSets, kLlcWays);
+  for (const Cpu& cpu : cpus)
+    fixed_geometry_ = fixed_geometry_ && cpu.l1d.has_geometry(kL1Sets, kL1Ways) &&
+                      cpu.l2.has_geometry(kL2Sets, kL2Ways);
 }
 
 // An access the inline checks did not answer: look it up level by level; each level's latency
-// adds up.
+// adds up. The default geometry takes a copy of the path compiled with its constants.
 std::uint64_t Hardware::miss_path(Cpu& cpu, std::uint64_t line) noexcept {
+  if (fixed_geometry_)
+    return miss_path_for<kL1Sets, kL1Ways, kL2Sets, kL2Ways, kLlcSets, kLlcWays>(cpu, line);
+  return miss_path_for<0, 0, 0, 0, 0, 0>(cpu, line);
+}
+
+template <std::uint32_t L1S, std::uint32_t L1W, std::uint32_t L2S, std::uint32_t L2W,
+          std::uint32_t LlcS, std::uint32_t LlcW>
+std::uint64_t Hardware::miss_path_for(Cpu& cpu, std::uint64_t line) noexcept {
   // SetAssoc::access fills a level it misses in the same pass. An L2 hit on its set's most
   // recent line (the line the last next-line prefetch brought, in a stream) changes nothing
   // there and is answered first.
   std::uint64_t lat = cfg.l1d.latency;
-  if (cpu.l1d.access(line)) {
+  if (level_access<L1S, L1W>(cpu.l1d, line)) {
     ++cpu.stats.l1d_hits;
   } else {
     lat += cfg.l2.latency;
-    if (cpu.l2.is_mru(line) || cpu.l2.access(line)) {
+    if (level_is_mru<L2S, L2W>(cpu.l2, line) || level_access<L2S, L2W>(cpu.l2, line)) {
       ++cpu.stats.l2_hits;
     } else {
       lat += cfg.llc.latency;
-      if (llc.access(line)) {
+      if (level_access<LlcS, LlcW>(llc, line)) {
         ++cpu.stats.llc_hits;
       } else {
         lat += cfg.dram_latency;
@@ -88,7 +125,8 @@ std::uint64_t Hardware::miss_path(Cpu& cpu, std::uint64_t line) noexcept {
     }
     // Next-line prefetch on every L1 miss (a tagged prefetcher: a sequential stream stays one
     // line ahead, as the L2 streamers of real cores do), into L2 and the LLC.
-    if (cfg.next_line_prefetch && !cpu.l2.access(line + 1)) llc.access(line + 1);
+    if (cfg.next_line_prefetch && !level_access<L2S, L2W>(cpu.l2, line + 1))
+      level_access<LlcS, LlcW>(llc, line + 1);
   }
   cpu.clock += lat;
   return lat;

@@ -123,6 +123,12 @@ class Hardware {
     return cfg.l1d.latency;
   }
   std::uint64_t miss_path(Cpu& cpu, std::uint64_t line) noexcept;
+  // miss_path for the geometry of L1D, L2 and LLC given as template arguments (sets, ways
+  // each), which every CPU has (fixed_geometry_); 0s: the run-time geometry.
+  template <std::uint32_t L1S, std::uint32_t L1W, std::uint32_t L2S, std::uint32_t L2W,
+            std::uint32_t LlcS, std::uint32_t LlcW>
+  std::uint64_t miss_path_for(Cpu& cpu, std::uint64_t line) noexcept;
+  bool fixed_geometry_ = false;  // every CPU's caches have TimingConfig's default geometry
 };
 
 }  // namespace cowpte

@@ -75,6 +75,24 @@ class SetAssoc {
     const std::size_t set = set_of(key);
     return keys_[set * ways_ + (heads_[set].order & 15)] == key;  // an invalid way: kEmpty
   }
+  // is_mru and access for a geometry known when compiled (S sets of N ways, N at most 16; the
+  // caller checked has_geometry): the same answers, with the set count, the way count and the
+  // dispatch folded into constants (the timing model's default caches).
+  bool has_geometry(std::uint32_t sets, std::uint32_t ways) const noexcept {
+    return sets_ == sets && ways_ == ways && packed_;
+  }
+  template <std::uint32_t S, std::uint32_t N>
+  bool is_mru_fixed(std::uint64_t key) const noexcept {
+    static_assert(N <= kPackedWays && (S & (S - 1)) == 0);
+    const std::size_t set = std::size_t(key & (S - 1));
+    return keys_[set * N + (heads_[set].order & 15)] == key;
+  }
+  template <std::uint32_t S, std::uint32_t N>
+  [[gnu::always_inline]] bool access_fixed(std::uint64_t key) noexcept {
+    static_assert(N <= kPackedWays && (S & (S - 1)) == 0);
+    assert(has_geometry(S, N));
+    return access_packed<N, S>(key);
+  }
   // A hit on key if it is its set's most recent way, or its second most recent (the two swap
   // places, as access would do); false otherwise, with nothing changed. The caches' inline fast
   // path: an access alternating between two lines of a set (a fork's parent and child PTE
@@ -248,10 +266,10 @@ class SetAssoc {
   // ---- Packed sets. N is the way count when known at compile time (the caches' 8 and 16),
   // 0 when read from ways_; every operation on a packed set goes through these.
 
-  // access for a packed set.
-  template <std::uint32_t N>
+  // access for a packed set (S: the set count when known at compile time, else 0).
+  template <std::uint32_t N, std::uint32_t S = 0>
   [[gnu::always_inline]] bool access_packed(std::uint64_t key) noexcept {
-    const std::size_t set = set_of(key);
+    const std::size_t set = S ? std::size_t(key & (S - 1)) : set_of(key);
     Head& h = heads_[set];
     std::uint64_t* k = &keys_[set * nways<N>()];
     for (std::uint32_t m = sig_matches(h, signature(key)) & h.valid; m; m &= m - 1) {

@@ -86,6 +86,11 @@ class LruReference {
     order_[slot / ways_].remove(std::uint32_t(slot % ways_));
     return true;
   }
+  // Whether key is its set's most recently used valid way.
+  bool is_mru(std::uint64_t key) const {
+    const std::size_t set = key % order_.size();
+    return !order_[set].empty() && key_[set * ways_ + order_[set].front()] == key;
+  }
   std::uint64_t key_at(std::size_t slot) const { return key_[slot]; }
   int value_at(std::size_t slot) const { return value_[slot]; }
   void set_value(std::size_t slot, int v) { value_[slot] = v; }
@@ -107,6 +112,9 @@ class LruReference {
 // Random lookups, inserts, inserts of missed keys, cache accesses and invalidations on SetAssoc
 // and on the reference, comparing every answer and slot. Per set, keys come from 200 tags (some
 // with high bits set), so that many share a signature byte and a lookup must compare full keys.
+// For two geometries every other cache access and MRU test goes through the compiled-geometry
+// versions (access_fixed, is_mru_fixed). is_mru may answer false for the most recent valid way
+// (after the front way was invalidated) but never true for another.
 TEST(SetAssoc, MatchesAPlainLruListOnRandomOperations) {
   const std::pair<std::uint32_t, std::uint32_t> geometries[] = {{1, 4}, {4, 8},  {16, 12}, {2, 16},
                                                                 {8, 3}, {2, 20}, {1, 1}};
@@ -119,8 +127,24 @@ TEST(SetAssoc, MatchesAPlainLruListOnRandomOperations) {
       const std::uint64_t tag = rng() % tags;
       return (rng() % sets) + sets * (tag % 7 == 0 ? tag | (tag << 33) : tag);
     };
+    // access, or on odd steps for the geometries compiled here, access_fixed; the same for is_mru.
+    auto cache_access = [&](std::uint64_t key, int step) {
+      if (step % 2 && sets == 4 && ways == 8) return s.access_fixed<4, 8>(key);
+      if (step % 2 && sets == 2 && ways == 16) return s.access_fixed<2, 16>(key);
+      return s.access(key);
+    };
+    auto is_mru = [&](std::uint64_t key, int step) {
+      if (step % 2 && sets == 4 && ways == 8) return s.is_mru_fixed<4, 8>(key);
+      if (step % 2 && sets == 2 && ways == 16) return s.is_mru_fixed<2, 16>(key);
+      return s.is_mru(key);
+    };
+    std::uint64_t mru_hits = 0;
     for (int step = 0; step < 200'000; ++step) {
       const std::uint64_t key = any_key();
+      if (is_mru(key, step)) {
+        ASSERT_TRUE(ref.is_mru(key)) << sets << "x" << ways << " step " << step;
+        ++mru_hits;
+      }
       const int value = int(rng() % 1000);
       SCOPED_TRACE(::testing::Message()
                    << sets << "x" << ways << " step " << step << " key " << key);
@@ -144,7 +168,7 @@ TEST(SetAssoc, MatchesAPlainLruListOnRandomOperations) {
           const bool hit = ref.find(key) != SetAssoc<int>::npos;
           std::optional<std::uint64_t> ev;
           const std::size_t slot = hit ? 0 : ref.insert(key, 0, &ev);
-          ASSERT_EQ(s.access(key), hit);
+          ASSERT_EQ(cache_access(key, step), hit);
           if (!hit) ref.set_value(slot, s.value_at(slot));  // access fills no payload
           break;
         }
@@ -156,6 +180,9 @@ TEST(SetAssoc, MatchesAPlainLruListOnRandomOperations) {
         for (std::size_t i = 0; i < ref.slots(); ++i) any |= ref.key_at(i) != ~0ull;
         ASSERT_EQ(s.any_valid(), any);
       }
+    }
+    if (ways <= 16) {
+      EXPECT_GT(mru_hits, 0u) << sets << "x" << ways << ": is_mru never answered true";
     }
     for (std::size_t i = 0; i < ref.slots(); ++i) {
       ASSERT_EQ(s.key_at(i), ref.key_at(i)) << sets << "x" << ways << " slot " << i;
