@@ -318,7 +318,13 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
   void add_to_swap_cache(Page& page, SwpEntry entry);
   bool add_to_swap(Page& page);
   void delete_from_swap_cache(Page& page);
-  void free_page_and_swap_cache(Page& page);
+  // free_page_and_swap_cache (mm/swap_state.c): a zap drops a mapping's reference; a page no
+  // PTE maps any more leaves the swap cache too if no swap PTE needs it (free_swap_cache).
+  // Inline: every page an exit or munmap frees comes here, from tlb_flush_mmu.
+  void free_page_and_swap_cache(Page& page) {
+    if (PageSwapCache(page) && page_mapcount(page) == 0) folio_free_swap(page);
+    mem.put_page(page);
+  }
   Page* lookup_swap_cache(SwpEntry entry);
   Page* read_swap_cache_async(SwpEntry entry);
   void swap_writepage(Page& page);

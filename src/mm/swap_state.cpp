@@ -37,13 +37,6 @@ void Kernel::delete_from_swap_cache(Page& page) {
   mem.put_page(page);
 }
 
-// free_page_and_swap_cache: a zap drops a mapping's reference; a page no PTE maps any more
-// leaves the swap cache too if no swap PTE needs it (free_swap_cache).
-void Kernel::free_page_and_swap_cache(Page& page) {
-  if (PageSwapCache(page) && page_mapcount(page) == 0) folio_free_swap(page);
-  mem.put_page(page);
-}
-
 // lookup_swap_cache (swap_cache_get_folio): the cached page of entry, with a reference for
 // the caller, or nullptr.
 Page* Kernel::lookup_swap_cache(SwpEntry entry) {
