@@ -57,10 +57,6 @@ HwStats& HwStats::operator-=(const HwStats& o) noexcept {
 }
 
 namespace {
-// The geometry of TimingConfig's default caches, which miss_path runs with constants.
-constexpr std::uint32_t kL1Sets = 64, kL1Ways = 8, kL2Sets = 1024, kL2Ways = 16, kLlcSets = 8192,
-                        kLlcWays = 16;
-
 // One level's access and is_mru, with its geometry as constants (S sets of W ways) or, for
 // S == 0, read at run time.
 template <std::uint32_t S, std::uint32_t W>

@@ -78,6 +78,11 @@ inline std::uint64_t stlb_key_2m(unsigned pcid, vaddr_t va) noexcept {
 
 class Hardware {
  public:
+  // The geometry of TimingConfig's default caches, which the lookups run with constants when
+  // every CPU has it (fixed_geometry_).
+  static constexpr std::uint32_t kL1Sets = 64, kL1Ways = 8, kL2Sets = 1024, kL2Ways = 16,
+                                 kLlcSets = 8192, kLlcWays = 16;
+
   Hardware(const TimingConfig& cfg, unsigned cpus, std::uint64_t memory_bytes);
 
   const TimingConfig cfg;
@@ -90,7 +95,7 @@ class Hardware {
     const std::uint64_t line = paddr >> 6;
     // An L1 hit on the line accessed last (its set's most recent), or on one of the two most
     // recent lines of its set: no call, nothing looked up.
-    if (line == cpu.last_line || cpu.l1d.hit_recent(line)) return l1_hit(cpu, line);
+    if (line == cpu.last_line || l1_hit_recent(cpu, line)) return l1_hit(cpu, line);
     cpu.last_line = line;
     return miss_path(cpu, line);
   }
@@ -121,6 +126,10 @@ class Hardware {
     ++cpu.stats.l1d_hits;
     cpu.clock += cfg.l1d.latency;
     return cfg.l1d.latency;
+  }
+  [[gnu::always_inline]] bool l1_hit_recent(Cpu& cpu, std::uint64_t line) noexcept {
+    return fixed_geometry_ ? cpu.l1d.hit_recent_fixed<kL1Sets, kL1Ways>(line)
+                           : cpu.l1d.hit_recent(line);
   }
   std::uint64_t miss_path(Cpu& cpu, std::uint64_t line) noexcept;
   // miss_path for the geometry of L1D, L2 and LLC given as template arguments (sets, ways

@@ -99,8 +99,19 @@ class SetAssoc {
   // lines) costs two compares.
   [[gnu::always_inline]] bool hit_recent(std::uint64_t key) noexcept {
     if (!packed_ || ways_ < 2) return false;
-    const std::size_t set = set_of(key);
-    const std::uint64_t* k = &keys_[set * ways_];
+    return hit_recent_packed<0, 0>(key);
+  }
+  // hit_recent for a geometry known when compiled (S sets of N ways; has_geometry checked).
+  template <std::uint32_t S, std::uint32_t N>
+  [[gnu::always_inline]] bool hit_recent_fixed(std::uint64_t key) noexcept {
+    static_assert(N >= 2 && N <= kPackedWays && (S & (S - 1)) == 0);
+    assert(has_geometry(S, N));
+    return hit_recent_packed<S, N>(key);
+  }
+  template <std::uint32_t S, std::uint32_t N>
+  [[gnu::always_inline]] bool hit_recent_packed(std::uint64_t key) noexcept {
+    const std::size_t set = S ? std::size_t(key & (S - 1)) : set_of(key);
+    const std::uint64_t* k = &keys_[set * nways<N>()];
     const std::uint64_t order = heads_[set].order;
     if (k[order & 15] == key) return true;  // an invalid way holds kEmpty
     if (k[(order >> 4) & 15] != key) return false;

@@ -112,9 +112,10 @@ class LruReference {
 // Random lookups, inserts, inserts of missed keys, cache accesses and invalidations on SetAssoc
 // and on the reference, comparing every answer and slot. Per set, keys come from 200 tags (some
 // with high bits set), so that many share a signature byte and a lookup must compare full keys.
-// For two geometries every other cache access and MRU test goes through the compiled-geometry
-// versions (access_fixed, is_mru_fixed). is_mru may answer false for the most recent valid way
-// (after the front way was invalidated) but never true for another.
+// For two geometries every other cache access, MRU test and inline hit check goes through the
+// compiled-geometry versions (access_fixed, is_mru_fixed, hit_recent_fixed). is_mru may answer
+// false for the most recent valid way (after the front way was invalidated) but never true for
+// another.
 TEST(SetAssoc, MatchesAPlainLruListOnRandomOperations) {
   const std::pair<std::uint32_t, std::uint32_t> geometries[] = {{1, 4}, {4, 8},  {16, 12}, {2, 16},
                                                                 {8, 3}, {2, 20}, {1, 1}};
@@ -138,7 +139,13 @@ TEST(SetAssoc, MatchesAPlainLruListOnRandomOperations) {
       if (step % 2 && sets == 2 && ways == 16) return s.is_mru_fixed<2, 16>(key);
       return s.is_mru(key);
     };
-    std::uint64_t mru_hits = 0;
+    // hit_recent, or on odd steps for the geometries compiled here, hit_recent_fixed.
+    auto hit_recent = [&](std::uint64_t key, int step) {
+      if (step % 2 && sets == 4 && ways == 8) return s.hit_recent_fixed<4, 8>(key);
+      if (step % 2 && sets == 2 && ways == 16) return s.hit_recent_fixed<2, 16>(key);
+      return s.hit_recent(key);
+    };
+    std::uint64_t mru_hits = 0, recent_hits = 0;
     for (int step = 0; step < 200'000; ++step) {
       const std::uint64_t key = any_key();
       if (is_mru(key, step)) {
@@ -148,7 +155,7 @@ TEST(SetAssoc, MatchesAPlainLruListOnRandomOperations) {
       const int value = int(rng() % 1000);
       SCOPED_TRACE(::testing::Message()
                    << sets << "x" << ways << " step " << step << " key " << key);
-      switch (rng() % 5) {
+      switch (rng() % 6) {
         case 0:
           ASSERT_EQ(s.find(key), ref.find(key));
           break;
@@ -172,8 +179,16 @@ TEST(SetAssoc, MatchesAPlainLruListOnRandomOperations) {
           if (!hit) ref.set_value(slot, s.value_at(slot));  // access fills no payload
           break;
         }
-        default:
+        case 4:
           ASSERT_EQ(s.invalidate(key), ref.invalidate(key));
+          break;
+        default:
+          // The caches' inline check: a hit it answers is a hit, now the most recent (the
+          // reference's find makes it so); a false answer changes nothing.
+          if (hit_recent(key, step)) {
+            ASSERT_NE(ref.find(key), SetAssoc<int>::npos);
+            ++recent_hits;
+          }
       }
       if (step % 64 == 0) {
         bool any = false;
@@ -183,6 +198,9 @@ TEST(SetAssoc, MatchesAPlainLruListOnRandomOperations) {
     }
     if (ways <= 16) {
       EXPECT_GT(mru_hits, 0u) << sets << "x" << ways << ": is_mru never answered true";
+    }
+    if (ways >= 2 && ways <= 16) {
+      EXPECT_GT(recent_hits, 0u) << sets << "x" << ways << ": hit_recent never answered true";
     }
     for (std::size_t i = 0; i < ref.slots(); ++i) {
       ASSERT_EQ(s.key_at(i), ref.key_at(i)) << sets << "x" << ways << " slot " << i;
