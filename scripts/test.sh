@@ -161,7 +161,7 @@ build/bench/cowpte_bench_policies --cowpte_sweep=smoke --benchmark_out="$tmp/smo
 "$py" scripts/report.py "$tmp/smoke.json" --plots "$tmp/plots" --require-all >/dev/null
 passed=$((passed + 1))
 
-step "simulator speed: cowpte_bench_speed against bench/speed-baseline.json (ratios to the real fork)"
+step "simulator speed: cowpte_bench_speed against bench/speed-baseline.json (ratios to the real fork and the host anchor)"
 # Five runs of a few seconds each: a figure fails only when it is slow in all five (a busy
 # neighbour on a shared machine comes and goes; a regression stays).
 for i in 1 2 3 4 5; do
