@@ -347,17 +347,22 @@ Result<vaddr_t> Process::mremap(vaddr_t old_addr, std::uint64_t old_len, std::ui
 Result<std::uint64_t> Process::load(vaddr_t addr) {
   if (!alive()) return Errno::srch;
   Kernel& k = machine_->kernel();
-  if (std::uint64_t v = 0; k.user_access_hit_unentered(*this, addr, false, v)) return v;
+  std::uint64_t v = 0;
+  const Kernel::Unentered u = k.user_access_unentered(*this, addr, false, v);
+  if (u == Kernel::Unentered::hit) return v;
   Kernel::Entry entry(k, *this, false);
+  if (u == Kernel::Unentered::walk) return k.user_access_walk(*mm_, addr, false, 0);
   return k.user_access(*mm_, addr, false, 0);
 }
 
 Result<void> Process::store(vaddr_t addr, std::uint64_t value) {
   if (!alive()) return Errno::srch;
   Kernel& k = machine_->kernel();
-  if (k.user_access_hit_unentered(*this, addr, true, value)) return {};
+  const Kernel::Unentered u = k.user_access_unentered(*this, addr, true, value);
+  if (u == Kernel::Unentered::hit) return {};
   Kernel::Entry entry(k, *this, false);
-  auto r = k.user_access(*mm_, addr, true, value);
+  auto r = u == Kernel::Unentered::walk ? k.user_access_walk(*mm_, addr, true, value)
+                                        : k.user_access(*mm_, addr, true, value);
   if (!r) return r.error();
   return {};
 }

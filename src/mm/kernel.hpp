@@ -590,9 +590,12 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
   // timed load and store. The paths it falls back to are here.
   bool dtlb_mru_access(Cpu& cpu, MmStruct& mm, vaddr_t addr, bool write, std::uint64_t& val);
   Result<std::uint64_t> user_access(MmStruct& mm, vaddr_t addr, bool write, std::uint64_t val);
-  // The same access from the facade before any Entry: true (val loaded or stored) if it hit
-  // the DTLB way used last on a CPU p already owns; false to take Entry and user_access.
-  bool user_access_hit_unentered(Process& p, vaddr_t addr, bool write, std::uint64_t& val);
+  // The same access from the facade before any Entry: hit (val loaded or stored) if it hit the
+  // DTLB way used last on a CPU p already owns; walk if the address is a valid user one and
+  // that check missed (the caller takes Entry and user_access_walk: the check would miss again);
+  // full if nothing was checked (Entry and user_access).
+  enum class Unentered { hit, walk, full };
+  Unentered user_access_unentered(Process& p, vaddr_t addr, bool write, std::uint64_t& val);
   // The rest of a user access, timed or not: the TLBs (timed), one walk, the fault handler.
   Result<std::uint64_t> user_access_walk(MmStruct& mm, vaddr_t addr, bool write, std::uint64_t val);
 
@@ -724,20 +727,22 @@ inline Result<std::uint64_t> Kernel::user_access(MmStruct& mm, vaddr_t addr, boo
 // Process::load and store try this before building an Entry. An Entry outside any other
 // (cur_cpu null) on a CPU p owns already (no context switch to settle) would only set the
 // mm's cpumask bit, then set cur_cpu and reset it on the way out; a DTLB
-// hit reads neither, so the bit is all of Entry it needs. Errors and misses take the full path.
-inline bool Kernel::user_access_hit_unentered(Process& p, vaddr_t addr, bool write,
-                                              std::uint64_t& val) {
-  if (!hw || cur_cpu) return false;
+// hit reads neither, so the bit is all of Entry it needs. Errors take the full path; a miss
+// of a valid address goes to the walk under an Entry (which changes nothing the check read).
+inline Kernel::Unentered Kernel::user_access_unentered(Process& p, vaddr_t addr, bool write,
+                                                       std::uint64_t& val) {
+  if (!hw || cur_cpu) return Unentered::full;
   Cpu& cpu = hw->cpus[p.cpu()];
-  if (cpu.owner != p.pid() || (addr & 7) || !is_canonical(addr) || addr >= TASK_SIZE) return false;
+  if (cpu.owner != p.pid() || (addr & 7) || !is_canonical(addr) || addr >= TASK_SIZE)
+    return Unentered::full;
   // The task owns the CPU, so its runnable time is behind the clock (set_cpu makes sure); only
   // another CPU's later start can hold this access back, and Entry handles that.
   if (now > cpu.clock) [[unlikely]]
-    return false;
+    return Unentered::full;
   now = cpu.clock;
   MmStruct& mm = *p.mm();
   mm.cpumask |= 1ull << p.cpu();
-  return dtlb_mru_access(cpu, mm, addr, write, val);
+  return dtlb_mru_access(cpu, mm, addr, write, val) ? Unentered::hit : Unentered::walk;
 }
 
 // The timing model's lock timing (src/mmu/timing.cpp).
