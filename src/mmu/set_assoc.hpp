@@ -267,9 +267,23 @@ class SetAssoc {
 
   std::size_t insert_new(std::size_t set, std::uint64_t key, const Payload& value,
                          std::optional<std::uint64_t>* evicted) noexcept {
-    const std::uint32_t w = victim(set);
-    if (evicted && keys_[set * ways_ + w] != kEmpty) *evicted = keys_[set * ways_ + w];
-    fill(set, w, key);
+    std::uint32_t w;
+    if (packed_) {  // victim and fill in one pass over the head
+      Head& h = heads_[set];
+      std::uint64_t* k = &keys_[set * ways_];
+      if (is_full<0>(h)) {
+        w = lru_way<0>(h);
+        if (evicted) *evicted = k[w];
+        replace_lru<0>(h, k, key);
+      } else {
+        w = first_invalid(h);
+        fill_invalid(h, k, w, key);
+      }
+    } else {
+      w = victim(set);
+      if (evicted && keys_[set * ways_ + w] != kEmpty) *evicted = keys_[set * ways_ + w];
+      fill(set, w, key);
+    }
     if constexpr (kHasPayload) values_[set * ways_ + w] = value;
     return set * ways_ + w;
   }
