@@ -54,8 +54,8 @@ static HwWalk hw_walk(Kernel& k, Cpu* cpu, MmStruct& mm, vaddr_t addr, bool writ
   Page* table = mm.pgd;
   bool writable = true;
   const unsigned idx[4] = {pgd_index(addr), pud_index(addr), pmd_index(addr), pte_index(addr)};
-  // Unrolled, each level's tests (leaf, paging-structure cache) are constants: a tenth fewer
-  // host instructions per walk.
+  // Unrolled, each level's tests (leaf, paging-structure cache) are constants: about 50 fewer
+  // host instructions per walk, of some 1,040 per timed load that walks.
 #pragma GCC unroll 4
   for (unsigned level = 0; level < 4; ++level) {
     pteval_t& e = table_base(*table)[idx[level]];
