@@ -70,11 +70,7 @@ class SetAssoc {
 
   // Whether key is its set's most recently used way: a hit that changes nothing, so a caller
   // may count it without calling access (the caches' inline fast path).
-  bool is_mru(std::uint64_t key) const noexcept {
-    if (!packed_) return false;
-    const std::size_t set = set_of(key);
-    return keys_[set * ways_ + (heads_[set].order & 15)] == key;  // an invalid way: kEmpty
-  }
+  bool is_mru(std::uint64_t key) const noexcept { return packed_ && is_mru_packed<0, 0>(key); }
   // is_mru and access for a geometry known when compiled (S sets of N ways, N at most 16; the
   // caller checked has_geometry): the same answers, with the set count, the way count and the
   // dispatch folded into constants (the timing model's default caches).
@@ -84,8 +80,8 @@ class SetAssoc {
   template <std::uint32_t S, std::uint32_t N>
   bool is_mru_fixed(std::uint64_t key) const noexcept {
     static_assert(N <= kPackedWays && (S & (S - 1)) == 0);
-    const std::size_t set = std::size_t(key & (S - 1));
-    return keys_[set * N + (heads_[set].order & 15)] == key;
+    assert(has_geometry(S, N));
+    return is_mru_packed<S, N>(key);
   }
   template <std::uint32_t S, std::uint32_t N>
   [[gnu::always_inline]] bool access_fixed(std::uint64_t key) noexcept {
@@ -107,6 +103,11 @@ class SetAssoc {
     static_assert(N >= 2 && N <= kPackedWays && (S & (S - 1)) == 0);
     assert(has_geometry(S, N));
     return hit_recent_packed<S, N>(key);
+  }
+  template <std::uint32_t S, std::uint32_t N>
+  bool is_mru_packed(std::uint64_t key) const noexcept {
+    const std::size_t set = S ? std::size_t(key & (S - 1)) : set_of(key);
+    return keys_[set * nways<N>() + (heads_[set].order & 15)] == key;  // an invalid way: kEmpty
   }
   template <std::uint32_t S, std::uint32_t N>
   [[gnu::always_inline]] bool hit_recent_packed(std::uint64_t key) noexcept {
@@ -176,7 +177,7 @@ class SetAssoc {
       touch(set, w);
       return true;
     }
-    fill(set, victim(set), key);
+    wide_fill(set, wide_victim(set), key);
     return false;
   }
 
@@ -268,21 +269,12 @@ class SetAssoc {
   std::size_t insert_new(std::size_t set, std::uint64_t key, const Payload& value,
                          std::optional<std::uint64_t>* evicted) noexcept {
     std::uint32_t w;
-    if (packed_) {  // victim and fill in one pass over the head
-      Head& h = heads_[set];
-      std::uint64_t* k = &keys_[set * ways_];
-      if (is_full<0>(h)) {
-        w = lru_way<0>(h);
-        if (evicted) *evicted = k[w];
-        replace_lru<0>(h, k, key);
-      } else {
-        w = first_invalid(h);
-        fill_invalid(h, k, w, key);
-      }
+    if (packed_) {
+      w = fill_missed<0>(heads_[set], &keys_[set * ways_], key, evicted);
     } else {
-      w = victim(set);
+      w = wide_victim(set);
       if (evicted && keys_[set * ways_ + w] != kEmpty) *evicted = keys_[set * ways_ + w];
-      fill(set, w, key);
+      wide_fill(set, w, key);
     }
     if constexpr (kHasPayload) values_[set * ways_ + w] = value;
     return set * ways_ + w;
@@ -304,11 +296,7 @@ class SetAssoc {
         return true;
       }
     }
-    if (is_full<N>(h)) {
-      replace_lru<N>(h, k, key);
-    } else {
-      fill_invalid(h, k, first_invalid(h), key);
-    }
+    fill_missed<N>(h, k, key, nullptr);
     return false;
   }
   // The way count, and whether every way is valid, for N or the run-time geometry.
@@ -338,13 +326,23 @@ class SetAssoc {
     ++valid_ways_;
     touch_head(h, w);
   }
-  // Put key in place of the least recent way of a full set, now the most recent.
+  // Fill key, which the set does not hold: into its invalid way with the lowest index, else in
+  // place of the least recent (its key to *evicted, if asked); now the most recent. The way it
+  // took.
   template <std::uint32_t N>
-  [[gnu::always_inline]] void replace_lru(Head& h, std::uint64_t* k, std::uint64_t key) noexcept {
+  [[gnu::always_inline]] std::uint32_t fill_missed(Head& h, std::uint64_t* k, std::uint64_t key,
+                                                   std::optional<std::uint64_t>* evicted) noexcept {
+    if (!is_full<N>(h)) {
+      const std::uint32_t w = first_invalid(h);
+      fill_invalid(h, k, w, key);
+      return w;
+    }
     const std::uint32_t w = lru_way<N>(h);
+    if (evicted) *evicted = k[w];
     k[w] = key;
     h.sig[w] = signature(key);
     move_to_front(h, w, nways<N>() - 1);
+    return w;
   }
   // Make way w the most recent.
   [[gnu::always_inline]] static void touch_head(Head& h, std::uint32_t w) noexcept {
@@ -373,31 +371,23 @@ class SetAssoc {
     if (packed_) return touch_head(heads_[set], w);
     stamps_[set * ways_ + w] = ++clock_;
   }
-  // The way a miss in set fills.
-  [[gnu::always_inline]] std::uint32_t victim(std::size_t set) const noexcept {
-    // Packed: the invalid way with the lowest index, else the least recent.
-    if (packed_)
-      return is_full<0>(heads_[set]) ? lru_way<0>(heads_[set]) : first_invalid(heads_[set]);
+  // The way a miss in a wide set fills: the first invalid one, else the least recent.
+  [[gnu::always_inline]] std::uint32_t wide_victim(std::size_t set) const noexcept {
     const std::uint64_t* s = &stamps_[set * ways_];
     std::uint32_t v = 0;
     for (std::uint32_t w = 1; w < ways_; ++w)
       if (s[w] < s[v]) v = w;  // the first minimum: invalid ways have stamp 0
     return v;
   }
-  // Put key in way w of set (victim's answer), now the most recently used.
-  [[gnu::always_inline]] void fill(std::size_t set, std::uint32_t w, std::uint64_t key) noexcept {
-    if (packed_) {
-      Head& h = heads_[set];
-      if (!((h.valid >> w) & 1)) return fill_invalid(h, &keys_[set * ways_], w, key);
-      assert(w == lru_way<0>(h) && "fill of a valid way that is not the victim");
-      return replace_lru<0>(h, &keys_[set * ways_], key);
-    }
+  // Put key in way w of a wide set (wide_victim's answer), now the most recently used.
+  [[gnu::always_inline]] void wide_fill(std::size_t set, std::uint32_t w,
+                                        std::uint64_t key) noexcept {
     if (keys_[set * ways_ + w] == kEmpty) ++valid_ways_;
     keys_[set * ways_ + w] = key;
     touch(set, w);
   }
   // Invalidate way w; a packed set keeps its place in the order (only valid ways' relative
-  // order matters, and a way becomes valid again only through fill, which makes it the front).
+  // order matters, and a way becomes valid again only through a fill, which makes it the front).
   void drop(std::size_t set, std::uint32_t w) noexcept {
     keys_[set * ways_ + w] = kEmpty;
     --valid_ways_;
