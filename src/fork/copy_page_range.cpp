@@ -58,7 +58,8 @@ int Kernel::copy_present_page(Vma& dst_vma, Vma&, EntryRef dst_pte, EntryRef, Rs
 
 // copy_pte_range: one PTE table, child's lock first, then the parent's nested. A page that
 // must be copied needs a preallocated page, a swap count a continuation frame: drop the locks,
-// allocate, and resume at that entry.
+// allocate, and resume at that entry. The loop runs without hooks when none can act
+// (with_hooks).
 int Kernel::copy_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, EntryRef src_pmd,
                            vaddr_t addr, vaddr_t end) {
   MmStruct& dst_mm = *dst_vma.vm_mm;
@@ -74,26 +75,29 @@ again:
   SpinLockRef src_ptl = pte_lockptr(dst_mm, *src_pte.table);
   dst_ptl.lock();
   src_ptl.lock();  // spin_lock_nested(src_ptl, SINGLE_DEPTH_NESTING)
-  do {
-    const pteval_t v = src_pte.get();
-    tm_entry(src_pte);
-    if (pte_none(v)) continue;
-    if (!pte_present(v)) [[unlikely]] {
-      ret = copy_nonpresent_pte(dst_pte, src_pte, rss);
-      if (ret == -EIO) {
-        entry = pte_to_swp_entry(v);
-        break;
+  with_hooks(hooks_on(), [&](auto hooks) {
+    constexpr bool H = decltype(hooks)::value;
+    do {
+      const pteval_t v = src_pte.get();
+      tm_entry<H>(src_pte);
+      if (pte_none(v)) continue;
+      if (!pte_present(v)) [[unlikely]] {
+        ret = copy_nonpresent_pte(dst_pte, src_pte, rss);
+        if (ret == -EIO) {
+          entry = pte_to_swp_entry(v);
+          break;
+        }
+        continue;
       }
-      continue;
-    }
-    ret = copy_present_pte(dst_vma, src_vma, dst_pte, src_pte, rss, prealloc);
-    if (ret == -EAGAIN) [[unlikely]]
-      break;
-    if (prealloc) [[unlikely]] {
-      mem.put_page(*prealloc);  // not used for this address: never reuse it at another one
-      prealloc = nullptr;
-    }
-  } while (++dst_pte.p, ++src_pte.p, addr += PAGE_SIZE, addr != end);
+      ret = copy_present_pte<H>(dst_vma, src_vma, dst_pte, src_pte, rss, prealloc);
+      if (ret == -EAGAIN) [[unlikely]]
+        break;
+      if (prealloc) [[unlikely]] {
+        mem.put_page(*prealloc);  // not used for this address: never reuse it at another one
+        prealloc = nullptr;
+      }
+    } while (++dst_pte.p, ++src_pte.p, addr += PAGE_SIZE, addr != end);
+  });
   src_ptl.unlock();
   add_mm_rss_vec(dst_mm, rss);
   dst_ptl.unlock();

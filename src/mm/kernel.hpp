@@ -321,9 +321,10 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
   // free_page_and_swap_cache (mm/swap_state.c): a zap drops a mapping's reference; a page no
   // PTE maps any more leaves the swap cache too if no swap PTE needs it (free_swap_cache).
   // Inline: every page an exit or munmap frees comes here, from tlb_flush_mmu.
+  template <bool Hooks = true>
   void free_page_and_swap_cache(Page& page) {
     if (PageSwapCache(page) && page_mapcount(page) == 0) folio_free_swap(page);
-    mem.put_page(page);
+    mem.put_page<Hooks>(page);
   }
   Page* lookup_swap_cache(SwpEntry entry);
   Page* read_swap_cache_async(SwpEntry entry);
@@ -445,6 +446,7 @@ class Kernel final : public PolicyOps, public CostModel, private ReclaimHook {
                      vaddr_t end);
   int copy_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, EntryRef src_pmd, vaddr_t addr,
                      vaddr_t end) override;
+  template <bool Hooks = true>
   int copy_present_pte(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte, EntryRef src_pte, RssVec& rss,
                        Page*& prealloc);
   int copy_nonpresent_pte(EntryRef dst_pte, EntryRef src_pte, RssVec& rss);
@@ -751,29 +753,31 @@ std::unique_ptr<LockTiming> make_timed_locks(Kernel& k);
 // ---- COW PTE state (include/linux/mm.h of the series) ----
 
 // copy_present_pte (mm/memory.c): share one present page with the child. Inline: both fork
-// paths (copy_pte_range, copy_cow_pte_range) run it once per PTE.
+// paths (copy_pte_range, copy_cow_pte_range) run it once per PTE; copy_pte_range's copy without
+// hooks (with_hooks) passes Hooks false.
+template <bool Hooks>
 inline int Kernel::copy_present_pte(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte, EntryRef src_pte,
                                     RssVec& rss, Page*& prealloc) {
   const std::uint64_t vm_flags = src_vma.vm_flags;
   pteval_t pte = src_pte.get();
   Page* page = vm_normal_page(src_vma, pte);
-  tm_op(Op::pte);  // the entry is read; the page's refcount and mapcount go up
-  if (page) tm_page(*page, 2);
+  tm_op<Hooks>(Op::pte);  // the entry is read; the page's refcount and mapcount go up
+  if (page) tm_page<Hooks>(*page, 2);
   if (page && PageAnon(*page)) {
-    get_page(*page);
+    get_page<Hooks>(*page);
     if (page_try_dup_anon_rmap(*page, src_vma)) [[unlikely]] {
-      mem.put_page(*page);  // maybe pinned: the child must get a copy
+      mem.put_page<Hooks>(*page);  // maybe pinned: the child must get a copy
       return copy_present_page(dst_vma, src_vma, dst_pte, src_pte, rss, prealloc, *page);
     }
     ++rss[MM_ANONPAGES];
   } else if (page) {
-    get_page(*page);
+    get_page<Hooks>(*page);
     page_add_file_rmap(*page);  // page_dup_file_rmap
     ++rss[mm_counter(*page)];
   }
   // A COW mapping is write-protected in both parent and child.
   if (is_cow_mapping(vm_flags) && pte_write(pte)) {
-    ptep_set_wrprotect(src_pte);
+    ptep_set_wrprotect<Hooks>(src_pte);
     pte = pte_wrprotect(pte);
   }
   if (vm_flags & VM_SHARED) {
@@ -786,8 +790,8 @@ inline int Kernel::copy_present_pte(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte
   // are every sharer's, and clear_refs breaks the table before it clears them.
   pte = pte_mkold(pte);
   pte = pte_clear_uffd_wp(pte);  // the child VMA is never uffd-wp in the model
-  set_pte_at(dst_pte, pte);
-  tm_entry(dst_pte);
+  set_pte_at<Hooks>(dst_pte, pte);
+  tm_entry<Hooks>(dst_pte);
   return 0;
 }
 

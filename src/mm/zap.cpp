@@ -10,7 +10,8 @@ namespace cowpte {
 
 // zap_pte_range: clear each entry, de-account it, and queue the page reference to be dropped
 // after the TLB flush (a page is freed when its last reference goes). When the gather's batch
-// fills, flush the TLB before the lock goes, free the batch, and come back for the rest.
+// fills, flush the TLB before the lock goes, free the batch, and come back for the rest. The
+// loop runs without hooks when none can act (with_hooks).
 void Kernel::zap_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, vaddr_t end) {
   MmStruct& mm = *tlb.mm;
   bool force_flush;
@@ -20,29 +21,32 @@ void Kernel::zap_pte_range(MmGather& tlb, Vma& vma, EntryRef pmd, vaddr_t addr, 
       RssVec rss{};
       EntryRef pte = pte_offset_map(pmd, addr);
       SpinGuard ptl(pte_lockptr(*tlb.mm, *pte.table));  // pte_offset_map_lock
-      do {
-        const pteval_t v = pte.get();
-        tm_entry(pte);
-        if (pte_none(v)) continue;
-        if (!pte_present(v)) [[unlikely]] {  // a genuine swap entry: a private anon page
-          --rss[MM_SWAPENTS];
-          if (!free_swap_and_cache(pte_to_swp_entry(v)))
-            throw InvariantViolation(fmt::format("zap_pte_range: bad swap PTE {:#x} at {:#x}", v,
-                                                 addr));  // print_bad_pte
-          pte_clear(pte);                                 // pte_clear_not_present_full
-          continue;
-        }
-        Page* page = vm_normal_page(vma, v);
-        tm_op(Op::pte);
-        if (page) tm_page(*page, 1);  // page_remove_rmap; the reference goes after the flush
-        ptep_get_and_clear(pte);      // ptep_get_and_clear_full
-        tlb.tlb_remove_tlb_entry(addr, PAGE_SIZE);
-        if (!page) continue;                                        // the zero page
-        if (!PageAnon(*page) && pte_dirty(v)) page->set(PG_dirty);  // set_page_dirty
-        --rss[mm_counter(*page)];
-        page_remove_rmap(*page);
-        force_flush = tlb.__tlb_remove_page(*page);
-      } while (++pte.p, addr += PAGE_SIZE, addr != end && !force_flush);
+      with_hooks(hooks_on(), [&](auto hooks) {
+        constexpr bool H = decltype(hooks)::value;
+        do {
+          const pteval_t v = pte.get();
+          tm_entry<H>(pte);
+          if (pte_none(v)) continue;
+          if (!pte_present(v)) [[unlikely]] {  // a genuine swap entry: a private anon page
+            --rss[MM_SWAPENTS];
+            if (!free_swap_and_cache(pte_to_swp_entry(v)))
+              throw InvariantViolation(fmt::format("zap_pte_range: bad swap PTE {:#x} at {:#x}", v,
+                                                   addr));  // print_bad_pte
+            pte_clear(pte);                                 // pte_clear_not_present_full
+            continue;
+          }
+          Page* page = vm_normal_page(vma, v);
+          tm_op<H>(Op::pte);
+          if (page) tm_page<H>(*page, 1);  // page_remove_rmap; the reference goes after the flush
+          ptep_get_and_clear<H>(pte);      // ptep_get_and_clear_full
+          tlb.tlb_remove_tlb_entry(addr, PAGE_SIZE);
+          if (!page) continue;                                        // the zero page
+          if (!PageAnon(*page) && pte_dirty(v)) page->set(PG_dirty);  // set_page_dirty
+          --rss[mm_counter(*page)];
+          page_remove_rmap(*page);
+          force_flush = tlb.__tlb_remove_page(*page);
+        } while (++pte.p, addr += PAGE_SIZE, addr != end && !force_flush);
+      });
       add_mm_rss_vec(mm, rss);
       if (force_flush) tlb_flush_mmu_tlbonly(tlb);  // the flush before the lock goes
     }                                               // pte_unmap_unlock
@@ -174,10 +178,13 @@ void Kernel::tlb_flush_mmu_tlbonly(MmGather& tlb) {
 // tlb_flush_mmu: flush, then drop the queued page references and free the queued tables.
 void Kernel::tlb_flush_mmu(MmGather& tlb) {
   tlb_flush_mmu_tlbonly(tlb);
-  for (Page* p : tlb.pages) {  // tlb_batch_pages_flush: free_pages_and_swap_cache
-    tm_page(*p, 1);
-    free_page_and_swap_cache(*p);
-  }
+  with_hooks(hooks_on(), [&](auto hooks) {
+    constexpr bool H = decltype(hooks)::value;
+    for (Page* p : tlb.pages) {  // tlb_batch_pages_flush: free_pages_and_swap_cache
+      tm_page<H>(*p, 1);
+      free_page_and_swap_cache<H>(*p);
+    }
+  });
   for (Page* t : tlb.tables) pgtable_free(*t);  // tlb_table_flush
   tlb.pages.clear();
   tlb.tables.clear();

@@ -11,6 +11,7 @@
 #include <memory>
 #include <vector>
 
+#include "cowpte/model/interleave.hpp"
 #include "cowpte/model/page.hpp"
 #include "cowpte/model/pgtable.hpp"
 #include "cowpte/model/spinlock.hpp"
@@ -28,13 +29,17 @@ class CostModel {
     fork_base,  // copy_process: task, creds, files, signals, pid (fork_base)
     page_copy,  // copy_user_highpage (page_copy)
   };
+  template <bool Hooks = true>
   void tm_op(Op op) noexcept {
-    if (cur_cpu) [[unlikely]]
+    if (Hooks && cur_cpu) [[unlikely]]
       cur_cpu->clock += op_cycles(op);
   }
 
   std::unique_ptr<Hardware> hw;  // null when the timing model is off
   Cpu* cur_cpu = nullptr;        // the CPU the current kernel path runs on, while timed
+  // Whether a kernel path's hooks can act: the timing model's charges, the explorer's
+  // interleaving points (with_hooks runs a loop compiled without them otherwise).
+  bool hooks_on() const noexcept { return cur_cpu || current_interleaver; }
   // The machine's time: when the latest operation (a user access or a system call of any task,
   // a khugepaged pass) started. The facade's calls are events in this order; an operation never
   // starts before the one called before it, so CPUs overlap but never run backwards in time.
@@ -56,18 +61,21 @@ class CostModel {
   std::vector<HwStats> proc_stats;  // per process (index pid - 1)
   std::unique_ptr<LockTiming> timed_locks;
   // Charge cycles, a data access to an entry, the struct page line of a frame (with an atomic
-  // read-modify-write of its counters), to the current CPU. One branch when timing is off.
+  // read-modify-write of its counters), to the current CPU. One branch when timing is off;
+  // nothing in a loop compiled without hooks (Hooks false: with_hooks, hooks_on).
   void tm_cycles(std::uint64_t c) noexcept {
     if (cur_cpu) [[unlikely]]
       cur_cpu->clock += c;
   }
+  template <bool Hooks = true>
   void tm_entry(EntryRef e) noexcept {
-    if (cur_cpu) [[unlikely]]
+    if (Hooks && cur_cpu) [[unlikely]]
       hw->access(*cur_cpu, (raw(mem_->pfn(*e.table)) << PAGE_SHIFT) |
                                std::uint64_t(e.p - table_base(*e.table)) * 8);
   }
+  template <bool Hooks = true>
   void tm_page(const Page& p, unsigned atomics = 0) noexcept {
-    if (cur_cpu) [[unlikely]] {
+    if (Hooks && cur_cpu) [[unlikely]] {
       hw->access_cold(*cur_cpu, hw->struct_page_addr(raw(mem_->pfn(p))));
       cur_cpu->clock += std::uint64_t(atomics) * hw->cfg.atomic_rmw;
     }

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 namespace cowpte {
 
@@ -39,9 +40,24 @@ inline thread_local Interleaver* current_interleaver = nullptr;
 // (2, 3, ...) inside it, so that the lock checker can tell whose lock it is.
 inline thread_local std::uint32_t current_lock_owner = 1;
 
+// Hooks false: a copy of a hot loop compiled without the point (see with_hooks).
+template <bool Hooks = true>
 inline void interleave_point(Point kind, const void* what) {
-  if (current_interleaver) [[unlikely]]
+  if (Hooks && current_interleaver) [[unlikely]]
     current_interleaver->point(kind, what);
+}
+
+// Run f(std::true_type{}) when a kernel path's hooks can act (on: the timing model charges the
+// path, or the explorer interleaves it), f(std::false_type{}) otherwise. A loop over one table's
+// entries is written once and compiled twice this way; the helpers it calls take the constant as
+// their Hooks argument. The copy without hooks has no call on its common path, so the compiler
+// keeps what the loop loaded in registers instead of reloading it after every possible call: a
+// functional classic fork about a fifth faster on the host, an exit about a tenth.
+template <class F>
+[[gnu::always_inline]] inline decltype(auto) with_hooks(bool on, F&& f) {
+  if (on) [[unlikely]]
+    return f(std::true_type{});
+  return f(std::false_type{});
 }
 
 }  // namespace cowpte

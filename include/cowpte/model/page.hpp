@@ -122,8 +122,9 @@ inline int total_mapcount(const Page& head) noexcept {
   for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) m += (&head)[i]._mapcount + 1;
   return m;
 }
+template <bool Hooks = true>
 inline void get_page(Page& p) noexcept {
-  interleave_point(Point::atomic, &p);
+  interleave_point<Hooks>(Point::atomic, &p);
   ++compound_head(p)._refcount;
 }
 inline bool PageAnon(const Page& p) noexcept { return p.test(PG_anon); }
@@ -203,8 +204,9 @@ class PhysMem {
   // __free_page: the frame's references are gone; back to the free list.
   void free_page(Page& p);
   // put_page: drop one reference to the page's folio, free it on the last.
+  template <bool Hooks = true>
   void put_page(Page& p) {
-    interleave_point(Point::atomic, &p);
+    interleave_point<Hooks>(Point::atomic, &p);
     Page& head = compound_head(p);
     if (--head._refcount == 0) {
       if (PageHead(head)) {

@@ -80,20 +80,23 @@ inline void check_pud_write(const MmStruct& mm, bool freeing) {
 }
 
 // --- PTE writes (caller holds the PTE table's lock) ---
+template <bool Hooks = true>
 inline void set_pte_at(EntryRef pte, pteval_t v) {
-  interleave_point(Point::entry_write, pte.p);
+  interleave_point<Hooks>(Point::entry_write, pte.p);
   check_pte_write(*pte.table);
   *pte.p = v;
 }
+template <bool Hooks = true>
 inline pteval_t ptep_get_and_clear(EntryRef pte) {
-  interleave_point(Point::entry_write, pte.p);
+  interleave_point<Hooks>(Point::entry_write, pte.p);
   check_pte_write(*pte.table);
   pteval_t old = *pte.p;
   *pte.p = 0;
   return old;
 }
+template <bool Hooks = true>
 inline void ptep_set_wrprotect(EntryRef pte) {
-  interleave_point(Point::entry_write, pte.p);
+  interleave_point<Hooks>(Point::entry_write, pte.p);
   check_pte_write(*pte.table);
   *pte.p &= ~_PAGE_RW;
 }
