@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <map>
 #include <random>
+#include <set>
 
 #include "cowpte/explore.hpp"
 #include "cowpte/model/page.hpp"
@@ -246,6 +247,46 @@ TEST(GupFast, PinsWhatTheSlowPathWould) {
     EXPECT_EQ(p.pin(a, PAGE_SIZE, static_cast<PinFlags>(0x100)).error(), Errno::inval);
     m.check_invariants();
   }
+}
+
+// Under the explorer a fork's copy of each PTE and an exit's zap of it stay interleaving
+// points: with_hooks runs those loops without points only when no Interleaver is installed.
+// Each copied entry is written twice (the parent's write-protect, the child's entry) and its
+// page's reference taken; each zapped entry is cleared and its page's reference dropped.
+TEST(ExplorePoints, ForkAndExitOfferAPointPerEntry) {
+  struct Counter final : Interleaver {
+    std::map<Point, std::set<const void*>> seen;  // distinct places, per kind of point
+    void point(Point kind, const void* what) override { seen[kind].insert(what); }
+    void wait_for(const void*) override { ADD_FAILURE() << "no lock is contended here"; }
+    void wake(const void*) noexcept override {}
+  } counter;
+  struct Install {
+    explicit Install(Interleaver* i) { current_interleaver = i; }
+    ~Install() { current_interleaver = nullptr; }
+  };
+  constexpr std::uint64_t kPages = 64;
+  Machine m{MachineConfig{.memory_bytes = 64ull << 20}};
+  Process& p = m.spawn();
+  const vaddr_t a = *p.mmap(0, kPages * PAGE_SIZE, Prot::read | Prot::write,
+                            MapFlags::private_ | MapFlags::anonymous);
+  for (std::uint64_t i = 0; i < kPages; ++i) ASSERT_TRUE(p.store(a + i * PAGE_SIZE, i + 1));
+  Process* child = nullptr;
+  {
+    Install on(&counter);
+    child = *p.fork();
+  }
+  EXPECT_GE(counter.seen[Point::entry_write].size(), 2 * kPages) << "parent's and child's PTEs";
+  EXPECT_GE(counter.seen[Point::atomic].size(), kPages) << "every page's get_page";
+  m.check_invariants();
+  counter.seen.clear();
+  {
+    Install on(&counter);
+    child->exit();
+  }
+  EXPECT_GE(counter.seen[Point::entry_write].size(), kPages) << "every child PTE cleared";
+  EXPECT_GE(counter.seen[Point::atomic].size(), kPages) << "every page's put_page";
+  m.check_invariants();
+  for (std::uint64_t i = 0; i < kPages; ++i) EXPECT_EQ(*p.load(a + i * PAGE_SIZE), i + 1);
 }
 
 // A timed Machine, or a task in a slot that does not exist: refused before anything runs.
