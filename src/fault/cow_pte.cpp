@@ -182,34 +182,37 @@ again:
     // Already copied by another thread of mm (whose drop of the old table waits for this lock):
     // copy nothing; the check below gives the new table back.
     const unsigned n = pmd.get() == orig_pmd ? PTRS_PER_TABLE : 0;
-    for (unsigned i = 0; i < n; ++i, ++src.p, ++dst.p) {
-      pteval_t v = src.get();
-      tm_entry(src);
-      if (pte_none(v)) continue;
-      if (!pte_present(v)) [[unlikely]] {
-        if (copy_nonpresent_pte(dst, src, rss) == -EIO) {
-          needs_continuation = pte_to_swp_entry(v);
-          tfork_undo_copy(*nw, i);
-          break;
+    with_hooks(hooks_on(), [&](auto hooks) {
+      constexpr bool H = decltype(hooks)::value;
+      for (unsigned i = 0; i < n; ++i, ++src.p, ++dst.p) {
+        pteval_t v = src.get();
+        tm_entry<H>(src);
+        if (pte_none(v)) continue;
+        if (!pte_present(v)) [[unlikely]] {
+          if (copy_nonpresent_pte(dst, src, rss) == -EIO) {
+            needs_continuation = pte_to_swp_entry(v);
+            tfork_undo_copy(*nw, i);
+            break;
+          }
+          continue;
         }
-        continue;
+        if (Page* page = vm_normal_page(*vma, v)) {
+          tm_page<H>(*page, 2);
+          get_page<H>(*page);
+          if (PageAnon(*page) && page_try_dup_anon_rmap(*page, *vma)) [[unlikely]]
+            throw InvariantViolation("tfork_one_pte_table: a pinned page in a shared table");
+          if (!PageAnon(*page)) page_add_file_rmap(*page);
+          ++rss[mm_counter(*page)];
+        }
+        if (is_cow_mapping(vma->vm_flags) && pte_write(v)) {
+          ptep_set_wrprotect<H>(src);
+          v = pte_wrprotect(v);
+        }
+        set_pte_at<H>(dst, pte_mkold(v));
+        tm_entry<H>(dst);
+        tm_op<H>(Op::pte);
       }
-      if (Page* page = vm_normal_page(*vma, v)) {
-        tm_page(*page, 2);
-        get_page(*page);
-        if (PageAnon(*page) && page_try_dup_anon_rmap(*page, *vma)) [[unlikely]]
-          throw InvariantViolation("tfork_one_pte_table: a pinned page in a shared table");
-        if (!PageAnon(*page)) page_add_file_rmap(*page);
-        ++rss[mm_counter(*page)];
-      }
-      if (is_cow_mapping(vma->vm_flags) && pte_write(v)) {
-        ptep_set_wrprotect(src);
-        v = pte_wrprotect(v);
-      }
-      set_pte_at(dst, pte_mkold(v));
-      tm_entry(dst);
-      tm_op(Op::pte);
-    }
+    });
   }
   ++mm.write_protect_seq;
   if (needs_continuation.offset) {

@@ -54,22 +54,25 @@ int Kernel::copy_cow_pte_range(Vma& dst_vma, Vma& src_vma, EntryRef dst_pmd, Ent
         SpinGuard ptl(pte_lockptr(dst_mm, *pte_table));
         SharedPteWrites shared;  // dst == src: the "child-side" changes land in the parent's
         Page* no_prealloc = nullptr;
-        do {
-          const pteval_t v = pte.get();
-          tm_entry(pte);
-          if (pte_none(v)) continue;
-          if (!pte_present(v)) [[unlikely]] {  // the swap stuff, though the table is COW-ed
-            ret = copy_nonpresent_pte(pte, pte, rss);
-            if (ret == -EIO) {
-              entry = pte_to_swp_entry(v);
-              break;
+        with_hooks(hooks_on(), [&](auto hooks) {
+          constexpr bool H = decltype(hooks)::value;
+          do {
+            const pteval_t v = pte.get();
+            tm_entry<H>(pte);
+            if (pte_none(v)) continue;
+            if (!pte_present(v)) [[unlikely]] {  // the swap stuff, though the table is COW-ed
+              ret = copy_nonpresent_pte(pte, pte, rss);
+              if (ret == -EIO) {
+                entry = pte_to_swp_entry(v);
+                break;
+              }
+              continue;
             }
-            continue;
-          }
-          ret = copy_present_pte(*curr, *curr, pte, pte, rss, no_prealloc);
-          if (ret == -EAGAIN) [[unlikely]]
-            break;  // may be pinned: needs a preallocated page, so the table can't be shared
-        } while (++pte.p, addr += PAGE_SIZE, addr != vm_end);
+            ret = copy_present_pte<H>(*curr, *curr, pte, pte, rss, no_prealloc);
+            if (ret == -EAGAIN) [[unlikely]]
+              break;  // may be pinned: needs a preallocated page, so the table can't be shared
+          } while (++pte.p, addr += PAGE_SIZE, addr != vm_end);
+        });
         add_mm_rss_vec(dst_mm, rss);
       }
       if (ret != -EIO) break;

@@ -63,22 +63,25 @@ void Kernel::zap_cow_pte_range(MmGather& tlb, EntryRef pmd, vaddr_t addr, vaddr_
   RssVec rss{};
   EntryRef pte = pte_offset_map(pmd, addr);
   SpinGuard ptl(pte_lockptr(*tlb.mm, *pte.table));
-  do {
-    const pteval_t v = pte.get();
-    tm_entry(pte);
-    if (pte_none(v)) continue;
-    if (!pte_present(v)) {
-      --rss[MM_SWAPENTS];
-      free_swap_and_cache(pte_to_swp_entry(v));
-      continue;
-    }
-    if (pte_special(v)) continue;
-    Page& page = mem.page(pte_pfn(v));
-    tm_page(page, 1);
-    --rss[mm_counter(page)];
-    page_remove_rmap(page);
-    tlb_remove_page(tlb, page);
-  } while (++pte.p, addr += PAGE_SIZE, addr != end);
+  with_hooks(hooks_on(), [&](auto hooks) {
+    constexpr bool H = decltype(hooks)::value;
+    do {
+      const pteval_t v = pte.get();
+      tm_entry<H>(pte);
+      if (pte_none(v)) continue;
+      if (!pte_present(v)) {
+        --rss[MM_SWAPENTS];
+        free_swap_and_cache(pte_to_swp_entry(v));
+        continue;
+      }
+      if (pte_special(v)) continue;
+      Page& page = mem.page(pte_pfn(v));
+      tm_page<H>(page, 1);
+      --rss[mm_counter(page)];
+      page_remove_rmap(page);
+      tlb_remove_page(tlb, page);
+    } while (++pte.p, addr += PAGE_SIZE, addr != end);
+  });
   add_mm_rss_vec(*tlb.mm, rss);
 }
 

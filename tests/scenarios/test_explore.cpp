@@ -8,6 +8,8 @@
 #include <map>
 #include <random>
 #include <set>
+#include <string_view>
+#include <utility>
 
 #include "cowpte/explore.hpp"
 #include "cowpte/model/page.hpp"
@@ -249,44 +251,66 @@ TEST(GupFast, PinsWhatTheSlowPathWould) {
   }
 }
 
-// Under the explorer a fork's copy of each PTE and an exit's zap of it stay interleaving
-// points: with_hooks runs those loops without points only when no Interleaver is installed.
-// Each copied entry is written twice (the parent's write-protect, the child's entry) and its
-// page's reference taken; each zapped entry is cleared and its page's reference dropped.
-TEST(ExplorePoints, ForkAndExitOfferAPointPerEntry) {
+// Under the explorer the loops over a table's entries stay interleaving points: with_hooks
+// runs them without points only when no Interleaver is installed. Classic fork writes each
+// copied entry twice (the parent's write-protect, the child's entry) and takes its page's
+// reference; the seed's fork write-protects each shared entry and takes the reference, its
+// break (the parent's first write) fills the new table; On-demand-fork's table copy at that
+// fault does both; every exit clears or drops what it zaps.
+TEST(ExplorePoints, ForkBreakAndExitOfferAPointPerEntry) {
   struct Counter final : Interleaver {
     std::map<Point, std::set<const void*>> seen;  // distinct places, per kind of point
     void point(Point kind, const void* what) override { seen[kind].insert(what); }
     void wait_for(const void*) override { ADD_FAILURE() << "no lock is contended here"; }
     void wake(const void*) noexcept override {}
-  } counter;
+  };
   struct Install {
     explicit Install(Interleaver* i) { current_interleaver = i; }
     ~Install() { current_interleaver = nullptr; }
   };
   constexpr std::uint64_t kPages = 64;
-  Machine m{MachineConfig{.memory_bytes = 64ull << 20}};
-  Process& p = m.spawn();
-  const vaddr_t a = *p.mmap(0, kPages * PAGE_SIZE, Prot::read | Prot::write,
-                            MapFlags::private_ | MapFlags::anonymous);
-  for (std::uint64_t i = 0; i < kPages; ++i) ASSERT_TRUE(p.store(a + i * PAGE_SIZE, i + 1));
-  Process* child = nullptr;
-  {
-    Install on(&counter);
-    child = *p.fork();
+  for (const char* policy : {"classic", "seed", "on_demand_fork"}) {
+    SCOPED_TRACE(policy);
+    Machine m{MachineConfig{.memory_bytes = 64ull << 20}};
+    Process& p = m.spawn();
+    const std::string_view pol = policy;
+    if (pol != "classic") {
+      ASSERT_TRUE(p.set_cow_pte(policy));
+    }
+    // The pages in a span the VMA covers whole, which On-demand-fork shares.
+    const vaddr_t v = *p.mmap(0, 2 * PMD_SIZE, Prot::read | Prot::write,
+                              MapFlags::private_ | MapFlags::anonymous);
+    const vaddr_t a = (v + PMD_SIZE - 1) & PMD_MASK;
+    for (std::uint64_t i = 0; i < kPages; ++i) ASSERT_TRUE(p.store(a + i * PAGE_SIZE, i + 1));
+    // The distinct entries written and pages counted while f runs under the Interleaver.
+    auto points = [&](auto f) {
+      Counter c;
+      {
+        Install on(&c);
+        f();
+      }
+      m.check_invariants();
+      return std::pair{c.seen[Point::entry_write].size(), c.seen[Point::atomic].size()};
+    };
+    Process* child = nullptr;
+    const auto fork = points([&] { child = *p.fork(); });
+    const auto write = points([&] { ASSERT_TRUE(p.store(a, 100)); });
+    const auto exit = points([&] { child->exit(); });
+    if (pol == "classic") {
+      EXPECT_GE(fork.first, 2 * kPages) << "the parent's and the child's entries";
+      EXPECT_GE(fork.second, kPages) << "every page's get_page";
+    } else if (pol == "seed") {
+      EXPECT_GE(fork.first, kPages) << "every shared entry write-protected";
+      EXPECT_GE(fork.second, kPages) << "every page's get_page";
+      EXPECT_GE(write.first, kPages) << "the break fills the parent's new table";
+    } else {
+      EXPECT_GE(write.first, 2 * kPages) << "the table copy: both tables' entries";
+      EXPECT_GE(write.second, kPages) << "every page's get_page at the copy";
+    }
+    EXPECT_GE(exit.second, kPages) << "every page's put_page";
+    for (std::uint64_t i = 1; i < kPages; ++i) EXPECT_EQ(*p.load(a + i * PAGE_SIZE), i + 1);
+    EXPECT_EQ(*p.load(a), 100u);
   }
-  EXPECT_GE(counter.seen[Point::entry_write].size(), 2 * kPages) << "parent's and child's PTEs";
-  EXPECT_GE(counter.seen[Point::atomic].size(), kPages) << "every page's get_page";
-  m.check_invariants();
-  counter.seen.clear();
-  {
-    Install on(&counter);
-    child->exit();
-  }
-  EXPECT_GE(counter.seen[Point::entry_write].size(), kPages) << "every child PTE cleared";
-  EXPECT_GE(counter.seen[Point::atomic].size(), kPages) << "every page's put_page";
-  m.check_invariants();
-  for (std::uint64_t i = 0; i < kPages; ++i) EXPECT_EQ(*p.load(a + i * PAGE_SIZE), i + 1);
 }
 
 // A timed Machine, or a task in a slot that does not exist: refused before anything runs.

@@ -85,12 +85,15 @@ class SeedPolicy final : public ForkPolicy {
         SpinGuard nptl(pte_lockptr(mm, *nw));
         const pteval_t* src = table_base(old);
         EntryRef dst{nw, table_base(*nw)};
-        for (unsigned i = 0; i < PTRS_PER_TABLE; ++i, ++dst.p) {
-          k.tm_entry({&old, table_base(old) + i});
-          if (pte_none(src[i])) continue;
-          set_pte_at(dst, src[i]);
-          k.tm_entry(dst);
-        }
+        with_hooks(k.hooks_on(), [&](auto hooks) {
+          constexpr bool H = decltype(hooks)::value;
+          for (unsigned i = 0; i < PTRS_PER_TABLE; ++i, ++dst.p) {
+            k.tm_entry<H>({&old, table_base(old) + i});
+            if (pte_none(src[i])) continue;
+            set_pte_at<H>(dst, src[i]);
+            k.tm_entry<H>(dst);
+          }
+        });
         pmd_put_pte(old);  // the count is above 1 under the lock: a holder leaving takes it too
         set_pmd_at(mm, pmd, mk_table_entry(k.mem.pfn(*nw)));  // nr_ptes -1 +1
         copied = true;
