@@ -753,8 +753,8 @@ std::unique_ptr<LockTiming> make_timed_locks(Kernel& k);
 // ---- COW PTE state (include/linux/mm.h of the series) ----
 
 // copy_present_pte (mm/memory.c): share one present page with the child. Inline: both fork
-// paths (copy_pte_range, copy_cow_pte_range) run it once per PTE; copy_pte_range's copy without
-// hooks (with_hooks) passes Hooks false.
+// paths (copy_pte_range, copy_cow_pte_range) run it once per PTE; their loops' copies without
+// hooks (with_hooks) pass Hooks false.
 template <bool Hooks>
 inline int Kernel::copy_present_pte(Vma& dst_vma, Vma& src_vma, EntryRef dst_pte, EntryRef src_pte,
                                     RssVec& rss, Page*& prealloc) {
