@@ -37,25 +37,6 @@ int Kernel::copy_nonpresent_pte(EntryRef dst_pte, EntryRef src_pte, RssVec& rss)
   return 0;
 }
 
-// copy_present_page: the parent's page may be pinned, so the child gets a copy now; the parent
-// keeps its exclusive page and its PTE unchanged.
-int Kernel::copy_present_page(Vma& dst_vma, Vma&, EntryRef dst_pte, EntryRef, RssVec& rss,
-                              Page*& prealloc, Page& page) {
-  Page* new_page = prealloc;
-  if (!new_page) return -EAGAIN;
-  prealloc = nullptr;
-  mem.copy_page(*new_page, page);
-  // The child's VMA has the parent's vm_pgoff: the copy sits at the parent page's index.
-  page_add_new_anon_rmap(*new_page, dst_vma,
-                         dst_vma.vm_start + ((page.anon_index - dst_vma.vm_pgoff) << PAGE_SHIFT));
-  ++rss[MM_ANONPAGES];
-  pteval_t pte = pfn_pte(mem.pfn(*new_page), dst_vma.vm_page_prot);
-  pte = pte_mkdirty(pte);
-  if (dst_vma.vm_flags & VM_WRITE) pte = pte_mkwrite(pte);  // maybe_mkwrite
-  set_pte_at(dst_pte, pte);
-  return 0;
-}
-
 // copy_pte_range: one PTE table, child's lock first, then the parent's nested. A page that
 // must be copied needs a preallocated page, a swap count a continuation frame: drop the locks,
 // allocate, and resume at that entry. The loop runs without hooks when none can act

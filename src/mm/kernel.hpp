@@ -752,6 +752,26 @@ std::unique_ptr<LockTiming> make_timed_locks(Kernel& k);
 
 // ---- COW PTE state (include/linux/mm.h of the series) ----
 
+// copy_present_page (mm/memory.c): the parent's page may be pinned, so the child gets a copy now;
+// the parent keeps its exclusive page and its PTE unchanged. Inline, as in Linux: out of line,
+// prealloc's address escaped and copy_pte_range's loop kept it in memory.
+inline int Kernel::copy_present_page(Vma& dst_vma, Vma&, EntryRef dst_pte, EntryRef, RssVec& rss,
+                                     Page*& prealloc, Page& page) {
+  Page* new_page = prealloc;
+  if (!new_page) return -EAGAIN;
+  prealloc = nullptr;
+  mem.copy_page(*new_page, page);
+  // The child's VMA has the parent's vm_pgoff: the copy sits at the parent page's index.
+  page_add_new_anon_rmap(*new_page, dst_vma,
+                         dst_vma.vm_start + ((page.anon_index - dst_vma.vm_pgoff) << PAGE_SHIFT));
+  ++rss[MM_ANONPAGES];
+  pteval_t pte = pfn_pte(mem.pfn(*new_page), dst_vma.vm_page_prot);
+  pte = pte_mkdirty(pte);
+  if (dst_vma.vm_flags & VM_WRITE) pte = pte_mkwrite(pte);  // maybe_mkwrite
+  set_pte_at(dst_pte, pte);
+  return 0;
+}
+
 // copy_present_pte (mm/memory.c): share one present page with the child. Inline: both fork
 // paths (copy_pte_range, copy_cow_pte_range) run it once per PTE; their loops' copies without
 // hooks (with_hooks) pass Hooks false.
