@@ -98,30 +98,37 @@ void Kernel::dereference_pte_table(MmStruct& mm, Page& table, vaddr_t span, MmGa
   if (table.pt_owner != &mm)
     throw InvariantViolation("dereference_pte_table: the last holder is not the owner");
   RssVec rss{};
-  {
-    SpinGuard ptl(pte_lockptr(mm, table));
-    EntryRef pte{&table, table_base(table)};
-    for (unsigned i = 0; i < PTRS_PER_TABLE; ++i, ++pte.p) {
-      const pteval_t v = pte.get();
-      if (pte_none(v)) continue;
-      pte_clear(pte);
-      tm_entry(pte);
-      if (!pte_present(v)) {
-        --rss[MM_SWAPENTS];
-        free_swap_and_cache(pte_to_swp_entry(v));
-        continue;
+  EntryRef pte{&table, table_base(table)};
+  // A full gather batch is flushed as zap_pte_range does: the TLB under the lock, the pages
+  // after it, then the release goes on (a gather never grows past Linux's batch).
+  for (unsigned i = 0; i < PTRS_PER_TABLE;) {
+    bool force_flush = false;
+    {
+      SpinGuard ptl(pte_lockptr(mm, table));
+      for (; i < PTRS_PER_TABLE && !force_flush; ++i, ++pte.p) {
+        const pteval_t v = pte.get();
+        if (pte_none(v)) continue;
+        pte_clear(pte);
+        tm_entry(pte);
+        if (!pte_present(v)) {
+          --rss[MM_SWAPENTS];
+          free_swap_and_cache(pte_to_swp_entry(v));
+          continue;
+        }
+        if (pte_special(v)) continue;
+        Page& page = mem.page(pte_pfn(v));
+        tm_page(page, 1);
+        --rss[mm_counter(page)];
+        page_remove_rmap(page);
+        if (tlb) {
+          force_flush = tlb->__tlb_remove_page(page);
+        } else {
+          free_page_and_swap_cache(page);
+        }
       }
-      if (pte_special(v)) continue;
-      Page& page = mem.page(pte_pfn(v));
-      tm_page(page, 1);
-      --rss[mm_counter(page)];
-      page_remove_rmap(page);
-      if (tlb) {
-        tlb->pages.push_back(&page);
-      } else {
-        free_page_and_swap_cache(page);
-      }
+      if (force_flush) tlb_flush_mmu_tlbonly(*tlb);
     }
+    if (force_flush) tlb_flush_mmu(*tlb);
   }
   add_mm_rss_vec(mm, rss);
   mm.pgtables_bytes -= PAGE_SIZE;

@@ -152,6 +152,35 @@ TEST(UnitMmGather, ZapFlushesEachFullBatch) {
   m.check_invariants();
 }
 
+// On-demand-fork's last holder of shared tables releases their pages through the exit's gather
+// (dereference_pte_table): a full batch is flushed as zap_pte_range flushes one, so the exit of
+// more pages than two batches takes the same three full-mm flushes as a classic exit, and the
+// gather never holds more than one batch.
+TEST(UnitMmGather, LastHolderOfSharedTablesFlushesEachFullBatch) {
+  constexpr std::uint64_t kPages = 2 * MmGather::kMaxPages + 100;
+  Machine m(MachineConfig{.memory_bytes = 4 * kPages * PAGE_SIZE});
+  const std::uint64_t initial = m.free_pages();
+  Process& parent = m.spawn();
+  const vaddr_t a = parent
+                        .mmap(0, kPages * PAGE_SIZE, Prot::read | Prot::write,
+                              MapFlags::private_ | MapFlags::anonymous | MapFlags::populate)
+                        .value();
+  parent.set_cow_pte("on_demand_fork").value();
+  for (std::uint64_t i = 0; i < kPages; i += 97) parent.store(a + i * PAGE_SIZE, i + 1).value();
+  Process& child = *parent.fork().value();
+  m.check_invariants();
+  ASSERT_EQ(*child.load(a + 97 * PAGE_SIZE), 98u);
+  child.exit();  // drops its references to the shared tables; the pages stay
+  m.check_invariants();
+  ASSERT_EQ(*parent.load(a + 97 * PAGE_SIZE), 98u);
+  const std::uint64_t mms = detail::Access::kernel(m).tlb_stats.flush_mm;
+  parent.exit();  // the last holder: every page goes through the gather
+  EXPECT_EQ(detail::Access::kernel(m).tlb_stats.flush_mm - mms, 3u)
+      << "two full batches flushed mid-release, the rest at tlb_finish_mmu";
+  EXPECT_EQ(m.free_pages(), initial);
+  m.check_invariants();
+}
+
 // The same under every sound fork policy, with the tables shared by fork: a parent of more pages
 // than two batches forks, the child writes a page in each 2 MiB span, the parent unmaps half and
 // both exit; check_invariants() after each step, and every frame comes back.
