@@ -180,6 +180,10 @@ void Kernel::tlb_flush_mmu_tlbonly(MmGather& tlb) {
 
 // tlb_flush_mmu: flush, then drop the queued page references and free the queued tables.
 void Kernel::tlb_flush_mmu(MmGather& tlb) {
+  // Checked here, once per batch, rather than per page queued (which cost 3% of an exit).
+  if (tlb.pages.size() > MmGather::kMaxPages) [[unlikely]]
+    throw InvariantViolation(
+        "tlb_flush_mmu: a gather grew past its batch (pages queued unflushed)");
   tlb_flush_mmu_tlbonly(tlb);
   with_hooks(hooks_on(), [&](auto hooks) {
     constexpr bool H = decltype(hooks)::value;
