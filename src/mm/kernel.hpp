@@ -754,7 +754,7 @@ std::unique_ptr<LockTiming> make_timed_locks(Kernel& k);
 
 // copy_present_page (mm/memory.c): the parent's page may be pinned, so the child gets a copy now;
 // the parent keeps its exclusive page and its PTE unchanged. Inline, as in Linux: out of line,
-// prealloc's address escaped and copy_pte_range's loop kept it in memory.
+// prealloc's address escaped and both fork loops kept it in memory, reloading it every entry.
 inline int Kernel::copy_present_page(Vma& dst_vma, Vma&, EntryRef dst_pte, EntryRef, RssVec& rss,
                                      Page*& prealloc, Page& page) {
   Page* new_page = prealloc;
