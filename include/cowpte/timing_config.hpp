@@ -36,6 +36,13 @@ struct TimingConfig {
   ArrayGeometry llc{8192, 16, 20};   // 8 MiB, 16-way, shared (ChampSim-like)
   std::uint32_t dram_latency = 200;  // ~80 ns loaded latency at 2.4 GHz (estimate)
   bool next_line_prefetch = true;    // an L1 miss also brings the next line into L2 and LLC
+  // Whether struct page accesses (the refcount and mapcount updates of a fork, a zap, a fault)
+  // go through the simulated caches (true: exact, the default) or skip them, each charged as an
+  // L1 miss that hits L2 (false: the latency a fork's or an exit's stream of struct pages
+  // mostly gets from the next-line prefetch). false is an approximation for speed: timed forks
+  // and exits run about twice as fast on the host, and simulated figures move by up to 3% in
+  // most scenarios, 15% in some exits (docs/speed.md, "Struct pages outside the caches").
+  bool struct_pages_cached = true;
 
   // Kernel basic operations, cycles.
   std::uint32_t atomic_rmw = 18;     // LOCK INC m32, L1 hit (uops.info)

@@ -96,6 +96,7 @@ json to(const ArrayGeometry& g) {
   X(ghz) \
   X(dram_latency) \
   X(next_line_prefetch) \
+  X(struct_pages_cached) \
   X(atomic_rmw) \
   X(lock_acquire) \
   X(lock_release) \

@@ -76,7 +76,7 @@ class CostModel {
   template <bool Hooks = true>
   void tm_page(const Page& p, unsigned atomics = 0) noexcept {
     if (Hooks && cur_cpu) [[unlikely]] {
-      hw->access_cold(*cur_cpu, hw->struct_page_addr(raw(mem_->pfn(p))));
+      hw->access_struct_page(*cur_cpu, raw(mem_->pfn(p)));
       cur_cpu->clock += std::uint64_t(atomics) * hw->cfg.atomic_rmw;
     }
   }

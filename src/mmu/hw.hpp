@@ -107,6 +107,17 @@ class Hardware {
     cpu.last_line = line;
     return miss_path(cpu, line);
   }
+  // An access to a frame's struct page: through the caches, or, without
+  // cfg.struct_pages_cached, charged as an L1 miss that hits L2 (and counted as that L2 hit)
+  // without entering them.
+  std::uint64_t access_struct_page(Cpu& cpu, std::uint64_t pfn) noexcept {
+    if (cfg.struct_pages_cached) [[likely]]
+      return access_cold(cpu, struct_page_addr(pfn));
+    ++cpu.stats.l2_hits;
+    const std::uint64_t lat = cfg.l1d.latency + cfg.l2.latency;
+    cpu.clock += lat;
+    return lat;
+  }
   std::uint64_t struct_page_addr(std::uint64_t pfn) const noexcept {
     return vmemmap_base + pfn * 64;
   }

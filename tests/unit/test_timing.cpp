@@ -331,6 +331,52 @@ TEST_F(Timing, ForkCyclesGrowLinearlyWithThePopulatedSize) {
   EXPECT_NEAR(c512 / c256, 2.0, 0.2);
 }
 
+// timing.struct_pages_cached false: a struct page access skips the caches and costs an L1 miss
+// that hits L2. Without the next-line prefetch, with a 32 KiB L2 and a 64 KiB LLC (the 2,048
+// struct page lines take 128 KiB), the exact model's fork takes each of them from DRAM; the
+// approximation takes none of them there, charges the same number of accesses, and each of
+// them as an L2 hit.
+TEST(TimingStructPages, OutsideTheCachesEachIsAnL2Hit) {
+  struct Fork {
+    HwStats d;  // the parent's counters over the fork
+    std::uint64_t cycles;
+  };
+  auto fork_stats = [](bool cached) {
+    MachineConfig cfg = timed();
+    cfg.timing.next_line_prefetch = false;
+    cfg.timing.l2 = {64, 8, 10};
+    cfg.timing.llc = {64, 16, 20};
+    cfg.timing.struct_pages_cached = cached;
+    Machine m(cfg);
+    Process& p = m.spawn();
+    if (!p.mmap(kBase, 2048 * kPage, kRW, kPrivFixed | MapFlags::populate))
+      throw std::runtime_error("mmap");
+    const HwStats s0 = p.hw_stats();
+    if (!p.fork()) throw std::runtime_error("fork");
+    const HwStats s1 = p.hw_stats();
+    m.check_invariants();
+    const auto ph = std::size_t(Phase::fork);
+    HwStats d;
+    d.l1d_hits = s1.l1d_hits - s0.l1d_hits;
+    d.l2_hits = s1.l2_hits - s0.l2_hits;
+    d.llc_hits = s1.llc_hits - s0.llc_hits;
+    d.dram_accesses = s1.dram_accesses - s0.dram_accesses;
+    return Fork{d, s1.phase[ph].cycles - s0.phase[ph].cycles};
+  };
+  const Fork exact = fork_stats(true), approx = fork_stats(false);
+  const auto accesses = [](const HwStats& s) {
+    return s.l1d_hits + s.l2_hits + s.llc_hits + s.dram_accesses;
+  };
+  EXPECT_EQ(accesses(approx.d), accesses(exact.d)) << "every access charged once either way";
+  EXPECT_GE(exact.d.dram_accesses, 2048u) << "the exact model: each struct page line from DRAM";
+  // The approximation: only the 256 + 256 PTE lines of parent and child (and a few upper-level
+  // entries) can miss L1; none of the 2,048 struct page accesses reaches the LLC or DRAM.
+  EXPECT_GE(approx.d.l2_hits, 2048u);
+  EXPECT_LT(approx.d.llc_hits + approx.d.dram_accesses, 600u);
+  EXPECT_GE(exact.cycles - approx.cycles, 2048 * std::uint64_t(20 + TimingConfig{}.dram_latency))
+      << "DRAM latency saved on each struct page line";
+}
+
 TEST_F(Timing, MunmapOfASharedSpanDropsItsTranslations) {
   Process& p = mapped(512);
   ASSERT_TRUE(p.mmap(kBase + (4 << 20), 4 * kPage, kRW, kPrivFixed));  // keeps the PMD table
@@ -598,6 +644,9 @@ TEST(TimingConfigJson, RoundTripsAndRejectsTypos) {
   EXPECT_EQ(back.cpus, 4u);
   const MachineConfig partial = machine_config_from_json(R"({"timing": {"dram_latency": 300}})");
   EXPECT_EQ(partial.timing.dram_latency, 300u);
+  EXPECT_TRUE(partial.timing.struct_pages_cached) << "exact unless asked";
+  EXPECT_FALSE(machine_config_from_json(R"({"timing": {"struct_pages_cached": false}})")
+                   .timing.struct_pages_cached);
   EXPECT_EQ(partial.timing.l1d.ways, TimingConfig{}.l1d.ways) << "left out: the default";
   EXPECT_THROW(machine_config_from_json(R"({"timing": {"dram_latncy": 1}})"),
                std::invalid_argument);
