@@ -6,6 +6,9 @@
 //   speed/real_fork/mib:M                       this machine's fork of M MiB populated
 //   speed/host_anchor                           this machine's core speed (a fixed loop)
 //   speed/fork_exit/policy:P/mib:M/timed:T      fork of M MiB populated, then the child's exit
+//   speed/fork_exit/policy:P/mib:M/timed:1/struct_pages:uncached
+//                                               the same, timed with timing.struct_pages_cached
+//                                               false (the approximation for speed)
 //   speed/write_after_fork/policy:P/mib:M/timed:T  the parent's first store into every page
 //   speed/walk/pattern:S/mib:M                  timed loads that miss the TLBs and walk
 //   speed/load_untimed/pattern:S/mib:M          the same loads on the functional model alone
@@ -58,12 +61,18 @@ double median(const std::vector<double>& ns) {
 double rss_bytes() { return double(own_rss_bytes()); }
 
 // A machine with room for a populated parent of mib MiB at 2 MiB-aligned addresses, under policy.
+// cached: timing.struct_pages_cached.
+MachineConfig speed_config(std::uint64_t mib, bool timed, bool cached) {
+  MachineConfig cfg = machine_config(mib << 20, timed);
+  cfg.timing.struct_pages_cached = cached;
+  return cfg;
+}
 struct Parent {
   Machine m;
   Process* p;
   Region r;
-  Parent(std::uint64_t mib, bool timed, const Policy& policy)
-      : m(machine_config(mib << 20, timed)),
+  Parent(std::uint64_t mib, bool timed, const Policy& policy, bool cached = true)
+      : m(speed_config(mib, timed, cached)),
         p(&m.spawn()),
         r(populate(*p, mib << 20, Layout::aligned)) {
     arm(*p, policy);
@@ -72,9 +81,10 @@ struct Parent {
 };
 
 // Host ns per page of fork, and of the child's exit right after it.
-void fork_exit(benchmark::State& state, const Policy& policy, std::uint64_t mib, bool timed) {
+void fork_exit(benchmark::State& state, const Policy& policy, std::uint64_t mib, bool timed,
+               bool cached = true) {
   guarded(state, [&] {
-    Parent pa(mib, timed, policy);
+    Parent pa(mib, timed, policy, cached);
     std::vector<double> fork_ns, exit_ns;
     for (auto _ : state) {
       Process* child = nullptr;
@@ -276,6 +286,14 @@ void register_all(const Sizes& s) {
           reg("speed/write_after_fork" + tail, it,
               [=](benchmark::State& st) { write_after_fork(st, p, mib, timed); });
       }
+  // The timed fork and exit with struct pages outside the simulated caches (classic and the
+  // seed, up to 1 GiB): what the approximation buys.
+  for (const Policy p : {"classic", "seed"})
+    for (std::uint64_t mib : s.timed_mib)
+      if (mib <= 1024)
+        reg("speed/fork_exit/policy:" + p + "/mib:" + std::to_string(mib) +
+                "/timed:1/struct_pages:uncached",
+            s.iterations, [=](benchmark::State& st) { fork_exit(st, p, mib, true, false); });
   for (std::uint64_t mib : s.walk_mib)
     for (Walk w : {Walk::sequential, Walk::random, Walk::tlb_hit})
       reg(std::string("speed/walk/pattern:") + name(w) + "/mib:" + std::to_string(mib), 3,
