@@ -287,13 +287,13 @@ void register_all(const Sizes& s) {
               [=](benchmark::State& st) { write_after_fork(st, p, mib, timed); });
       }
   // The timed fork and exit with struct pages outside the simulated caches (classic and the
-  // seed, up to 1 GiB): what the approximation buys.
+  // seed): what the approximation buys.
   for (const Policy p : {"classic", "seed"})
     for (std::uint64_t mib : s.timed_mib)
-      if (mib <= 1024)
-        reg("speed/fork_exit/policy:" + p + "/mib:" + std::to_string(mib) +
-                "/timed:1/struct_pages:uncached",
-            s.iterations, [=](benchmark::State& st) { fork_exit(st, p, mib, true, false); });
+      reg("speed/fork_exit/policy:" + p + "/mib:" + std::to_string(mib) +
+              "/timed:1/struct_pages:uncached",
+          mib > 4096 ? 3 : s.iterations,
+          [=](benchmark::State& st) { fork_exit(st, p, mib, true, false); });
   for (std::uint64_t mib : s.walk_mib)
     for (Walk w : {Walk::sequential, Walk::random, Walk::tlb_hit})
       reg(std::string("speed/walk/pattern:") + name(w) + "/mib:" + std::to_string(mib), 3,
