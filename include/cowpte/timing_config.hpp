@@ -40,8 +40,9 @@ struct TimingConfig {
   // go through the simulated caches (true: exact, the default) or skip them, each charged as an
   // L1 miss that hits L2 (false: the latency a fork's or an exit's stream of struct pages
   // mostly gets from the next-line prefetch). false is an approximation for speed: timed forks
-  // and exits run about twice as fast on the host, and simulated figures move by up to 3% in
-  // most scenarios, 15% in some exits (docs/speed.md, "Struct pages outside the caches").
+  // and exits run about twice as fast on the host; simulated figures move by under 3% in most
+  // scenarios, up to 15% in some exits and 36% in On-demand-fork's cold first fork
+  // (docs/speed.md, "Struct pages outside the caches").
   bool struct_pages_cached = true;
 
   // Kernel basic operations, cycles.
