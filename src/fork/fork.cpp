@@ -1,4 +1,6 @@
 // fork(): kernel_clone -> copy_process -> copy_mm -> dup_mm -> dup_mmap (kernel/fork.c).
+#include <fmt/format.h>
+
 #include "mm/errno.hpp"
 #include "mm/kernel.hpp"
 
@@ -47,9 +49,9 @@ int Kernel::dup_mmap(MmStruct& mm, MmStruct& oldmm) {
 // the seed's copy_cow_pte_range prepares and charges to the child every VMA of a 2 MiB span at
 // the span's first VMA, and when that fork falls back, recover_pte_range copies them all into
 // the child's own table; if a later VMA of the span then never reaches the child (vm_area_dup
-// or anon_vma_fork runs out of memory), its entries stay. Zap them, as zap_pte_range would.
-// (The series as posted leaks them; found by the facade fuzzer.) Shared tables are left to
-// exit_mmap, which de-accounts a shared span whole.
+// or anon_vma_fork runs out of memory), its entries, pages and swap entries, stay. Zap them, as
+// zap_pte_range would. (The series as posted leaks them; found by the facade fuzzer.) Shared
+// tables are left to exit_mmap, which de-accounts a shared span whole.
 void Kernel::zap_unlinked_ptes(MmStruct& mm) {
   MmGather tlb(mm, false);
   RssVec rss{};
@@ -61,7 +63,15 @@ void Kernel::zap_unlinked_ptes(MmStruct& mm) {
     SpinGuard ptl(pte_lockptr(mm, *pte.table));
     for (vaddr_t x = a; x < next; x += PAGE_SIZE, ++pte.p) {
       const pteval_t v = pte.get();
-      if (!pte_present(v) || mm.vma_lookup(x)) continue;
+      if (pte_none(v) || mm.vma_lookup(x)) continue;
+      if (!pte_present(v)) {  // a swap entry the child got a reference to
+        --rss[MM_SWAPENTS];
+        if (!free_swap_and_cache(pte_to_swp_entry(v)))
+          throw InvariantViolation(fmt::format("zap_unlinked_ptes: bad swap PTE {:#x} at {:#x}", v,
+                                               x));  // print_bad_pte
+        pte_clear(pte);
+        continue;
+      }
       ptep_get_and_clear(pte);
       tlb.tlb_remove_tlb_entry(x, PAGE_SIZE);
       if (pte_special(v)) continue;  // the zero page

@@ -293,6 +293,54 @@ TEST(HostileInput, SeedForkThatFallsBackThenFailsLeaksNothing) {
   EXPECT_TRUE(failed_after_fallback);
 }
 
+// Found by the CI's facade fuzzer (stop 32): the same fork with swap entries among the entries
+// a later VMA's share of the recovered table holds. zap_unlinked_ptes zapped only present
+// entries, so a swap entry charged to the child stayed, its slot kept the child's reference, and
+// exit_mmap threw "Bad rss-counter state ... MM_SWAPENTS val:1" out of fork().
+TEST(HostileInput, SeedForkThatFallsBackThenFailsLeaksNoSwapEntry) {
+  constexpr vaddr_t a = 0x7f0000000000;  // one 2 MiB span: three VMAs
+  bool failed_after_fallback = false;
+  for (std::uint64_t n = 1; n <= 40; ++n) {
+    SCOPED_TRACE(n);
+    Machine m({.memory_bytes = 16ull << 20, .swap_bytes = 1ull << 20});
+    Process& p = m.spawn();
+    ASSERT_TRUE(p.set_cow_pte("seed"));
+    ASSERT_TRUE(p.mmap(a, 16 * kPage, kRW, kPriv | MapFlags::fixed | MapFlags::populate));
+    ASSERT_TRUE(p.mprotect(a + 4 * kPage, 4 * kPage, cowpte::Prot::read));
+    for (vaddr_t x = a; x < a + 16 * kPage; x += kPage) {
+      if (x >= a + 4 * kPage && x < a + 8 * kPage) continue;  // the read-only VMA
+      ASSERT_TRUE(p.store(x, x));
+    }
+    // Out to swap: one entry in the read-only VMA, two in the third before the pinned page.
+    ASSERT_TRUE(p.madvise(a + 5 * kPage, kPage, cowpte::Advice::pageout));
+    ASSERT_TRUE(p.madvise(a + 9 * kPage, 2 * kPage, cowpte::Advice::pageout));
+    ASSERT_TRUE(p.pagemap(a + 9 * kPage).swapped);
+    ASSERT_TRUE(p.pagemap(a + 5 * kPage).swapped);
+    ASSERT_TRUE(p.pin(a + 12 * kPage, kPage, cowpte::PinFlags::write | cowpte::PinFlags::longterm));
+    const std::uint64_t free_before = m.free_pages();
+    const std::uint64_t swap_free_before = m.vmstat().nr_swap_free;
+    m.fail_nth_allocation(n);
+    cowpte::Result<cowpte::Process*> r = cowpte::Errno::inval;
+    EXPECT_NO_THROW(r = p.fork());
+    m.fail_nth_allocation(0);
+    EXPECT_NO_THROW(m.check_invariants());
+    if (r) {
+      // A present page: a swap-in would leave the page in the swap cache (the parent's slot).
+      EXPECT_EQ(*(*r)->load(a + 8 * kPage), a + 8 * kPage);
+      EXPECT_TRUE((*r)->pagemap(a + 9 * kPage).swapped);
+      (*r)->exit();
+      EXPECT_NO_THROW(m.check_invariants());
+    } else {
+      EXPECT_EQ(r.error(), cowpte::Errno::nomem);
+      failed_after_fallback |= n > 6;
+    }
+    EXPECT_EQ(m.vmstat().nr_swap_free, swap_free_before) << "the child's slot references go";
+    EXPECT_EQ(m.free_pages(), free_before) << "a failed or finished fork leaks nothing";
+    EXPECT_EQ(*p.load(a + 12 * kPage), a + 12 * kPage);
+  }
+  EXPECT_TRUE(failed_after_fallback);
+}
+
 // The largest memory allowed builds: 2^46 bytes (threw std::bad_alloc from calloc before).
 TEST(HostileInput, LargestMemoryBuilds) {
   Machine m({.memory_bytes = 1ull << 46});
