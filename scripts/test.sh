@@ -220,6 +220,14 @@ fuzz_wait() {
   else
     tail -n 60 "$tmp/fuzz-$t.log"
     echo "cowpte_fuzz_$t failed; the input is in build-fuzz/artifacts/" >&2
+    # The artifact stays on the machine that ran this: print it, so a CI log is a reproducer.
+    grep -m1 '^INFO: Seed:' "$tmp/fuzz-$t.log" || true
+    local f
+    for f in build-fuzz/artifacts/"$t"-*; do
+      [[ -f $f ]] || continue
+      echo "== $f in base64 (save as crash.b64; replay: base64 -d crash.b64 > crash && build-fuzz/tests/fuzz/cowpte_fuzz_$t crash)"
+      base64 -w 100 "$f"
+    done
     fuzz_failed=1
   fi
 }
