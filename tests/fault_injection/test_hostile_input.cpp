@@ -293,7 +293,7 @@ TEST(HostileInput, SeedForkThatFallsBackThenFailsLeaksNothing) {
   EXPECT_TRUE(failed_after_fallback);
 }
 
-// Found by the CI's facade fuzzer (stop 32): the same fork with swap entries among the entries
+// Found by a CI run of the facade fuzzer: the same fork with swap entries among the entries
 // a later VMA's share of the recovered table holds. zap_unlinked_ptes zapped only present
 // entries, so a swap entry charged to the child stayed, its slot kept the child's reference, and
 // exit_mmap threw "Bad rss-counter state ... MM_SWAPENTS val:1" out of fork().
